@@ -4,11 +4,14 @@
     python $ANTIJANUS/scripts/sweep.py sweep.yaml --dry-run          # list the runs to launch
     python $ANTIJANUS/scripts/sweep.py sweep.yaml                    # sequentially
     python $ANTIJANUS/scripts/sweep.py sweep.yaml --gpus 0 1 2 3     # one run per local GPU
-    python $ANTIJANUS/scripts/sweep.py sweep.yaml --slurm partition=gpu timeout_min=600 gpus_per_node=1
-    python $ANTIJANUS/scripts/sweep.py sweep.yaml --collect-only     # results.csv + results.md
+    python $ANTIJANUS/scripts/sweep.py sweep.yaml --slurm slurm_partition=gpu timeout_min=600 gpus_per_node=1
+    python $ANTIJANUS/scripts/sweep.py sweep.yaml --collect-only     # metrics, results.csv + results.md
 
 Run it from the threestudio checkout (the `launch` command of the sweep file is run there).
-Finished runs are skipped; see antijanus/sweep.py for the sweep file format.
+Finished runs are skipped; with a `metrics:` block every run also renders its test orbit from its
+checkpoint, and collecting computes A-LPIPS / CLIP metrics of the runs that have none yet. After
+`--slurm`, run `--collect-only` once the array has finished. See antijanus/sweep.py for the sweep
+file format and antijanus/evaluate.py (MetricSettings) for the metrics keys.
 """
 
 from __future__ import annotations
@@ -27,7 +30,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("sweep")
     parser.add_argument("--gpus", nargs="+", help="local GPU ids, one run at a time on each")
-    parser.add_argument("--slurm", nargs="+", metavar="KEY=VALUE", help="submitit parameters for a SLURM array")
+    parser.add_argument("--slurm", nargs="+", metavar="KEY=VALUE",
+                        help="submitit AutoExecutor parameters for a SLURM array (timeout_min, gpus_per_node, "
+                             "cpus_per_task, mem_gb, slurm_partition, slurm_array_parallelism, ...)")
+    parser.add_argument("--cluster", help="submitit cluster: default SLURM; 'local' runs the array here")
     parser.add_argument("--dry-run", action="store_true")
     parser.add_argument("--collect-only", action="store_true")
     parser.add_argument("--metrics", nargs="+", help="columns of the table (default: all)")
@@ -38,8 +44,8 @@ def main() -> int:
             if args.slurm:
                 params = dict(item.split("=", 1) for item in args.slurm)
                 params = {k: int(v) if v.isdigit() else v for k, v in params.items()}
-                jobs = submit_slurm(sweep, params)
-                print(f"submitted {len(jobs)} runs as a SLURM array")
+                jobs = submit_slurm(sweep, params, cluster=args.cluster)
+                print(f"submitted {len(jobs)} runs as a job array; then run --collect-only")
                 return 0
             todo = run_sweep(sweep, gpus=args.gpus, dry_run=args.dry_run)
             total = len(sweep.runs())

@@ -50,6 +50,16 @@ CPU_OVERRIDES = [
 def install_standins() -> None:
     if importlib.util.find_spec("tinycudann") is None or importlib.util.find_spec("nvdiffrast") is None:
         sys.path.append(os.path.join(HERE, "cpu_standins"))
+    declare_torchvision_op_schemas()
+
+
+def declare_torchvision_op_schemas() -> None:
+    """A torchvision wheel built for another torch (PyPI's CUDA wheel next to a CPU torch) fails
+    to load its C extension and then cannot even be imported (it registers fake kernels for
+    ``torchvision::nms``). Declaring the two op schemas lets ``import torchvision`` succeed;
+    its pure-PyTorch parts (transforms) work, its C ops (nms, roi_align, ...) stay unavailable."""
+    if importlib.util.find_spec("torchvision") is None:
+        return
     import torch
 
     try:
@@ -60,7 +70,7 @@ def install_standins() -> None:
         library = torch.library.Library("torchvision", "DEF")
         library.define("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
         library.define("qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-        install_standins._keep = library  # the schemas live as long as the library object
+        declare_torchvision_op_schemas._keep = library  # the schemas live as long as the library object
 
 
 def pack_info(ray_indices, n_rays=None):

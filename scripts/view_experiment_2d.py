@@ -25,7 +25,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "custom"))
 from antijanus.dnp import SamplingSettings, load_sampler  # noqa: E402
 from antijanus.errors import ConfigError  # noqa: E402
 from antijanus.imaging import image_grid  # noqa: E402
-from antijanus.metrics import CLIPScorer  # noqa: E402
+from antijanus.metrics import load_clip_scorer  # noqa: E402
 from antijanus.view2d import (  # noqa: E402
     METHODS, ViewExperiment, format_success_table, interpolation_images, run_view_experiment,
 )
@@ -42,7 +42,8 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--scale", type=float, default=7.5)
     parser.add_argument("--model", default="stabilityai/stable-diffusion-2-1-base")
-    parser.add_argument("--clip", default="openai/clip-vit-base-patch32")
+    parser.add_argument("--clip", default="openai/clip-vit-base-patch32",
+                        help="transformers CLIP hub id or folder, or open_clip:<arch>[@<pretrained tag or file>]")
     parser.add_argument("--interpolation-steps", type=int, default=9, help="0 = no interpolation grid")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", default="outputs/view2d")
@@ -53,7 +54,7 @@ def main() -> int:
         experiment = ViewExperiment(args.prompts, args.views, args.methods, args.seeds, args.negative_weight,
                                     phrases, settings).validate()
         sampler, _ = load_sampler(args.model, torch.device(args.device), half_precision=args.device.startswith("cuda"))
-        scorer = CLIPScorer(args.clip, device=args.device, key="--clip")
+        scorer = load_clip_scorer(args.clip, device=args.device, key="--clip")
         result = run_view_experiment(sampler, scorer.similarity, experiment)
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)

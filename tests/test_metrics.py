@@ -47,6 +47,13 @@ def test_a_lpips_grows_with_a_planted_discontinuity(lpips):
         a_lpips(smooth[4:8], lpips, preprocess="dsds-notebook")[0]
 
 
+def test_renders_too_small_for_the_network_are_a_clear_error(lpips):
+    small = torch.rand(3, 3, 12, 12)
+    with pytest.raises(ConfigError, match="too small for LPIPS-.*dsds-notebook"):
+        a_lpips(small, lpips)
+    assert a_lpips(small, lpips, preprocess="dsds-notebook")[0] > 0  # resized to 224 crops
+
+
 def test_lpips_loads_torchvision_and_lpips_weight_files(tmp_path, lpips):
     vgg = {f"features.{k}": v for k, v in lpips.features.state_dict().items()}
     vgg["classifier.0.weight"] = torch.zeros(1)  # torchvision's file has the classifier too

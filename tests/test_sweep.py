@@ -9,16 +9,38 @@ from antijanus.errors import ConfigError
 from antijanus.sweep import DONE_MARKER, Sweep, collect, run_sweep
 
 FAKE_LAUNCH = textwrap.dedent('''
-    """Stands in for threestudio's launch.py: writes CSV logs like a finished run."""
+    """Stands in for threestudio's launch.py. --train: writes the CSV logs, parsed config and
+    checkpoint of a finished run; --test: renders data.n_test_views numbered frames into
+    <exp_root_dir>/<name>/<tag>/save/it3-test (a texture rolled a little per view)."""
     import os, sys
     args = dict(a.split("=", 1) for a in sys.argv[1:] if "=" in a)
-    run = os.path.join(args["exp_root_dir"], args["name"], args["tag"])
+    config = sys.argv[sys.argv.index("--config") + 1]
+    run = os.path.join(args["exp_root_dir"], args["name"], args["tag"] + args.get("timestamp", "").strip("'"))
+    if "--test" in sys.argv:
+        import numpy as np
+        from PIL import Image
+        assert args["resume"].endswith("last.ckpt") and os.path.exists(args["resume"]), args
+        assert config.endswith("parsed.yaml") and os.path.exists(config), config
+        texture = np.random.default_rng(0).integers(0, 255, (16, 64, 3)).astype(np.uint8)
+        os.makedirs(os.path.join(run, "save", "it3-test"), exist_ok=True)
+        for i in range(int(args["data.n_test_views"])):
+            panel = np.concatenate([np.roll(texture, i, axis=1)[:, :16], np.zeros((16, 16, 3), np.uint8)], 1)
+            Image.fromarray(panel).save(os.path.join(run, "save", "it3-test", "%d.png" % i))
+        sys.exit(0)
     os.makedirs(os.path.join(run, "csv_logs", "version_0"), exist_ok=True)
+    os.makedirs(os.path.join(run, "configs"), exist_ok=True)
+    os.makedirs(os.path.join(run, "ckpts"), exist_ok=True)
+    with open(os.path.join(run, "train-count"), "a") as f:
+        f.write("1")
+    prompt = args["system.prompt_processor.prompt"]
+    with open(os.path.join(run, "configs", "parsed.yaml"), "w") as f:
+        f.write("system:\\n  prompt_processor:\\n    prompt: %s\\n" % prompt)
+    open(os.path.join(run, "ckpts", "last.ckpt"), "w").write("weights")
     seed = int(args["seed"])
     bonus = 1.0 if "system.guidance.perp_neg=false" in sys.argv else 0.0
     with open(os.path.join(run, "csv_logs", "version_0", "metrics.csv"), "w") as f:
         f.write("step,train/loss_sds,train/dsds/clip_threshold\\n0,5.0,\\n1,%f,2.0\\n" % (seed + bonus))
-    sys.exit(3 if "FAIL" in args["system.prompt_processor.prompt"] else 0)
+    sys.exit(3 if "FAIL" in prompt else 0)
 ''')
 
 
@@ -68,7 +90,7 @@ def test_sweep_skips_finished_runs_and_aggregates(sweep_file):
     assert len(launched) == 8 and all(r.variant != "baseline" for r in launched) and all(r.done for r in sweep.runs())
     assert run_sweep(sweep, dry_run=True) == []  # a second call launches nothing
 
-    paths = collect(sweep)
+    paths = collect(sweep, progress=False)
     rows = list(csv.DictReader(open(paths["csv"])))
     assert len(rows) == 12  # every finished run; the pre-marked ones have no logs, no values
     assert [r["train/loss_sds"] for r in rows if r["variant"] == "baseline"] == [""] * 4
@@ -108,3 +130,132 @@ def test_bad_sweep_files(tmp_path, data, message):
     (tmp_path / "a.yaml").write_text("name: x\n")
     with pytest.raises(ConfigError, match=message):
         Sweep.from_dict(data, str(tmp_path))
+
+
+@pytest.fixture(scope="module")
+def tiny_clip(tmp_path_factory):
+    from antijanus.tiny_models import make_clip
+
+    return make_clip(str(tmp_path_factory.mktemp("tiny-clip-sweep")))
+
+
+def with_metrics(sweep_file, tiny_clip, **extra):
+    """The sweep file with a metrics block (4-view orbit, random LPIPS, tiny CLIP)."""
+    import yaml
+
+    data = yaml.safe_load(sweep_file.read_text())
+    data["variants"] = {"baseline": {"overrides": ["system.guidance.perp_neg=false"]}, "perp-neg": {}}
+    data["prompts"], data["seeds"] = ["a DSLR photo of a corgi"], [0]
+    data["metrics"] = {"n_views": 4, "clip_model": tiny_clip, "random_lpips": True, "preprocess": "none",
+                       "distractors": ["a cat"], **extra}
+    sweep_file.write_text(yaml.safe_dump(data))
+    return Sweep.load(str(sweep_file))
+
+
+def test_sweep_renders_each_orbit_from_the_checkpoint_and_tabulates_the_metrics(sweep_file, tiny_clip):
+    from antijanus.evaluate import RENDERED_MARKER, orbit_folder
+
+    sweep = with_metrics(sweep_file, tiny_clip)
+    assert len(run_sweep(sweep, progress=False)) == 2
+    for run in sweep.runs():
+        folder = orbit_folder(run.run_dir, 4)
+        assert folder == os.path.join(run.run_dir, "metrics", "orbit-n4", "save", "it3-test")
+        assert sorted(os.listdir(folder)) == ["0.png", "1.png", "2.png", "3.png"]
+    assert run_sweep(sweep, dry_run=True) == []
+
+    paths = collect(sweep, progress=False)
+    rows = list(csv.DictReader(open(paths["csv"])))
+    assert len(rows) == 2 and all(float(r["a_lpips"]) > 0 and r["n_views"] == "4.0" for r in rows)
+    assert all(0 <= float(r["clip_r_precision"]) <= 1 for r in rows)
+    assert "metric_settings" not in rows[0]  # the settings key is bookkeeping, not a column
+    table = open(paths["markdown"]).read()
+    assert "a_lpips" in table and "clip_front_in_region" in table
+
+    # A lost orbit is rendered again without retraining; unchanged settings are not re-evaluated.
+    run = sweep.runs()[0]
+    os.remove(os.path.join(run.run_dir, "metrics", "orbit-n4", RENDERED_MARKER))
+    assert run_sweep(sweep, dry_run=True) == [run]
+    run_sweep(sweep, progress=False)
+    assert open(os.path.join(run.run_dir, "train-count")).read() == "1"
+    from antijanus.sweep import evaluate_runs
+
+    assert evaluate_runs(sweep, progress=False) == []
+    # New settings (another view phrase) -> every run is evaluated again.
+    sweep.metrics.phrases = {"front": "from the front", "back": "from behind"}
+    assert evaluate_runs(sweep, progress=False) == [r.tag for r in sweep.runs()]
+    header = open(os.path.join(run.run_dir, "clip_per_azimuth.csv")).readline().strip()
+    assert header == "azimuth,front,back"
+
+
+def test_a_resumed_checkpoint_invalidates_the_rendered_orbit(sweep_file, tiny_clip):
+    from antijanus.evaluate import orbit_folder
+
+    sweep = with_metrics(sweep_file, tiny_clip)
+    run_sweep(sweep, progress=False)
+    run = sweep.runs()[0]
+    assert orbit_folder(run.run_dir, 4) is not None
+    with open(os.path.join(run.run_dir, "ckpts", "last.ckpt"), "w") as f:
+        f.write("weights after 1000 more steps")
+    assert orbit_folder(run.run_dir, 4) is None
+    assert run_sweep(sweep, dry_run=True) == [run]
+
+
+def test_metrics_block_is_checked_when_the_sweep_is_loaded(sweep_file, tiny_clip):
+    with pytest.raises(ConfigError, match="metrics.n_view`.*unknown metrics key"):
+        with_metrics(sweep_file, tiny_clip, n_view=100)
+    with pytest.raises(ConfigError, match="metrics.lpips_net.*allowed values: 'vgg', 'alex'"):
+        with_metrics(sweep_file, tiny_clip, lpips_net="squeeze")
+    with pytest.raises(ConfigError, match="metrics.phrases"):
+        with_metrics(sweep_file, tiny_clip, phrases={"top": "overhead view"})
+
+
+def test_slurm_array_through_submitit(sweep_file, tiny_clip):
+    """The SLURM path end to end with submitit's local executor (same array code path, tasks run
+    as local processes): every run trains, renders its orbit and is marked done."""
+    pytest.importorskip("submitit")
+    from antijanus.sweep import submit_slurm
+
+    sweep = with_metrics(sweep_file, tiny_clip)
+    jobs = submit_slurm(sweep, {"timeout_min": 5, "slurm_partition": "gpu"}, cluster="local")
+    assert len(jobs) == 2
+    for job in jobs:
+        job.result()  # raises if the task failed
+    assert all(r.done for r in sweep.runs()) and run_sweep(sweep, dry_run=True) == []
+    assert submit_slurm(sweep, {"timeout_min": 5}, cluster="local") == []
+    with pytest.raises(ConfigError, match="slurm.*not accepted by submitit"):
+        submit_slurm(sweep, {"slurm_partitoin": "gpu"}, cluster="local")
+
+
+def test_sweep_script_runs_and_collects(sweep_file, tiny_clip):
+    import subprocess
+
+    with_metrics(sweep_file, tiny_clip)
+    script = os.path.join(os.path.dirname(__file__), "..", "scripts", "sweep.py")
+
+    def sweep(*args):
+        result = subprocess.run([sys.executable, script, str(sweep_file), *args], capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr[-2000:]
+        return result.stdout
+
+    assert "2 of 2 runs to launch" in sweep("--dry-run")
+    out = sweep()
+    assert "2 of 2 runs launched" in out and "collected 2 runs" in out
+    assert "0 of 2 runs to launch (2 already done)" in sweep("--dry-run")
+    results = list(csv.DictReader(open(sweep_file.parent / "out" / "ablation" / "results.csv")))
+    assert [r["variant"] for r in results] == ["baseline", "perp-neg"] and all(r["a_lpips"] for r in results)
+    bad = subprocess.run([sys.executable, script, str(sweep_file), "--slurm", "slurm_partitoin=gpu", "--cluster",
+                          "local"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "config key `slurm`" in bad.stderr
+
+
+def test_readme_sweep_example_is_a_valid_sweep_file():
+    import re
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    readme = open(os.path.join(root, "README.md")).read()
+    example = re.search(r"```yaml\n(name: janus-ablation\n.*?)```", readme, re.S).group(1)
+    import yaml
+
+    sweep = Sweep.from_dict(yaml.safe_load(example), root)
+    assert len(sweep.runs()) == 4 * 2 * 3
+    assert sweep.metrics.n_views == 100 and sweep.metrics.lpips_net == "vgg" and sweep.metrics.render

@@ -59,13 +59,17 @@ def workspace(tmp_path_factory, tiny_sd):
     return work, models
 
 
-def launch(workspace, config, tag, steps, extra=()):
+def launcher_env():
     import threestudio
 
+    return dict(os.environ, HF_HUB_OFFLINE="1",
+                PYTHONPATH=os.pathsep.join([os.path.dirname(os.path.dirname(threestudio.__file__)),
+                                            os.environ.get("PYTHONPATH", "")]))
+
+
+def launch(workspace, config, tag, steps, extra=()):
     work, models = workspace
-    env = dict(os.environ, HF_HUB_OFFLINE="1",
-               PYTHONPATH=os.pathsep.join([os.path.dirname(os.path.dirname(threestudio.__file__)),
-                                           os.environ.get("PYTHONPATH", "")]))
+    env = launcher_env()
     args = [sys.executable, RUNNER, "--config", os.path.join(ROOT, "configs", config), "--train",
             f"exp_root_dir={work}/outputs", "name=itest", f"tag={tag}", "use_timestamp=false",
             f"trainer.max_steps={steps}", f"checkpoint.every_n_train_steps={steps}",
@@ -107,3 +111,21 @@ def test_resumed_run_clips_with_the_same_threshold(workspace):
     assert len(resumed) == 2 and len(uninterrupted) == 5
     assert resumed == uninterrupted[3:]  # global steps 3 and 4, bit for bit
     assert resumed == pytest.approx([2.0 + 6.0 * 3 / 10, 2.0 + 6.0 * 4 / 10])
+
+
+def test_metrics_of_a_run_rendered_from_its_checkpoint(workspace, tmp_path):
+    """The metrics tool renders a 4-view orbit from the run's checkpoint with the launcher's
+    --test (into its own trial folder, not the training's test renders) and evaluates it."""
+    from antijanus.evaluate import MetricSettings, evaluate_run, orbit_folder
+    from antijanus.tiny_models import make_clip
+
+    work, _ = workspace
+    trial, _ = launch(workspace, "perp-neg-nerf-sd.yaml", "metrics", steps=2)
+    settings = MetricSettings(n_views=4, clip_model=make_clip(str(tmp_path / "clip")), random_lpips=True,
+                              preprocess="none", distractors=["a cat"], device="cpu")
+    metrics = evaluate_run(str(trial), settings, launch=[sys.executable, RUNNER], cwd=work, env=launcher_env())
+    folder = orbit_folder(str(trial), 4)
+    assert folder == str(trial / "metrics" / "orbit-n4" / "save" / "it2-test")
+    assert sorted(os.listdir(folder))[:4] == ["0.png", "1.png", "2.png", "3.png"]
+    assert len(os.listdir(trial / "save" / "it2-test")) >= 2  # training's own 2-view test, untouched
+    assert metrics["n_views"] == 4 and math.isfinite(metrics["a_lpips"]) and metrics["a_lpips"] >= 0

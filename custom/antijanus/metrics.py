@@ -35,10 +35,12 @@ _NETS = {
     "vgg": dict(layers=[(64, 3, 1, 1), (64, 3, 1, 1), "M2", (128, 3, 1, 1), (128, 3, 1, 1), "M2",
                         (256, 3, 1, 1), (256, 3, 1, 1), (256, 3, 1, 1), "M2", (512, 3, 1, 1), (512, 3, 1, 1),
                         (512, 3, 1, 1), "M2", (512, 3, 1, 1), (512, 3, 1, 1), (512, 3, 1, 1)],
-                taps=(3, 8, 15, 22, 29), channels=(64, 128, 256, 512, 512), weights="vgg16-*.pth"),
+                taps=(3, 8, 15, 22, 29), channels=(64, 128, 256, 512, 512), weights="vgg16-*.pth",
+                min_size=16),
     "alex": dict(layers=[(64, 11, 4, 2), "M3", (192, 5, 1, 2), "M3", (384, 3, 1, 1), (256, 3, 1, 1),
                          (256, 3, 1, 1)],
-                 taps=(1, 4, 7, 9, 11), channels=(64, 192, 384, 256, 256), weights="alexnet-*.pth"),
+                 taps=(1, 4, 7, 9, 11), channels=(64, 192, 384, 256, 256), weights="alexnet-*.pth",
+                 min_size=31),
 }
 LPIPS_NETS = tuple(_NETS)
 # LPIPS ScalingLayer: inputs in [-1, 1] are shifted and scaled before VGG
@@ -157,6 +159,11 @@ def a_lpips(frames: Tensor, lpips: nn.Module, batch_size: int = 16, preprocess: 
     reported means: baseline 0.2054, score clipping 0.1963, + prompt debiasing 0.1940)."""
     if frames.shape[0] < 2:
         raise ValueError("A-LPIPS needs at least two frames")
+    min_size = _NETS.get(getattr(lpips, "net", ""), {}).get("min_size", 0)
+    if preprocess == "none" and min(frames.shape[-2:]) < min_size:
+        raise ConfigError("preprocess", preprocess, f"{tuple(frames.shape[-2:])} renders are too small for "
+                          f"LPIPS-{lpips.net} (needs >= {min_size} px); use 'dsds-notebook' (224 crops) "
+                          "or render larger (data.eval_height / eval_width)")
     values = []
     for start in range(0, frames.shape[0] - 1, batch_size):
         a = frames[start:start + batch_size]
@@ -197,6 +204,9 @@ def view_of_azimuth(azimuth: Tensor, front_half_width: float = 45.0, back_half_w
     return ["front" if x < front_half_width else "back" if x > 180.0 - back_half_width else "side" for x in a.tolist()]
 
 
+OPEN_CLIP_PREFIX = "open_clip:"
+
+
 class CLIPScorer:
     """Cosine similarities between images and texts with a transformers CLIP model (hub id or
     local folder, default openai/clip-vit-base-patch32)."""
@@ -225,11 +235,60 @@ class CLIPScorer:
         return F.normalize(image.float(), dim=-1) @ F.normalize(text.float(), dim=-1).T
 
 
+class OpenCLIPScorer:
+    """The same similarities with an open_clip model: ``arch`` is an open_clip model name
+    (``ViT-H-14``, ``ViT-bigG-14``, or ``hf-hub:<org>/<name>``) and ``pretrained`` an open_clip
+    pretrained tag (``laion2b_s32b_b79k``) or a local checkpoint file, loaded by
+    ``open_clip.create_model_and_transforms`` with the model's own image preprocessing."""
+
+    def __init__(self, arch: str, pretrained: Optional[str] = None, device="cpu", key: str = "clip_model"):
+        try:
+            import open_clip
+        except ImportError:
+            raise ConfigError(key, f"{OPEN_CLIP_PREFIX}{arch}", "needs the `open_clip_torch` package "
+                              "(pip install open_clip_torch)") from None
+        if arch not in open_clip.list_models() and not arch.startswith("hf-hub:"):
+            raise ConfigError(key, arch, "unknown open_clip model", open_clip.list_models())
+        if pretrained and _looks_like_path(pretrained) and not os.path.isfile(os.path.expanduser(pretrained)):
+            raise ConfigError(key, pretrained, "open_clip checkpoint file does not exist")
+        self.model, _, self.preprocess = open_clip.create_model_and_transforms(
+            arch, pretrained=os.path.expanduser(pretrained) if pretrained else None, device=device)
+        self.model.eval()
+        self.tokenizer = open_clip.get_tokenizer(arch)
+        self.device = torch.device(device)
+
+    @torch.no_grad()
+    def similarity(self, images: Tensor, texts: Sequence[str]) -> Tensor:
+        """[N images, T texts] cosine similarities; images in [0, 1]."""
+        from .imaging import to_pil
+
+        pixels = torch.stack([self.preprocess(to_pil(i)) for i in images]).to(self.device)
+        image = self.model.encode_image(pixels)
+        text = self.model.encode_text(self.tokenizer(list(texts)).to(self.device))
+        return F.normalize(image.float(), dim=-1) @ F.normalize(text.float(), dim=-1).T
+
+
+def _looks_like_path(value: str) -> bool:
+    return value.startswith(("/", "./", "../", "~")) or os.sep in value or value.endswith(
+        (".bin", ".pt", ".pth", ".safetensors"))
+
+
+def load_clip_scorer(spec: str = "openai/clip-vit-base-patch32", device="cpu", key: str = "clip_model"):
+    """A CLIP scorer from one string: a transformers hub id or folder, or
+    ``open_clip:<arch>[@<pretrained tag or checkpoint file>]``."""
+    if spec.startswith(OPEN_CLIP_PREFIX):
+        arch, _, pretrained = spec[len(OPEN_CLIP_PREFIX):].partition("@")
+        if not arch:
+            raise ConfigError(key, spec, "names no open_clip model; e.g. 'open_clip:ViT-H-14@laion2b_s32b_b79k'")
+        return OpenCLIPScorer(arch, pretrained or None, device=device, key=key)
+    return CLIPScorer(spec, device=device, key=key)
+
+
 def view_prompts(prompt: str, phrases: Dict[str, str]) -> Dict[str, str]:
     return {view: f"{prompt}, {phrase}" for view, phrase in phrases.items()}
 
 
-def per_azimuth_clip(scorer: CLIPScorer, frames: Tensor, azimuths: Tensor, prompt: str,
+def per_azimuth_clip(scorer, frames: Tensor, azimuths: Tensor, prompt: str,
                      phrases: Dict[str, str]) -> List[Dict[str, float]]:
     """One row per azimuth: the similarity of that render to each view-augmented prompt."""
     prompts = view_prompts(prompt, phrases)
@@ -238,7 +297,7 @@ def per_azimuth_clip(scorer: CLIPScorer, frames: Tensor, azimuths: Tensor, promp
             for a, row in zip(azimuths, sims)]
 
 
-def r_precision(scorer: CLIPScorer, frames: Tensor, prompt: str, distractors: Sequence[str]) -> float:
+def r_precision(scorer, frames: Tensor, prompt: str, distractors: Sequence[str]) -> float:
     """Fraction of renders whose most similar text, among the prompt and the distractors, is the
     prompt (CLIP R-precision with R = 1)."""
     if not distractors:

@@ -13,13 +13,21 @@ A sweep file (YAML)::
       dsds: {config: configs/dsds-nerf-sd.yaml}
     prompts: ["a DSLR photo of a corgi", "a zoomed out DSLR photo of a lion"]
     seeds: [0, 1, 2]
+    metrics:                                   # optional: view-consistency metrics of every run
+      n_views: 100                             # (antijanus.evaluate.MetricSettings keys)
+      distractors: ["a cat", "a car"]
+      lpips_backbone: /models/vgg16-397923af.pth
+      lpips_lin: /models/lpips/vgg.pth
 
 Each run is `launch --config C --train name=<sweep> tag=<variant>--<prompt>--s<seed>
 use_timestamp=false exp_root_dir=... seed=S system.prompt_processor.prompt=P <overrides>`; a run
-that finished (it wrote ``.antijanus-done``) is skipped when the sweep is run again. ``collect``
-reads every finished run's last logged training metrics (threestudio's CSV logs) and any
-``metrics.json`` in the run folder (e.g. from the metrics tools), and writes one CSV plus a
-Markdown table of mean +- std over seeds per variant and prompt.
+that finished (it wrote ``.antijanus-done``) is skipped when the sweep is run again. With a
+``metrics`` block, each run then renders its test orbit from its checkpoint in the same slot
+(GPU / SLURM task) with threestudio's ``launch.py --test`` (a run whose orbit is missing is
+rendered again, not retrained). ``collect`` computes the metrics of every rendered run that has
+none yet (LPIPS and CLIP loaded once), then reads every finished run's last logged training
+metrics (threestudio's CSV logs) and its ``metrics.json``, and writes one CSV plus a Markdown
+table of mean +- std over seeds per variant and prompt, with a bar chart per metric.
 """
 
 from __future__ import annotations
@@ -31,11 +39,16 @@ import math
 import os
 import re
 import subprocess
-import time
+import threading
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from typing import Dict, Iterable, List, Mapping, Optional, Sequence
 
+from .cache import cache_key, read_json
 from .errors import ConfigError
+from .evaluate import (
+    MetricModels, MetricSettings, evaluate_folder, newest_test_folder, orbit_folder, render_orbit, write_results,
+)
 from .progress import progress_bar
 
 DONE_MARKER = ".antijanus-done"
@@ -73,6 +86,7 @@ class Sweep:
     variants: Dict[str, Dict] = field(default_factory=dict)
     prompts: List[str] = field(default_factory=list)
     seeds: List[int] = field(default_factory=lambda: [0])
+    metrics: Optional[MetricSettings] = None
 
     @classmethod
     def load(cls, path: str) -> "Sweep":
@@ -84,7 +98,7 @@ class Sweep:
 
     @classmethod
     def from_dict(cls, data: Mapping, base_dir: str = ".") -> "Sweep":
-        known = {"name", "config", "launch", "out", "overrides", "variants", "prompts", "seeds"}
+        known = {"name", "config", "launch", "out", "overrides", "variants", "prompts", "seeds", "metrics"}
         unknown = sorted(set(data) - known)
         if unknown:
             raise ConfigError(unknown[0], data[unknown[0]], "unknown sweep key", sorted(known))
@@ -120,7 +134,8 @@ class Sweep:
             checked[str(vname)] = {"config": vconfig, "overrides": [str(o) for o in spec.get("overrides") or []]}
         return cls(name=name, config=resolve(config), launch=[str(x) for x in launch],
                    out=resolve(data.get("out") or "outputs/sweeps"), overrides=[str(o) for o in data.get("overrides") or []],
-                   variants=checked, prompts=prompts, seeds=seeds)
+                   variants=checked, prompts=prompts, seeds=seeds,
+                   metrics=None if data.get("metrics") is None else MetricSettings.from_dict(data["metrics"]))
 
     @property
     def exp_root(self) -> str:
@@ -143,67 +158,128 @@ def slug(text: str, limit: int = 60) -> str:
     return re.sub(r"[^\w]+", "_", text.strip().lower()).strip("_")[:limit]
 
 
+def needs_work(sweep: Sweep, run: Run) -> bool:
+    """Not trained yet, or trained but its test orbit for the metrics is not rendered."""
+    if not run.done:
+        return True
+    m = sweep.metrics
+    return bool(m and m.render and orbit_folder(run.run_dir, m.n_views, m.elevation_deg) is None)
+
+
+def execute_run(sweep: Sweep, run: Run, cwd: Optional[str] = None, env: Optional[Mapping[str, str]] = None) -> None:
+    """Train the run (unless it finished before), then render its test orbit from the checkpoint
+    when the sweep has a metrics block. Raises RuntimeError when a step fails."""
+    os.makedirs(run.run_dir, exist_ok=True)
+    if not run.done:
+        with open(os.path.join(run.run_dir, "sweep.log"), "w") as log:
+            code = subprocess.run(run.command(sweep.launch, sweep.name, sweep.exp_root), cwd=cwd,
+                                  env=None if env is None else dict(env), stdout=log,
+                                  stderr=subprocess.STDOUT).returncode
+        if code != 0:
+            raise RuntimeError(f"{run.tag}: training failed (exit {code}), see {run.run_dir}/sweep.log")
+        with open(os.path.join(run.run_dir, DONE_MARKER), "w") as f:
+            f.write("ok\n")
+    m = sweep.metrics
+    if m and m.render and orbit_folder(run.run_dir, m.n_views, m.elevation_deg) is None:
+        render_orbit(run.run_dir, sweep.launch, m.n_views, m.elevation_deg, cwd=cwd, env=env)
+
+
 def run_sweep(sweep: Sweep, gpus: Optional[Sequence[str]] = None, dry_run: bool = False,
               cwd: Optional[str] = None, env: Optional[Mapping[str, str]] = None, progress: bool = True) -> List[Run]:
     """Launch the runs that are not done: one after the other, or one at a time on each local
     GPU (``gpus=["0", "1"]``) in parallel. Returns the runs launched (or that would be)."""
-    todo = [run for run in sweep.runs() if not run.done]
+    todo = [run for run in sweep.runs() if needs_work(sweep, run)]
     if dry_run:
         return todo
-    bar = progress_bar(len(todo), f"sweep {sweep.name}", "run", progress)
     slots = list(gpus) if gpus else [None]
-    queue = list(todo)
-    active: Dict[Optional[str], tuple] = {}
+    free = list(slots)
+    lock = threading.Lock()
+
+    def work(run: Run) -> None:
+        with lock:
+            slot = free.pop()
+        try:
+            run_env = dict(os.environ if env is None else env)
+            if slot is not None:
+                run_env["CUDA_VISIBLE_DEVICES"] = slot
+            execute_run(sweep, run, cwd=cwd, env=run_env)
+        finally:
+            with lock:
+                free.append(slot)
+
+    bar = progress_bar(len(todo), f"sweep {sweep.name}", "run", progress)
     failures = []
-    while queue or active:
-        for slot in slots:
-            if slot not in active and queue:
-                run = queue.pop(0)
-                run_env = dict(os.environ if env is None else env)
-                if slot is not None:
-                    run_env["CUDA_VISIBLE_DEVICES"] = slot
-                os.makedirs(run.run_dir, exist_ok=True)
-                log = open(os.path.join(run.run_dir, "sweep.log"), "w")
-                process = subprocess.Popen(run.command(sweep.launch, sweep.name, sweep.exp_root),
-                                           cwd=cwd, env=run_env, stdout=log, stderr=subprocess.STDOUT)
-                active[slot] = (run, process, log)
-        for slot, (run, process, log) in list(active.items()):
-            if process.poll() is None:
-                continue
-            log.close()
-            del active[slot]
-            if process.returncode == 0:
-                with open(os.path.join(run.run_dir, DONE_MARKER), "w") as f:
-                    f.write("ok\n")
-            else:
-                failures.append(run.tag)
+    with ThreadPoolExecutor(max_workers=len(slots)) as pool:
+        futures = {pool.submit(work, run): run for run in todo}
+        for future in as_completed(futures):
+            if future.exception() is not None:
+                failures.append(str(future.exception()))
             bar.update(1)
-        if active and (len(active) == len(slots) or not queue):
-            time.sleep(0.2)  # all slots busy (or nothing left to start): poll again
     bar.close()
     if failures:
-        raise RuntimeError(f"{len(failures)} run(s) failed, see their sweep.log: {failures}")
+        raise RuntimeError(f"{len(failures)} run(s) failed:\n" + "\n".join(sorted(failures)))
     return todo
 
 
-def submit_slurm(sweep: Sweep, slurm: Mapping, cwd: Optional[str] = None):
-    """The runs that are not done as one SLURM job array, through submitit."""
+def submit_slurm(sweep: Sweep, slurm: Mapping, cwd: Optional[str] = None, cluster: Optional[str] = None):
+    """The runs that are not done as one job array through submitit (training and, with a
+    metrics block, the orbit render in each task). ``slurm`` holds submitit's AutoExecutor
+    parameters: generic ones (``timeout_min``, ``gpus_per_node``, ``cpus_per_task``, ``mem_gb``)
+    and SLURM ones with their prefix (``slurm_partition``, ``slurm_array_parallelism``).
+    ``cluster`` is passed to AutoExecutor (None: SLURM when available; "local" runs the array as
+    local processes, "debug" in this process)."""
     try:
         import submitit
     except ImportError:
         raise ConfigError("slurm", dict(slurm), "needs the `submitit` package (pip install submitit)") from None
-    todo = [run for run in sweep.runs() if not run.done]
-    executor = submitit.AutoExecutor(folder=os.path.join(sweep.out, sweep.name, "slurm"))
-    executor.update_parameters(**dict(slurm))
-    commands = [run.command(sweep.launch, sweep.name, sweep.exp_root) for run in todo]
-    return executor.map_array(_run_command, commands, [run.run_dir for run in todo], [cwd] * len(todo))
+    todo = [run for run in sweep.runs() if needs_work(sweep, run)]
+    executor = submitit.AutoExecutor(folder=os.path.join(sweep.out, sweep.name, "slurm"), cluster=cluster)
+    try:
+        executor.update_parameters(name=f"antijanus-{sweep.name}", **dict(slurm))
+    except (NameError, TypeError, ValueError) as error:  # submitit names unknown parameters in a NameError
+        raise ConfigError("slurm", dict(slurm), f"not accepted by submitit: {error}") from None
+    if not todo:
+        return []
+    return executor.map_array(execute_run, [sweep] * len(todo), todo, [cwd] * len(todo))
 
 
-def _run_command(command: List[str], run_dir: str, cwd: Optional[str]) -> int:
-    subprocess.run(command, cwd=cwd, check=True)
-    with open(os.path.join(run_dir, DONE_MARKER), "w") as f:
-        f.write("ok\n")
-    return 0
+def evaluate_runs(sweep: Sweep, progress: bool = True) -> List[str]:
+    """Compute the metrics of every finished run that has none for the sweep's current metric
+    settings (recomputed when the settings change). Returns the run tags evaluated."""
+    settings = sweep.metrics
+    if settings is None:
+        return []
+    key = cache_key(**settings.to_dict())
+    todo = []
+    for run in sweep.runs():
+        if not run.done:
+            continue
+        existing = read_json(os.path.join(run.run_dir, "metrics.json")) or {}
+        if existing.get("metric_settings") == key:
+            continue
+        if settings.render:
+            folder = orbit_folder(run.run_dir, settings.n_views, settings.elevation_deg)
+        else:
+            folder = _newest_test_folder_or_none(run.run_dir)
+        if folder is not None:
+            todo.append((run, folder))
+    if not todo:
+        return []
+    models = MetricModels(settings)
+    bar = progress_bar(len(todo), f"metrics {sweep.name}", "run", progress)
+    for run, folder in todo:
+        metrics, rows = evaluate_folder(folder, settings.prompt or run.prompt, settings, models)
+        write_results(run.run_dir, {**metrics, "metric_settings": key}, rows, settings)
+        bar.update(1)
+    bar.close()
+    return [run.tag for run, _ in todo]
+
+
+def _newest_test_folder_or_none(run_dir: str) -> Optional[str]:
+    try:
+        return newest_test_folder(run_dir)
+    except ConfigError:
+        return None
 
 
 def last_metrics(run_dir: str) -> Dict[str, float]:
@@ -227,9 +303,11 @@ def last_metrics(run_dir: str) -> Dict[str, float]:
     return values
 
 
-def collect(sweep: Sweep, metrics: Optional[Iterable[str]] = None) -> Dict[str, str]:
-    """Write <out>/<name>/results.csv (one row per finished run) and results.md (mean +- std
-    over seeds per variant and prompt). Returns the paths."""
+def collect(sweep: Sweep, metrics: Optional[Iterable[str]] = None, progress: bool = True) -> Dict[str, str]:
+    """Evaluate the runs that need it (``evaluate_runs``), then write <out>/<name>/results.csv (one
+    row per finished run) and results.md (mean +- std over seeds per variant and prompt). Returns
+    the paths."""
+    evaluate_runs(sweep, progress)
     rows = []
     for run in sweep.runs():
         if not run.done:
