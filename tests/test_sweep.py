@@ -140,13 +140,13 @@ def tiny_clip(tmp_path_factory):
 
 
 def with_metrics(sweep_file, tiny_clip, **extra):
-    """The sweep file with a metrics block (4-view orbit, random LPIPS, tiny CLIP)."""
+    """The sweep file with a metrics block (5-view orbit: 0, 90, .., 360; random LPIPS, tiny CLIP)."""
     import yaml
 
     data = yaml.safe_load(sweep_file.read_text())
     data["variants"] = {"baseline": {"overrides": ["system.guidance.perp_neg=false"]}, "perp-neg": {}}
     data["prompts"], data["seeds"] = ["a DSLR photo of a corgi"], [0]
-    data["metrics"] = {"n_views": 4, "clip_model": tiny_clip, "random_lpips": True, "preprocess": "none",
+    data["metrics"] = {"n_views": 5, "clip_model": tiny_clip, "random_lpips": True, "preprocess": "none",
                        "distractors": ["a cat"], **extra}
     sweep_file.write_text(yaml.safe_dump(data))
     return Sweep.load(str(sweep_file))
@@ -158,22 +158,23 @@ def test_sweep_renders_each_orbit_from_the_checkpoint_and_tabulates_the_metrics(
     sweep = with_metrics(sweep_file, tiny_clip)
     assert len(run_sweep(sweep, progress=False)) == 2
     for run in sweep.runs():
-        folder = orbit_folder(run.run_dir, 4)
-        assert folder == os.path.join(run.run_dir, "metrics", "orbit-n4", "save", "it3-test")
-        assert sorted(os.listdir(folder)) == ["0.png", "1.png", "2.png", "3.png"]
+        folder = orbit_folder(run.run_dir, 5)
+        assert folder == os.path.join(run.run_dir, "metrics", "orbit-n5", "save", "it3-test")
+        assert sorted(os.listdir(folder)) == ["0.png", "1.png", "2.png", "3.png", "4.png"]
     assert run_sweep(sweep, dry_run=True) == []
 
     paths = collect(sweep, progress=False)
     rows = list(csv.DictReader(open(paths["csv"])))
-    assert len(rows) == 2 and all(float(r["a_lpips"]) > 0 and r["n_views"] == "4.0" for r in rows)
+    assert len(rows) == 2 and all(float(r["a_lpips"]) > 0 and r["n_views"] == "5.0" for r in rows)
     assert all(0 <= float(r["clip_r_precision"]) <= 1 for r in rows)
     assert "metric_settings" not in rows[0]  # the settings key is bookkeeping, not a column
     table = open(paths["markdown"]).read()
-    assert "a_lpips" in table and "clip_front_in_region" in table
+    assert "| variant | prompt | runs | a_lpips | clip_r_precision | clip_front_in_region | clip_side_in_region |" \
+        " clip_back_in_region | n_views | train/dsds/clip_threshold | train/loss_sds |" in table
 
     # A lost orbit is rendered again without retraining; unchanged settings are not re-evaluated.
     run = sweep.runs()[0]
-    os.remove(os.path.join(run.run_dir, "metrics", "orbit-n4", RENDERED_MARKER))
+    os.remove(os.path.join(run.run_dir, "metrics", "orbit-n5", RENDERED_MARKER))
     assert run_sweep(sweep, dry_run=True) == [run]
     run_sweep(sweep, progress=False)
     assert open(os.path.join(run.run_dir, "train-count")).read() == "1"
@@ -193,10 +194,10 @@ def test_a_resumed_checkpoint_invalidates_the_rendered_orbit(sweep_file, tiny_cl
     sweep = with_metrics(sweep_file, tiny_clip)
     run_sweep(sweep, progress=False)
     run = sweep.runs()[0]
-    assert orbit_folder(run.run_dir, 4) is not None
+    assert orbit_folder(run.run_dir, 5) is not None
     with open(os.path.join(run.run_dir, "ckpts", "last.ckpt"), "w") as f:
         f.write("weights after 1000 more steps")
-    assert orbit_folder(run.run_dir, 4) is None
+    assert orbit_folder(run.run_dir, 5) is None
     assert run_sweep(sweep, dry_run=True) == [run]
 
 

@@ -52,6 +52,9 @@ from .evaluate import (
 from .progress import progress_bar
 
 DONE_MARKER = ".antijanus-done"
+# the view-consistency metrics lead the table, then the training logs in name order
+EVALUATION_KEYS = ("a_lpips", "clip_r_precision", "clip_front_in_region", "clip_side_in_region",
+                   "clip_back_in_region", "n_views")
 
 
 @dataclass(frozen=True)
@@ -313,7 +316,8 @@ def collect(sweep: Sweep, metrics: Optional[Iterable[str]] = None, progress: boo
         if not run.done:
             continue
         rows.append({"variant": run.variant, "prompt": run.prompt, "seed": run.seed, **last_metrics(run.run_dir)})
-    keys = sorted({k for row in rows for k in row} - {"variant", "prompt", "seed"})
+    found = {k for row in rows for k in row} - {"variant", "prompt", "seed"}
+    keys = [k for k in EVALUATION_KEYS if k in found] + sorted(found - set(EVALUATION_KEYS))
     if metrics is not None:
         keys = [k for k in metrics if k in keys]
     folder = os.path.join(sweep.out, sweep.name)
