@@ -73,6 +73,12 @@ def test_orbit_is_rendered_from_the_checkpoint_into_its_own_trial(trial):
     folder = render_orbit(str(run), launch, n_views=5, elevation_deg=30.0)
     assert folder == str(stale) and sorted(os.listdir(folder)) == [f"{i}.png" for i in range(5)]
     assert orbit_folder(str(run), 5, 30.0) == folder and orbit_folder(str(run), 5) is None
+    # a run folder copied elsewhere with its times (rsync -a, cp -p) keeps its rendered orbit
+    import shutil
+
+    moved = run.parent / "copied"
+    shutil.copytree(run, moved)
+    assert orbit_folder(str(moved), 5, 30.0) == str(moved / "metrics" / "orbit-n5-e30" / "save" / "it7-test")
 
 
 def test_incomplete_or_failed_renders_are_errors_not_metrics(trial, monkeypatch):

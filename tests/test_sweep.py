@@ -32,6 +32,11 @@ FAKE_LAUNCH = textwrap.dedent('''
     os.makedirs(os.path.join(run, "ckpts"), exist_ok=True)
     with open(os.path.join(run, "train-count"), "a") as f:
         f.write("1")
+    import time
+    start = time.time()
+    time.sleep(float(os.environ.get("FAKE_TRAIN_SECONDS", "0")))
+    with open(os.path.join(run, "slot"), "w") as f:
+        f.write("%s %f %f" % (os.environ.get("CUDA_VISIBLE_DEVICES", "-"), start, time.time()))
     prompt = args["system.prompt_processor.prompt"]
     with open(os.path.join(run, "configs", "parsed.yaml"), "w") as f:
         f.write("system:\\n  prompt_processor:\\n    prompt: %s\\n" % prompt)
@@ -104,6 +109,23 @@ def test_sweep_skips_finished_runs_and_aggregates(sweep_file):
         assert [os.path.basename(p) for p in paths["plots"]] == [
             "plot-train_dsds_clip_threshold.png", "plot-train_loss_sds.png"]
         assert all(os.path.getsize(p) > 0 for p in paths["plots"])
+
+
+def test_local_gpus_run_one_run_each_in_parallel(sweep_file, monkeypatch):
+    sweep = Sweep.load(str(sweep_file))
+    sweep.seeds = [0]
+    monkeypatch.setenv("FAKE_TRAIN_SECONDS", "0.5")
+    assert len(run_sweep(sweep, gpus=["0", "1"], progress=False)) == 6
+    spans = {}
+    for run in sweep.runs():
+        slot, start, end = open(os.path.join(run.run_dir, "slot")).read().split()
+        spans.setdefault(slot, []).append((float(start), float(end)))
+    assert set(spans) == {"0", "1"}  # both GPUs used, each run pinned to one
+    for slot_spans in spans.values():  # never two runs at once on one GPU
+        slot_spans.sort()
+        assert all(a_end <= b_start for (_, a_end), (b_start, _) in zip(slot_spans, slot_spans[1:]))
+    starts = sorted((s, e) for v in spans.values() for s, e in v)
+    assert any(b_start < a_end for (_, a_end), (b_start, _) in zip(starts, starts[1:]))  # in parallel
 
 
 def test_failed_runs_are_reported_and_not_marked_done(sweep_file):

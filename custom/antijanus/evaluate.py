@@ -117,7 +117,12 @@ def find_checkpoint(run_dir: str) -> str:
     found = glob.glob(os.path.join(folder, "*.ckpt"))
     if not found:
         raise ConfigError("checkpoint", folder, "no checkpoint (*.ckpt) in the run folder")
-    return max(found, key=lambda p: int((re.search(r"step=(\d+)", p) or re.search(r"(\d+)", "0")).group(1)))
+
+    def step(path: str) -> int:
+        match = re.search(r"step=(\d+)", os.path.basename(path))
+        return int(match.group(1)) if match else -1
+
+    return max(found, key=step)
 
 
 def newest_test_folder(folder: str) -> str:
@@ -139,9 +144,11 @@ def orbit_trial(run_dir: str, n_views: int, elevation_deg: Optional[float]) -> s
     return os.path.join(run_dir, "metrics", orbit_tag(n_views, elevation_deg))
 
 
-def _checkpoint_stamp(checkpoint: str) -> str:
+def _checkpoint_stamp(run_dir: str, checkpoint: str) -> str:
+    """Which checkpoint an orbit was rendered from (relative to the run, so that a run folder
+    copied with its times, e.g. rsync -a from a cluster, keeps its renders)."""
     stat = os.stat(checkpoint)
-    return f"{os.path.abspath(checkpoint)} {stat.st_size} {stat.st_mtime_ns}"
+    return f"{os.path.relpath(checkpoint, run_dir)} {stat.st_size} {int(stat.st_mtime)}"
 
 
 def orbit_folder(run_dir: str, n_views: int = 100, elevation_deg: Optional[float] = None) -> Optional[str]:
@@ -151,11 +158,12 @@ def orbit_folder(run_dir: str, n_views: int = 100, elevation_deg: Optional[float
     if not os.path.exists(marker):
         return None
     try:
-        stamp = _checkpoint_stamp(find_checkpoint(run_dir))
+        stamp = _checkpoint_stamp(run_dir, find_checkpoint(run_dir))
     except ConfigError:
         return None
     with open(marker) as f:
         folder, _, rendered_from = f.read().rstrip("\n").partition("\n")
+    folder = os.path.join(run_dir, folder)
     return folder if rendered_from == stamp and os.path.isdir(folder) else None
 
 
@@ -193,7 +201,7 @@ def render_orbit(run_dir: str, launch: Sequence[str], n_views: int = 100, elevat
     if count != int(n_views):
         raise RuntimeError(f"expected {n_views} renders in {folder}, found {count}; see {log_path}")
     with open(os.path.join(trial, RENDERED_MARKER), "w") as f:
-        f.write(f"{folder}\n{_checkpoint_stamp(checkpoint)}\n")
+        f.write(f"{os.path.relpath(folder, run_dir)}\n{_checkpoint_stamp(run_dir, checkpoint)}\n")
     return folder
 
 

@@ -161,12 +161,16 @@ def slug(text: str, limit: int = 60) -> str:
     return re.sub(r"[^\w]+", "_", text.strip().lower()).strip("_")[:limit]
 
 
-def needs_work(sweep: Sweep, run: Run) -> bool:
-    """Not trained yet, or trained but its test orbit for the metrics is not rendered."""
-    if not run.done:
-        return True
+def orbit_missing(sweep: Sweep, run: Run) -> bool:
+    """The sweep's metrics render an orbit from the checkpoint and this run has none (complete,
+    of its current checkpoint)."""
     m = sweep.metrics
     return bool(m and m.render and orbit_folder(run.run_dir, m.n_views, m.elevation_deg) is None)
+
+
+def needs_work(sweep: Sweep, run: Run) -> bool:
+    """Not trained yet, or trained but its test orbit for the metrics is not rendered."""
+    return not run.done or orbit_missing(sweep, run)
 
 
 def execute_run(sweep: Sweep, run: Run, cwd: Optional[str] = None, env: Optional[Mapping[str, str]] = None) -> None:
@@ -182,8 +186,8 @@ def execute_run(sweep: Sweep, run: Run, cwd: Optional[str] = None, env: Optional
             raise RuntimeError(f"{run.tag}: training failed (exit {code}), see {run.run_dir}/sweep.log")
         with open(os.path.join(run.run_dir, DONE_MARKER), "w") as f:
             f.write("ok\n")
-    m = sweep.metrics
-    if m and m.render and orbit_folder(run.run_dir, m.n_views, m.elevation_deg) is None:
+    if orbit_missing(sweep, run):
+        m = sweep.metrics
         render_orbit(run.run_dir, sweep.launch, m.n_views, m.elevation_deg, cwd=cwd, env=env)
 
 
