@@ -118,17 +118,23 @@ def test_clip_score_is_the_papers_clip():
     assert ClipSchedule("constant", 3.0, 1.0).validate()(123) == 3.0  # static: start only
 
 
+def assert_trains_with_perp_neg_and_clipping(guidance, prompts, size, threshold):
+    """One guided step on a batch of 4 renders: finite, non-zero gradients; Perp-Neg rows (13 for
+    this camera batch) and the clip threshold of step 0."""
+    rgb = torch.rand(4, size, size, 3, requires_grad=True)
+    out = guidance(rgb, prompts, **CAMERAS)
+    out["loss_sds"].backward()
+    assert torch.isfinite(rgb.grad).all() and rgb.grad.abs().sum() > 0
+    assert out["unet_rows"] == 13 and out["dsds/clip_threshold"] == threshold
+
+
 def test_perp_neg_and_dsds_together_on_tiny_stable_diffusion(tiny_sd):
     backbone = StableDiffusionBackbone(
         BackboneOptions(pretrained_model_name_or_path=tiny_sd, half_precision_weights=False), "cpu")
     for config_type, overrides in ((DSDSConfig, {"perp_neg": True}),
                                    (ScoreDistillationConfig, {"score_clipping": True})):
         guidance = dsds(backbone, config_type, trainer_max_steps=100, **overrides)
-        rgb = torch.rand(4, 24, 24, 3, requires_grad=True)
-        out = guidance(rgb, make_prompt_output(), **CAMERAS)
-        out["loss_sds"].backward()
-        assert torch.isfinite(rgb.grad).all() and rgb.grad.abs().sum() > 0
-        assert out["unet_rows"] == 13 and out["dsds/clip_threshold"] == 2.0
+        assert_trains_with_perp_neg_and_clipping(guidance, make_prompt_output(), size=24, threshold=2.0)
 
 
 def test_perp_neg_and_dsds_on_tiny_deepfloyd_if(tiny_if):
@@ -136,11 +142,7 @@ def test_perp_neg_and_dsds_on_tiny_deepfloyd_if(tiny_if):
         BackboneOptions(pretrained_model_name_or_path=tiny_if, half_precision_weights=False), "cpu")
     guidance = dsds(backbone, backbone="deepfloyd-if", perp_neg=True, trainer_max_steps=100)
     prompts = make_prompt_output(features=16)  # T5 embeddings of the tiny encoder
-    rgb = torch.rand(4, 32, 32, 3, requires_grad=True)
-    out = guidance(rgb, prompts, **CAMERAS)
-    out["loss_sds"].backward()
-    assert torch.isfinite(rgb.grad).all() and rgb.grad.abs().sum() > 0
-    assert out["unet_rows"] == 13 and out["dsds/clip_threshold"] == 0.5
+    assert_trains_with_perp_neg_and_clipping(guidance, prompts, size=32, threshold=0.5)
 
 
 def test_deepfloyd_backbone_pixel_space_epsilon_and_t5(tiny_if):

@@ -269,8 +269,10 @@ class OpenCLIPScorer:
 
 
 def _looks_like_path(value: str) -> bool:
-    return value.startswith(("/", "./", "../", "~")) or os.sep in value or value.endswith(
-        (".bin", ".pt", ".pth", ".safetensors"))
+    """An open_clip checkpoint file rather than a pretrained tag (tags have no '/' or suffix)."""
+    from .backbones.base import looks_local
+
+    return looks_local(value) or os.sep in value or value.endswith((".bin", ".pt", ".pth", ".safetensors"))
 
 
 def load_clip_scorer(spec: str = "openai/clip-vit-base-patch32", device="cpu", key: str = "clip_model"):

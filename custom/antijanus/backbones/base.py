@@ -87,6 +87,11 @@ class DiffusionBackbone(Protocol):
         """Text embeddings as the prompt processors make them, [N, tokens, features]."""
 
 
+def looks_local(name_or_path: str) -> bool:
+    """A filesystem path (absolute, ./, ../, ~) rather than a hub id or a name."""
+    return name_or_path.startswith(("/", "./", "../", "~")) or os.path.isabs(name_or_path)
+
+
 def check_model_path(key: str, name_or_path: str) -> None:
     """A clear config-time error for a local model folder that does not exist.
 
@@ -95,6 +100,5 @@ def check_model_path(key: str, name_or_path: str) -> None:
     """
     if not name_or_path:
         raise ConfigError(key, name_or_path, "must name a model folder or a hub id")
-    looks_local = name_or_path.startswith(("/", "./", "../", "~")) or os.path.isabs(name_or_path)
-    if looks_local and not os.path.isdir(os.path.expanduser(name_or_path)):
+    if looks_local(name_or_path) and not os.path.isdir(os.path.expanduser(name_or_path)):
         raise ConfigError(key, name_or_path, "model folder does not exist")
