@@ -22,9 +22,9 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "custom"))
 
-from antijanus.debias import DebiasSettings, debias_prompt  # noqa: E402
-from antijanus.mlm import MaskedLMViewScorer  # noqa: E402
-from antijanus.tiny_models import make_bert  # noqa: E402
+from antijanus.prompting.debias import DebiasSettings, debias_prompt  # noqa: E402
+from antijanus.prompting.mlm import MaskedLMViewScorer  # noqa: E402
+from antijanus.testing.tiny_models import make_bert  # noqa: E402
 
 PROMPT = "a smiling corgi wearing a red crown on the beach"
 VIEWS = ("side", "front", "back", "overhead")

@@ -27,9 +27,9 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "custom"))
 
 from antijanus.backbones import StableDiffusionBackbone, BackboneOptions  # noqa: E402
-from antijanus.guidance import ScoreDistillationConfig, ScoreDistillationGuidance  # noqa: E402
-from antijanus.tiny_models import make_stable_diffusion  # noqa: E402
-from antijanus.views import VIEWS, ViewRanges, classify_views  # noqa: E402
+from antijanus.core.guidance import ScoreDistillationConfig, ScoreDistillationGuidance  # noqa: E402
+from antijanus.testing.tiny_models import make_stable_diffusion  # noqa: E402
+from antijanus.core.views import VIEWS, ViewRanges, classify_views  # noqa: E402
 
 
 class Direction:

@@ -17,8 +17,8 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "custom"))
 
-from antijanus.debias import DEFAULT_TEMPLATE, NORMALIZATIONS, DebiasSettings, debias_prompt  # noqa: E402
-from antijanus.errors import ConfigError  # noqa: E402
+from antijanus.prompting.debias import DEFAULT_TEMPLATE, NORMALIZATIONS, DebiasSettings, debias_prompt  # noqa: E402
+from antijanus.utils.errors import ConfigError  # noqa: E402
 
 
 def main() -> int:
@@ -41,7 +41,7 @@ def main() -> int:
     if not len(args.views) == len(args.view_words) == len(args.phrases):
         parser.error("--views, --view-words and --phrases need the same number of entries")
 
-    from antijanus.mlm import MaskedLMViewScorer
+    from antijanus.prompting.mlm import MaskedLMViewScorer
 
     try:
         settings = DebiasSettings(

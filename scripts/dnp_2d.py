@@ -2,7 +2,7 @@
 """Diffusion-negative prompting in 2D: for a prompt p, save side by side in one PNG grid
 
     1. the plain image (CFG with the empty negative prompt),
-    2. the DNS image (guidance away from p, antijanus.dnp.dns_noise),
+    2. the DNS image (guidance away from p, antijanus.prompting.dnp.dns_noise),
     3. n*: the DNS image's caption (auto-DNP), or your own with --negative,
     4. the image generated with (p, n*),
 
@@ -23,10 +23,10 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "custom"))
 
-from antijanus.captioning import DEFAULT_CAPTIONER, BlipCaptioner  # noqa: E402
-from antijanus.dnp import SamplingSettings, load_sampler  # noqa: E402
-from antijanus.imaging import image_grid, to_pil  # noqa: E402
-from antijanus.errors import ConfigError  # noqa: E402
+from antijanus.prompting.captioning import DEFAULT_CAPTIONER, BlipCaptioner  # noqa: E402
+from antijanus.prompting.dnp import SamplingSettings, load_sampler  # noqa: E402
+from antijanus.utils.imaging import image_grid, to_pil  # noqa: E402
+from antijanus.utils.errors import ConfigError  # noqa: E402
 
 
 def main() -> int:

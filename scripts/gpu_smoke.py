@@ -138,7 +138,7 @@ def main() -> int:
     os.makedirs(out, exist_ok=True)
     models = args.models
     if models is None:
-        from antijanus.tiny_models import make_bert, make_blip, make_stable_diffusion
+        from antijanus.testing.tiny_models import make_bert, make_blip, make_stable_diffusion
 
         models = os.path.join(out, "models")
         if not os.path.isdir(os.path.join(models, "sd")):

@@ -20,7 +20,7 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "custom"))
 
-from antijanus.tiny_models import make_bert, make_blip, make_deepfloyd_if, make_stable_diffusion  # noqa: E402
+from antijanus.testing.tiny_models import make_bert, make_blip, make_deepfloyd_if, make_stable_diffusion  # noqa: E402
 
 BERT_WORDS = ("this image is depicting a view of front side back top over ##head corgi dog cat "
               "smiling wearing crown hat red photo dslr beach").split()

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""View-consistency metrics of a finished threestudio run (antijanus.evaluate / antijanus.metrics).
+"""View-consistency metrics of a finished threestudio run (antijanus.tools.evaluate / antijanus.tools.metrics).
 
 From the run's checkpoint (renders 100 views at one elevation with threestudio's own
 `launch.py --test`; run it from the threestudio checkout):
@@ -25,9 +25,9 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "custom"))
 
-from antijanus.errors import ConfigError  # noqa: E402
-from antijanus.evaluate import MetricSettings, evaluate_run  # noqa: E402
-from antijanus.metrics import LPIPS_NETS  # noqa: E402
+from antijanus.utils.errors import ConfigError  # noqa: E402
+from antijanus.tools.evaluate import MetricSettings, evaluate_run  # noqa: E402
+from antijanus.tools.metrics import LPIPS_NETS  # noqa: E402
 
 
 def main() -> int:

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Run an ablation sweep of threestudio runs and collect their metrics (antijanus.sweep).
+"""Run an ablation sweep of threestudio runs and collect their metrics (antijanus.tools.sweep).
 
     python $ANTIJANUS/scripts/sweep.py sweep.yaml --dry-run          # list the runs to launch
     python $ANTIJANUS/scripts/sweep.py sweep.yaml                    # sequentially
@@ -10,8 +10,8 @@
 Run it from the threestudio checkout (the `launch` command of the sweep file is run there).
 Finished runs are skipped; with a `metrics:` block every run also renders its test orbit from its
 checkpoint, and collecting computes A-LPIPS / CLIP metrics of the runs that have none yet. After
-`--slurm`, run `--collect-only` once the array has finished. See antijanus/sweep.py for the sweep
-file format and antijanus/evaluate.py (MetricSettings) for the metrics keys.
+`--slurm`, run `--collect-only` once the array has finished. See antijanus/tools/sweep.py for the sweep
+file format and antijanus/tools/evaluate.py (MetricSettings) for the metrics keys.
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "custom"))
 
-from antijanus.errors import ConfigError  # noqa: E402
-from antijanus.sweep import Sweep, collect, run_sweep, submit_slurm  # noqa: E402
+from antijanus.utils.errors import ConfigError  # noqa: E402
+from antijanus.tools.sweep import Sweep, collect, run_sweep, submit_slurm  # noqa: E402
 
 
 def main() -> int:

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""2D view-conditioning experiment after Perp-Neg Table 1 (antijanus.view2d).
+"""2D view-conditioning experiment after Perp-Neg Table 1 (antijanus.tools.view2d).
 
     python scripts/view_experiment_2d.py --prompts "a peacock" "a lion" "a panda" --seeds 0 1 2 3 \
         --out outputs/view2d
@@ -22,14 +22,14 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "custom"))
 
-from antijanus.dnp import SamplingSettings, load_sampler  # noqa: E402
-from antijanus.errors import ConfigError  # noqa: E402
-from antijanus.imaging import image_grid  # noqa: E402
-from antijanus.metrics import load_clip_scorer  # noqa: E402
-from antijanus.view2d import (  # noqa: E402
+from antijanus.prompting.dnp import SamplingSettings, load_sampler  # noqa: E402
+from antijanus.utils.errors import ConfigError  # noqa: E402
+from antijanus.utils.imaging import image_grid  # noqa: E402
+from antijanus.tools.metrics import load_clip_scorer  # noqa: E402
+from antijanus.tools.view2d import (  # noqa: E402
     METHODS, ViewExperiment, format_success_table, interpolation_images, run_view_experiment,
 )
-from antijanus.views import PERP_NEG_PRESETS  # noqa: E402
+from antijanus.core.views import PERP_NEG_PRESETS  # noqa: E402
 
 
 def main() -> int:

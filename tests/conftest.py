@@ -49,14 +49,14 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(scope="session")
 def tiny_sd(tmp_path_factory) -> str:
-    from antijanus.tiny_models import make_stable_diffusion
+    from antijanus.testing.tiny_models import make_stable_diffusion
 
     return make_stable_diffusion(str(tmp_path_factory.mktemp("tiny-sd")))
 
 
 @pytest.fixture(scope="session")
 def tiny_sd_vpred(tmp_path_factory) -> str:
-    from antijanus.tiny_models import make_stable_diffusion
+    from antijanus.testing.tiny_models import make_stable_diffusion
 
     return make_stable_diffusion(str(tmp_path_factory.mktemp("tiny-sd-v")), seed=1,
                                  prediction_type="v_prediction", with_text_encoder=False)
@@ -64,7 +64,7 @@ def tiny_sd_vpred(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="session")
 def tiny_if(tmp_path_factory) -> str:
-    from antijanus.tiny_models import make_deepfloyd_if
+    from antijanus.testing.tiny_models import make_deepfloyd_if
 
     return make_deepfloyd_if(str(tmp_path_factory.mktemp("tiny-if")))
 

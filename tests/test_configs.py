@@ -8,9 +8,9 @@ import pytest
 from omegaconf import OmegaConf
 
 import threestudio
-import antijanus.threestudio_plugin  # noqa: F401  (registers the modules)
-from antijanus.guidance import DSDSConfig, ScoreDistillationConfig, resolve_config
-from antijanus.threestudio_plugin import core_config
+import antijanus.adapters  # noqa: F401  (registers the modules)
+from antijanus.core.guidance import DSDSConfig, ScoreDistillationConfig, resolve_config
+from antijanus.adapters import core_config
 
 CONFIGS = sorted(glob.glob(os.path.join(os.path.dirname(__file__), "..", "configs", "*.yaml")))
 

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from antijanus.debias import (
+from antijanus.prompting.debias import (
     DebiasSettings,
     cached_debias,
     debias_prompt,
@@ -9,7 +9,7 @@ from antijanus.debias import (
     remove_words,
     split_words,
 )
-from antijanus.errors import ConfigError
+from antijanus.utils.errors import ConfigError
 
 TWO_VIEWS = dict(views=("front", "back"), view_words=("front", "back"))
 
@@ -124,14 +124,14 @@ def test_cache_reuse_skips_the_model(tmp_path):
 
 @pytest.fixture(scope="module")
 def tiny_bert(tmp_path_factory):
-    from antijanus.tiny_models import make_bert
+    from antijanus.testing.tiny_models import make_bert
 
     words = "this image is depicting a view of smiling corgi front side back top over ##head".split()
     return make_bert(str(tmp_path_factory.mktemp("tiny-bert")), words)
 
 
 def test_real_bert_classes_end_to_end(tiny_bert):
-    from antijanus.mlm import MaskedLMViewScorer
+    from antijanus.prompting.mlm import MaskedLMViewScorer
 
     scorer = MaskedLMViewScorer(tiny_bert)
     forward_calls = []
@@ -175,7 +175,7 @@ def test_real_bert_classes_end_to_end(tiny_bert):
 
 
 def test_missing_model_folder_is_a_config_error():
-    from antijanus.mlm import MaskedLMViewScorer
+    from antijanus.prompting.mlm import MaskedLMViewScorer
 
     with pytest.raises(ConfigError, match="debias_model.*does not exist"):
         MaskedLMViewScorer("/no/such/bert")

@@ -4,15 +4,15 @@ import os
 import pytest
 import torch
 
-import antijanus.captioning
-import antijanus.dnp
+import antijanus.prompting.captioning
+import antijanus.prompting.dnp
 import threestudio
-import antijanus.threestudio_plugin  # noqa: F401  (registers the modules)
+import antijanus.adapters  # noqa: F401  (registers the modules)
 from antijanus.backbones import BackboneOptions, StableDiffusionBackbone
-from antijanus.captioning import BlipCaptioner
-from antijanus.dnp import SamplingSettings, StableDiffusionSampler, cached_dnp, cfg_noise, dns_noise
-from antijanus.errors import ConfigError
-from antijanus.tiny_models import make_blip
+from antijanus.prompting.captioning import BlipCaptioner
+from antijanus.prompting.dnp import SamplingSettings, StableDiffusionSampler, cached_dnp, cfg_noise, dns_noise
+from antijanus.utils.errors import ConfigError
+from antijanus.testing.tiny_models import make_blip
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +67,7 @@ def test_blip_captioner_and_cache_skips_the_models(tiny_sd, tiny_blip, tmp_path)
 
     def make_sampler():
         built.append("sd")
-        from antijanus.dnp import load_sampler
+        from antijanus.prompting.dnp import load_sampler
         return load_sampler(tiny_sd, "cpu", half_precision=False)
 
     def make_captioner():
@@ -121,7 +121,7 @@ def test_dnp_prompt_processor_output(tiny_sd, tiny_blip, tmp_path, monkeypatch):
     assert os.path.exists(tmp_path / "run" / "dns-image.png")
     assert json.load(open(tmp_path / "run" / "dnp.json"))["negative_prompt"] == n_star
 
-    from antijanus.guidance import ScoreDistillationConfig, ScoreDistillationGuidance
+    from antijanus.core.guidance import ScoreDistillationConfig, ScoreDistillationGuidance
     guidance = ScoreDistillationGuidance(ScoreDistillationConfig(
         pretrained_model_name_or_path=tiny_sd, half_precision_weights=False, negative_prompt_weight=1.0), "cpu")
     rgb = torch.rand(2, 16, 16, 3, requires_grad=True)
@@ -133,8 +133,8 @@ def test_dnp_prompt_processor_output(tiny_sd, tiny_blip, tmp_path, monkeypatch):
         assert result["unet_rows"] == 2 + 2 + 4 + 2
 
     # a second run reuses the cached n* without any model
-    monkeypatch.setattr(antijanus.captioning, "BlipCaptioner", None)
-    monkeypatch.setattr(antijanus.dnp, "load_sampler", None)
+    monkeypatch.setattr(antijanus.prompting.captioning, "BlipCaptioner", None)
+    monkeypatch.setattr(antijanus.prompting.dnp, "load_sampler", None)
     again = threestudio.find("dnp-prompt-processor")(config)
     assert again.dnp.cache_hit and again.negative_prompt == n_star
 

@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from antijanus.backbones import BackboneOptions, DeepFloydIFBackbone, StableDiffusionBackbone
-from antijanus.dsds import ClipSchedule, clip_score
-from antijanus.errors import ConfigError
-from antijanus.guidance import DSDSConfig, ScoreDistillationConfig, ScoreDistillationGuidance
+from antijanus.core.dsds import ClipSchedule, clip_score
+from antijanus.utils.errors import ConfigError
+from antijanus.core.guidance import DSDSConfig, ScoreDistillationConfig, ScoreDistillationGuidance
 
 from .helpers import make_prompt_output
 from .test_guidance import CAMERAS, FakeBackbone

@@ -10,8 +10,8 @@ import textwrap
 import pytest
 import torch
 
-from antijanus.errors import ConfigError
-from antijanus.evaluate import (
+from antijanus.utils.errors import ConfigError
+from antijanus.tools.evaluate import (
     MetricSettings,
     evaluate_folder,
     evaluate_run,
@@ -20,7 +20,7 @@ from antijanus.evaluate import (
     render_orbit,
     render_orbit_command,
 )
-from antijanus.metrics import load_clip_scorer
+from antijanus.tools.metrics import load_clip_scorer
 
 # Stands in for threestudio's launch.py --test: records its arguments, renders data.n_test_views
 # frames into <exp_root_dir>/<name>/<tag>/save/it7-test ($FAKE_RENDER_SHORT renders one less).
@@ -55,7 +55,7 @@ def trial(tmp_path):
 
 @pytest.fixture(scope="module")
 def clip_folder(tmp_path_factory):
-    from antijanus.tiny_models import make_clip
+    from antijanus.testing.tiny_models import make_clip
 
     return make_clip(str(tmp_path_factory.mktemp("tiny-clip-eval")))
 
@@ -172,7 +172,7 @@ def test_open_clip_scorer_loads_a_local_checkpoint(tmp_path):
     images = torch.rand(3, 3, 40, 48)
     sims = scorer.similarity(images, ["a corgi", "a cat"])
     assert sims.shape == (3, 2) and bool(((sims >= -1) & (sims <= 1)).all())
-    pixels = torch.stack([scorer.preprocess(__import__("antijanus.imaging", fromlist=["to_pil"]).to_pil(i))
+    pixels = torch.stack([scorer.preprocess(__import__("antijanus.utils.imaging", fromlist=["to_pil"]).to_pil(i))
                           for i in images])
     with torch.no_grad():
         image = torch.nn.functional.normalize(model.encode_image(pixels), dim=-1)

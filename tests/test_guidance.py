@@ -2,8 +2,8 @@ import pytest
 import torch
 
 from antijanus.backbones import StableDiffusionBackbone, BackboneOptions
-from antijanus.errors import ConfigError
-from antijanus.guidance import ScoreDistillationConfig, ScoreDistillationGuidance
+from antijanus.utils.errors import ConfigError
+from antijanus.core.guidance import ScoreDistillationConfig, ScoreDistillationGuidance
 
 from .helpers import make_prompt_output
 

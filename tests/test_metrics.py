@@ -3,8 +3,8 @@ import os
 import pytest
 import torch
 
-from antijanus.errors import ConfigError
-from antijanus.metrics import (
+from antijanus.utils.errors import ConfigError
+from antijanus.tools.metrics import (
     LPIPS,
     CLIPScorer,
     a_lpips,
@@ -85,7 +85,7 @@ def test_load_orbit_reads_threestudio_test_folders(tmp_path):
 
 @pytest.fixture(scope="module")
 def clip(tmp_path_factory):
-    from antijanus.tiny_models import make_clip
+    from antijanus.testing.tiny_models import make_clip
 
     return CLIPScorer(make_clip(str(tmp_path_factory.mktemp("tiny-clip"))))
 

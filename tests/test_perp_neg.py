@@ -1,6 +1,6 @@
 import torch
 
-from antijanus.perp_neg import (
+from antijanus.core.perp_neg import (
     batch_dot,
     composable_noise,
     perp_neg_noise,

@@ -6,12 +6,12 @@ import json
 import pytest
 import torch
 
-import antijanus.mlm
+import antijanus.prompting.mlm
 import threestudio
-import antijanus.threestudio_plugin  # noqa: F401  (registers the modules)
-from antijanus.errors import ConfigError
-from antijanus.guidance import ScoreDistillationConfig, ScoreDistillationGuidance
-from antijanus.tiny_models import make_bert
+import antijanus.adapters  # noqa: F401  (registers the modules)
+from antijanus.utils.errors import ConfigError
+from antijanus.core.guidance import ScoreDistillationConfig, ScoreDistillationGuidance
+from antijanus.testing.tiny_models import make_bert
 
 VIEWS = ("side", "front", "back", "overhead")
 
@@ -43,7 +43,7 @@ def make(config):
 
 
 def test_debiased_view_prompts_and_paper_view_settings(processor_config, monkeypatch):
-    monkeypatch.setattr(antijanus.mlm, "MaskedLMViewScorer", SmilingScorer)
+    monkeypatch.setattr(antijanus.prompting.mlm, "MaskedLMViewScorer", SmilingScorer)
     processor = make(processor_config)
     assert [d.name for d in processor.directions] == list(VIEWS)  # threestudio's order
     assert processor.prompts_vd == [
@@ -76,7 +76,7 @@ def test_debiased_view_prompts_and_paper_view_settings(processor_config, monkeyp
 
 
 def test_second_run_reuses_the_cache_without_the_model(processor_config, monkeypatch):
-    monkeypatch.setattr(antijanus.mlm, "MaskedLMViewScorer", SmilingScorer)
+    monkeypatch.setattr(antijanus.prompting.mlm, "MaskedLMViewScorer", SmilingScorer)
     SmilingScorer.instances = 0
     first = make(processor_config)
     second = make(processor_config)

@@ -5,8 +5,8 @@ import textwrap
 
 import pytest
 
-from antijanus.errors import ConfigError
-from antijanus.sweep import DONE_MARKER, Sweep, collect, run_sweep
+from antijanus.utils.errors import ConfigError
+from antijanus.tools.sweep import DONE_MARKER, Sweep, collect, run_sweep
 
 FAKE_LAUNCH = textwrap.dedent('''
     """Stands in for threestudio's launch.py. --train: writes the CSV logs, parsed config and
@@ -156,7 +156,7 @@ def test_bad_sweep_files(tmp_path, data, message):
 
 @pytest.fixture(scope="module")
 def tiny_clip(tmp_path_factory):
-    from antijanus.tiny_models import make_clip
+    from antijanus.testing.tiny_models import make_clip
 
     return make_clip(str(tmp_path_factory.mktemp("tiny-clip-sweep")))
 
@@ -175,7 +175,7 @@ def with_metrics(sweep_file, tiny_clip, **extra):
 
 
 def test_sweep_renders_each_orbit_from_the_checkpoint_and_tabulates_the_metrics(sweep_file, tiny_clip):
-    from antijanus.evaluate import RENDERED_MARKER, orbit_folder
+    from antijanus.tools.evaluate import RENDERED_MARKER, orbit_folder
 
     sweep = with_metrics(sweep_file, tiny_clip)
     assert len(run_sweep(sweep, progress=False)) == 2
@@ -200,7 +200,7 @@ def test_sweep_renders_each_orbit_from_the_checkpoint_and_tabulates_the_metrics(
     assert run_sweep(sweep, dry_run=True) == [run]
     run_sweep(sweep, progress=False)
     assert open(os.path.join(run.run_dir, "train-count")).read() == "1"
-    from antijanus.sweep import evaluate_runs
+    from antijanus.tools.sweep import evaluate_runs
 
     assert evaluate_runs(sweep, progress=False) == []
     # New settings (another view phrase) -> every run is evaluated again.
@@ -211,7 +211,7 @@ def test_sweep_renders_each_orbit_from_the_checkpoint_and_tabulates_the_metrics(
 
 
 def test_a_resumed_checkpoint_invalidates_the_rendered_orbit(sweep_file, tiny_clip):
-    from antijanus.evaluate import orbit_folder
+    from antijanus.tools.evaluate import orbit_folder
 
     sweep = with_metrics(sweep_file, tiny_clip)
     run_sweep(sweep, progress=False)
@@ -236,7 +236,7 @@ def test_slurm_array_through_submitit(sweep_file, tiny_clip):
     """The SLURM path end to end with submitit's local executor (same array code path, tasks run
     as local processes): every run trains, renders its orbit and is marked done."""
     pytest.importorskip("submitit")
-    from antijanus.sweep import submit_slurm
+    from antijanus.tools.sweep import submit_slurm
 
     sweep = with_metrics(sweep_file, tiny_clip)
     jobs = submit_slurm(sweep, {"timeout_min": 5, "slurm_partition": "gpu"}, cluster="local")

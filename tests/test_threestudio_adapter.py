@@ -10,8 +10,8 @@ import pytest
 import torch
 
 import threestudio
-import antijanus.threestudio_plugin  # noqa: F401  (registers the modules)
-from antijanus.errors import ConfigError
+import antijanus.adapters  # noqa: F401  (registers the modules)
+from antijanus.utils.errors import ConfigError
 
 from .helpers import make_prompt_output
 
@@ -56,7 +56,7 @@ def test_launcher_style_second_import_does_not_conflict():
         module = importlib.util.module_from_spec(spec)
         sys.modules["antijanus"] = module
         spec.loader.exec_module(module)  # would raise "Module ... already exists!" unguarded
-        assert threestudio.find("perp-neg-sds-guidance") is saved["antijanus.threestudio_plugin"].PerpNegSDSGuidance
+        assert threestudio.find("perp-neg-sds-guidance") is saved["antijanus.adapters"].PerpNegSDSGuidance
     finally:
         for name in [k for k in sys.modules if k == "antijanus" or k.startswith("antijanus.")]:
             del sys.modules[name]
@@ -67,8 +67,8 @@ def test_core_imports_without_threestudio():
     """Without threestudio (or before it is imported) the package imports and registers nothing."""
     code = (
         "import sys; sys.modules['threestudio'] = None\n"  # find_spec('threestudio') -> None
-        "import antijanus, antijanus.guidance, antijanus.debias, antijanus.dnp\n"
-        "assert 'antijanus.threestudio_plugin' not in sys.modules\n"
+        "import antijanus, antijanus.core.guidance, antijanus.prompting.debias, antijanus.prompting.dnp\n"
+        "assert 'antijanus.adapters' not in sys.modules\n"
         "print('ok')\n"
     )
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}

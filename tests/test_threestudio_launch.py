@@ -49,7 +49,7 @@ def test_every_shipped_config_is_covered():
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory, tiny_sd):
-    from antijanus.tiny_models import make_bert, make_blip
+    from antijanus.testing.tiny_models import make_bert, make_blip
 
     work = tmp_path_factory.mktemp("threestudio-run")
     os.makedirs(work / "custom")
@@ -116,8 +116,8 @@ def test_resumed_run_clips_with_the_same_threshold(workspace):
 def test_metrics_of_a_run_rendered_from_its_checkpoint(workspace, tmp_path):
     """The metrics tool renders a 4-view orbit from the run's checkpoint with the launcher's
     --test (into its own trial folder, not the training's test renders) and evaluates it."""
-    from antijanus.evaluate import MetricSettings, evaluate_run, orbit_folder
-    from antijanus.tiny_models import make_clip
+    from antijanus.tools.evaluate import MetricSettings, evaluate_run, orbit_folder
+    from antijanus.testing.tiny_models import make_clip
 
     work, _ = workspace
     trial, _ = launch(workspace, "perp-neg-nerf-sd.yaml", "metrics", steps=2)

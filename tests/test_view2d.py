@@ -2,17 +2,17 @@ import pytest
 import torch
 
 from antijanus.backbones import BackboneOptions, StableDiffusionBackbone
-from antijanus.dnp import SamplingSettings, StableDiffusionSampler
-from antijanus.errors import ConfigError
-from antijanus.metrics import CLIPScorer
-from antijanus.view2d import (
+from antijanus.prompting.dnp import SamplingSettings, StableDiffusionSampler
+from antijanus.utils.errors import ConfigError
+from antijanus.tools.metrics import CLIPScorer
+from antijanus.tools.view2d import (
     ViewExperiment,
     format_success_table,
     interpolation_images,
     run_view_experiment,
     sample_with_negatives,
 )
-from antijanus.views import PERP_NEG_PRESETS
+from antijanus.core.views import PERP_NEG_PRESETS
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +24,7 @@ def sampler(tiny_sd):
 
 @pytest.fixture(scope="module")
 def clip(tmp_path_factory):
-    from antijanus.tiny_models import make_clip
+    from antijanus.testing.tiny_models import make_clip
 
     return CLIPScorer(make_clip(str(tmp_path_factory.mktemp("tiny-clip-2d"))))
 

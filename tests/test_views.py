@@ -3,8 +3,8 @@ import math
 import pytest
 import torch
 
-from antijanus.errors import ConfigError
-from antijanus.views import (
+from antijanus.utils.errors import ConfigError
+from antijanus.core.views import (
     BACK,
     FRONT,
     OVERHEAD,

@@ -17,7 +17,7 @@ import torch
 
 from torch import Tensor
 
-from ..errors import ConfigError
+from ..utils.errors import ConfigError
 
 
 @dataclass

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..errors import ConfigError
+from ..utils.errors import ConfigError
 from .base import BackboneOptions, LoadedBackbone, autocast_disabled, configure_unet
 
 logger = logging.getLogger(__name__)

@@ -25,10 +25,10 @@ from typing import Any, Dict, List, Optional
 import torch
 from torch import Tensor
 
-from .backbones import BACKBONES
-from .backbones.base import BackboneOptions, DiffusionBackbone
+from ..backbones import BACKBONES
+from ..backbones.base import BackboneOptions, DiffusionBackbone
 from .dsds import CLIP_TARGETS, ClipSchedule, clip_score, schedule_from_config
-from .errors import ConfigError, require_choice, require_non_negative, require_positive
+from ..utils.errors import ConfigError, require_choice, require_non_negative, require_positive
 from .perp_neg import perp_neg_noise
 from .prompts import ViewEmbeddings, direction_indices, empty_prompt_embeddings
 from .sds import (

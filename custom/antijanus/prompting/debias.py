@@ -31,7 +31,7 @@ from typing import Dict, List, Mapping, Optional, Protocol, Sequence, Tuple
 import torch
 from torch import Tensor
 
-from .errors import ConfigError, require_choice
+from ..utils.errors import ConfigError, require_choice
 
 DEFAULT_TEMPLATE = "This image is depicting a [MASK] view of {prompt}"
 NORMALIZATIONS = ("mean", "max", "none")
@@ -271,7 +271,7 @@ def cached_debias(prompt: str, settings: DebiasSettings, model_name: str, cache_
     import dataclasses
     import os
 
-    from .cache import cache_key, read_json, write_json
+    from ..utils.cache import cache_key, read_json, write_json
 
     settings.validate()
     if not prompt or not prompt.strip():

@@ -1,102 +1,27 @@
-"""threestudio adapters: thin ``BaseObject`` shells around the pure-PyTorch core.
-
-Each module has threestudio's shape: a ``Config`` dataclass (every key with its default, see
-README), ``configure()`` that builds the core object, ``threestudio.register(name)``.
-Imported by ``antijanus/__init__.py`` only when threestudio is importable.
+"""threestudio prompt-processor adapters: threestudio's Stable Diffusion prompt processor with
+D-SDS prompt debiasing (``bert-pmi-prompt-processor``) or diffusion-negative prompting
+(``dnp-prompt-processor``), over the pure-PyTorch prompt work in ``antijanus.prompting``.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field, fields
-from typing import Any, Dict, List, Optional, Type, TypeVar
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional
 
 import threestudio
-from omegaconf import OmegaConf
 from threestudio.models.prompt_processors.base import DirectionConfig, hash_prompt
 from threestudio.models.prompt_processors.stable_diffusion_prompt_processor import (
     StableDiffusionPromptProcessor,
 )
-from threestudio.utils.base import BaseObject
 from threestudio.utils.misc import barrier, get_rank
 
-from .cache import save_tensor, write_json
-from .debias import DebiasResult, DebiasSettings, cached_debias
-from .errors import ConfigError
-from .guidance import DSDSConfig, ScoreDistillationConfig, ScoreDistillationGuidance
-from .views import VIEWS, ViewRanges, classify_views
-
-T = TypeVar("T")
-
-
-def register(name: str):
-    """``threestudio.register`` that tolerates this plugin being imported twice (e.g. once as
-    an installed package and once by the launcher from ``custom/``): threestudio itself raises
-    on a second registration of a name."""
-
-    def decorator(cls):
-        existing = threestudio.__modules__.get(name)
-        if existing is not None and existing.__qualname__ == cls.__qualname__ and getattr(
-            existing, "_antijanus_module", None
-        ) == name:
-            return existing
-        cls._antijanus_module = name
-        return threestudio.register(name)(cls)
-
-    return decorator
-
-
-def core_config(core_type: Type[T], cfg: Any) -> T:
-    """The threestudio (OmegaConf) config of a module as the core's plain dataclass."""
-    container: Dict[str, Any] = OmegaConf.to_container(OmegaConf.create(dict(cfg)), resolve=True)
-    names = {f.name for f in fields(core_type)}
-    return core_type(**{k: v for k, v in container.items() if k in names})
-
-
-class _GuidanceAdapter(BaseObject):
-    """Shared shell: both registered guidances run the one core guidance path."""
-
-    core_config_type: Type[ScoreDistillationConfig] = ScoreDistillationConfig
-    registered_name = ""
-
-    def configure(self) -> None:
-        threestudio.info(f"antijanus: loading {self.cfg.backbone} for {self.registered_name} ...")
-        self.engine = ScoreDistillationGuidance(core_config(self.core_config_type, self.cfg), self.device)
-
-    def __call__(self, rgb, prompt_utils, elevation, azimuth, camera_distances,
-                 rgb_as_latents: bool = False, guidance_eval: bool = False, **kwargs):
-        return self.engine(rgb, prompt_utils, elevation, azimuth, camera_distances,
-                           rgb_as_latents=rgb_as_latents, guidance_eval=guidance_eval)
-
-    def update_step(self, epoch: int, global_step: int, on_load_weights: bool = False):
-        self.engine.update_step(epoch, global_step, on_load_weights=on_load_weights)
-
-
-@register("perp-neg-sds-guidance")
-class PerpNegSDSGuidance(_GuidanceAdapter):
-    """SDS with Perp-Neg view conditioning; D-SDS clipping with ``score_clipping: true``."""
-
-    @dataclass
-    class Config(BaseObject.Config, ScoreDistillationConfig):
-        pass
-
-    cfg: Config
-    core_config_type = ScoreDistillationConfig
-    registered_name = "perp-neg-sds-guidance"
-
-
-@register("dsds-guidance")
-class DSDSGuidance(_GuidanceAdapter):
-    """SDS with D-SDS dynamic score clipping; Perp-Neg with ``perp_neg: true``."""
-
-    @dataclass
-    class Config(BaseObject.Config, DSDSConfig):
-        pass
-
-    cfg: Config
-    core_config_type = DSDSConfig
-    registered_name = "dsds-guidance"
+from ..core.views import VIEWS, ViewRanges, classify_views
+from ..prompting.debias import DebiasResult, DebiasSettings, cached_debias
+from ..utils.cache import save_tensor, write_json
+from ..utils.errors import ConfigError
+from .registry import register
 
 
 # threestudio's direction order (its built-in Perp-Neg indexes side=0, front=1, back=2, overhead=3)
@@ -230,7 +155,7 @@ class BertPMIPromptProcessor(_AntijanusPromptProcessorMixin, StableDiffusionProm
         cfg = self.cfg
 
         def scorer():
-            from .mlm import MaskedLMViewScorer
+            from ..prompting.mlm import MaskedLMViewScorer
 
             return MaskedLMViewScorer(cfg.debias_model, device="cpu", template=cfg.debias_template)
 
@@ -287,7 +212,7 @@ class DNPPromptProcessor(_AntijanusPromptProcessorMixin, StableDiffusionPromptPr
     cfg: Config
 
     def configure(self) -> None:
-        from .dnp import SamplingSettings
+        from ..prompting.dnp import SamplingSettings
 
         cfg = self.cfg
         self.dnp = None
@@ -303,8 +228,8 @@ class DNPPromptProcessor(_AntijanusPromptProcessorMixin, StableDiffusionPromptPr
     def run_dnp(self, settings):
         import shutil
 
-        from .captioning import BlipCaptioner
-        from .dnp import cached_dnp, load_sampler
+        from ..prompting.captioning import BlipCaptioner
+        from ..prompting.dnp import cached_dnp, load_sampler
 
         cfg = self.cfg
         self.prompt_library = _load_prompt_library()

@@ -27,7 +27,7 @@ from typing import Optional, Tuple
 
 from torch import Tensor
 
-from .errors import ConfigError, require_choice, require_non_negative
+from ..utils.errors import ConfigError, require_choice, require_non_negative
 
 CLIP_SCHEDULES = ("linear", "constant", "cosine")
 CLIP_TARGETS = ("residual", "gradient")

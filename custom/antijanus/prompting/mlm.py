@@ -15,9 +15,9 @@ from typing import Dict, List, Sequence, Tuple
 import torch
 from torch import Tensor
 
-from .backbones.base import check_model_path
+from ..backbones.base import check_model_path
 from .debias import DEFAULT_TEMPLATE
-from .errors import ConfigError
+from ..utils.errors import ConfigError
 
 
 class MaskedLMViewScorer:

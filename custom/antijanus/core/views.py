@@ -21,7 +21,7 @@ from typing import Dict, Mapping, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
-from .errors import ConfigError, require_non_negative
+from ..utils.errors import ConfigError, require_non_negative
 
 #: Canonical view order used by every tensor indexed by view in this package.
 VIEWS: Tuple[str, ...] = ("front", "side", "back", "overhead")

@@ -21,8 +21,8 @@ import subprocess
 from dataclasses import asdict, dataclass, field, fields
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
-from .cache import write_json
-from .errors import ConfigError, require_choice
+from ..utils.cache import write_json
+from ..utils.errors import ConfigError, require_choice
 from .metrics import (
     LPIPS,
     LPIPS_NETS,

@@ -44,12 +44,12 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from typing import Dict, Iterable, List, Mapping, Optional, Sequence
 
-from .cache import cache_key, read_json
-from .errors import ConfigError
+from ..utils.cache import cache_key, read_json
+from ..utils.errors import ConfigError
 from .evaluate import (
     MetricModels, MetricSettings, evaluate_folder, newest_test_folder, orbit_folder, render_orbit, write_results,
 )
-from .progress import progress_bar
+from ..utils.progress import progress_bar
 
 DONE_MARKER = ".antijanus-done"
 # the view-consistency metrics lead the table, then the training logs in name order

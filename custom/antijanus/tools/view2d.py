@@ -21,11 +21,11 @@ from typing import Dict, List, Mapping, Sequence
 import torch
 from torch import Tensor
 
-from .dnp import SamplingSettings, StableDiffusionSampler
-from .errors import ConfigError, require_non_negative
-from .perp_neg import composable_noise, perp_neg_noise
-from .progress import progress_bar
-from .views import BACK, FRONT, SIDE, PerpNegWeights, plan_perp_neg
+from ..prompting.dnp import SamplingSettings, StableDiffusionSampler
+from ..utils.errors import ConfigError, require_non_negative
+from ..core.perp_neg import composable_noise, perp_neg_noise
+from ..utils.progress import progress_bar
+from ..core.views import BACK, FRONT, SIDE, PerpNegWeights, plan_perp_neg
 
 METHODS = ("vanilla", "cebm", "perp-neg")
 VIEW_NEGATIVES = {"front": ("side",), "side": ("front",), "back": ("side", "front")}  # Perp-Neg Sec. 4.2

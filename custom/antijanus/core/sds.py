@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .errors import ConfigError
+from ..utils.errors import ConfigError
 from .perp_neg import per_sample
 
 WEIGHTING_STRATEGIES = ("sds", "uniform", "fantasia3d")

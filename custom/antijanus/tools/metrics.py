@@ -27,7 +27,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from .errors import ConfigError
+from ..utils.errors import ConfigError
 
 # torchvision feature stacks: (out channels, kernel, stride, padding) convs, "M" max-pools; LPIPS
 # reads the ReLU after the listed convs (VGG16: conv1_2, 2_2, 3_3, 4_3, 5_3; AlexNet: conv1..5).
@@ -214,7 +214,7 @@ class CLIPScorer:
     def __init__(self, name_or_path: str = "openai/clip-vit-base-patch32", device="cpu", key: str = "clip_model"):
         from transformers import CLIPModel, CLIPProcessor
 
-        from .backbones.base import check_model_path
+        from ..backbones.base import check_model_path
 
         check_model_path(key, name_or_path)
         self.processor = CLIPProcessor.from_pretrained(name_or_path)
@@ -224,7 +224,7 @@ class CLIPScorer:
     @torch.no_grad()
     def similarity(self, images: Tensor, texts: Sequence[str]) -> Tensor:
         """[N images, T texts] cosine similarities; images in [0, 1]."""
-        from .imaging import to_pil
+        from ..utils.imaging import to_pil
 
         inputs = self.processor(text=list(texts), images=[to_pil(i) for i in images], return_tensors="pt",
                                 padding=True).to(self.device)
@@ -260,7 +260,7 @@ class OpenCLIPScorer:
     @torch.no_grad()
     def similarity(self, images: Tensor, texts: Sequence[str]) -> Tensor:
         """[N images, T texts] cosine similarities; images in [0, 1]."""
-        from .imaging import to_pil
+        from ..utils.imaging import to_pil
 
         pixels = torch.stack([self.preprocess(to_pil(i)) for i in images]).to(self.device)
         image = self.model.encode_image(pixels)
@@ -270,7 +270,7 @@ class OpenCLIPScorer:
 
 def _looks_like_path(value: str) -> bool:
     """An open_clip checkpoint file rather than a pretrained tag (tags have no '/' or suffix)."""
-    from .backbones.base import looks_local
+    from ..backbones.base import looks_local
 
     return looks_local(value) or os.sep in value or value.endswith((".bin", ".pt", ".pth", ".safetensors"))
 

@@ -12,8 +12,8 @@ from typing import List, Optional
 import torch
 from torch import Tensor
 
-from .backbones.base import check_model_path
-from .errors import ConfigError
+from ..backbones.base import check_model_path
+from ..utils.errors import ConfigError
 
 DEFAULT_CAPTIONER = "Salesforce/blip-image-captioning-base"
 
@@ -34,7 +34,7 @@ class BlipCaptioner:
 
     @torch.no_grad()
     def caption(self, images: Tensor) -> List[str]:
-        from .imaging import to_pil
+        from ..utils.imaging import to_pil
 
         pil = [to_pil(image) for image in images]
         kwargs = {"text": [self.text_prompt] * len(pil)} if self.text_prompt else {}

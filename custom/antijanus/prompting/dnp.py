@@ -27,8 +27,8 @@ from typing import Callable, Dict, List, Optional, Protocol, Tuple
 import torch
 from torch import Tensor
 
-from .errors import ConfigError, require_positive
-from .imaging import to_pil
+from ..utils.errors import ConfigError, require_positive
+from ..utils.imaging import to_pil
 
 MODES = ("cfg", "dns")
 
@@ -126,7 +126,7 @@ def cached_dnp(
 ) -> DNPResult:
     """Auto-DNP once per (model, prompt, sampling settings, captioner): sample the DNS image,
     caption it into n*, save both (atomically). A cache hit builds no model."""
-    from .cache import atomic_write, cache_key, read_json, write_json
+    from ..utils.cache import atomic_write, cache_key, read_json, write_json
 
     if not prompt or not prompt.strip():
         raise ConfigError("prompt", prompt, "must not be empty")
@@ -151,8 +151,8 @@ def cached_dnp(
 
 def load_sampler(model_name: str, device, half_precision: bool = True):
     """A Stable Diffusion sampler and its prompt encoder, loaded from a hub id or a folder."""
-    from .backbones.base import BackboneOptions
-    from .backbones.stable_diffusion import StableDiffusionBackbone
+    from ..backbones.base import BackboneOptions
+    from ..backbones.stable_diffusion import StableDiffusionBackbone
 
     backbone = StableDiffusionBackbone(
         BackboneOptions(pretrained_model_name_or_path=model_name, half_precision_weights=half_precision), device)

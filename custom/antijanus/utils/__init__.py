@@ -1,0 +1,1 @@
+"""Shared utilities: configuration errors, atomic cache files, images, progress bars."""
