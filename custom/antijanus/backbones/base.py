@@ -9,7 +9,6 @@ DeepFloyd IF (pixel space) implement it.
 from __future__ import annotations
 
 import contextlib
-import os
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Protocol, runtime_checkable
 
@@ -18,6 +17,7 @@ import torch
 from torch import Tensor
 
 from ..utils.errors import ConfigError
+from ..utils.loading import check_model_path
 
 
 @dataclass
@@ -85,20 +85,3 @@ class DiffusionBackbone(Protocol):
 
     def encode_prompts(self, prompts: List[str]) -> Tensor:
         """Text embeddings as the prompt processors make them, [N, tokens, features]."""
-
-
-def looks_local(name_or_path: str) -> bool:
-    """A filesystem path (absolute, ./, ../, ~) rather than a hub id or a name."""
-    return name_or_path.startswith(("/", "./", "../", "~")) or os.path.isabs(name_or_path)
-
-
-def check_model_path(key: str, name_or_path: str) -> None:
-    """A clear config-time error for a local model folder that does not exist.
-
-    Hub ids ("org/name") are passed on to ``from_pretrained``; a value that looks like a
-    filesystem path (absolute, ./, ../, ~) must exist.
-    """
-    if not name_or_path:
-        raise ConfigError(key, name_or_path, "must name a model folder or a hub id")
-    if looks_local(name_or_path) and not os.path.isdir(os.path.expanduser(name_or_path)):
-        raise ConfigError(key, name_or_path, "model folder does not exist")

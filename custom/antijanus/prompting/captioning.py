@@ -12,7 +12,7 @@ from typing import List, Optional
 import torch
 from torch import Tensor
 
-from ..backbones.base import check_model_path
+from ..utils.loading import check_model_path
 from ..utils.errors import ConfigError
 
 DEFAULT_CAPTIONER = "Salesforce/blip-image-captioning-base"

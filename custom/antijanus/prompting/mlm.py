@@ -15,7 +15,7 @@ from typing import Dict, List, Sequence, Tuple
 import torch
 from torch import Tensor
 
-from ..backbones.base import check_model_path
+from ..utils.loading import check_model_path
 from .debias import DEFAULT_TEMPLATE
 from ..utils.errors import ConfigError
 

@@ -214,7 +214,7 @@ class CLIPScorer:
     def __init__(self, name_or_path: str = "openai/clip-vit-base-patch32", device="cpu", key: str = "clip_model"):
         from transformers import CLIPModel, CLIPProcessor
 
-        from ..backbones.base import check_model_path
+        from ..utils.loading import check_model_path
 
         check_model_path(key, name_or_path)
         self.processor = CLIPProcessor.from_pretrained(name_or_path)
@@ -270,7 +270,7 @@ class OpenCLIPScorer:
 
 def _looks_like_path(value: str) -> bool:
     """An open_clip checkpoint file rather than a pretrained tag (tags have no '/' or suffix)."""
-    from ..backbones.base import looks_local
+    from ..utils.loading import looks_local
 
     return looks_local(value) or os.sep in value or value.endswith((".bin", ".pt", ".pth", ".safetensors"))
 
