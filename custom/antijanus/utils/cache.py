@@ -2,20 +2,37 @@
 
 A file is written to a temporary name in the same folder and moved into place with
 ``os.replace``, so a reader (another rank, a resumed run, a run killed mid-write) sees either
-the old file or the complete new one, never a partial file.
+the old file or the complete new one, never a partial file. Written files get the mode an
+ordinary ``open()`` gives under the current umask (0644 under the usual 022), as threestudio's
+own cache files. A run killed mid-write leaves its temporary file behind; the next write into
+that folder removes the stale ones (see ``remove_stale_temporaries``). A cache file that cannot
+be read (truncated, garbage, another format) is a cache miss with one warning naming the file,
+so the value is computed again and the file rewritten.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
+import re
+import socket
 import tempfile
+import time
 from typing import Any, Callable, Dict, Optional
 
 import torch
 
 CACHE_VERSION = 1
+TEMP_PREFIX = ".tmp-antijanus-"
+# A temporary file older than this is stale: atomic writes here take seconds (JSON, embeddings,
+# a PNG), and a writer that is alive keeps its file's mtime fresh.
+STALE_TEMP_AGE_S = 3600.0
+# temporary names of antijanus <= 0.2 (tempfile.mkstemp: ".tmp-" + 8 random characters + name)
+_LEGACY_TEMP = re.compile(r"\.tmp-[a-z0-9_]{8}.")
+
+logger = logging.getLogger(__name__)
 
 
 def cache_key(**parts: Any) -> str:
@@ -24,11 +41,87 @@ def cache_key(**parts: Any) -> str:
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:32]
 
 
+def current_umask() -> int:
+    """The process umask, read without changing it where the OS allows (Linux /proc)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)  # elsewhere: set and restore at once
+    os.umask(mask)
+    return mask
+
+
+def _host() -> str:
+    return re.sub(r"[^\w.]+", "_", socket.gethostname())[:40] or "host"
+
+
+def _temp_prefix() -> str:
+    """``.tmp-antijanus-<host>-<pid>-``: whoever cleans can tell whether the writer still runs."""
+    return f"{TEMP_PREFIX}{_host()}-{os.getpid()}-"
+
+
+def _writer_alive(name: str) -> Optional[bool]:
+    """Whether the process that owns temporary file ``name`` is alive; None when it cannot be
+    told here (written on another host, or a legacy name without a pid)."""
+    match = re.match(re.escape(TEMP_PREFIX) + r"(.+)-(\d+)-", name)
+    if not match or match.group(1) != _host():
+        return None
+    pid = int(match.group(2))
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def remove_stale_temporaries(folder: str, max_age_s: float = STALE_TEMP_AGE_S) -> list:
+    """Remove the temporary files that killed writers left in ``folder``: only names of this
+    module's writer (``.tmp-antijanus-...``, or the ``.tmp-XXXXXXXX<name>`` of earlier versions),
+    only those untouched for ``max_age_s``, and never one whose writer is a live process on this
+    host. Returns the paths removed."""
+    removed = []
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return removed
+    now = time.time()
+    for name in names:
+        if not (name.startswith(TEMP_PREFIX) or _LEGACY_TEMP.match(name)):
+            continue
+        path = os.path.join(folder, name)
+        try:
+            if not os.path.isfile(path) or now - os.path.getmtime(path) < max_age_s:
+                continue
+            if _writer_alive(name):
+                continue
+            os.remove(path)
+            removed.append(path)
+        except OSError:  # gone already (another process cleaned it), or not ours to remove
+            continue
+    return removed
+
+
+_cleaned_folders: set = set()
+
+
 def atomic_write(path: str, write: Callable[[Any], None], binary: bool = False) -> None:
+    """Write ``path`` through ``write(file)`` atomically, with the umask's mode."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.basename(path))
+    if folder not in _cleaned_folders:  # once per folder and process
+        _cleaned_folders.add(folder)
+        remove_stale_temporaries(folder)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=_temp_prefix(), suffix="-" + os.path.basename(path))
     try:
+        _chmod(fd, tmp, 0o666 & ~current_umask())  # mkstemp creates 0600
         with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as f:
             write(f)
             f.flush()
@@ -40,16 +133,65 @@ def atomic_write(path: str, write: Callable[[Any], None], binary: bool = False) 
         raise
 
 
+def _chmod(fd: int, path: str, mode: int) -> None:
+    if hasattr(os, "fchmod"):
+        os.fchmod(fd, mode)
+    else:  # Windows
+        os.chmod(path, mode)
+
+
+def _unreadable(path: str, error: BaseException) -> None:
+    text = str(error).strip().splitlines()
+    reason = f"{type(error).__name__}: {text[0][:200]}" if text else type(error).__name__
+    logger.warning("antijanus: cache file %s is unreadable (%s); computing it again", path, reason)
+
+
 def write_json(path: str, data: Dict) -> None:
     atomic_write(path, lambda f: json.dump(data, f, indent=2, ensure_ascii=False))
 
 
 def read_json(path: str) -> Optional[Dict]:
+    """The JSON object in ``path``; None when there is no file, or (with one warning naming the
+    file) when it cannot be read as a JSON object: the caller computes the value again."""
     if not os.path.exists(path):
         return None
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (ValueError, OSError) as error:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        _unreadable(path, error)
+        return None
+    if not isinstance(data, dict):
+        _unreadable(path, ValueError(f"a JSON {type(data).__name__}, not an object"))
+        return None
+    return data
 
 
 def save_tensor(path: str, tensor: torch.Tensor) -> None:
     atomic_write(path, lambda f: torch.save(tensor, f), binary=True)
+
+
+def load_tensor(path: str, map_location=None) -> Optional[torch.Tensor]:
+    """The tensor in ``path``; None when there is no file, or (with one warning naming the file)
+    when it cannot be loaded as a tensor. An unreadable file is also removed, so that code which
+    only checks whether the file exists (threestudio's prompt processors) computes it again."""
+    if not os.path.exists(path):
+        return None
+    try:
+        tensor = torch.load(path, map_location=map_location)
+    except Exception as error:  # torch.load raises many kinds: RuntimeError, EOFError, UnpicklingError...
+        _unreadable(path, error)
+        _remove_quietly(path)
+        return None
+    if not isinstance(tensor, torch.Tensor):
+        _unreadable(path, ValueError(f"holds a {type(tensor).__name__}, not a tensor"))
+        _remove_quietly(path)
+        return None
+    return tensor
+
+
+def _remove_quietly(path: str) -> None:
+    try:
+        os.remove(path)
+    except OSError:
+        pass

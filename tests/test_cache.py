@@ -1,0 +1,130 @@
+"""The atomic cache files (antijanus.utils.cache): mode under the umask, stale temporary files
+of killed writers, unreadable cache files as a cache miss with one warning naming the file."""
+
+import logging
+import os
+import stat
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from antijanus.utils import cache
+from antijanus.utils.cache import read_json, save_tensor, write_json
+
+
+def mode(path) -> int:
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+@pytest.fixture
+def umask():
+    old = os.umask(0o022)
+    yield os.umask
+    os.umask(old)
+
+
+@pytest.mark.parametrize("mask", [0o022, 0o027, 0o002], ids=oct)
+def test_written_files_get_the_mode_open_gives_under_the_umask(tmp_path, umask, mask):
+    umask(mask)
+    with open(tmp_path / "plain.txt", "w") as f:  # what threestudio's own cache files get
+        f.write("x")
+    write_json(str(tmp_path / "a.json"), {"a": 1})
+    save_tensor(str(tmp_path / "t.pt"), torch.zeros(2))
+    assert mode(tmp_path / "a.json") == mode(tmp_path / "t.pt") == mode(tmp_path / "plain.txt") == 0o666 & ~mask
+
+
+def test_a_killed_writer_leaves_a_temporary_file_that_a_later_write_removes(tmp_path):
+    """A real writer process killed mid-write: its temporary file stays; once stale, the next
+    write into the folder removes it (and nothing else)."""
+    script = (
+        "import sys, os, time; sys.path.insert(0, sys.argv[2]);"
+        "from antijanus.utils.cache import atomic_write;"
+        "atomic_write(os.path.join(sys.argv[1], 'slow.json'), lambda f: (f.write('{'), f.flush(), print('writing', flush=True), time.sleep(60)))"
+    )
+    custom = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "custom")
+    writer = subprocess.Popen([sys.executable, "-c", script, str(tmp_path), custom], stdout=subprocess.PIPE, text=True)
+    assert writer.stdout.readline().strip() == "writing"
+    (temp,) = [p for p in tmp_path.iterdir() if p.name.startswith(".tmp-")]
+    # while the writer lives, its file is never removed, however old it looks
+    os.utime(temp, (time.time() - 10 * 3600,) * 2)
+    assert cache.remove_stale_temporaries(str(tmp_path)) == [] and temp.exists()
+    writer.kill()
+    writer.wait()
+    assert temp.exists()  # killed mid-write: left behind
+    # a recent temporary file of a dead writer is kept (it may be another host's live write)
+    os.utime(temp, None)
+    assert cache.remove_stale_temporaries(str(tmp_path)) == [] and temp.exists()
+    os.utime(temp, (time.time() - 2 * 3600,) * 2)
+    others = {".tmp-notes.txt": "another tool's", "data.json": "{}", ".tmp-abcd1234": "no target name"}
+    legacy = tmp_path / ".tmp-k3j_9x0qa.json"  # a temporary name of antijanus <= 0.2
+    legacy.write_text("{")
+    os.utime(legacy, (time.time() - 2 * 3600,) * 2)
+    for name, text in others.items():
+        (tmp_path / name).write_text(text)
+        os.utime(tmp_path / name, (time.time() - 2 * 3600,) * 2)
+    write_json(str(tmp_path / "next.json"), {"ok": True})  # the next write cleans the folder
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*others, "next.json"])
+
+
+def test_temporary_files_of_another_host_are_removed_only_when_old(tmp_path):
+    name = f"{cache.TEMP_PREFIX}other-host-{os.getpid()}-abc-x.json"  # the pid means nothing here
+    (tmp_path / name).write_text("{")
+    assert cache.remove_stale_temporaries(str(tmp_path)) == []
+    os.utime(tmp_path / name, (time.time() - 2 * 3600,) * 2)
+    assert cache.remove_stale_temporaries(str(tmp_path)) == [str(tmp_path / name)]
+
+
+@pytest.mark.parametrize("content", [b"{\"prompt\": \"a co", b"\xff\xfe garbage", b"[1, 2]", b""])
+def test_an_unreadable_json_cache_file_is_a_miss_with_one_warning_naming_it(tmp_path, caplog, content):
+    path = tmp_path / "key.json"
+    path.write_bytes(content)
+    with caplog.at_level(logging.WARNING, logger="antijanus.utils.cache"):
+        assert read_json(str(path)) is None
+    (record,) = caplog.records
+    assert str(path) in record.getMessage() and "computing it again" in record.getMessage()
+    write_json(str(path), {"prompt": "a corgi"})  # the caller's recomputed value replaces it
+    assert read_json(str(path)) == {"prompt": "a corgi"}
+    assert read_json(str(tmp_path / "missing.json")) is None
+
+
+@pytest.mark.parametrize("content", [b"PK\x03\x04 truncated", b"not a tensor file", "dict"])
+def test_an_unreadable_tensor_cache_file_is_a_miss_removed_with_one_warning(tmp_path, caplog, content):
+    path = tmp_path / "hash.pt"
+    if content == "dict":
+        torch.save({"a": torch.zeros(1)}, path)
+    else:
+        path.write_bytes(content)
+    with caplog.at_level(logging.WARNING, logger="antijanus.utils.cache"):
+        assert cache.load_tensor(str(path)) is None
+    (record,) = caplog.records
+    assert str(path) in record.getMessage()
+    assert not path.exists()  # threestudio's processors recompute a file that does not exist
+    save_tensor(str(path), torch.arange(3.0))
+    assert torch.equal(cache.load_tensor(str(path)), torch.arange(3.0))
+
+
+def test_a_corrupt_debiasing_cache_is_recomputed(tmp_path, caplog, monkeypatch):
+    """The prompting caller needs no change: a None read is a miss, the value is computed again
+    and the file rewritten."""
+    from antijanus.prompting import debias
+
+    computed = []
+
+    def fake_debias(prompt, settings, scorer):  # stands in for the BERT scoring
+        computed.append(prompt)
+        return debias.DebiasResult(prompt, {"front": prompt}, {"front": []}, None)
+
+    monkeypatch.setattr(debias, "debias_prompt", fake_debias)
+    settings = debias.DebiasSettings()
+    result, path, hit = debias.cached_debias("a corgi", settings, "bert", str(tmp_path), lambda: None)
+    assert not hit and computed == ["a corgi"]
+    with open(path, "w") as f:
+        f.write('{"prompt": "a co')  # e.g. a disk that filled up under an older, non-atomic writer
+    with caplog.at_level(logging.WARNING, logger="antijanus.utils.cache"):
+        result, path2, hit = debias.cached_debias("a corgi", settings, "bert", str(tmp_path), lambda: None)
+    assert path2 == path and not hit and computed == ["a corgi"] * 2 and result.view_prompts == {"front": "a corgi"}
+    assert len(caplog.records) == 1 and path in caplog.text
+    assert debias.cached_debias("a corgi", settings, "bert", str(tmp_path), lambda: None)[2]  # rewritten: a hit
