@@ -23,7 +23,7 @@ import sys
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "custom"))
 
 from antijanus.utils.errors import ConfigError  # noqa: E402
-from antijanus.tools.sweep import Sweep, collect, run_sweep, submit_slurm  # noqa: E402
+from antijanus.tools.sweep import Sweep, collect, parse_slurm_parameters, run_sweep, submit_slurm  # noqa: E402
 
 
 def main() -> int:
@@ -42,8 +42,7 @@ def main() -> int:
         sweep = Sweep.load(args.sweep)
         if not args.collect_only:
             if args.slurm:
-                params = dict(item.split("=", 1) for item in args.slurm)
-                params = {k: int(v) if v.isdigit() else v for k, v in params.items()}
+                params = parse_slurm_parameters(args.slurm)
                 jobs = submit_slurm(sweep, params, cluster=args.cluster)
                 print(f"submitted {len(jobs)} runs as a job array; then run --collect-only")
                 return 0

@@ -146,12 +146,55 @@ def test_failed_runs_are_reported_and_not_marked_done(sweep_file):
         ({"name": "x y", "config": "a.yaml", "prompts": ["p"]}, "`name`"),
         ({"name": "x", "config": "a.yaml", "prompts": ["p"], "variants": {"v": {"overide": []}}},
          "variants.v.overide.*unknown variant key"),
+        # issue 12 item 11: wrong shapes are errors naming the key, never garbage commands
+        ({"name": "x", "config": "a.yaml", "prompts": ["p"], "overrides": "trainer.max_steps=10"},
+         "`overrides` = 'trainer.max_steps=10': must be a list"),
+        ({"name": "x", "config": "a.yaml", "prompts": ["p"], "overrides": ["trainer.max_steps"]},
+         "`overrides` = 'trainer.max_steps'.*dotted.key=value"),
+        ({"name": "x", "config": "a.yaml", "prompts": ["p"], "variants": {"v": {"overrides": "seed=1"}}},
+         "`variants.v.overrides` = 'seed=1': must be a list"),
+        ({"name": "x", "config": "a.yaml", "prompts": "a corgi"}, "`prompts` = 'a corgi': must be a list"),
+        ({"name": "x", "config": "a.yaml", "prompts": ["p"], "seeds": [0, "one"]}, "`seeds`.*'one' is not one"),
+        ({"name": "x", "config": "a.yaml", "prompts": ["p"], "seeds": [0.5]}, "`seeds`.*list of integers"),
+        ({"name": "x", "config": "a.yaml", "prompts": ["p"], "seeds": 3}, "`seeds` = 3: must be a list of integers"),
+        ({"name": "x", "config": "a.yaml", "prompts": ["p"], "variants": ["baseline", "perp-neg"]},
+         "`variants` = \\['baseline', 'perp-neg'\\]: maps variant names"),
+        ({"name": "x", "config": "a.yaml", "prompts": ["p"], "variants": {"v": ["seed=1"]}},
+         "`variants.v`.*a variant is a mapping"),
+        ({"name": "x", "config": "a.yaml", "prompts": ["p"], "metrics": ["n_views=4"]}, "`metrics`.*a mapping"),
+        ({"name": "x", "config": "a.yaml", "prompts": ["p"], "metrics": {"distractors": "a cat"}},
+         "`metrics.distractors` = 'a cat': must be a list"),
+        ({"name": "x", "config": "a.yaml", "prompts": ["p"], "metrics": {"n_views": "100"}},
+         "`metrics.n_views`.*must be an integer"),
     ],
 )
 def test_bad_sweep_files(tmp_path, data, message):
     (tmp_path / "a.yaml").write_text("name: x\n")
     with pytest.raises(ConfigError, match=message):
         Sweep.from_dict(data, str(tmp_path))
+
+
+def test_slurm_parameters_are_key_value_pairs():
+    from antijanus.tools.sweep import parse_slurm_parameters
+
+    assert parse_slurm_parameters(["slurm_partition=gpu", "timeout_min=600", "slurm_comment=a=b"]) == {
+        "slurm_partition": "gpu", "timeout_min": 600, "slurm_comment": "a=b"}
+    with pytest.raises(ConfigError, match="`slurm` = 'gpu': expects KEY=VALUE"):
+        parse_slurm_parameters(["timeout_min=600", "gpu"])
+
+
+def test_sweep_script_reports_bad_slurm_parameters_and_sweep_files(sweep_file, tmp_path):
+    import subprocess
+
+    script = os.path.join(os.path.dirname(__file__), "..", "scripts", "sweep.py")
+    bad = subprocess.run([sys.executable, script, str(sweep_file), "--slurm", "partition", "gpu"],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and "config key `slurm` = 'partition': expects KEY=VALUE" in bad.stderr
+    assert "Traceback" not in bad.stderr
+    text = sweep_file.read_text().replace("overrides: [trainer.max_steps=3]", "overrides: trainer.max_steps=3")
+    sweep_file.write_text(text)
+    bad = subprocess.run([sys.executable, script, str(sweep_file), "--dry-run"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "config key `overrides`" in bad.stderr and "Traceback" not in bad.stderr
 
 
 @pytest.fixture(scope="module")

@@ -76,9 +76,18 @@ class MetricSettings:
         return settings
 
     def check(self) -> None:
+        if isinstance(self.distractors, str) or not isinstance(self.distractors, (list, tuple)) or \
+                not all(isinstance(d, str) for d in self.distractors):
+            raise ConfigError("metrics.distractors", self.distractors, 'must be a list of prompts, e.g. ["a cat", "a car"]')
+        if not isinstance(self.phrases, Mapping) or not all(isinstance(p, str) for p in self.phrases.values()):
+            raise ConfigError("metrics.phrases", self.phrases, "maps view names to phrases", list(VIEW_ORDER))
+        if not isinstance(self.clip_model, str) or not self.clip_model:
+            raise ConfigError("metrics.clip_model", self.clip_model, "a CLIP hub id or folder, or open_clip:<arch>")
         require_choice("metrics.lpips_net", self.lpips_net, LPIPS_NETS)
         require_choice("metrics.preprocess", self.preprocess, ("none", "dsds-notebook"))
-        if int(self.n_views) < 2:
+        if isinstance(self.n_views, bool) or not isinstance(self.n_views, int):
+            raise ConfigError("metrics.n_views", self.n_views, "must be an integer (azimuths of the orbit)")
+        if self.n_views < 2:
             raise ConfigError("metrics.n_views", self.n_views, "an orbit needs at least 2 views")
         unknown = sorted(set(self.phrases) - set(VIEW_ORDER))
         if unknown or not self.phrases:

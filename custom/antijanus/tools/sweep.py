@@ -101,6 +101,8 @@ class Sweep:
 
     @classmethod
     def from_dict(cls, data: Mapping, base_dir: str = ".") -> "Sweep":
+        if not isinstance(data, Mapping):
+            raise ConfigError("sweep", data, "a sweep file is a mapping of keys (name, config, variants, ...)")
         known = {"name", "config", "launch", "out", "overrides", "variants", "prompts", "seeds", "metrics"}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -108,37 +110,55 @@ class Sweep:
         name = str(data.get("name") or "")
         if not re.fullmatch(r"[\w.-]+", name):
             raise ConfigError("name", name, "must be a non-empty name of letters, digits, '.', '_', '-'")
-        prompts = [str(p) for p in data.get("prompts") or []]
+        prompts = string_list("prompts", data.get("prompts"), 'e.g. ["a DSLR photo of a corgi"]')
         if not prompts or any(not p.strip() for p in prompts):
             raise ConfigError("prompts", prompts, "needs at least one non-empty prompt")
-        seeds = [int(s) for s in data.get("seeds") or [0]]
+        seeds = integer_list("seeds", data.get("seeds", [0]))
+        if not seeds:
+            raise ConfigError("seeds", seeds, "needs at least one seed")
         variants = data.get("variants") or {"default": {}}
+        if not isinstance(variants, Mapping):
+            raise ConfigError("variants", variants, "maps variant names to {config, overrides}, e.g. "
+                              "{baseline: {overrides: [system.guidance.perp_neg=false]}, perp-neg: {}}")
         launch = data.get("launch") or ["python", "launch.py"]
         if isinstance(launch, str):
             launch = launch.split()
+        launch = string_list("launch", launch, 'e.g. ["python", "launch.py"]')
         config = data.get("config")
+        if config is not None and not isinstance(config, str):
+            raise ConfigError("config", config, "must be the path of a threestudio config file")
 
         def resolve(path):
             return path if path is None or os.path.isabs(path) else os.path.normpath(os.path.join(base_dir, path))
 
         checked = {}
         for vname, spec in variants.items():
+            if spec is not None and not isinstance(spec, Mapping):
+                raise ConfigError(f"variants.{vname}", spec, "a variant is a mapping with `config` and/or "
+                                  "`overrides`, e.g. {overrides: [system.guidance.perp_neg=false]}")
             spec = dict(spec or {})
             bad = sorted(set(spec) - {"config", "overrides"})
             if bad:
                 raise ConfigError(f"variants.{vname}.{bad[0]}", spec[bad[0]], "unknown variant key", ["config", "overrides"])
             if not re.fullmatch(r"[\w.-]+", str(vname)):
                 raise ConfigError(f"variants.{vname}", vname, "variant names use letters, digits, '.', '_', '-'")
+            if spec.get("config") is not None and not isinstance(spec["config"], str):
+                raise ConfigError(f"variants.{vname}.config", spec["config"], "must be the path of a config file")
             vconfig = resolve(spec.get("config") or config)
             if not vconfig:
                 raise ConfigError(f"variants.{vname}.config", None, "no config for this variant (set `config`)")
             if not os.path.exists(vconfig):
                 raise ConfigError(f"variants.{vname}.config", vconfig, "config file does not exist")
-            checked[str(vname)] = {"config": vconfig, "overrides": [str(o) for o in spec.get("overrides") or []]}
-        return cls(name=name, config=resolve(config), launch=[str(x) for x in launch],
-                   out=resolve(data.get("out") or "outputs/sweeps"), overrides=[str(o) for o in data.get("overrides") or []],
+            checked[str(vname)] = {"config": vconfig, "overrides": override_list(
+                f"variants.{vname}.overrides", spec.get("overrides"))}
+        metrics = data.get("metrics")
+        if metrics is not None and not isinstance(metrics, Mapping):
+            raise ConfigError("metrics", metrics, "a mapping of metrics keys (n_views, distractors, ...)")
+        return cls(name=name, config=resolve(config), launch=launch,
+                   out=resolve(data.get("out") or "outputs/sweeps"),
+                   overrides=override_list("overrides", data.get("overrides")),
                    variants=checked, prompts=prompts, seeds=seeds,
-                   metrics=None if data.get("metrics") is None else MetricSettings.from_dict(data["metrics"]))
+                   metrics=None if metrics is None else MetricSettings.from_dict(metrics))
 
     @property
     def exp_root(self) -> str:
@@ -155,6 +175,48 @@ class Sweep:
                                     tuple(self.overrides + spec["overrides"]), tag,
                                     os.path.join(self.exp_root, self.name, tag)))
         return runs
+
+
+def string_list(key: str, value, example: str) -> List[str]:
+    """A list of strings (None: empty). A single string is an error, not a list of characters."""
+    if value is None:
+        return []
+    if isinstance(value, str) or not isinstance(value, (list, tuple)):
+        raise ConfigError(key, value, f"must be a list, {example}")
+    for item in value:
+        if isinstance(item, (Mapping, list, tuple)) or item is None:
+            raise ConfigError(key, value, f"must be a list of strings, {example}")
+    return [str(item) for item in value]
+
+
+def override_list(key: str, value) -> List[str]:
+    """threestudio command-line overrides, each ``dotted.key=value``."""
+    overrides = string_list(key, value, "e.g. [trainer.max_steps=10000, system.guidance.perp_neg=false]")
+    for override in overrides:
+        if "=" not in override:
+            raise ConfigError(key, override, "an override is `dotted.key=value`, e.g. trainer.max_steps=10000")
+    return overrides
+
+
+def integer_list(key: str, value) -> List[int]:
+    if not isinstance(value, (list, tuple)):
+        raise ConfigError(key, value, "must be a list of integers, e.g. [0, 1, 2]")
+    for item in value:
+        if isinstance(item, bool) or not isinstance(item, int):
+            raise ConfigError(key, value, f"must be a list of integers, e.g. [0, 1, 2] ({item!r} is not one)")
+    return [int(item) for item in value]
+
+
+def parse_slurm_parameters(items: Sequence[str]) -> Dict[str, object]:
+    """``KEY=VALUE`` strings (the ``--slurm`` arguments) as submitit parameters; integer values
+    become ints."""
+    params: Dict[str, object] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError("slurm", item, "expects KEY=VALUE, e.g. slurm_partition=gpu timeout_min=600")
+        params[key.strip()] = int(value) if re.fullmatch(r"-?\d+", value) else value
+    return params
 
 
 def slug(text: str, limit: int = 60) -> str:
