@@ -23,7 +23,9 @@ import sys
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "custom"))
 
 from antijanus.utils.errors import ConfigError  # noqa: E402
-from antijanus.tools.sweep import Sweep, collect, parse_slurm_parameters, run_sweep, submit_slurm  # noqa: E402
+from antijanus.tools.sweep import (  # noqa: E402
+    Sweep, SweepFailed, collect, dry_run_command, parse_slurm_parameters, run_sweep, submit_slurm,
+)
 
 
 def main() -> int:
@@ -36,8 +38,10 @@ def main() -> int:
     parser.add_argument("--cluster", help="submitit cluster: default SLURM; 'local' runs the array here")
     parser.add_argument("--dry-run", action="store_true")
     parser.add_argument("--collect-only", action="store_true")
-    parser.add_argument("--metrics", nargs="+", help="columns of the table (default: all)")
+    parser.add_argument("--metrics", nargs="+", help="columns of the table and figure (default: the view-consistency "
+                        "metrics and the losses that differ between runs; results.csv has every column)")
     args = parser.parse_args()
+    status = 0
     try:
         sweep = Sweep.load(args.sweep)
         if not args.collect_only:
@@ -46,20 +50,30 @@ def main() -> int:
                 jobs = submit_slurm(sweep, params, cluster=args.cluster)
                 print(f"submitted {len(jobs)} runs as a job array; then run --collect-only")
                 return 0
-            todo = run_sweep(sweep, gpus=args.gpus, dry_run=args.dry_run)
             total = len(sweep.runs())
-            print(f"{len(todo)} of {total} runs {'to launch' if args.dry_run else 'launched'}"
-                  f" ({total - len(todo)} already done)")
             if args.dry_run:
+                todo = run_sweep(sweep, dry_run=True)
+                print(f"{len(todo)} of {total} runs to launch ({total - len(todo)} already done)")
                 for run in todo:
-                    print(" ".join(run.command(sweep.launch, sweep.name, sweep.exp_root)))
+                    print(dry_run_command(sweep, run))
                 return 0
+            try:
+                todo = run_sweep(sweep, gpus=args.gpus)
+                failed = 0
+            except SweepFailed as error:  # the finished runs are still collected below
+                todo, failed = error.launched, len(error.failures)
+                for failure in error.failures:
+                    print(failure.line(), file=sys.stderr)
+                status = 1
+            print(f"{len(todo)} of {total} runs launched ({total - len(todo)} already done"
+                  + (f", {failed} failed" if failed else "") + ")")
         paths = collect(sweep, args.metrics)
-        print(f"collected {paths['runs']} runs: {paths['csv']}, {paths['markdown']}")
+        print(f"collected {paths['runs']} runs: {paths['csv']}, {paths['markdown']}"
+              + "".join(f", {p}" for p in paths["plots"]))
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    return 0
+    return status
 
 
 if __name__ == "__main__":

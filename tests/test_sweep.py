@@ -43,8 +43,13 @@ FAKE_LAUNCH = textwrap.dedent('''
     open(os.path.join(run, "ckpts", "last.ckpt"), "w").write("weights")
     seed = int(args["seed"])
     bonus = 1.0 if "system.guidance.perp_neg=false" in sys.argv else 0.0
+    grad_norm = 1.0 + bonus + (0.5 if config.endswith("b.yaml") else 0.0)
+    # as threestudio logs them: losses and diagnostics, and settings logged as metrics
+    # (the same in every run here: lambdas, learning rate, min/max step, clip threshold, UNet rows)
     with open(os.path.join(run, "csv_logs", "version_0", "metrics.csv"), "w") as f:
-        f.write("step,train/loss_sds,train/dsds/clip_threshold\\n0,5.0,\\n1,%f,2.0\\n" % (seed + bonus))
+        f.write("step,train/loss_sds,train/dsds/clip_threshold,train/loss_sparsity,train/min_step,"
+                "train/max_step,train_params/lambda_sds,lr-Adam/pg1,train/grad_norm,train/unet_rows\\n"
+                "0,5.0,,,,,,,,\\n1,%f,2.0,0.5,20,980,1.0,0.01,%f,4\\n" % (seed + bonus, grad_norm))
     sys.exit(3 if "FAIL" in prompt else 0)
 ''')
 
@@ -99,16 +104,25 @@ def test_sweep_skips_finished_runs_and_aggregates(sweep_file):
     rows = list(csv.DictReader(open(paths["csv"])))
     assert len(rows) == 12  # every finished run; the pre-marked ones have no logs, no values
     assert [r["train/loss_sds"] for r in rows if r["variant"] == "baseline"] == [""] * 4
+    assert {"train_params/lambda_sds", "lr-Adam/pg1", "train/min_step", "train/max_step"} <= set(rows[0])
     table = open(paths["markdown"]).read()
-    assert "| variant | prompt | runs | train/dsds/clip_threshold | train/loss_sds |" in table
+    # the table shows the losses/diagnostics that differ between runs; settings logged as metrics
+    # (learning rate, lambdas, min/max step, clip threshold) and constant losses are in the CSV only
+    assert "| variant | prompt | runs | train/grad_norm | train/loss_sds |" in table
     # perp-neg, corgi: seeds 0 and 1 -> last loss 0 and 1 -> mean 0.5 +- 0.71
-    assert "| perp-neg | a DSLR photo of a corgi | 2 | 2 ± 0 | 0.5 ± 0.71 |" in table
+    assert "| perp-neg | a DSLR photo of a corgi | 2 | 1 ± 0 | 0.5 ± 0.71 |" in table
+    assert "| dsds | a DSLR photo of a corgi | 2 | 1.5 ± 0 | 0.5 ± 0.71 |" in table
     assert "| baseline | a DSLR photo of a corgi | 2 | - | - |" in table
+    assert "In results.csv only (settings, or the same in every run): lr-Adam/pg1, train/dsds/clip_threshold, " \
+        "train/loss_sparsity, train/max_step, train/min_step, train/unet_rows, train_params/lambda_sds" in table
     import importlib.util
     if importlib.util.find_spec("matplotlib") is not None:  # plots are optional
-        assert [os.path.basename(p) for p in paths["plots"]] == [
-            "plot-train_dsds_clip_threshold.png", "plot-train_loss_sds.png"]
-        assert all(os.path.getsize(p) > 0 for p in paths["plots"])
+        assert paths["plots"] == [os.path.join(sweep.out, sweep.name, "results.png")]
+        assert sorted(f for f in os.listdir(os.path.dirname(paths["csv"])) if f.endswith(".png")) == ["results.png"]
+        assert os.path.getsize(paths["plots"][0]) > 0 and "![results.png](results.png)" in table
+    # an explicit choice of columns is respected, constants included
+    chosen = open(collect(sweep, ["train/min_step", "train/loss_sds"], progress=False)["markdown"]).read()
+    assert "| variant | prompt | runs | train/min_step | train/loss_sds |" in chosen
 
 
 def test_local_gpus_run_one_run_each_in_parallel(sweep_file, monkeypatch):
@@ -129,12 +143,50 @@ def test_local_gpus_run_one_run_each_in_parallel(sweep_file, monkeypatch):
 
 
 def test_failed_runs_are_reported_and_not_marked_done(sweep_file):
+    from antijanus.tools.sweep import SweepFailed
+
     sweep = Sweep.load(str(sweep_file))
-    sweep.prompts = ["FAIL on purpose"]
+    sweep.prompts = ["FAIL on purpose", "a corgi"]
     sweep.seeds = [0]
-    with pytest.raises(RuntimeError, match="3 run\\(s\\) failed"):
+    with pytest.raises(SweepFailed, match="3 run\\(s\\) failed") as failed:
         run_sweep(sweep, progress=False)
-    assert not any(r.done for r in sweep.runs())
+    assert [r.done for r in sweep.runs()] == [False, True] * 3  # the other runs went on and finished
+    assert len(failed.value.launched) == 6
+    for failure in failed.value.failures:
+        log = os.path.join(failure.run.run_dir, "sweep.log")
+        assert failure.line() == f"error: {failure.run.tag}: training failed (exit 3), see {log}"
+
+
+def test_sweep_script_reports_failed_runs_and_collects_the_finished_ones(sweep_file):
+    import subprocess
+
+    text = sweep_file.read_text().replace('prompts: ["a DSLR photo of a corgi", "a lion, zoomed out"]',
+                                          'prompts: ["a DSLR photo of a corgi", "FAIL on purpose"]')
+    sweep_file.write_text(text.replace("seeds: [0, 1]", "seeds: [0]"))
+    script = os.path.join(os.path.dirname(__file__), "..", "scripts", "sweep.py")
+    result = subprocess.run([sys.executable, script, str(sweep_file)], capture_output=True, text=True)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    runs = sweep_file.parent / "out" / "ablation" / "runs" / "ablation"
+    assert errors == [f"error: {v}--fail_on_purpose--s0: training failed (exit 3), see "
+                      f"{runs / (v + '--fail_on_purpose--s0') / 'sweep.log'}" for v in ("baseline", "dsds", "perp-neg")]
+    assert "6 of 6 runs launched (0 already done, 3 failed)" in result.stdout and "collected 3 runs" in result.stdout
+    results = list(csv.DictReader(open(sweep_file.parent / "out" / "ablation" / "results.csv")))
+    assert sorted(r["variant"] for r in results) == ["baseline", "dsds", "perp-neg"]
+    assert {r["prompt"] for r in results} == {"a DSLR photo of a corgi"}
+
+
+def test_dry_run_prints_shell_quoted_commands(sweep_file):
+    import shlex
+    import subprocess
+
+    sweep = Sweep.load(str(sweep_file))
+    script = os.path.join(os.path.dirname(__file__), "..", "scripts", "sweep.py")
+    out = subprocess.run([sys.executable, script, str(sweep_file), "--dry-run"], capture_output=True, text=True).stdout
+    lines = out.splitlines()[1:]
+    assert [shlex.split(line) for line in lines] == [
+        run.command(sweep.launch, sweep.name, sweep.exp_root) for run in sweep.runs()]
+    assert "'system.prompt_processor.prompt=a lion, zoomed out'" in lines[2]
 
 
 @pytest.mark.parametrize(
@@ -235,7 +287,7 @@ def test_sweep_renders_each_orbit_from_the_checkpoint_and_tabulates_the_metrics(
     assert "metric_settings" not in rows[0]  # the settings key is bookkeeping, not a column
     table = open(paths["markdown"]).read()
     assert "| variant | prompt | runs | a_lpips | clip_r_precision | clip_front_in_region | clip_side_in_region |" \
-        " clip_back_in_region | n_views | train/dsds/clip_threshold | train/loss_sds |" in table
+        " clip_back_in_region | train/grad_norm | train/loss_sds |" in table
 
     # A lost orbit is rendered again without retraining; unchanged settings are not re-evaluated.
     run = sweep.runs()[0]

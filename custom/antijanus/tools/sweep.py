@@ -26,18 +26,20 @@ that finished (it wrote ``.antijanus-done``) is skipped when the sweep is run ag
 (GPU / SLURM task) with threestudio's ``launch.py --test`` (a run whose orbit is missing is
 rendered again, not retrained). ``collect`` computes the metrics of every rendered run that has
 none yet (LPIPS and CLIP loaded once), then reads every finished run's last logged training
-metrics (threestudio's CSV logs) and its ``metrics.json``, and writes one CSV plus a Markdown
-table of mean +- std over seeds per variant and prompt, with a bar chart per metric.
+metrics (threestudio's CSV logs) and its ``metrics.json``, and writes one CSV (every column) plus
+a Markdown table of mean +- std over seeds per variant and prompt and one figure of bar charts,
+both of the view-consistency metrics and the training losses that differ between runs. A failed
+run does not stop the others; each failure is reported with the log that says why.
 """
 
 from __future__ import annotations
 
 import csv
 import glob
-import json
 import math
 import os
 import re
+import shlex
 import subprocess
 import threading
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -52,9 +54,13 @@ from .evaluate import (
 from ..utils.progress import progress_bar
 
 DONE_MARKER = ".antijanus-done"
-# the view-consistency metrics lead the table, then the training logs in name order
+# The view-consistency metrics lead the table and the figure (always, when computed); then the
+# training measurements (losses, gradient norm, Perp-Neg projections, D-SDS clipped fraction)
+# that differ between runs. Settings logged as metrics (learning rates, lambdas, min/max step,
+# the clip threshold, n_views) and constants stay in results.csv only.
 EVALUATION_KEYS = ("a_lpips", "clip_r_precision", "clip_front_in_region", "clip_side_in_region",
-                   "clip_back_in_region", "n_views")
+                   "clip_back_in_region")
+MEASURED_DIAGNOSTICS = ("grad_norm", "perp_neg/mean_abs_proj", "dsds/clipped_fraction")
 
 
 @dataclass(frozen=True)
@@ -235,17 +241,47 @@ def needs_work(sweep: Sweep, run: Run) -> bool:
     return not run.done or orbit_missing(sweep, run)
 
 
+class StepFailed(RuntimeError):
+    """A run's training or orbit render failed; ``log`` is the file that says why."""
+
+    def __init__(self, message: str, log: str) -> None:
+        super().__init__(f"{message}, see {log}")
+        self.log = log
+
+
+@dataclass(frozen=True)
+class RunFailure:
+    run: Run
+    message: str  # names the log to read
+
+    def line(self) -> str:
+        return f"error: {self.run.tag}: {self.message}"
+
+
+class SweepFailed(RuntimeError):
+    """Some runs failed (the others finished and can be collected)."""
+
+    def __init__(self, failures: Sequence[RunFailure], launched: Sequence[Run]) -> None:
+        self.failures = sorted(failures, key=lambda f: f.run.tag)
+        self.launched = list(launched)
+        super().__init__(f"{len(self.failures)} run(s) failed:\n" + "\n".join(f.line() for f in self.failures))
+
+
+def training_log(run: Run) -> str:
+    return os.path.join(run.run_dir, "sweep.log")
+
+
 def execute_run(sweep: Sweep, run: Run, cwd: Optional[str] = None, env: Optional[Mapping[str, str]] = None) -> None:
     """Train the run (unless it finished before), then render its test orbit from the checkpoint
-    when the sweep has a metrics block. Raises RuntimeError when a step fails."""
+    when the sweep has a metrics block. Raises RuntimeError (naming the log) when a step fails."""
     os.makedirs(run.run_dir, exist_ok=True)
     if not run.done:
-        with open(os.path.join(run.run_dir, "sweep.log"), "w") as log:
+        with open(training_log(run), "w") as log:
             code = subprocess.run(run.command(sweep.launch, sweep.name, sweep.exp_root), cwd=cwd,
                                   env=None if env is None else dict(env), stdout=log,
                                   stderr=subprocess.STDOUT).returncode
         if code != 0:
-            raise RuntimeError(f"{run.tag}: training failed (exit {code}), see {run.run_dir}/sweep.log")
+            raise StepFailed(f"training failed (exit {code})", training_log(run))
         with open(os.path.join(run.run_dir, DONE_MARKER), "w") as f:
             f.write("ok\n")
     if orbit_missing(sweep, run):
@@ -253,10 +289,19 @@ def execute_run(sweep: Sweep, run: Run, cwd: Optional[str] = None, env: Optional
         render_orbit(run.run_dir, sweep.launch, m.n_views, m.elevation_deg, cwd=cwd, env=env)
 
 
+def _failure(run: Run, error: BaseException) -> RunFailure:
+    """The error as one line that names a log (the training log when the error names none)."""
+    message = " ".join(str(error).split()) or type(error).__name__
+    if not isinstance(error, StepFailed) and " see " not in message:
+        message += f" (training log: {training_log(run)})"
+    return RunFailure(run, message)
+
+
 def run_sweep(sweep: Sweep, gpus: Optional[Sequence[str]] = None, dry_run: bool = False,
               cwd: Optional[str] = None, env: Optional[Mapping[str, str]] = None, progress: bool = True) -> List[Run]:
     """Launch the runs that are not done: one after the other, or one at a time on each local
-    GPU (``gpus=["0", "1"]``) in parallel. Returns the runs launched (or that would be)."""
+    GPU (``gpus=["0", "1"]``) in parallel. Returns the runs launched (or that would be). A failed
+    run does not stop the others; at the end ``SweepFailed`` lists every failure with its log."""
     todo = [run for run in sweep.runs() if needs_work(sweep, run)]
     if dry_run:
         return todo
@@ -282,12 +327,17 @@ def run_sweep(sweep: Sweep, gpus: Optional[Sequence[str]] = None, dry_run: bool 
         futures = {pool.submit(work, run): run for run in todo}
         for future in as_completed(futures):
             if future.exception() is not None:
-                failures.append(str(future.exception()))
+                failures.append(_failure(futures[future], future.exception()))
             bar.update(1)
     bar.close()
     if failures:
-        raise RuntimeError(f"{len(failures)} run(s) failed:\n" + "\n".join(sorted(failures)))
+        raise SweepFailed(failures, todo)
     return todo
+
+
+def dry_run_command(sweep: Sweep, run: Run) -> str:
+    """The run's command as one shell-quoted line (copy-paste safe: prompts have spaces)."""
+    return shlex.join(run.command(sweep.launch, sweep.name, sweep.exp_root))
 
 
 def submit_slurm(sweep: Sweep, slurm: Mapping, cwd: Optional[str] = None, cluster: Optional[str] = None):
@@ -365,17 +415,41 @@ def last_metrics(run_dir: str) -> Dict[str, float]:
                         values[key] = float(value)
                     except ValueError:
                         pass
-    extra = os.path.join(run_dir, "metrics.json")
-    if os.path.exists(extra):
-        with open(extra) as f:
-            values.update({k: float(v) for k, v in json.load(f).items() if isinstance(v, (int, float))})
+    extra = read_json(os.path.join(run_dir, "metrics.json")) or {}
+    values.update({k: float(v) for k, v in extra.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
     return values
 
 
+def is_measurement(key: str) -> bool:
+    """A training-log column that measures the run (a loss or a diagnostic), not a setting
+    logged as a metric (learning rate, lambda, min/max step, clip threshold, UNet rows)."""
+    name = key[len("train/"):] if key.startswith("train/") else key
+    return name.split("/")[-1].startswith("loss") or name in MEASURED_DIAGNOSTICS
+
+
+def varies(rows: Sequence[Mapping], key: str) -> bool:
+    """The column's values differ between the runs that logged it (a run without training logs,
+    e.g. one whose logs were deleted, is not a difference). With fewer than two values there is
+    nothing to compare and the column is kept."""
+    values = [row[key] for row in rows if row.get(key) is not None]
+    if len(values) < 2:
+        return True
+    return max(values) - min(values) > 1e-9 * max(1.0, max(abs(v) for v in values))
+
+
+def summary_keys(rows: Sequence[Mapping]) -> List[str]:
+    """The columns of the table and the figure: the view-consistency metrics, then the training
+    measurements that differ between runs (in name order)."""
+    found = {k for row in rows for k in row} - {"variant", "prompt", "seed"}
+    measured = sorted(k for k in found - set(EVALUATION_KEYS) if is_measurement(k) and varies(rows, k))
+    return [k for k in EVALUATION_KEYS if k in found] + measured
+
+
 def collect(sweep: Sweep, metrics: Optional[Iterable[str]] = None, progress: bool = True) -> Dict[str, str]:
-    """Evaluate the runs that need it (``evaluate_runs``), then write <out>/<name>/results.csv (one
-    row per finished run) and results.md (mean +- std over seeds per variant and prompt). Returns
-    the paths."""
+    """Evaluate the runs that need it (``evaluate_runs``), then write <out>/<name>/results.csv
+    (one row per finished run, every logged column), results.md (mean +- std over seeds per
+    variant and prompt of ``metrics``, default ``summary_keys``) and results.png (one panel per
+    column). Returns the paths."""
     evaluate_runs(sweep, progress)
     rows = []
     for run in sweep.runs():
@@ -383,14 +457,13 @@ def collect(sweep: Sweep, metrics: Optional[Iterable[str]] = None, progress: boo
             continue
         rows.append({"variant": run.variant, "prompt": run.prompt, "seed": run.seed, **last_metrics(run.run_dir)})
     found = {k for row in rows for k in row} - {"variant", "prompt", "seed"}
-    keys = [k for k in EVALUATION_KEYS if k in found] + sorted(found - set(EVALUATION_KEYS))
-    if metrics is not None:
-        keys = [k for k in metrics if k in keys]
+    all_keys = [k for k in EVALUATION_KEYS if k in found] + sorted(found - set(EVALUATION_KEYS))
+    keys = summary_keys(rows) if metrics is None else [k for k in metrics if k in found]
     folder = os.path.join(sweep.out, sweep.name)
     os.makedirs(folder, exist_ok=True)
     csv_path, md_path = os.path.join(folder, "results.csv"), os.path.join(folder, "results.md")
     with open(csv_path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["variant", "prompt", "seed"] + keys, extrasaction="ignore")
+        writer = csv.DictWriter(f, fieldnames=["variant", "prompt", "seed"] + all_keys, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
     lines = ["| variant | prompt | runs | " + " | ".join(keys) + " |",
@@ -404,30 +477,38 @@ def collect(sweep: Sweep, metrics: Optional[Iterable[str]] = None, progress: boo
             vals = [r[key] for r in group if key in r]
             cells.append(_mean_std(vals))
         lines.append(f"| {variant} | {prompt} | {len(group)} | " + " | ".join(cells) + " |")
-    plots = plot_metrics(groups, keys, folder)
+    plot = plot_metrics(groups, keys, os.path.join(folder, "results.png"))
+    plots = [plot] if plot else []
+    left_out = sorted(set(all_keys) - set(keys))
     with open(md_path, "w") as f:
         f.write(f"# {sweep.name}\n\n" + "\n".join(lines) + "\n")
-        for plot in plots:
-            f.write(f"\n![{os.path.basename(plot)}]({os.path.basename(plot)})\n")
+        if left_out:
+            f.write(f"\nIn results.csv only (settings, or the same in every run): {', '.join(left_out)}\n")
+        for path in plots:
+            f.write(f"\n![{os.path.basename(path)}]({os.path.basename(path)})\n")
     return {"csv": csv_path, "markdown": md_path, "runs": str(len(rows)), "plots": plots}
 
 
-def plot_metrics(groups: Mapping[tuple, List[Dict]], keys: Sequence[str], folder: str) -> List[str]:
-    """One bar chart per metric (mean over seeds, std as error bars; variants grouped by prompt),
-    when matplotlib is installed."""
+def plot_metrics(groups: Mapping[tuple, List[Dict]], keys: Sequence[str], path: str) -> Optional[str]:
+    """One figure, one bar-chart panel per column (mean over seeds, std as error bars; variants
+    grouped by prompt); None when matplotlib is not installed or there is nothing to plot."""
+    if not keys or not groups:
+        return None
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        return []
-    paths = []
-    variants = sorted({v for v, _ in groups})
-    prompts = sorted({p for _, p in groups})
-    for key in keys:
-        fig, ax = plt.subplots(figsize=(max(4, 1.2 * len(prompts) * len(variants)), 3))
-        width = 0.8 / max(1, len(variants))
+        return None
+    variants = list(dict.fromkeys(v for v, _ in groups))
+    prompts = list(dict.fromkeys(p for _, p in groups))
+    columns = min(3, len(keys))
+    rows = math.ceil(len(keys) / columns)
+    panel_width = max(3.5, 0.9 * len(prompts) * len(variants))
+    fig, axes = plt.subplots(rows, columns, figsize=(panel_width * columns, 2.8 * rows), squeeze=False)
+    width = 0.8 / max(1, len(variants))
+    for ax, key in zip(axes.flat, keys):
         for i, variant in enumerate(variants):
             means, stds = [], []
             for prompt in prompts:
@@ -439,13 +520,14 @@ def plot_metrics(groups: Mapping[tuple, List[Dict]], keys: Sequence[str], folder
         ax.set_xticks([j + 0.4 - width / 2 for j in range(len(prompts))])
         ax.set_xticklabels([p[:30] for p in prompts], fontsize=7)
         ax.set_title(key, fontsize=9)
-        ax.legend(fontsize=7)
-        fig.tight_layout()
-        path = os.path.join(folder, "plot-" + re.sub(r"[^\w.-]+", "_", key) + ".png")
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        paths.append(path)
-    return paths
+    for ax in list(axes.flat)[len(keys):]:
+        ax.set_visible(False)
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper right", fontsize=7)
+    fig.tight_layout(rect=(0, 0, 0.9, 1))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def _mean_std(values: List[float]) -> str:
