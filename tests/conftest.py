@@ -7,19 +7,18 @@ import pytest
 HERE = os.path.dirname(os.path.abspath(__file__))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests build their models locally; never the hub
 REAL_THREESTUDIO = importlib.util.find_spec("threestudio") is not None
-sys.path.insert(0, os.path.join(os.path.dirname(HERE), "scripts"))
-import threestudio_cpu  # noqa: E402  (the CPU runner: its stand-ins serve the tests too)
+from antijanus.cpu import declare_torchvision_op_schemas, prepare_threestudio_import  # noqa: E402
 
 # A torchvision wheel whose C extension does not match this torch (this CPU machine) must still
 # import, for open_clip (metrics) and transformers' image processors.
-threestudio_cpu.declare_torchvision_op_schemas()
+declare_torchvision_op_schemas()
 if not REAL_THREESTUDIO:
     # The adapters are tested against a faithful stub of threestudio's registry/BaseObject.
     sys.path.insert(0, os.path.join(HERE, "threestudio_stub"))
 else:
-    # On a CPU machine threestudio imports only with the runner's import-only stand-ins
+    # On a CPU machine threestudio imports only with the CPU mode's import-only stand-ins
     # (tinycudann, nvdiffrast, torchvision op schemas): the same ones the CPU launch tests use.
-    threestudio_cpu.install_standins()
+    prepare_threestudio_import()
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -69,7 +68,7 @@ def tiny_if(tmp_path_factory) -> str:
     return make_deepfloyd_if(str(tmp_path_factory.mktemp("tiny-if")))
 
 
-from .helpers import make_prompt_output  # noqa: E402
+from helpers import make_prompt_output  # noqa: E402
 
 
 @pytest.fixture

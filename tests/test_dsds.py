@@ -8,7 +8,7 @@ from antijanus.core.dsds import ClipSchedule, clip_score
 from antijanus.utils.errors import ConfigError
 from antijanus.core.guidance import DSDSConfig, ScoreDistillationConfig, ScoreDistillationGuidance
 
-from .helpers import make_prompt_output
+from helpers import make_prompt_output
 from .test_guidance import CAMERAS, FakeBackbone
 
 
@@ -102,7 +102,7 @@ def test_clipping_disabled_is_bit_exact_with_unclipped_output():
         ({"clip_start": -1.0}, "clip_start.*>= 0"),
         ({"clip_end": -2.0, "clip_start": -3.0}, "clip_start.*>= 0"),
         ({"clip_schedule": "exponential"}, "clip_schedule.*allowed values: 'linear', 'constant', 'cosine'"),
-        ({"clip_target": "score"}, "clip_target.*allowed values: 'residual', 'gradient'"),
+        ({"clip_target": "score"}, "clip_target.*allowed values: 'gradient', 'residual'"),
         ({"clip_start_step": 500, "clip_end_step": 100}, "clip_end_step.*must be > clip_start_step"),
     ],
 )

@@ -5,7 +5,7 @@ from antijanus.backbones import StableDiffusionBackbone, BackboneOptions
 from antijanus.utils.errors import ConfigError
 from antijanus.core.guidance import ScoreDistillationConfig, ScoreDistillationGuidance
 
-from .helpers import make_prompt_output
+from helpers import make_prompt_output
 
 
 class FakeBackbone:
@@ -73,12 +73,13 @@ def test_negatives_are_paired_with_their_own_samples_latent():
     prompts = make_prompt_output()
     x_t = torch.randn(4, 4, 8, 8)
     t = torch.tensor([100, 200, 300, 400])
-    batched, cond, _ = guidance.guided_noise(x_t, t, prompts, **CAMERAS)
+    guided = guidance.guided_noise(x_t, t, prompts, **CAMERAS)
+    batched, cond = guided.eps_hat, guided.cond
     assert cond.neg_index.tolist() == [0, 1, 1, 2, 2]
     for b in range(4):
-        single, _, _ = guidance.guided_noise(
+        single = guidance.guided_noise(
             x_t[b:b + 1], t[b:b + 1], prompts, **{k: v[b:b + 1] for k, v in CAMERAS.items()}
-        )
+        ).eps_hat
         assert torch.allclose(batched[b], single[0], atol=1e-5)
 
 
@@ -88,7 +89,7 @@ def test_guided_noise_matches_the_paper_equation_for_one_camera():
     prompts = make_prompt_output()
     x_t = torch.randn(1, 4, 8, 8)
     cam = dict(elevation=torch.tensor([0.0]), azimuth=torch.tensor([135.0]), camera_distances=torch.tensor([2.0]))
-    eps_hat, _, _ = guidance.guided_noise(x_t, torch.tensor([500]), prompts, **cam)
+    eps_hat = guidance.guided_noise(x_t, torch.tensor([500]), prompts, **cam).eps_hat
 
     e = {name: prompts.text_embeddings_vd[i] for name, i in prompts.direction2idx.items()}
     def eps(emb):
@@ -107,7 +108,8 @@ def test_perp_neg_off_is_view_dependent_cfg_with_two_rows_per_sample():
     guidance = guidance_with(backbone, perp_neg=False, guidance_scale=5.0)
     prompts = make_prompt_output()
     x_t = torch.randn(4, 4, 8, 8)
-    eps_hat, cond, _ = guidance.guided_noise(x_t, torch.full((4,), 50), prompts, **CAMERAS)
+    guided = guidance.guided_noise(x_t, torch.full((4,), 50), prompts, **CAMERAS)
+    eps_hat, cond = guided.eps_hat, guided.cond
     assert backbone.calls == [8] and cond.num_rows == 8
     idx = prompts.direction2idx
     views = ["front", "side", "back", "overhead"]  # 45 is not < 45: side
@@ -123,7 +125,7 @@ def test_negative_prompt_as_perp_neg_negative():
     backbone = FakeBackbone()
     guidance = guidance_with(backbone, negative_prompt_weight=0.5)
     x_t = torch.randn(4, 4, 8, 8)
-    _, cond, _ = guidance.guided_noise(x_t, torch.full((4,), 50), prompts, **CAMERAS)
+    cond = guidance.guided_noise(x_t, torch.full((4,), 50), prompts, **CAMERAS).cond
     assert cond.num_rows == 13 + 4  # one negative-prompt row per sample
     batch = 4
     assert torch.equal(cond.embeddings[batch:2 * batch], torch.zeros(4, 77, 32))  # "" is unconditional
@@ -133,8 +135,8 @@ def test_negative_prompt_as_perp_neg_negative():
 
     # an empty negative prompt adds nothing to evaluate; the "" embedding is encoded once
     plain = make_prompt_output()
-    _, cond, _ = guidance.guided_noise(x_t, torch.full((4,), 50), plain, **CAMERAS)
-    _, cond, _ = guidance.guided_noise(x_t, torch.full((4,), 50), plain, **CAMERAS)
+    cond = guidance.guided_noise(x_t, torch.full((4,), 50), plain, **CAMERAS).cond
+    cond = guidance.guided_noise(x_t, torch.full((4,), 50), plain, **CAMERAS).cond
     assert cond.num_rows == 13 and backbone.encoded == [[""]]
 
 
@@ -174,7 +176,9 @@ def test_timestep_schedules_follow_threestudio_conventions():
         ("min_step_percent", 1.5, r"values must lie in \[0.0, 1.0\]"),
         ("perp_neg_f_sf", [1.0, 0.5, -2.0], "negative weight"),
         ("overhead_negatives", {"top": 1.0}, "unknown view name"),
-        ("use_sjc", True, "not supported"),
+        ("max_step_percent", 1.0, "must stay below 1.0"),
+        ("max_step_percent", [0, 0.98, 1.0, 500], "must stay below 1.0"),
+        ("var_red", False, "has no effect without use_sjc"),
         ("backbone", "imagen", "allowed values"),
     ],
 )

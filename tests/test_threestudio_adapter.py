@@ -13,7 +13,7 @@ import threestudio
 import antijanus.adapters  # noqa: F401  (registers the modules)
 from antijanus.utils.errors import ConfigError
 
-from .helpers import make_prompt_output
+from helpers import make_prompt_output
 
 PACKAGE_DIR = os.path.dirname(antijanus.__file__)
 CAMERAS = dict(

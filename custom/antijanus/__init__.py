@@ -23,9 +23,26 @@ from .utils.errors import ConfigError  # noqa: F401
 
 __version__ = "0.2.0"
 
+#: the oldest threestudio whose interfaces the adapters use (tested: commit 28d9d80, 0.2.3)
+MIN_THREESTUDIO_VERSION = "0.2.3"
+
+
+def check_threestudio_version(threestudio) -> None:
+    """A clear error for a threestudio older than the interfaces we use, as extensions do."""
+    from packaging.version import Version
+
+    version = getattr(threestudio, "__version__", None)
+    if version is None or Version(version) < Version(MIN_THREESTUDIO_VERSION):
+        raise ImportError(f"antijanus needs threestudio >= {MIN_THREESTUDIO_VERSION} (tested with "
+                          f"commit 28d9d80), found {version or 'a version without __version__'}: "
+                          "update threestudio (git pull)")
+
 
 def register_threestudio_modules():
     """Register antijanus's modules with threestudio (idempotent); returns the adapters package."""
+    import threestudio
+
+    check_threestudio_version(threestudio)
     from . import adapters
 
     return adapters

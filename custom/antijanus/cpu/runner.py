@@ -1,0 +1,147 @@
+"""Run threestudio's own, unchanged ``launch.py`` on a CPU, one process or several.
+
+    python custom/antijanus/scripts/threestudio_cpu.py --config <yaml> --train [--gpu 0,1]
+        [--small] [--no-auto-overrides] [--launch path/to/launch.py] [key=value ...]
+
+Run it from the threestudio folder (the one holding ``launch.py`` and ``custom/``), exactly as
+``python launch.py``. At run time only (threestudio's files are not touched): the stand-ins and
+torchvision schemas of ``imports.py``; ``Trainer(accelerator="gpu")`` -> ``accelerator="cpu"``
+with as many processes as ``--gpu`` names (several: DDP over gloo); ``get_device()`` -> cpu;
+nerfacc's CUDA kernels on the importance-estimator path -> ``nerfacc_kernels.py``; and the
+overrides ``overrides.cpu_overrides`` derives from the config (printed before the run; your own
+``key=value`` overrides come last and win).
+
+Several processes: Lightning starts ranks 1.. by re-running ``sys.argv``; this runner keeps
+itself as ``sys.argv[0]`` and hands launch.py's path to them in ``ANTIJANUS_CPU_LAUNCH``, so
+every rank is patched the same way.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import List, Optional
+
+from .imports import prepare_threestudio_import
+
+LAUNCH_ENV = "ANTIJANUS_CPU_LAUNCH"  # launch.py, for ranks started by Lightning
+APPLIED_ENV = "ANTIJANUS_CPU_OVERRIDES_APPLIED"  # ranks > 0 get the argv with the overrides in it
+ENTRY_POINT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "__main__.py")
+
+
+def visible_devices() -> int:
+    """How many processes launch.py asked for: it sets CUDA_VISIBLE_DEVICES from --gpu."""
+    value = os.environ.get("CUDA_VISIBLE_DEVICES", "")
+    return max(1, len([d for d in value.split(",") if d.strip()]))
+
+
+def patch_threestudio() -> None:
+    """Point threestudio at the CPU (Trainer, get_device, nerfacc kernels)."""
+    import nerfacc.volrend
+    import pytorch_lightning
+    import torch
+
+    import threestudio  # noqa: F401  (imports every threestudio module)
+    import threestudio.models.estimators as estimators
+
+    from . import nerfacc_kernels
+
+    cpu = lambda: torch.device("cpu")  # noqa: E731
+    for name, module in list(sys.modules.items()):
+        if name.startswith("threestudio") and hasattr(module, "get_device"):
+            module.get_device = cpu
+    nerfacc.volrend.pack_info = nerfacc_kernels.pack_info
+    nerfacc.volrend.exclusive_sum = nerfacc_kernels.exclusive_sum
+    estimators.importance_sampling = nerfacc_kernels.importance_sampling
+
+    original_init = pytorch_lightning.Trainer.__init__
+    if getattr(original_init, "_antijanus_cpu", False):
+        return
+
+    def cpu_trainer(self, *args, **kwargs):
+        devices = visible_devices()
+        kwargs.update(accelerator="cpu", devices=devices)
+        if devices > 1:
+            kwargs["strategy"] = "ddp"  # Lightning's CPU DDP: gloo process group
+            # every rank on all cores would oversubscribe them; share the cores out instead
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // devices))
+        original_init(self, *args, **kwargs)
+
+    cpu_trainer._antijanus_cpu = True
+    pytorch_lightning.Trainer.__init__ = cpu_trainer
+
+
+def parse(argv: List[str]):
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--launch", help="threestudio's launch.py (default: ./launch.py, else beside the package)")
+    parser.add_argument("--small", action="store_true", help="smoke-run settings: 32x32, 16 samples per ray")
+    parser.add_argument("--no-auto-overrides", action="store_true", help="apply no CPU overrides")
+    parser.add_argument("--config")
+    return parser.parse_known_args(argv)
+
+
+def find_launch(given: Optional[str]) -> str:
+    if given:
+        return os.path.abspath(given)
+    if os.environ.get(LAUNCH_ENV):
+        return os.environ[LAUNCH_ENV]
+    if os.path.isfile("launch.py"):
+        return os.path.abspath("launch.py")
+    import threestudio
+
+    return os.path.join(os.path.dirname(os.path.dirname(threestudio.__file__)), "launch.py")
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    known, rest = parse(sys.argv[1:] if argv is None else argv)
+    prepare_threestudio_import()
+    patch_threestudio()
+    launch = find_launch(known.launch)
+    launch_args = (["--config", known.config] if known.config else []) + rest
+
+    overrides: List[str] = []
+    if known.config and not known.no_auto_overrides and not os.environ.get(APPLIED_ENV):
+        from .overrides import CPUUnsupported, cpu_overrides
+
+        user = [a for a in rest if "=" in a and not a.startswith("-")]
+        _register_antijanus()
+        try:
+            overrides, reasons = cpu_overrides(known.config, user, small=known.small)
+        except CPUUnsupported as error:
+            sys.exit(f"antijanus CPU runner: {error}")
+        for line in reasons:
+            print(f"[antijanus cpu] {line}", flush=True)
+    os.environ[LAUNCH_ENV] = launch
+    os.environ[APPLIED_ENV] = "1"
+    # the overrides first, so that the user's own key=value (later on the command line) win
+    sys.argv = [ENTRY_POINT] + _insert_overrides(launch_args, overrides)
+    run_script(launch)
+
+
+def run_script(path: str) -> None:
+    """Execute ``path`` as ``python path`` would (its folder first on sys.path), but leave
+    ``sys.argv[0]`` alone: ``runpy.run_path`` would set it to ``path``, and Lightning starts the
+    other ranks by re-running ``sys.argv``, which must name this runner, not launch.py."""
+    folder = os.path.dirname(path)
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
+    with open(path, encoding="utf-8") as f:
+        code = compile(f.read(), path, "exec")
+    exec(code, {"__name__": "__main__", "__file__": path, "__builtins__": __builtins__})
+
+
+def _insert_overrides(args: List[str], overrides: List[str]) -> List[str]:
+    """launch.py takes flags then key=value extras; put ours before the first user extra."""
+    first = next((i for i, a in enumerate(args) if "=" in a and not a.startswith("-")), len(args))
+    return args[:first] + overrides + args[first:]
+
+
+def _register_antijanus() -> None:
+    """Our registered module types, so that their config keys are known to the overrides."""
+    try:
+        import antijanus
+
+        antijanus.register_threestudio_modules()
+    except Exception:  # a config without antijanus modules does not need them
+        pass
