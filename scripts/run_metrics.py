@@ -42,7 +42,8 @@ def main() -> int:
     parser.add_argument("--lpips-net", choices=LPIPS_NETS, default="vgg", help="vgg (the D-SDS notebook) or alex")
     parser.add_argument("--lpips-backbone", help="torchvision vgg16 / alexnet state dict (.pth)")
     parser.add_argument("--lpips-lin", help="the lpips package's weights/v0.1/<net>.pth")
-    parser.add_argument("--random-weights", action="store_true", help="random LPIPS (tests / timing only)")
+    parser.add_argument("--random-lpips", "--random-weights", dest="random_lpips", action="store_true",
+                        help="random LPIPS weights, no weight files needed (tests / timing on a CPU only)")
     parser.add_argument("--preprocess", choices=["none", "dsds-notebook"], default="dsds-notebook")
     parser.add_argument("--front", type=float, default=45.0, help="front half-width for the shading")
     parser.add_argument("--back", type=float, default=45.0)
@@ -58,7 +59,7 @@ def main() -> int:
         settings = MetricSettings.from_dict(dict(
             prompt=args.prompt, phrases=dict(zip(["front", "side", "back"], args.phrases)),
             distractors=args.distractors, clip_model=args.clip, lpips_net=args.lpips_net,
-            lpips_backbone=args.lpips_backbone, lpips_lin=args.lpips_lin, random_lpips=args.random_weights,
+            lpips_backbone=args.lpips_backbone, lpips_lin=args.lpips_lin, random_lpips=args.random_lpips,
             preprocess=args.preprocess, front_half_width=args.front, back_half_width=args.back,
             render=not args.no_render, n_views=args.n_views, elevation_deg=args.elevation, device=args.device))
         metrics = evaluate_run(args.run, settings, launch=args.launch, out=args.out)

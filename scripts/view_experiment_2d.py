@@ -25,7 +25,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "custom"))
 from antijanus.prompting.dnp import SamplingSettings, load_sampler  # noqa: E402
 from antijanus.utils.errors import ConfigError  # noqa: E402
 from antijanus.utils.imaging import image_grid  # noqa: E402
-from antijanus.tools.metrics import load_clip_scorer  # noqa: E402
+from antijanus.tools.metrics import PhraseViewClassifier, load_clip_scorer  # noqa: E402
 from antijanus.tools.view2d import (  # noqa: E402
     METHODS, ViewExperiment, format_success_table, interpolation_images, run_view_experiment,
 )
@@ -55,7 +55,8 @@ def main() -> int:
                                     phrases, settings).validate()
         sampler, _ = load_sampler(args.model, torch.device(args.device), half_precision=args.device.startswith("cuda"))
         scorer = load_clip_scorer(args.clip, device=args.device, key="--clip")
-        result = run_view_experiment(sampler, scorer.similarity, experiment)
+        classifier = PhraseViewClassifier(scorer, phrases, with_prompt=False)  # "front view", ... alone
+        result = run_view_experiment(sampler, classifier, experiment)
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

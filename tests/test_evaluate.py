@@ -143,9 +143,18 @@ def test_run_without_config_or_renders_is_a_clear_error(tmp_path):
         evaluate_run(str(tmp_path), settings)
 
 
-def test_clip_spec_errors():
+def test_clip_spec_errors(tmp_path):
     with pytest.raises(ConfigError, match="clip_model.*model folder does not exist"):
         load_clip_scorer("/no/such/clip")
+    # a hub id that cannot be reached (the tests run with HF_HUB_OFFLINE=1, no network) and a folder
+    # of another kind: configuration errors naming the key and the likely cause, not raw OSErrors
+    assert os.environ.get("HF_HUB_OFFLINE") == "1"
+    with pytest.raises(ConfigError, match="`metrics.clip_model` = 'openai/clip-vit-base-patch32': could not be "
+                                          "loaded as a CLIP model .*from the model hub .*no network"):
+        load_clip_scorer("openai/clip-vit-base-patch32", key="metrics.clip_model")
+    (tmp_path / "config.json").write_text('{"model_type": "bert"}')
+    with pytest.raises(ConfigError, match="`--clip` = .*could not be loaded as a CLIP model .*from this folder"):
+        load_clip_scorer(str(tmp_path), key="--clip")
     with pytest.raises(ConfigError, match="clip_model.*names no open_clip model"):
         load_clip_scorer("open_clip:")
     if importlib.util.find_spec("open_clip") is None:
@@ -183,3 +192,45 @@ def test_open_clip_scorer_loads_a_local_checkpoint(tmp_path):
         load_clip_scorer(f"open_clip:antijanus-tiny-clip@{tmp_path / 'missing.pt'}")
     with pytest.raises(ConfigError, match="unknown open_clip model"):
         load_clip_scorer("open_clip:ViT-Q-99")
+
+
+class BrightnessJudge:
+    """A stand-in for a trained view classifier (the ViewClassifier shape): "front" for bright
+    renders, "back" for dark ones, "side" in between."""
+
+    name = "judge"
+
+    def __init__(self):
+        self.calls = []
+
+    def view_scores(self, images, prompt, views):
+        self.calls.append((len(images), prompt, tuple(views)))
+        brightness = images.mean(dim=(1, 2, 3))
+        target = {"front": 1.0, "side": 0.5, "back": 0.0}
+        return torch.stack([-(brightness - target[v]).abs() for v in views], dim=1)
+
+
+def test_a_view_classifier_plugs_into_the_metrics_in_place_of_clip(tmp_path):
+    """The per-azimuth view table and the in-region means come from the given classifier; CLIP is
+    not even loaded when nothing needs it (no distractors)."""
+    from PIL import Image
+
+    from antijanus.tools.evaluate import MetricModels, write_results
+
+    n = 8  # azimuths 0 .. 360: bright front, grey side, dark back
+    levels = [255, 128, 128, 0, 0, 128, 128, 255]
+    for i, level in enumerate(levels):
+        Image.new("RGB", (16, 16), (level,) * 3).save(tmp_path / f"{i}.png")
+    settings = MetricSettings(random_lpips=True, preprocess="none", clip_model="/no/such/clip", device="cpu",
+                              front_half_width=30.0, back_half_width=30.0)
+    judge = BrightnessJudge()
+    models = MetricModels(settings, view_classifier=judge)
+    metrics, rows = evaluate_folder(str(tmp_path), "a corgi", settings, models)
+    assert judge.calls == [(n, "a corgi", ("front", "side", "back"))]
+    assert metrics["judge_front_in_region"] == pytest.approx(0.0)  # azimuths 0 and 360: exact front
+    assert metrics["judge_back_in_region"] == pytest.approx(0.0)  # 154 and 206 degrees: black
+    assert not any(k.startswith("clip_") for k in metrics)
+    assert [max(("front", "side", "back"), key=row.get) for row in rows] == [
+        "front", "side", "side", "back", "back", "side", "side", "front"]
+    write_results(str(tmp_path / "out"), metrics, rows, settings, judge.name)
+    assert (tmp_path / "out" / "judge_per_azimuth.csv").exists() and (tmp_path / "out" / "metrics.json").exists()

@@ -63,8 +63,16 @@ def test_lpips_loads_torchvision_and_lpips_weight_files(tmp_path, lpips):
     loaded = LPIPS(lpips.net, str(tmp_path / "vgg16-397923af.pth"), str(tmp_path / "vgg.pth"))
     x, y = orbit()[:2], orbit()[2:4]
     assert torch.allclose(loaded(x, y), lpips(x, y))
-    with pytest.raises(ConfigError, match="lpips_backbone_weights.*not found"):
+    # the errors name the real keys (MetricSettings / the sweep's metrics block) and the way out
+    with pytest.raises(ConfigError, match="`lpips_backbone` = .*missing.pth.*not found.*random_lpips: true"):
         LPIPS(lpips.net, str(tmp_path / "missing.pth"), str(tmp_path / "vgg.pth"))
+    with pytest.raises(ConfigError, match="`lpips_lin` = .*missing.pth.*weights/v0.1"):
+        LPIPS(lpips.net, str(tmp_path / "vgg16-397923af.pth"), str(tmp_path / "missing.pth"))
+    from antijanus.tools.evaluate import MetricModels, MetricSettings
+
+    with pytest.raises(ConfigError, match="`metrics.lpips_backbone` = .*missing.pth"):
+        MetricModels(MetricSettings(lpips_net=lpips.net, lpips_backbone=str(tmp_path / "missing.pth"),
+                                    lpips_lin=str(tmp_path / "vgg.pth"), device="cpu"))
     with pytest.raises(ConfigError, match="lpips_net.*allowed values: 'vgg', 'alex'"):
         LPIPS("squeeze", random_weights=True)
 
@@ -84,10 +92,36 @@ def test_load_orbit_reads_threestudio_test_folders(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def clip(tmp_path_factory):
-    from antijanus.testing.tiny_models import make_clip
+def tiny_models(tmp_path_factory):
+    """The tiny CLIP as the README's CPU path builds it: scripts/make_tiny_models.py."""
+    import subprocess
+    import sys
 
-    return CLIPScorer(make_clip(str(tmp_path_factory.mktemp("tiny-clip"))))
+    out = tmp_path_factory.mktemp("tiny-models")
+    script = os.path.join(os.path.dirname(__file__), "..", "scripts", "make_tiny_models.py")
+    result = subprocess.run([sys.executable, script, str(out), "--only", "clip"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return out
+
+
+@pytest.fixture(scope="module")
+def clip(tiny_models):
+    return CLIPScorer(str(tiny_models / "clip"))
+
+
+def test_make_tiny_models_writes_a_clip_in_the_hub_layout(tiny_models):
+    """openai/clip-vit-base-patch32's files: model config + weights, preprocessor and tokenizer side
+    by side, loadable by CLIPModel / CLIPProcessor (nothing else in the folder)."""
+    from transformers import CLIPModel, CLIPProcessor
+
+    folder = tiny_models / "clip"
+    names = set(os.listdir(folder))
+    assert {"config.json", "preprocessor_config.json", "vocab.json", "merges.txt", "tokenizer_config.json"} <= names
+    assert names & {"model.safetensors", "pytorch_model.bin"} and not any(n.startswith("_") for n in names)
+    assert all(os.path.isfile(folder / n) for n in names)
+    assert isinstance(CLIPModel.from_pretrained(str(folder)), CLIPModel)
+    assert CLIPProcessor.from_pretrained(str(folder)).tokenizer("a corgi").input_ids[-1] == \
+        CLIPModel.from_pretrained(str(folder)).config.text_config.eos_token_id
 
 
 def test_per_azimuth_clip_table_and_r_precision(clip):
@@ -118,8 +152,10 @@ def test_metrics_script_on_a_synthetic_run(tmp_path, clip):
         Image.fromarray((frame.permute(1, 2, 0) * 255).byte().numpy()).save(renders / f"{i}.png")
     script = os.path.join(os.path.dirname(__file__), "..", "scripts", "run_metrics.py")
     clip_folder = clip.model.name_or_path
-    result = subprocess.run([sys.executable, script, str(run), "--prompt", "a corgi", "--clip", clip_folder,
-                             "--random-weights", "--preprocess", "none", "--distractors", "a cat"],
+    # the README's CPU metrics options: the tiny CLIP, random LPIPS weights, the CPU
+    result = subprocess.run([sys.executable, script, str(run), "--no-render", "--prompt", "a corgi", "--clip",
+                             clip_folder, "--random-lpips", "--preprocess", "none", "--distractors", "a cat",
+                             "--device", "cpu"],
                             capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert result.returncode == 0, result.stderr[-2000:]
     metrics = json.load(open(run / "metrics.json"))

@@ -86,3 +86,24 @@ def test_view_experiment_script(tiny_sd, clip, tmp_path):
     assert set(success) == {"vanilla", "cebm", "perp-neg"}
     assert sorted(p.name for p in out.glob("*.png")) == [
         "a_corgi-cebm.png", "a_corgi-interpolation.png", "a_corgi-perp-neg.png", "a_corgi-vanilla.png"]
+
+
+def test_a_view_classifier_plugs_into_the_experiment_in_place_of_clip(sampler):
+    """Predicted views come from the classifier's view_scores (one call per prompt, all views)."""
+
+    class AlwaysSide:
+        name = "judge"
+        calls = []
+
+        def view_scores(self, images, prompt, views):
+            self.calls.append((len(images), prompt, tuple(views)))
+            return torch.tensor([[0.0, 1.0, 0.0]]).expand(len(images), -1)[:, [("front", "side", "back").index(v)
+                                                                               for v in views]]
+
+    judge = AlwaysSide()
+    experiment = ViewExperiment(prompts=["a corgi", "a lion"], views=["side", "back"], methods=["vanilla"],
+                                seeds=[0], settings=SamplingSettings(steps=1))
+    result = run_view_experiment(sampler, judge, experiment, progress=False)
+    assert sorted(judge.calls) == [(2, "a corgi", ("front", "side", "back")), (2, "a lion", ("front", "side", "back"))]
+    assert {r["predicted"] for r in result["records"]} == {"side"}
+    assert result["success"] == {"vanilla": {"side": 1.0, "back": 0.0}}

@@ -248,13 +248,16 @@ def make_blip(folder: str, words=("a", "photo", "of", "blurry", "dark", "ugly", 
 
 
 def make_clip(folder: str, seed: int = 0) -> str:
-    """A tiny CLIP folder (CLIPProcessor + CLIPModel, 32x32 images, byte-level BPE)."""
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
+    """A tiny CLIP folder in the layout of the hub's ``openai/clip-vit-base-patch32`` (transformers
+    ``CLIPModel`` config + weights, ``CLIPProcessor`` preprocessor and tokenizer files side by
+    side), for the metrics and the 2D experiment on a CPU: 32x32 images, byte-level BPE, random
+    weights (the similarities mean nothing)."""
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
 
-    vocab_size = write_clip_tokenizer(os.path.join(folder, "_tokenizer"))
-    tokenizer = CLIPTokenizer.from_pretrained(os.path.join(folder, "_tokenizer"))
-    image_processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
-    CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(folder)
+    # written file by file, so that every transformers version (4.28 .. 5.x) reads the folder:
+    # vocab.json + merges.txt (+ tokenizer.json), preprocessor_config.json, config.json + weights
+    vocab_size = write_clip_tokenizer(folder)
+    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(folder)
     torch.manual_seed(seed)
     config = CLIPConfig(
         text_config=dict(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=1,

@@ -26,10 +26,12 @@ from ..utils.errors import ConfigError, require_choice
 from .metrics import (
     LPIPS,
     LPIPS_NETS,
+    PhraseViewClassifier,
+    ViewClassifier,
     a_lpips,
     load_clip_scorer,
     load_orbit,
-    per_azimuth_clip,
+    per_azimuth_views,
     r_precision,
     view_of_azimuth,
 )
@@ -215,35 +217,58 @@ def render_orbit(run_dir: str, launch: Sequence[str], n_views: int = 100, elevat
 
 
 class MetricModels:
-    """LPIPS and CLIP, loaded once for many runs."""
+    """LPIPS, CLIP and the view classifier, loaded once for many runs. The view classifier scores
+    each render's view for the per-azimuth table (default: CLIP zero-shot with the settings'
+    phrases; any ``metrics.ViewClassifier`` can be given instead). CLIP is loaded when first
+    needed (the default classifier, R-precision)."""
 
-    def __init__(self, settings: MetricSettings):
+    def __init__(self, settings: MetricSettings, view_classifier: Optional[ViewClassifier] = None):
         import torch
 
+        self.settings = settings
         self.device = settings.device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.lpips = LPIPS(settings.lpips_net, settings.lpips_backbone, settings.lpips_lin,
-                           random_weights=settings.random_lpips).to(self.device)
-        self.clip = load_clip_scorer(settings.clip_model, device=self.device, key="metrics.clip_model")
+                           random_weights=settings.random_lpips,
+                           keys=("metrics.lpips_backbone", "metrics.lpips_lin")).to(self.device)
+        self._clip = None
+        self.views = view_classifier or PhraseViewClassifier(_Lazy(lambda: self.clip), settings.phrases)
+
+    @property
+    def clip(self):
+        if self._clip is None:
+            self._clip = load_clip_scorer(self.settings.clip_model, device=self.device, key="metrics.clip_model")
+        return self._clip
+
+
+class _Lazy:
+    """A scorer loaded on first use."""
+
+    def __init__(self, load):
+        self._load = load
+
+    def similarity(self, images, texts):
+        return self._load().similarity(images, texts)
 
 
 def evaluate_folder(folder: str, prompt: str, settings: MetricSettings,
                     models: Optional[MetricModels] = None) -> Tuple[Dict[str, float], List[Dict[str, float]]]:
-    """A-LPIPS, CLIP R-precision and, per view, the mean similarity to its view prompt inside its
-    own azimuth region; plus the per-azimuth CLIP rows."""
+    """A-LPIPS, CLIP R-precision and, per view, the mean view score (CLIP similarity to the view
+    prompt, or the given view classifier's score) inside its own azimuth region; plus the
+    per-azimuth rows."""
     models = models or MetricModels(settings)
     frames, azimuths = load_orbit(folder)
     frames = frames.to(models.device)
     mean_lpips, _ = a_lpips(frames, models.lpips, preprocess=settings.preprocess)
-    phrases = {view: settings.phrases[view] for view in VIEW_ORDER if view in settings.phrases}
-    rows = per_azimuth_clip(models.clip, frames, azimuths, prompt, phrases)
+    views = [view for view in VIEW_ORDER if view in settings.phrases]
+    rows = per_azimuth_views(models.views, frames, azimuths, prompt, views)
     metrics: Dict[str, float] = {"a_lpips": mean_lpips, "n_views": len(frames)}
     if settings.distractors:
         metrics["clip_r_precision"] = r_precision(models.clip, frames, prompt, settings.distractors)
     regions = view_of_azimuth(azimuths, settings.front_half_width, settings.back_half_width)
-    for view in phrases:
+    for view in views:
         inside = [row[view] for row, region in zip(rows, regions) if region == view]
         if inside:
-            metrics[f"clip_{view}_in_region"] = sum(inside) / len(inside)
+            metrics[f"{models.views.name}_{view}_in_region"] = sum(inside) / len(inside)
     return metrics, rows
 
 
@@ -263,25 +288,29 @@ def evaluate_run(run_dir: str, settings: MetricSettings, launch: Optional[Sequen
     else:
         folder = newest_test_folder(run_dir)
     prompt = settings.prompt or run_prompt(run_dir)
+    models = models or MetricModels(settings)
     metrics, rows = evaluate_folder(folder, prompt, settings, models)
-    write_results(out or run_dir, metrics, rows, settings)
+    write_results(out or run_dir, metrics, rows, settings, models.views.name)
     return metrics
 
 
 def write_results(out: str, metrics: Mapping[str, float], rows: List[Dict[str, float]],
-                  settings: MetricSettings) -> None:
+                  settings: MetricSettings, classifier: str = "clip") -> None:
+    """``<classifier>_per_azimuth.csv`` and its plot, then ``metrics.json``."""
     os.makedirs(out, exist_ok=True)
-    with open(os.path.join(out, "clip_per_azimuth.csv"), "w", newline="") as f:
+    with open(os.path.join(out, f"{classifier}_per_azimuth.csv"), "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    plot_per_azimuth(rows, os.path.join(out, "clip_per_azimuth.png"),
-                     settings.front_half_width, settings.back_half_width)
+    plot_per_azimuth(rows, os.path.join(out, f"{classifier}_per_azimuth.png"),
+                     settings.front_half_width, settings.back_half_width,
+                     "CLIP similarity" if classifier == "clip" else f"{classifier} view score")
     # metrics.json last and atomically: its presence means the evaluation finished
     write_json(os.path.join(out, "metrics.json"), dict(metrics))
 
 
-def plot_per_azimuth(rows: List[Dict[str, float]], path: str, front: float, back: float) -> Optional[str]:
+def plot_per_azimuth(rows: List[Dict[str, float]], path: str, front: float, back: float,
+                     ylabel: str = "CLIP similarity") -> Optional[str]:
     """CLIP similarity of every azimuth to each view prompt, front and back regions shaded
     (D-SDS Fig. 5); None when matplotlib is not installed."""
     try:
@@ -299,7 +328,7 @@ def plot_per_azimuth(rows: List[Dict[str, float]], path: str, front: float, back
     for view in [k for k in rows[0] if k != "azimuth"]:
         ax.plot(azimuths, [r[view] for r in rows], label=view)
     ax.set_xlabel("azimuth (degrees)")
-    ax.set_ylabel("CLIP similarity")
+    ax.set_ylabel(ylabel)
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)

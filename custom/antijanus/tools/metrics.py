@@ -20,7 +20,7 @@ from __future__ import annotations
 import glob
 import os
 import re
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Mapping, Optional, Protocol, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -54,7 +54,9 @@ class LPIPS(nn.Module):
     """LPIPS distance d(x, y) for images in [0, 1], [B, 3, H, W] -> [B]; net "vgg" or "alex"."""
 
     def __init__(self, net: str = "vgg", backbone_weights: Optional[str] = None,
-                 lpips_weights: Optional[str] = None, random_weights: bool = False) -> None:
+                 lpips_weights: Optional[str] = None, random_weights: bool = False,
+                 keys: Tuple[str, str] = ("lpips_backbone", "lpips_lin")) -> None:
+        """``keys``: the configuration keys of the two weight files, named in errors."""
         super().__init__()
         if net not in _NETS:
             raise ConfigError("lpips_net", net, "unknown LPIPS network", LPIPS_NETS)
@@ -78,16 +80,22 @@ class LPIPS(nn.Module):
             for lin in self.lins:
                 lin.weight.data.abs_()
         else:
-            self.load_weights(backbone_weights, lpips_weights)
+            self.load_weights(backbone_weights, lpips_weights, keys)
         self.eval().requires_grad_(False)
 
-    def load_weights(self, backbone_weights: Optional[str], lpips_weights: Optional[str]) -> None:
-        backbone_weights = backbone_weights or _default_backbone_weights(_NETS[self.net]["weights"])
+    def load_weights(self, backbone_weights: Optional[str], lpips_weights: Optional[str],
+                     keys: Tuple[str, str] = ("lpips_backbone", "lpips_lin")) -> None:
+        pattern = _NETS[self.net]["weights"]
+        backbone_weights = backbone_weights or _default_backbone_weights(pattern)
         lpips_weights = lpips_weights or _default_lpips_weights(self.net)
-        for key, path in (("lpips_backbone_weights", backbone_weights), ("lpips_linear_weights", lpips_weights)):
+        wanted = (f"torchvision's {'vgg16' if self.net == 'vgg' else 'alexnet'} state dict ({pattern}; "
+                  f"default: the torch hub cache, {_hub_checkpoints()})",
+                  f"the lpips package's weights/v0.1/{self.net}.pth (default: from the installed lpips package)")
+        for key, path, what in zip(keys, (backbone_weights, lpips_weights), wanted):
             if not path or not os.path.exists(path):
-                raise ConfigError(key, path, f"weights file not found (torchvision's {self.net} state dict / "
-                                  f"the lpips package's weights/v0.1/{self.net}.pth)")
+                raise ConfigError(key, path, f"LPIPS-{self.net} weights file not found: give {what}; "
+                                  "without weight files (tests, timing) use random LPIPS weights "
+                                  "(random_lpips: true, --random-lpips)")
         state = torch.load(backbone_weights, map_location="cpu")
         features = {k[len("features."):]: v for k, v in state.items() if k.startswith("features.")}
         self.features.load_state_dict(features)
@@ -121,9 +129,12 @@ class LPIPS(nn.Module):
         return total
 
 
+def _hub_checkpoints() -> str:
+    return os.path.join(os.path.expanduser(os.environ.get("TORCH_HOME", "~/.cache/torch")), "hub", "checkpoints")
+
+
 def _default_backbone_weights(pattern: str) -> Optional[str]:
-    hub = os.path.join(os.path.expanduser(os.environ.get("TORCH_HOME", "~/.cache/torch")), "hub", "checkpoints")
-    found = sorted(glob.glob(os.path.join(hub, pattern)))
+    found = sorted(glob.glob(os.path.join(_hub_checkpoints(), pattern)))
     return found[0] if found else None
 
 
@@ -214,11 +225,13 @@ class CLIPScorer:
     def __init__(self, name_or_path: str = "openai/clip-vit-base-patch32", device="cpu", key: str = "clip_model"):
         from transformers import CLIPModel, CLIPProcessor
 
-        from ..utils.loading import check_model_path
+        from ..utils.loading import check_model_path, load_pretrained
 
         check_model_path(key, name_or_path)
-        self.processor = CLIPProcessor.from_pretrained(name_or_path)
-        self.model = CLIPModel.from_pretrained(name_or_path).to(device).eval()
+        what = "CLIP model (transformers CLIPModel + CLIPProcessor)"
+        self.processor = load_pretrained(key, name_or_path, what, lambda: CLIPProcessor.from_pretrained(name_or_path))
+        model = load_pretrained(key, name_or_path, what, lambda: CLIPModel.from_pretrained(name_or_path))
+        self.model = model.to(device).eval()
         self.device = torch.device(device)
 
     @torch.no_grad()
@@ -290,13 +303,44 @@ def view_prompts(prompt: str, phrases: Dict[str, str]) -> Dict[str, str]:
     return {view: f"{prompt}, {phrase}" for view, phrase in phrases.items()}
 
 
+class ViewClassifier(Protocol):
+    """What the per-azimuth view table (metrics) and the 2D view experiment ask of a view
+    classifier. CLIP zero-shot (``PhraseViewClassifier``) is the default; any object with this
+    shape (e.g. a classifier trained to tell views apart) can take its place."""
+
+    name: str  # prefix of the metrics it produces: <name>_<view>_in_region, <name>_per_azimuth.csv
+
+    def view_scores(self, images: Tensor, prompt: str, views: Sequence[str]) -> Tensor:
+        """[N, len(views)] scores, higher when the image shows that view of the prompt's object;
+        images [N, 3, H, W] in [0, 1]."""
+        ...
+
+
+class PhraseViewClassifier:
+    """CLIP zero-shot view scores: the similarity of each image to each view's phrase, appended to
+    the prompt (``"<prompt>, front view"``, the per-azimuth table, D-SDS Fig. 5) or alone
+    (``"front view"``, the 2D experiment's classification)."""
+
+    def __init__(self, scorer, phrases: Mapping[str, str], with_prompt: bool = True, name: str = "clip"):
+        self.scorer, self.phrases, self.with_prompt, self.name = scorer, dict(phrases), with_prompt, name
+
+    def view_scores(self, images: Tensor, prompt: str, views: Sequence[str]) -> Tensor:
+        texts = [f"{prompt}, {self.phrases[v]}" if self.with_prompt else self.phrases[v] for v in views]
+        return self.scorer.similarity(images, texts)
+
+
+def per_azimuth_views(classifier: ViewClassifier, frames: Tensor, azimuths: Tensor, prompt: str,
+                      views: Sequence[str]) -> List[Dict[str, float]]:
+    """One row per azimuth: the classifier's score of that render for each view."""
+    scores = classifier.view_scores(frames, prompt, list(views))
+    return [{"azimuth": float(a), **{view: float(s) for view, s in zip(views, row)}}
+            for a, row in zip(azimuths, scores)]
+
+
 def per_azimuth_clip(scorer, frames: Tensor, azimuths: Tensor, prompt: str,
                      phrases: Dict[str, str]) -> List[Dict[str, float]]:
-    """One row per azimuth: the similarity of that render to each view-augmented prompt."""
-    prompts = view_prompts(prompt, phrases)
-    sims = scorer.similarity(frames, list(prompts.values()))
-    return [{"azimuth": float(a), **{view: float(s) for view, s in zip(prompts, row)}}
-            for a, row in zip(azimuths, sims)]
+    """One row per azimuth: the CLIP similarity of that render to each view-augmented prompt."""
+    return per_azimuth_views(PhraseViewClassifier(scorer, phrases), frames, azimuths, prompt, list(phrases))
 
 
 def r_precision(scorer, frames: Tensor, prompt: str, distractors: Sequence[str]) -> float:

@@ -362,9 +362,10 @@ def submit_slurm(sweep: Sweep, slurm: Mapping, cwd: Optional[str] = None, cluste
     return executor.map_array(execute_run, [sweep] * len(todo), todo, [cwd] * len(todo))
 
 
-def evaluate_runs(sweep: Sweep, progress: bool = True) -> List[str]:
+def evaluate_runs(sweep: Sweep, progress: bool = True, models: Optional[MetricModels] = None) -> List[str]:
     """Compute the metrics of every finished run that has none for the sweep's current metric
-    settings (recomputed when the settings change). Returns the run tags evaluated."""
+    settings (recomputed when the settings change). Returns the run tags evaluated. ``models``:
+    already loaded models (e.g. with another view classifier); default: the settings' ones."""
     settings = sweep.metrics
     if settings is None:
         return []
@@ -384,11 +385,11 @@ def evaluate_runs(sweep: Sweep, progress: bool = True) -> List[str]:
             todo.append((run, folder))
     if not todo:
         return []
-    models = MetricModels(settings)
+    models = models or MetricModels(settings)
     bar = progress_bar(len(todo), f"metrics {sweep.name}", "run", progress)
     for run, folder in todo:
         metrics, rows = evaluate_folder(folder, settings.prompt or run.prompt, settings, models)
-        write_results(run.run_dir, {**metrics, "metric_settings": key}, rows, settings)
+        write_results(run.run_dir, {**metrics, "metric_settings": key}, rows, settings, models.views.name)
         bar.update(1)
     bar.close()
     return [run.tag for run, _ in todo]
@@ -438,11 +439,13 @@ def varies(rows: Sequence[Mapping], key: str) -> bool:
 
 
 def summary_keys(rows: Sequence[Mapping]) -> List[str]:
-    """The columns of the table and the figure: the view-consistency metrics, then the training
-    measurements that differ between runs (in name order)."""
+    """The columns of the table and the figure: the view-consistency metrics (also another view
+    classifier's ``<name>_<view>_in_region``), then the training measurements that differ between
+    runs (in name order)."""
     found = {k for row in rows for k in row} - {"variant", "prompt", "seed"}
-    measured = sorted(k for k in found - set(EVALUATION_KEYS) if is_measurement(k) and varies(rows, k))
-    return [k for k in EVALUATION_KEYS if k in found] + measured
+    views = sorted(k for k in found - set(EVALUATION_KEYS) if k.endswith("_in_region"))
+    measured = sorted(k for k in found - set(EVALUATION_KEYS) - set(views) if is_measurement(k) and varies(rows, k))
+    return [k for k in EVALUATION_KEYS if k in found] + views + measured
 
 
 def collect(sweep: Sweep, metrics: Optional[Iterable[str]] = None, progress: bool = True) -> Dict[str, str]:

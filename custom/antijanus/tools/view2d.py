@@ -8,8 +8,8 @@ with three samplers on the same seeds:
     cebm:     eps_unc + s * (e_pos - sum_i w_i e_i)                 (composable negation)
     perp-neg: eps_unc + s * (e_pos - sum_i w_i e_i_perp)            (Perp-Neg)
 
-then classify each image's view with CLIP zero-shot (the view phrases) and report the success
-rate per method and view. ``interpolation_images`` renders the front -> side -> back sweep of
+then classify each image's view with CLIP zero-shot (the view phrases), or any view classifier
+(``metrics.ViewClassifier``), and report the success rate per method and view. ``interpolation_images`` renders the front -> side -> back sweep of
 the Perp-Neg view interpolation (positive embedding mix and weight functions of views.py).
 """
 
@@ -87,10 +87,21 @@ def sample_with_negatives(sampler: StableDiffusionSampler, positive: Tensor, unc
     return b.decode(latents)
 
 
+def predict_views(classify, images: Tensor, prompt: str, views: Sequence[str], phrases: Mapping[str, str]) -> List[str]:
+    """The view each image shows, by ``classify``: a view classifier (``view_scores(images,
+    prompt, views)``, see metrics.ViewClassifier) or a similarity function ``(images, texts) ->
+    [N, T]`` (e.g. metrics.CLIPScorer.similarity) scored against the view phrases alone."""
+    if hasattr(classify, "view_scores"):
+        scores = classify.view_scores(images, prompt, list(views))
+    else:
+        scores = classify(images, [phrases[v] for v in views])
+    return [views[i] for i in scores.argmax(dim=1).tolist()]
+
+
 def run_view_experiment(sampler: StableDiffusionSampler, classify, experiment: ViewExperiment,
                         progress: bool = True) -> Dict:
-    """Images, predicted views and the success table. ``classify(images, texts) -> [N, T]``
-    similarities (e.g. metrics.CLIPScorer.similarity)."""
+    """Images, predicted views and the success table. ``classify``: a view classifier or a CLIP
+    similarity function (``predict_views``)."""
     experiment.validate()
     encode = lambda texts: sampler.backbone.encode_prompts(list(texts), keep_encoder=True)  # noqa: E731
     uncond = encode([""])
@@ -114,12 +125,12 @@ def run_view_experiment(sampler: StableDiffusionSampler, classify, experiment: V
                     records.append({"prompt": prompt, "view": view, "method": method, "seed": seed, "image": image[0]})
                     bar.update(1)
     bar.close()
-    images = torch.stack([r["image"] for r in records])
-    texts = [experiment.phrases[v] for v in VIEW_NEGATIVES]
-    predicted = classify(images, texts).argmax(dim=1).tolist() if records else []
-    names = list(VIEW_NEGATIVES)
-    for record, index in zip(records, predicted):
-        record["predicted"] = names[index]
+    for prompt in experiment.prompts:  # every view is a possible answer
+        chosen = [r for r in records if r["prompt"] == prompt]
+        images = torch.stack([r["image"] for r in chosen])
+        for record, view in zip(chosen, predict_views(classify, images, prompt, list(VIEW_NEGATIVES),
+                                                      experiment.phrases)):
+            record["predicted"] = view
     table = {m: {v: _rate(records, m, v) for v in experiment.views} for m in experiment.methods}
     return {"records": records, "success": table}
 
