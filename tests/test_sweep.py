@@ -113,7 +113,7 @@ def test_sweep_skips_finished_runs_and_aggregates(sweep_file):
     assert "| perp-neg | a DSLR photo of a corgi | 2 | 1 ± 0 | 0.5 ± 0.71 |" in table
     assert "| dsds | a DSLR photo of a corgi | 2 | 1.5 ± 0 | 0.5 ± 0.71 |" in table
     assert "| baseline | a DSLR photo of a corgi | 2 | - | - |" in table
-    assert "In results.csv only (settings, or the same in every run): lr-Adam/pg1, train/dsds/clip_threshold, " \
+    assert "In results.csv only (settings and bookkeeping logged as metrics, or the same in every run): lr-Adam/pg1, train/dsds/clip_threshold, " \
         "train/loss_sparsity, train/max_step, train/min_step, train/unet_rows, train_params/lambda_sds" in table
     import importlib.util
     if importlib.util.find_spec("matplotlib") is not None:  # plots are optional
@@ -377,3 +377,13 @@ def test_readme_sweep_example_is_a_valid_sweep_file():
     sweep = Sweep.from_dict(yaml.safe_load(example), root)
     assert len(sweep.runs()) == 4 * 2 * 3
     assert sweep.metrics.n_views == 100 and sweep.metrics.lpips_net == "vgg" and sweep.metrics.render
+    # the example lists every metrics key (the CPU options random_lpips and device included)
+    from dataclasses import fields
+
+    from antijanus.tools.evaluate import MetricSettings
+
+    assert set(yaml.safe_load(example)["metrics"]) == {f.name for f in fields(MetricSettings)}
+    tools = readme[readme.index("## Research tools"):readme.index("## Ablation sweeps")]
+    for option in ("--clip", "--random-lpips", "--device cpu", "--n-views", "--no-render", "--preprocess none",
+                   "make_tiny_models.py", "threestudio_cpu.py"):
+        assert option in tools, option

@@ -56,8 +56,9 @@ from ..utils.progress import progress_bar
 DONE_MARKER = ".antijanus-done"
 # The view-consistency metrics lead the table and the figure (always, when computed); then the
 # training measurements (losses, gradient norm, Perp-Neg projections, D-SDS clipped fraction)
-# that differ between runs. Settings logged as metrics (learning rates, lambdas, min/max step,
-# the clip threshold, n_views) and constants stay in results.csv only.
+# that differ between runs. Settings and bookkeeping logged as metrics (learning rates, lambdas,
+# min/max step, the clip threshold, UNet rows, the applied negative weights, n_views) and
+# constants stay in results.csv only.
 EVALUATION_KEYS = ("a_lpips", "clip_r_precision", "clip_front_in_region", "clip_side_in_region",
                    "clip_back_in_region")
 MEASURED_DIAGNOSTICS = ("grad_norm", "perp_neg/mean_abs_proj", "dsds/clipped_fraction")
@@ -486,7 +487,8 @@ def collect(sweep: Sweep, metrics: Optional[Iterable[str]] = None, progress: boo
     with open(md_path, "w") as f:
         f.write(f"# {sweep.name}\n\n" + "\n".join(lines) + "\n")
         if left_out:
-            f.write(f"\nIn results.csv only (settings, or the same in every run): {', '.join(left_out)}\n")
+            f.write(f"\nIn results.csv only (settings and bookkeeping logged as metrics, or the same in every "
+                    f"run): {', '.join(left_out)}\n")
         for path in plots:
             f.write(f"\n![{os.path.basename(path)}]({os.path.basename(path)})\n")
     return {"csv": csv_path, "markdown": md_path, "runs": str(len(rows)), "plots": plots}
