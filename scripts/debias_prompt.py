@@ -17,7 +17,8 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "custom"))
 
-from antijanus.prompting.debias import DEFAULT_TEMPLATE, NORMALIZATIONS, DebiasSettings, debias_prompt  # noqa: E402
+from antijanus.prompting.debias import (  # noqa: E402
+    DEFAULT_TEMPLATE, DEFAULT_VIEWS, NORMALIZATIONS, WORD_UNITS, DebiasSettings, debias_prompt)
 from antijanus.utils.errors import ConfigError  # noqa: E402
 
 
@@ -25,15 +26,19 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("prompt")
     parser.add_argument("--model", default="bert-base-uncased", help="masked LM: hub id or local folder")
-    parser.add_argument("--views", nargs="+", default=["side", "front", "back", "overhead"])
-    parser.add_argument("--view-words", nargs="+", default=["side", "front", "back", "top"],
-                        help="word scored at [MASK] for each view (same order as --views)")
+    parser.add_argument("--views", nargs="+", default=list(DEFAULT_VIEWS))
+    parser.add_argument("--view-words", nargs="+", default=list(DEFAULT_VIEWS),
+                        help="word scored at [MASK] for each view (same order as --views; default: the "
+                             "view names, as threestudio's get_debiased_prompt)")
     parser.add_argument("--phrases", nargs="+", default=["side view", "front view", "back view", "top view"],
                         help="phrase appended to each view's prompt (same order as --views)")
     parser.add_argument("--threshold", type=float, default=0.95)
     parser.add_argument("--protect", nargs="*", default=[], help="words never removed")
     parser.add_argument("--p-word", type=float, default=0.5, help="P(u) of unprotected words")
-    parser.add_argument("--normalization", choices=NORMALIZATIONS, default="mean")
+    parser.add_argument("--normalization", choices=NORMALIZATIONS, default="none",
+                        help="none: threestudio's rule (raw PMI < threshold); mean/max: normalised options")
+    parser.add_argument("--word-units", choices=WORD_UNITS, default="whitespace",
+                        help="whitespace: threestudio's prompt.split(' '); words: punctuation kept apart")
     parser.add_argument("--template", default=DEFAULT_TEMPLATE)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--json", help="also write the table and prompts as JSON here")
@@ -47,7 +52,7 @@ def main() -> int:
         settings = DebiasSettings(
             views=tuple(args.views), view_words=tuple(args.view_words), threshold=args.threshold,
             protected_words=tuple(args.protect), p_word=args.p_word, normalization=args.normalization,
-            template=args.template,
+            word_units=args.word_units, template=args.template,
         ).validate()
         scorer = MaskedLMViewScorer(args.model, device=args.device, template=args.template, key="--model")
         result = debias_prompt(args.prompt, settings, scorer)
@@ -59,7 +64,8 @@ def main() -> int:
         print()
     for view, phrase in zip(args.views, args.phrases):
         removed = ", ".join(result.removed[view]) or "-"
-        print(f"{view:>9}: {result.view_prompts[view]}, {phrase}    (removed: {removed})")
+        whole = "; kept whole: the removals would leave no content word" if view in result.kept_whole else ""
+        print(f"{view:>9}: {result.view_prompts[view]}, {phrase}    (removed: {removed}{whole})")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result.as_dict(), f, indent=2)

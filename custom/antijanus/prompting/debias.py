@@ -9,24 +9,45 @@ For a word u of the user prompt and a view v (e.g. "smiling" and "back"):
     P(v)      = P(v | u) P(u) + P(v | not u) (1 - P(u)),   P(u) = 1/2, or 1 for protected words
     PMI(v, u) = P(v | u) / P(v)
 
-Appendix C.3: take the (v, u) pairs with PMI < 1, then drop u from view v's prompt when its PMI
-for v, normalised across all views, is below 0.95. We normalise by the mean over views
-(``normalization="mean"``: PMI(v,u) / mean_v' PMI(v',u), a scale on which 0.95 is meaningful);
-``"max"`` divides by the best view's PMI; ``"none"`` compares the raw PMI with the threshold
-(threestudio's ``use_prompt_debiasing`` rule). A protected word has P(u) = 1, hence PMI = 1 for
-every view, and is never dropped.
+Decision rules (``normalization``):
 
-View words made of several word pieces ("overhead" -> "over", "##head") are scored with as
-many [MASK] tokens as pieces, as the product of the pieces' probabilities at their positions.
-All sentences (the full prompt and each prompt-minus-one-word, for every piece count) go through
-the masked LM in one batched forward pass with dynamic padding.
+    "none"  drop u from view v when PMI(v, u) < threshold (0.95). This is the implementation the
+            D-SDS authors point to, threestudio's ``PromptProcessor.get_debiased_prompt``
+            (28d9d80): its ``full / lerp(part, full, 0.5)`` is the PMI above with P(u) = 1/2, its
+            view words are the direction names "side front back overhead" and its words are
+            ``prompt.split(" ")``. The default.
+    "mean"  drop when PMI(v, u) < 1 and PMI(v, u) / mean_v' PMI(v', u) < threshold: the paper's
+            "normalised across all views", read as division by the mean. Option.
+    "max"   as "mean", divided by the best view's PMI (stricter). Option.
+
+A protected word has P(u) = 1, hence PMI = 1 for every view, and is never dropped.
+
+Words (``word_units``): "whitespace" (default) takes threestudio's words, the prompt split at
+spaces: a word carries its punctuation ("corgi,") and the prompt-minus-word sentences scored by
+the LM are the remaining words joined by single spaces, exactly as threestudio builds them.
+"words" takes letters/digits with inner apostrophes and hyphens as words and leaves punctuation
+in the prompt when a word is removed ("a smiling corgi, wearing a hat" minus "corgi" is
+"a smiling, wearing a hat", for the LM and in the view prompt). The two differ only for prompts
+with punctuation or symbols; see README.
+
+Rebuilding a view prompt (both unit kinds; threestudio only joins the kept words): an article
+left directly before another article or at the end is dropped ("a photo of a lion's face"
+minus "photo of" -> "a lion's face", not "a a lion's face"), separators left dangling are
+dropped, and a view whose prompt would keep no content word (only articles, prepositions, ...)
+keeps the whole prompt ("a smiling corgi" never becomes "a").
+
+View words made of several word pieces are scored with as many [MASK] tokens as pieces, as the
+product of the pieces' probabilities (threestudio would score only the first piece; the default
+view words are single bert-base-uncased tokens, so the two agree). All sentences go through the
+masked LM in one batched forward pass with dynamic padding.
 """
 
 from __future__ import annotations
 
 import re
+import string
 from dataclasses import dataclass, field
-from typing import Dict, List, Mapping, Optional, Protocol, Sequence, Tuple
+from typing import Dict, List, Mapping, Optional, Protocol, Sequence, Set, Tuple
 
 import torch
 from torch import Tensor
@@ -34,9 +55,24 @@ from torch import Tensor
 from ..utils.errors import ConfigError, require_choice
 
 DEFAULT_TEMPLATE = "This image is depicting a [MASK] view of {prompt}"
-NORMALIZATIONS = ("mean", "max", "none")
+NORMALIZATIONS = ("none", "mean", "max")
+WORD_UNITS = ("whitespace", "words")
+# threestudio's direction names, scored as the view words by get_debiased_prompt
+DEFAULT_VIEWS = ("side", "front", "back", "overhead")
+RULES_VERSION = 2  # part of the cache key: bump when the rule or the rebuilding changes
+
+ARTICLES = frozenset({"a", "an", "the"})
+# Words that alone do not make a subject: a view prompt must keep at least one other word.
+FUNCTION_WORDS = ARTICLES | frozenset("""
+    of in on at with by for from to into onto over under near behind beside between above below
+    through across around against along about as and or but nor so yet than then
+    is are was were be been being has have had do does did
+    it its this that these those his her hers their theirs our ours my your yours him them
+    very some any each every no not""".split())
 
 _WORD = re.compile(r"\w+(?:['\u2019\-]\w+)*", re.UNICODE)
+_NON_SPACE = re.compile(r"\S+")
+_EDGE_PUNCTUATION = re.compile(r"^\W+|\W+$", re.UNICODE)
 
 
 @dataclass(frozen=True)
@@ -46,16 +82,36 @@ class Word:
     start: int
     end: int
 
+    @property
+    def key(self) -> str:
+        """Lower case without surrounding punctuation ("Corgi," -> "corgi"), for matching."""
+        return _EDGE_PUNCTUATION.sub("", self.text).lower()
 
-def split_words(prompt: str) -> List[Word]:
-    """Words of a prompt (letters/digits, with inner apostrophes and hyphens), punctuation apart."""
-    return [Word(i, m.group(0), m.start(), m.end()) for i, m in enumerate(_WORD.finditer(prompt))]
+    @property
+    def is_content(self) -> bool:
+        return bool(self.key) and self.key not in FUNCTION_WORDS
 
 
-def remove_words(prompt: str, remove: Sequence[int]) -> str:
-    """The prompt without the words at the given indices, original spelling and punctuation kept;
-    whitespace is tidied and a separator left dangling by a removal is dropped."""
-    words = split_words(prompt)
+def split_words(prompt: str, units: str = "whitespace") -> List[Word]:
+    """The words of a prompt: "whitespace" = threestudio's ``prompt.split(" ")`` (runs of
+    whitespace count as one separator), "words" = letters/digits with inner ' and -."""
+    require_choice("debias_word_units", units, WORD_UNITS)
+    pattern = _NON_SPACE if units == "whitespace" else _WORD
+    return [Word(i, m.group(0), m.start(), m.end()) for i, m in enumerate(pattern.finditer(prompt))]
+
+
+def sentence_without(prompt: str, words: Sequence[Word], index: int, units: str = "whitespace") -> str:
+    """The not-u sentence scored by the masked LM: threestudio's join of the other words
+    ("whitespace"), or the prompt with the word cut out and tidied ("words")."""
+    if units == "whitespace":
+        return " ".join(w.text for w in words if w.index != index)
+    return remove_words(prompt, [index], units)
+
+
+def remove_words(prompt: str, remove: Sequence[int], units: str = "whitespace") -> str:
+    """The prompt without the words at the given indices, original spelling and punctuation of
+    the kept text preserved; whitespace is tidied and a separator left dangling is dropped."""
+    words = split_words(prompt, units)
     drop = set(remove)
     pieces: List[str] = []
     cursor = 0
@@ -65,13 +121,36 @@ def remove_words(prompt: str, remove: Sequence[int]) -> str:
             pieces.append(word.text)
         cursor = word.end
     pieces.append(prompt[cursor:])
-    text = "".join(pieces)
-    text = re.sub(r"\s+", " ", text)
+    text = re.sub(r"\s+", " ", "".join(pieces))
     text = re.sub(r"\s+([,.;:!?])", r"\1", text)  # no space before punctuation
-    text = re.sub(r"([,;:])(\s*[,;:])+", r"\1", text)  # ", ," -> ","
-    text = re.sub(r"^[\s,;:]+|[\s,;:]+$", "", text)  # no leading/trailing separators
+    text = re.sub(r"([,;:&\-])(\s*[,;:&\-])+", r"\1", text)  # ", ," -> ","
+    text = re.sub(r"^[\s,;:&\-]+|[\s,;:&\-]+$", "", text)  # no leading/trailing separators
     text = re.sub(r"\(\s*\)", "", text)
     return re.sub(r"\s+", " ", text).strip()
+
+
+def dangling_articles(words: Sequence[Word], drop: Set[int]) -> Set[int]:
+    """Articles a removal leaves directly before another article or at the end of the prompt."""
+    kept = [w for w in words if w.index not in drop]
+    extra = set()
+    for position, word in enumerate(kept):
+        if word.key not in ARTICLES or word.text[-1:] in ",;:":
+            continue
+        following = kept[position + 1] if position + 1 < len(kept) else None
+        if following is None or following.key in ARTICLES:
+            extra.add(word.index)
+    return extra
+
+
+def rebuild_view_prompt(prompt: str, words: Sequence[Word], drop: Set[int], units: str) -> Optional[str]:
+    """The view prompt without the dropped words (tidied), or None when it would keep no
+    content word (the caller then keeps the whole prompt)."""
+    if not drop:
+        return prompt
+    drop = set(drop) | dangling_articles(words, drop)
+    if not any(w.is_content for w in words if w.index not in drop):
+        return None
+    return remove_words(prompt, sorted(drop), units)
 
 
 class ViewScorer(Protocol):
@@ -89,8 +168,8 @@ class PMITable:
     p_without: Tensor  # [W, V] P(v | not u)
     p_u: Tensor  # [W]
     pmi: Tensor  # [W, V]
-    normalized: Tensor  # [W, V]
-    dropped: Tensor  # [W, V] bool
+    normalized: Tensor  # [W, V] (equal to pmi for the "none" rule)
+    dropped: Tensor  # [W, V] bool: the rule's verdict
 
     def as_dict(self) -> Dict:
         return {
@@ -114,7 +193,7 @@ class PMITable:
                 mark = " x" if self.dropped[i, j] else "  "
                 cells.append(f"{float(self.pmi[i, j]):>7.3f} ({float(self.normalized[i, j]):.3f}){mark}"[-16:].rjust(16))
             lines.append(f"{word:<{width}}  " + "".join(cells))
-        lines.append("PMI (normalised PMI); x = dropped from that view")
+        lines.append("PMI (normalised PMI); x = contradicts that view (the rule drops it)")
         return "\n".join(lines)
 
 
@@ -140,21 +219,39 @@ def normalize_pmi(pmi: Tensor, normalization: str) -> Tensor:
 
 
 def contradiction_mask(pmi: Tensor, normalized: Tensor, threshold: float, normalization: str) -> Tensor:
-    """(word, view) pairs to drop: PMI < 1 and normalised PMI < threshold (appendix C.3)."""
+    """(word, view) pairs to drop. "none": PMI < threshold (threestudio's get_debiased_prompt);
+    "mean"/"max": PMI < 1 and normalised PMI < threshold (appendix C.3, normalised)."""
     if normalization == "none":
         return pmi < threshold
     return (pmi < 1.0) & (normalized < threshold)
 
 
+def template_problem(template: str) -> Optional[str]:
+    """Why a debiasing template cannot be used, or None: exactly one [MASK] and the one field
+    {prompt} (literal braces as {{ }})."""
+    if template.count("[MASK]") != 1:
+        return "must contain exactly one [MASK] (where the view word is scored)"
+    try:
+        fields = [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
+    except ValueError as error:
+        return f"is not a valid format string ({error}); write literal braces as {{{{ }}}}"
+    if fields != ["prompt"]:
+        return (f"must contain the field {{prompt}} exactly once and no other field (found "
+                f"{['{' + f + '}' for f in fields]}); write literal braces as {{{{ }}}}")
+    return None
+
+
 @dataclass(frozen=True)
 class DebiasSettings:
-    views: Tuple[str, ...] = ("side", "front", "back", "overhead")  # prompt-processor names
-    view_words: Tuple[str, ...] = ("side", "front", "back", "top")  # words scored by the LM
+    views: Tuple[str, ...] = DEFAULT_VIEWS  # prompt-processor direction names
+    view_words: Tuple[str, ...] = DEFAULT_VIEWS  # words scored by the LM (threestudio: the names)
     threshold: float = 0.95
     protected_words: Tuple[str, ...] = ()
     protected_word_indices: Tuple[int, ...] = ()
+    removable_word_indices: Optional[Tuple[int, ...]] = None  # threestudio's prompt_debiasing_mask_ids
     p_word: float = 0.5
-    normalization: str = "mean"
+    normalization: str = "none"
+    word_units: str = "whitespace"
     template: str = DEFAULT_TEMPLATE
 
     def validate(self) -> "DebiasSettings":
@@ -169,9 +266,10 @@ class DebiasSettings:
         if not 0.0 < self.p_word < 1.0:
             raise ConfigError("debias_p_word", self.p_word, "must lie in (0, 1)")
         require_choice("pmi_normalization", self.normalization, NORMALIZATIONS)
-        if self.template.count("[MASK]") != 1 or "{prompt}" not in self.template:
-            raise ConfigError("debias_template", self.template,
-                              "must contain exactly one [MASK] (the view word) and {prompt}")
+        require_choice("debias_word_units", self.word_units, WORD_UNITS)
+        problem = template_problem(self.template)
+        if problem:
+            raise ConfigError("debias_template", self.template, problem)
         return self
 
 
@@ -182,6 +280,7 @@ class DebiasResult:
     removed: Dict[str, List[str]]  # view name -> removed words
     table: Optional[PMITable]
     protected: List[str] = field(default_factory=list)
+    kept_whole: List[str] = field(default_factory=list)  # views whose removals would leave no content word
 
     def as_dict(self) -> Dict:
         return {
@@ -189,6 +288,7 @@ class DebiasResult:
             "view_prompts": self.view_prompts,
             "removed": self.removed,
             "protected": self.protected,
+            "kept_whole": self.kept_whole,
             "table": None if self.table is None else self.table.as_dict(),
         }
 
@@ -205,29 +305,34 @@ class DebiasResult:
                 normalized=torch.tensor(t["normalized_pmi"]), dropped=torch.tensor(t["dropped"]),
             )
         return cls(data["prompt"], dict(data["view_prompts"]), {k: list(v) for k, v in data["removed"].items()},
-                   table, list(data.get("protected", [])))
+                   table, list(data.get("protected", [])), list(data.get("kept_whole", [])))
 
 
 def protected_indices(words: Sequence[Word], settings: DebiasSettings, key: str = "protected_words") -> List[int]:
-    """Indices of protected words: by text (case-insensitive) and by index."""
-    lowered = [w.text.lower() for w in words]
+    """Indices of protected words: by text (case and surrounding punctuation ignored), by index,
+    and every word outside ``removable_word_indices`` when that is given."""
+    keys = [w.key for w in words]
     indices = set()
     for text in settings.protected_words:
-        wanted = [w.text.lower() for w in split_words(text)]
+        wanted = [w.key for w in split_words(text, settings.word_units) if w.key]
         if not wanted:
             raise ConfigError(key, text, "a protected word must contain a word")
         found = False
-        for start in range(len(lowered) - len(wanted) + 1):
-            if lowered[start:start + len(wanted)] == wanted:
+        for start in range(len(keys) - len(wanted) + 1):
+            if keys[start:start + len(wanted)] == wanted:
                 indices.update(range(start, start + len(wanted)))
                 found = True
         if not found:
             raise ConfigError(key, text, f"is not a word of the prompt; its words are {[w.text for w in words]}")
-    for index in settings.protected_word_indices:
-        if not 0 <= index < len(words):
-            raise ConfigError("protected_word_indices", index,
-                              f"out of range: the prompt has {len(words)} words (0-based)")
-        indices.add(index)
+    for index_key, values in (("protected_word_indices", settings.protected_word_indices),
+                              ("prompt_debiasing_mask_ids", settings.removable_word_indices or ())):
+        for index in values:
+            if not 0 <= index < len(words):
+                raise ConfigError(index_key, index, f"out of range: the prompt has {len(words)} words "
+                                  f"(0-based) {[w.text for w in words]}")
+    indices.update(settings.protected_word_indices)
+    if settings.removable_word_indices is not None:
+        indices.update(set(range(len(words))) - set(settings.removable_word_indices))
     return sorted(indices)
 
 
@@ -236,11 +341,12 @@ def debias_prompt(prompt: str, settings: DebiasSettings, scorer: ViewScorer) -> 
     settings.validate()
     if not prompt or not prompt.strip():
         raise ConfigError("prompt", prompt, "must not be empty")
-    words = split_words(prompt)
+    units = settings.word_units
+    words = split_words(prompt, units)
     protected = protected_indices(words, settings)
     if not words:
         return DebiasResult(prompt, {v: prompt for v in settings.views}, {v: [] for v in settings.views}, None)
-    sentences = [prompt] + [remove_words(prompt, [w.index]) for w in words]
+    sentences = [prompt] + [sentence_without(prompt, words, w.index, units) for w in words]
     probabilities = scorer.view_probabilities(sentences, settings.view_words).double()
     p_with = probabilities[:1].expand(len(words), -1)
     p_without = probabilities[1:]
@@ -252,22 +358,23 @@ def debias_prompt(prompt: str, settings: DebiasSettings, scorer: ViewScorer) -> 
     dropped[protected] = False
     table = PMITable([w.text for w in words], list(settings.views), p_with.float(), p_without.float(),
                      p_u.float(), pmi.float(), normalized.float(), dropped)
-    view_prompts, removed = {}, {}
+    view_prompts, removed, kept_whole = {}, {}, []
     for j, view in enumerate(settings.views):
-        drop = [w.index for w in words if dropped[w.index, j]]
-        if drop and not remove_words(prompt, drop):  # never leave a view with no subject at all
-            dropped[:, j] = False
-            drop = []
-        view_prompts[view] = remove_words(prompt, drop)
-        removed[view] = [words[i].text for i in drop]
-    return DebiasResult(prompt, view_prompts, removed, table, [words[i].text for i in protected])
+        drop = {w.index for w in words if dropped[w.index, j]}
+        text = rebuild_view_prompt(prompt, words, drop, units)
+        if text is None:  # no content word would be left: keep the whole prompt for this view
+            kept_whole.append(view)
+            text, drop = prompt, set()
+        view_prompts[view] = text
+        removed[view] = [words[i].text for i in sorted(drop)]
+    return DebiasResult(prompt, view_prompts, removed, table, [words[i].text for i in protected], kept_whole)
 
 
 def cached_debias(prompt: str, settings: DebiasSettings, model_name: str, cache_dir: str,
                   make_scorer, use_cache: bool = True) -> Tuple[DebiasResult, str, bool]:
     """``debias_prompt`` through an on-disk JSON cache keyed by everything that affects the
-    result (model, prompt, views, view words, template, threshold, protected words, P(u),
-    normalisation). The scorer is built only on a miss. Returns (result, cache path, hit)."""
+    result (model, prompt, all settings, the rules' version). The scorer is built only on a
+    miss. Returns (result, cache path, hit)."""
     import dataclasses
     import os
 
@@ -276,8 +383,8 @@ def cached_debias(prompt: str, settings: DebiasSettings, model_name: str, cache_
     settings.validate()
     if not prompt or not prompt.strip():
         raise ConfigError("prompt", prompt, "must not be empty")
-    protected_indices(split_words(prompt), settings)  # config errors before any model loads
-    key = cache_key(kind="bert-pmi-debias", model=model_name, prompt=prompt,
+    protected_indices(split_words(prompt, settings.word_units), settings)  # config errors before any model loads
+    key = cache_key(kind="bert-pmi-debias", rules=RULES_VERSION, model=model_name, prompt=prompt,
                     settings=dataclasses.asdict(settings))
     path = os.path.join(cache_dir, f"{key}.json")
     if use_cache:

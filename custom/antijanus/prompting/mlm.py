@@ -15,9 +15,9 @@ from typing import Dict, List, Sequence, Tuple
 import torch
 from torch import Tensor
 
-from ..utils.loading import check_model_path
-from .debias import DEFAULT_TEMPLATE
 from ..utils.errors import ConfigError
+from ..utils.loading import check_model_path, load_pretrained, require_layout
+from .debias import DEFAULT_TEMPLATE
 
 
 class MaskedLMViewScorer:
@@ -26,11 +26,16 @@ class MaskedLMViewScorer:
         from transformers import AutoModelForMaskedLM, AutoTokenizer
 
         check_model_path(key, name_or_path)
+        require_layout(key, name_or_path, "masked language model", ["config.json"])
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-        self.tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+        what = "masked language model (e.g. bert-base-uncased)"
+        self.tokenizer = load_pretrained(key, name_or_path, what,
+                                         lambda: AutoTokenizer.from_pretrained(name_or_path))
         if self.tokenizer.mask_token is None:
             raise ConfigError(key, name_or_path, "is not a masked language model (no mask token)")
-        self.model = AutoModelForMaskedLM.from_pretrained(name_or_path).to(device).eval()
+        self.model = load_pretrained(key, name_or_path, what,
+                                     lambda: AutoModelForMaskedLM.from_pretrained(name_or_path))
+        self.model = self.model.to(device).eval()
         self.device = torch.device(device)
         self.template = template
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Dict
+from typing import Dict, Mapping, Optional
 
 import torch
 
@@ -132,22 +132,48 @@ def _write_model_index(folder: str, pipeline: str, size: str, components: dict) 
                    "_antijanus_random_weights": size, **components}, f, indent=2)
 
 
+# Text the tiny T5 tokenizer is trained on: prompt words of the tests and configs, the view
+# phrases, and every letter, digit and common punctuation mark (so no test prompt hits <unk>).
+T5_CORPUS = [
+    "a zoomed out DSLR photo of a corgi, front view", "a smiling corgi wearing a top hat, side view",
+    "a DSLR photo of a lion's face, back view", "overhead view of a delicious hamburger, top view",
+    "a colorful toucan with a large beak", "a kangaroo wearing boxing gloves",
+    "the quick brown fox jumps over the lazy dog",
+    "abcdefghijklmnopqrstuvwxyz ABCDEFGHIJKLMNOPQRSTUVWXYZ 0123456789 , . ' - ! ? : ; ( ) & \" / +",
+]
+
+
 def write_t5_tokenizer(folder: str) -> int:
-    """A valid T5 (Unigram, sentencepiece-style) fast tokenizer over a small character vocabulary,
-    built with the `tokenizers` library (no sentencepiece needed). Returns the vocab size."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+    """A real T5 tokenizer: a sentencepiece unigram model (``spiece.model``, trained in well under
+    a second on ``T5_CORPUS``) with T5's special ids (pad 0, eos 1, unk 2; no extra ids), loadable
+    by the slow ``T5Tokenizer`` (as threestudio's DeepFloyd processor loads it) and, through the
+    ``tokenizer.json`` written beside it, by the fast one. Needs ``sentencepiece``. Returns the
+    vocab size."""
+    import io
+
+    import sentencepiece as spm
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
     from transformers import T5TokenizerFast
 
-    chars = list("abcdefghijklmnopqrstuvwxyz0123456789,.'-")
-    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -1.0)]
-    vocab += [(c, -2.0) for c in chars] + [("\u2581" + c, -1.5) for c in chars]
+    os.makedirs(folder, exist_ok=True)
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(T5_CORPUS * 4), model_writer=model, model_type="unigram", vocab_size=128,
+        hard_vocab_limit=False, character_coverage=1.0, pad_id=0, eos_id=1, unk_id=2, bos_id=-1,
+        num_threads=1, minloglevel=2)
+    spiece = os.path.join(folder, "spiece.model")
+    with open(spiece, "wb") as f:
+        f.write(model.getvalue())
+    processor = spm.SentencePieceProcessor(model_file=spiece)
+    vocab = [(processor.id_to_piece(i), processor.get_score(i)) for i in range(processor.get_piece_size())]
     tokenizer = Tokenizer(models.Unigram(vocab, unk_id=2))
+    tokenizer.normalizer = normalizers.Replace(Regex(" {2,}"), " ")
     tokenizer.pre_tokenizer = pre_tokenizers.Metaspace()
     tokenizer.decoder = decoders.Metaspace()
     tokenizer.post_processor = processors.TemplateProcessing(
         single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", 1)])
-    T5TokenizerFast(tokenizer_object=tokenizer, eos_token="</s>", unk_token="<unk>",
-                    pad_token="<pad>", extra_ids=0).save_pretrained(folder)
+    T5TokenizerFast(tokenizer_object=tokenizer, vocab_file=spiece, eos_token="</s>", unk_token="<unk>",
+                    pad_token="<pad>", extra_ids=0, model_max_length=512).save_pretrained(folder)
     return len(vocab)
 
 
@@ -191,17 +217,26 @@ def make_deepfloyd_if(folder: str, seed: int = 0, with_text_encoder: bool = True
 
 
 BERT_SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+BERT_VIEW_WORDS = ("side", "front", "back", "overhead")
 
 
-def make_bert(folder: str, words, seed: int = 0, size: str = "tiny") -> str:
+def make_bert(folder: str, words, seed: int = 0, size: str = "tiny",
+              view_ties: Optional[Mapping[str, str]] = None) -> str:
     """A BertForMaskedLM folder with an uncased WordPiece vocabulary built from ``words``
-    (lower-cased words, punctuation, and '##' pieces such as '##head'). ``size="base"`` gives the
-    full bert-base-uncased layout (12 layers, 768 wide) with random weights, for benchmarks."""
+    (lower-cased words, punctuation, and '##' pieces such as '##head') and the default view words
+    (threestudio's direction names, single tokens as in bert-base-uncased). ``size="base"`` gives the
+    full bert-base-uncased layout (12 layers, 768 wide) with random weights, for benchmarks.
+
+    ``view_ties`` ({word: view word}, e.g. {"smiling": "front"}) builds instead a deliberately
+    "peaky" tiny model with set weights, so that prompt-debiasing rules fire: each tied word
+    raises the logit of its view word at [MASK] in proportion to its share of the sentence
+    (``_set_peaky_weights``)."""
     from transformers import BertConfig, BertForMaskedLM, BertTokenizer
 
     os.makedirs(folder, exist_ok=True)
     vocab = list(BERT_SPECIAL_TOKENS)
-    for token in list(words) + list(".,;:!?'-()"):
+    tied = {w.lower(): v.lower() for w, v in (view_ties or {}).items()}
+    for token in list(words) + list(".,;:!?'-()") + list(BERT_VIEW_WORDS) + list(tied) + list(tied.values()):
         token = token if token.startswith("##") else token.lower()
         if token not in vocab:
             vocab.append(token)
@@ -213,10 +248,48 @@ def make_bert(folder: str, words, seed: int = 0, size: str = "tiny") -> str:
     if size == "base":
         config = BertConfig(vocab_size=max(len(vocab), 30522))
     else:
-        config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2,
-                            num_attention_heads=2, intermediate_size=64, max_position_embeddings=128)
-    BertForMaskedLM(config).save_pretrained(folder)
+        config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=1 if tied else 2,
+                            num_attention_heads=2, intermediate_size=64, max_position_embeddings=512,
+                            tie_word_embeddings=not tied)
+    model = BertForMaskedLM(config)
+    if tied:
+        _set_peaky_weights(model, vocab, tied)
+    model.save_pretrained(folder)
     return folder
+
+
+@torch.no_grad()
+def _set_peaky_weights(model, vocab, tied: Mapping[str, str], strength: float = 6.0,
+                       mixing: float = 4.0, sharpness: float = 8.0) -> None:
+    """A one-layer BERT whose [MASK] prediction counts tied words. Hidden dimension k < 8 belongs
+    to the k-th view word; every token embeds a fixed zero-mean pattern on dimensions 8.., a tied
+    word adds ``strength`` on its view's dimension. Attention is uniform (zero queries and keys)
+    with identity values, so the [MASK] position receives ``mixing`` x the mean embedding of the
+    sentence; the feed-forward block adds nothing; the prediction head reads dimension k, times
+    ``sharpness``, as the logit of view word k (every other token's logit is 0)."""
+    hidden = model.config.hidden_size
+    views = sorted(set(tied.values()))
+    if len(views) > 8:
+        raise ValueError("at most 8 tied view words")
+    for parameter in model.parameters():
+        parameter.zero_()
+    pattern = torch.zeros(hidden)
+    pattern[8:] = torch.tensor([1.0, -1.0]).repeat((hidden - 8) // 2)
+    embeddings = model.bert.embeddings
+    embeddings.word_embeddings.weight[:] = pattern
+    for word, view in tied.items():
+        embeddings.word_embeddings.weight[vocab.index(word), views.index(view)] += strength
+    layer = model.bert.encoder.layer[0]
+    eye = torch.eye(hidden)
+    layer.attention.self.value.weight[:] = eye
+    layer.attention.output.dense.weight[:] = mixing * eye
+    model.cls.predictions.transform.dense.weight[:] = eye
+    for norm in (embeddings.LayerNorm, layer.attention.output.LayerNorm, layer.output.LayerNorm,
+                 model.cls.predictions.transform.LayerNorm):
+        norm.weight.fill_(1.0)
+    decoder = model.cls.predictions.decoder
+    for k, view in enumerate(views):
+        decoder.weight[vocab.index(view), k] = sharpness
 
 
 def make_blip(folder: str, words=("a", "photo", "of", "blurry", "dark", "ugly", "dog", "cat"), seed: int = 0) -> str:

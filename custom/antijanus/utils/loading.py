@@ -59,6 +59,8 @@ def load_pretrained(key: str, name_or_path: str, what: str, load: Callable[[], T
     ConfigError for ``key`` that says what was expected and the likely cause."""
     try:
         return load()
+    except ConfigError:  # already names its key (e.g. a check inside the loader)
+        raise
     except (OSError, ValueError, KeyError, TypeError) as error:  # hub errors subclass OSError/ValueError
         if is_local_folder(name_or_path):
             cause = (f"could not be loaded as a {what} from this folder (a folder of another kind, "
