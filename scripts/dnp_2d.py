@@ -23,7 +23,7 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "custom"))
 
-from antijanus.prompting.captioning import DEFAULT_CAPTIONER, BlipCaptioner  # noqa: E402
+from antijanus.prompting.captioning import DEFAULT_CAPTIONER, BlipCaptioner, check_captioner  # noqa: E402
 from antijanus.prompting.dnp import SamplingSettings, load_sampler  # noqa: E402
 from antijanus.utils.imaging import image_grid, to_pil  # noqa: E402
 from antijanus.utils.errors import ConfigError  # noqa: E402
@@ -43,16 +43,23 @@ def main() -> int:
     args = parser.parse_args()
     try:
         settings = SamplingSettings(steps=args.steps, guidance_scale=args.scale, seed=args.seed).validate("--")
+        if args.negative is None:
+            check_captioner(args.captioner, key="--captioner")  # before any sampling
+        print(f"loading {args.model}")
         sampler, encode = load_sampler(args.model, torch.device(args.device),
-                                       half_precision=args.device.startswith("cuda"))
+                                       half_precision=args.device.startswith("cuda"), key="--model")
         p, empty = encode([args.prompt, ""]).split(1)
-        plain = sampler.sample(p, empty, settings, mode="cfg")
-        dns = sampler.sample(p, empty, settings, mode="dns")
+        print(f"sampling the plain and the DNS image ({args.steps} DDIM steps each)")
+        plain = sampler.sample(p, empty, settings, mode="cfg", progress=True)
+        dns = sampler.sample(p, empty, settings, mode="dns", progress=True)
         negative = args.negative
         if negative is None:
-            negative = BlipCaptioner(args.captioner, device=args.device, key="--captioner").caption(dns)[0]
+            print(f"captioning the DNS image with {args.captioner}")
+            captioner = BlipCaptioner(args.captioner, device=args.device, key="--captioner")
+            negative = captioner.caption(dns, progress=True)[0]
+        print(f"n* = {negative!r}; sampling with (p, n*)")
         n_star = encode([negative])
-        with_dnp = sampler.sample(p, n_star, settings, mode="cfg")
+        with_dnp = sampler.sample(p, n_star, settings, mode="cfg", progress=True)
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -65,7 +72,7 @@ def main() -> int:
         json.dump({"prompt": args.prompt, "negative_prompt": negative, "captioned": args.negative is None,
                    "model": args.model, "captioner": args.captioner, "steps": args.steps,
                    "guidance_scale": args.scale, "seed": args.seed}, f, indent=2)
-    print(f"n* = {negative!r}\nsaved {os.path.join(args.out, 'dnp-grid.png')}")
+    print(f"saved {os.path.join(args.out, 'dnp-grid.png')}")
     return 0
 
 

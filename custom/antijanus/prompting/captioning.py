@@ -2,20 +2,43 @@
 
 ``BlipCaptioner`` loads ``BlipProcessor`` + ``BlipForConditionalGeneration`` with
 ``from_pretrained`` from a hub id (default ``Salesforce/blip-image-captioning-base``) or a local
-folder, and captions images given as tensors [B, 3, H, W] in [0, 1].
+folder, and captions images given as tensors [B, 3, H, W] in [0, 1]. ``check_captioner`` checks
+the key cheaply (the model's config only) before anything else runs.
 """
 
 from __future__ import annotations
 
+import json
+import os
 from typing import List, Optional
 
 import torch
 from torch import Tensor
 
-from ..utils.loading import check_model_path
 from ..utils.errors import ConfigError
+from ..utils.loading import check_model_path, is_local_folder, load_pretrained, require_layout
+from ..utils.progress import progress_bar
 
 DEFAULT_CAPTIONER = "Salesforce/blip-image-captioning-base"
+WHAT = "BLIP image-captioning model (e.g. Salesforce/blip-image-captioning-base)"
+BLIP_LAYOUT = ("config.json",)  # (the processor file is named differently across transformers versions)
+
+
+def check_captioner(name_or_path: str, key: str = "captioner") -> None:
+    """A configuration error now, before DNS sampling, when ``name_or_path`` cannot be a BLIP
+    captioner: a missing folder, a folder of another kind, a hub id that cannot be reached."""
+    check_model_path(key, name_or_path)
+    require_layout(key, name_or_path, "BLIP captioning", BLIP_LAYOUT)
+    if is_local_folder(name_or_path):
+        with open(os.path.join(os.path.expanduser(name_or_path), "config.json"), encoding="utf-8") as f:
+            model_type = json.load(f).get("model_type")
+    else:
+        from transformers import AutoConfig
+
+        model_type = load_pretrained(key, name_or_path, WHAT,
+                                     lambda: AutoConfig.from_pretrained(name_or_path)).model_type
+    if model_type != "blip":
+        raise ConfigError(key, name_or_path, f"is a {model_type!r} model, not a BLIP captioning model")
 
 
 class BlipCaptioner:
@@ -23,21 +46,26 @@ class BlipCaptioner:
                  text_prompt: Optional[str] = None, key: str = "captioner") -> None:
         from transformers import BlipForConditionalGeneration, BlipProcessor
 
-        check_model_path(key, name_or_path)
         if max_new_tokens < 1:
             raise ConfigError("caption_max_new_tokens", max_new_tokens, "must be >= 1")
-        self.processor = BlipProcessor.from_pretrained(name_or_path)
-        self.model = BlipForConditionalGeneration.from_pretrained(name_or_path).to(device).eval()
+        check_captioner(name_or_path, key)
+        self.processor = load_pretrained(key, name_or_path, WHAT, lambda: BlipProcessor.from_pretrained(name_or_path))
+        model = load_pretrained(key, name_or_path, WHAT,
+                                lambda: BlipForConditionalGeneration.from_pretrained(name_or_path))
+        self.model = model.to(device).eval()
         self.device = torch.device(device)
         self.max_new_tokens = max_new_tokens
         self.text_prompt = text_prompt
 
     @torch.no_grad()
-    def caption(self, images: Tensor) -> List[str]:
+    def caption(self, images: Tensor, progress: bool = False) -> List[str]:
         from ..utils.imaging import to_pil
 
+        bar = progress_bar(len(images), "captioning", unit="image", enabled=progress)
         pil = [to_pil(image) for image in images]
         kwargs = {"text": [self.text_prompt] * len(pil)} if self.text_prompt else {}
         inputs = self.processor(images=pil, return_tensors="pt", **kwargs).to(self.device)
         out = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens)
+        bar.update(len(images))
+        bar.close()
         return [self.processor.decode(ids, skip_special_tokens=True).strip() for ids in out]

@@ -20,6 +20,7 @@ for generation (auto-DNP when a captioner does it).
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Protocol, Tuple
@@ -29,6 +30,9 @@ from torch import Tensor
 
 from ..utils.errors import ConfigError, require_positive
 from ..utils.imaging import to_pil
+from ..utils.progress import progress_bar
+
+logger = logging.getLogger(__name__)
 
 MODES = ("cfg", "dns")
 
@@ -60,7 +64,7 @@ class SamplingSettings:
 
 
 class Captioner(Protocol):
-    def caption(self, images: Tensor) -> List[str]:
+    def caption(self, images: Tensor, progress: bool = False) -> List[str]:
         """Images [B, 3, H, W] in [0, 1] -> one caption each."""
 
 
@@ -89,7 +93,8 @@ class StableDiffusionSampler:
         return cfg_noise(eps_uncond, eps_cond, guidance_scale)
 
     @torch.no_grad()
-    def sample(self, cond: Tensor, uncond: Tensor, settings: SamplingSettings, mode: str = "cfg") -> Tensor:
+    def sample(self, cond: Tensor, uncond: Tensor, settings: SamplingSettings, mode: str = "cfg",
+               progress: bool = False) -> Tensor:
         """Images [B, 3, H, W] in [0, 1]; the same seed gives the same initial noise in every mode."""
         settings.validate()
         b = self.backbone
@@ -98,10 +103,13 @@ class StableDiffusionSampler:
         shape = (batch, b.unet.config.in_channels, b.latent_size, b.latent_size)
         latents = torch.randn(shape, generator=generator).to(b.device) * self.scheduler.init_noise_sigma
         self.scheduler.set_timesteps(int(settings.steps))
+        bar = progress_bar(len(self.scheduler.timesteps), f"{mode.upper()} sampling", unit="step", enabled=progress)
         for t in self.scheduler.timesteps:
             model_input = self.scheduler.scale_model_input(latents, t)
             eps = self.guided_noise(model_input, t.to(b.device), cond, uncond, mode, settings.guidance_scale)
             latents = self.scheduler.step(eps, t, latents, eta=settings.eta).prev_sample
+            bar.update()
+        bar.close()
         return b.decode(latents)
 
 
@@ -123,9 +131,12 @@ def cached_dnp(
     make_sampler: Callable[[], Tuple[StableDiffusionSampler, Callable[[List[str]], Tensor]]],
     make_captioner: Callable[[], Captioner],
     use_cache: bool = True,
+    log: Callable[[str], None] = logger.info,
+    progress: bool = True,
 ) -> DNPResult:
     """Auto-DNP once per (model, prompt, sampling settings, captioner): sample the DNS image,
-    caption it into n*, save both (atomically). A cache hit builds no model."""
+    caption it into n*, then save both (atomically; the image is written only with its record,
+    so a failed captioning leaves nothing behind). A cache hit builds no model."""
     from ..utils.cache import atomic_write, cache_key, read_json, write_json
 
     if not prompt or not prompt.strip():
@@ -138,25 +149,37 @@ def cached_dnp(
     record = read_json(record_path) if use_cache else None
     if record is not None and os.path.exists(image_path):
         return DNPResult(prompt, record["negative_prompt"], image_path, record_path, True)
+    log(f"antijanus: DNS sampling of [{prompt}] with {model_name}: {settings.steps} DDIM steps, "
+        f"guidance scale {settings.guidance_scale}, seed {settings.seed}")
     sampler, encode = make_sampler()
     embeddings = encode([prompt, ""])
-    image = sampler.sample(embeddings[:1], embeddings[1:], settings, mode="dns")
+    image = sampler.sample(embeddings[:1], embeddings[1:], settings, mode="dns", progress=progress)
+    del sampler, encode
+    log(f"antijanus: captioning the DNS image with {captioner_name}")
+    negative = make_captioner().caption(image, progress=progress)[0].strip()
     atomic_write(image_path, lambda f: to_pil(image[0]).save(f, format="PNG"), binary=True)
-    del sampler
-    negative = make_captioner().caption(image)[0].strip()
     write_json(record_path, {"prompt": prompt, "negative_prompt": negative, "model": model_name,
                              "captioner": captioner_name, "settings": dataclasses.asdict(settings)})
     return DNPResult(prompt, negative, image_path, record_path, False)
 
 
-def load_sampler(model_name: str, device, half_precision: bool = True):
+STABLE_DIFFUSION_LAYOUT = ("unet", "vae", "scheduler", "tokenizer", "text_encoder")
+
+
+def load_sampler(model_name: str, device, half_precision: bool = True, key: str = "pretrained_model_name_or_path"):
     """A Stable Diffusion sampler and its prompt encoder, loaded from a hub id or a folder."""
     from ..backbones.base import BackboneOptions
     from ..backbones.stable_diffusion import StableDiffusionBackbone
+    from ..utils.loading import check_model_path, load_pretrained, require_layout
 
-    backbone = StableDiffusionBackbone(
-        BackboneOptions(pretrained_model_name_or_path=model_name, half_precision_weights=half_precision), device)
-    return StableDiffusionSampler(backbone), (lambda prompts: backbone.encode_prompts(prompts, keep_encoder=True))
+    check_model_path(key, model_name)
+    require_layout(key, model_name, "Stable Diffusion", STABLE_DIFFUSION_LAYOUT)
+    options = BackboneOptions(pretrained_model_name_or_path=model_name, half_precision_weights=half_precision)
+    backbone = load_pretrained(key, model_name, "Stable Diffusion model (for DNS sampling)",
+                               lambda: StableDiffusionBackbone(options, device))
+    sampler = load_pretrained(key, model_name, "Stable Diffusion model (its scheduler/)",
+                              lambda: StableDiffusionSampler(backbone))
+    return sampler, (lambda prompts: backbone.encode_prompts(prompts, keep_encoder=True))
 
 
 def record_summary(result: DNPResult) -> Dict[str, str]:
