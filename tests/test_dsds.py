@@ -9,7 +9,7 @@ from antijanus.utils.errors import ConfigError
 from antijanus.core.guidance import DSDSConfig, ScoreDistillationConfig, ScoreDistillationGuidance
 
 from helpers import make_prompt_output
-from .test_guidance import CAMERAS, FakeBackbone
+from test_guidance import CAMERAS, FakeBackbone
 
 
 def dsds(model=None, config_type=DSDSConfig, **overrides):
@@ -159,3 +159,41 @@ def test_deepfloyd_backbone_pixel_space_epsilon_and_t5(tiny_if):
     assert raw.shape[1] == 6 and torch.allclose(eps, raw[:, :3])
     with pytest.raises(ValueError, match="no latent space"):
         backbone.to_model_space(torch.ones(1, 4, 8, 8), rgb_as_latents=True)
+
+
+def test_default_clip_is_the_recipe_of_the_sds_path_the_final_gradient():
+    """dsds-guidance clips w(t)(eps_hat - eps) by default: the D-SDS authors' threestudio recipe
+    (grad_clip [0, 2.0, 8.0, 10000]); the old default clipped eps_hat - eps before w(t)."""
+    guidance = dsds(trainer_max_steps=100)  # weighting "sds": w(t) = 1 - abar_t < 1
+    assert guidance.resolved.clip.target == "gradient"
+    latents = torch.randn(4, 8, 8, 4, requires_grad=True)
+    torch.manual_seed(0)
+    guidance(latents, make_prompt_output(scale=4.0), **CAMERAS, rgb_as_latents=True)["loss_sds"].backward()
+    grad = (latents.grad * 4).abs()
+    assert grad.max() <= 2.0 + 1e-6 and ((grad - 2.0).abs() < 1e-6).any()  # psi itself is reached
+
+
+def test_clip_schedule_without_a_known_run_length_is_refused_not_guessed():
+    guidance = dsds()  # no clip_end_step, no trainer_max_steps, no trainer running
+    with pytest.raises(ConfigError, match=r"clip_end_step.*trainer\.max_steps.*\$\{trainer\.max_steps\}"):
+        guidance(torch.randn(4, 8, 8, 4), make_prompt_output(), **CAMERAS, rgb_as_latents=True)
+    guidance.set_run_max_steps(1000)  # what the threestudio adapter does from the running trainer
+    guidance.update_step(0, 500)
+    assert guidance.clip_threshold == pytest.approx(5.0)
+    with pytest.raises(ConfigError, match="clip_end_step.*without a step limit"):
+        guidance.set_run_max_steps(-1)
+
+
+def test_constant_clipping_needs_no_run_length():
+    guidance = dsds(clip_schedule="constant", clip_start=3.0)
+    out = guidance(torch.randn(4, 8, 8, 4), make_prompt_output(), **CAMERAS, rgb_as_latents=True)
+    assert out["dsds/clip_threshold"] == 3.0
+
+
+def test_clip_keys_without_score_clipping_warn_once(caplog):
+    import logging
+
+    with caplog.at_level(logging.WARNING, logger="antijanus.core.guidance"):
+        dsds(config_type=ScoreDistillationConfig, clip_start=1.0, clip_end_step=500)
+    lines = [r.message for r in caplog.records]
+    assert len(lines) == 1 and "clip_start, clip_end_step set but score_clipping is false" in lines[0]

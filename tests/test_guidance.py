@@ -209,3 +209,24 @@ def test_v_prediction_models_are_converted_to_epsilon(tiny_sd_vpred):
     expected = abar.sqrt() * v + (1 - abar).sqrt() * x_t
     assert torch.allclose(backbone.predict_noise(x_t, t, emb), expected, atol=1e-5)
     assert not torch.allclose(expected, v, atol=1e-2)
+
+
+@pytest.mark.parametrize(
+    "min_percent, max_percent, message",
+    [
+        ([0, 0.5, 0.02, 100], [0, 0.3, 0.98, 100], "exceeds max_step_percent.*at step 0"),
+        ([0, 0.1, 0.9, 1000], [0, 0.5, 0.6, 1000], "at step 1000 .0.9 > 0.6"),
+        ([0, 0.1, 0.5, 2.0], 0.4, "at epoch 2"),
+        ([0, 0.1, 0.3, 1000], [0, 0.9, 0.2, 3.0], "different units"),
+    ],
+)
+def test_timestep_schedules_that_cross_fail_at_configuration(min_percent, max_percent, message):
+    """torch.randint(min_step, max_step + 1) fails mid-training once min exceeds max."""
+    with pytest.raises(ConfigError, match=message):
+        guidance_with(min_step_percent=min_percent, max_step_percent=max_percent)
+
+
+def test_schedules_that_stay_ordered_are_accepted():
+    # threestudio's prolificdreamer-geometry.yaml and imagecondition_zero123nerf.yaml
+    guidance_with(min_step_percent=0.02, max_step_percent=[5000, 0.98, 0.5, 5001])
+    guidance_with(min_step_percent=[0, 0.4, 0.2, 200], max_step_percent=[0, 0.85, 0.5, 200])

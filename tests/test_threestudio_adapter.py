@@ -5,6 +5,7 @@ import importlib.util
 import os
 import subprocess
 import sys
+import types
 
 import pytest
 import torch
@@ -85,16 +86,19 @@ def test_step_with_threestudios_stock_prompt_processor(tiny_sd, tmp_path, monkey
          "negative_prompt": "blurry"}
     )
     prompt_utils = processor()
-    guidance = threestudio.find("perp-neg-sds-guidance")(
-        {"pretrained_model_name_or_path": tiny_sd, "half_precision_weights": False,
-         "negative_prompt_weight": 1.0}
-    )
-    rgb = torch.rand(2, 16, 16, 3, requires_grad=True)
-    out = guidance(rgb, prompt_utils, **CAMERAS)
-    out["loss_sds"].backward()
-    assert torch.isfinite(rgb.grad).all()
-    # 2 positive + 2 unconditional ("") + 2 view negatives per sample + 1 negative prompt each
-    assert out["unet_rows"] == 2 + 2 + 4 + 2
+    assert prompt_utils.use_perp_neg is False  # the stock processor's default
+    for perp_neg, rows in ((None, 2 + 2 + 2), (True, 2 + 2 + 4 + 2)):
+        guidance = threestudio.find("perp-neg-sds-guidance")(
+            {"pretrained_model_name_or_path": tiny_sd, "half_precision_weights": False,
+             "negative_prompt_weight": 1.0, "perp_neg": perp_neg}
+        )
+        rgb = torch.rand(2, 16, 16, 3, requires_grad=True)
+        out = guidance(rgb, prompt_utils, **CAMERAS)
+        out["loss_sds"].backward()
+        assert torch.isfinite(rgb.grad).all()
+        # 2 positive + 2 unconditional ("") + 1 negative prompt each, and with Perp-Neg on 2 view
+        # negatives per sample; perp_neg unset follows the processor's use_perp_neg: false
+        assert out["unet_rows"] == rows
 
 
 def test_dsds_guidance_is_registered_with_clipping_on_and_perp_neg_off(tiny_sd):
@@ -112,3 +116,49 @@ def test_dsds_guidance_is_registered_with_clipping_on_and_perp_neg_off(tiny_sd):
     with pytest.raises(ConfigError, match="clip_start"):
         threestudio.find("dsds-guidance")({"pretrained_model_name_or_path": tiny_sd,
                                            "clip_start": 9.0, "clip_end": 1.0})
+
+
+class FakeSystem:
+    """What calls a guidance in threestudio: a system (LightningModule) whose ``_trainer`` is the
+    running trainer; ``do_update_step`` at each batch start, ``__call__`` in training_step."""
+
+    def __init__(self, guidance, max_steps):
+        self.guidance = guidance
+        self._trainer = types.SimpleNamespace(max_steps=max_steps)
+
+    def on_train_batch_start(self, global_step):
+        self.guidance.do_update_step(0, global_step)
+
+    def training_step(self, rgb, prompt_utils):
+        return self.guidance(rgb, prompt_utils, **CAMERAS)
+
+
+def test_clip_schedule_stretches_over_the_running_trainers_max_steps(tiny_sd, monkeypatch):
+    """clip_end_step unset: the run's own trainer.max_steps, not a 25000-step guess."""
+    messages = []
+    monkeypatch.setattr(threestudio, "info", messages.append)
+    guidance = threestudio.find("dsds-guidance")({"pretrained_model_name_or_path": tiny_sd,
+                                                  "half_precision_weights": False})
+    system = FakeSystem(guidance, max_steps=100)
+    for step in (0, 50):
+        system.on_train_batch_start(step)
+        out = system.training_step(torch.rand(2, 16, 16, 3), make_prompt_output())
+    assert out["dsds/clip_threshold"] == pytest.approx(5.0)  # 2.0 -> 8.0 over 100 steps, halfway
+    schedule = [m for m in messages if "D-SDS clipping" in m]
+    assert schedule == ["antijanus: D-SDS clipping of the final gradient w(t)(eps_hat - eps) (the D-SDS "
+                        "authors' threestudio recipe): linear 2 -> 8 from step 0 to step 100 "
+                        "(trainer.max_steps of the running trainer)"]
+
+
+def test_guidance_messages_go_through_threestudios_logger(tiny_sd, monkeypatch):
+    warnings = []
+    monkeypatch.setattr(threestudio, "warn", warnings.append)
+    prompts = make_prompt_output()
+    prompts.use_perp_neg = False
+    guidance = threestudio.find("perp-neg-sds-guidance")(
+        {"pretrained_model_name_or_path": tiny_sd, "half_precision_weights": False, "perp_neg": True})
+    for _ in range(2):
+        guidance(torch.rand(2, 16, 16, 3), prompts, **CAMERAS)
+    assert warnings == ["antijanus: Perp-Neg on, weights from the threestudio preset (set by the "
+                        "guidance's perp_neg); the guidance's perp_neg: true wins over the prompt "
+                        "processor's use_perp_neg: false"]

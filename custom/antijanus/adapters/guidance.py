@@ -1,19 +1,48 @@
 """threestudio guidance adapters: thin ``BaseObject`` shells around the one core guidance path
 (``antijanus.core.guidance``). Each has threestudio's shape: a ``Config`` dataclass (every key
 with its default, see README), ``configure()`` that builds the core object,
-``threestudio.register(name)``.
+``threestudio.register(name)``, and the public methods threestudio's systems call on a guidance
+(``encode_images``, ``decode_latents``, ``set_min_max_steps``, ``update_step``, ``__call__`` with
+``guidance_eval``).
 """
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
-from typing import Type
+from typing import Optional, Type
 
 import threestudio
 from threestudio.utils.base import BaseObject
 
 from ..core.guidance import DSDSConfig, ScoreDistillationConfig, ScoreDistillationGuidance
 from .registry import core_config, register
+
+#: How far up the call stack to look for the LightningModule that runs this guidance.
+TRAINER_SEARCH_DEPTH = 12
+
+
+def running_trainer_max_steps(depth: int = TRAINER_SEARCH_DEPTH) -> Optional[int]:
+    """``trainer.max_steps`` of the Lightning trainer running the current step, if any.
+
+    threestudio hands a guidance only its own config block, but every call into it
+    (``update_step`` through the system's ``do_update_step``, ``__call__`` from
+    ``training_step``) comes from a threestudio system, a LightningModule whose ``_trainer`` is
+    the running trainer. The caller frames are searched for that system (a few frames up).
+    """
+    frame = inspect.currentframe()
+    try:
+        for _ in range(depth):
+            frame = frame.f_back if frame is not None else None
+            if frame is None:
+                return None
+            trainer = getattr(frame.f_locals.get("self"), "_trainer", None)
+            max_steps = getattr(trainer, "max_steps", None)
+            if isinstance(max_steps, int):
+                return max_steps
+        return None
+    finally:
+        del frame
 
 
 class _GuidanceAdapter(BaseObject):
@@ -25,19 +54,71 @@ class _GuidanceAdapter(BaseObject):
     def configure(self) -> None:
         threestudio.info(f"antijanus: loading {self.cfg.backbone} for {self.registered_name} ...")
         self.engine = ScoreDistillationGuidance(core_config(self.core_config_type, self.cfg), self.device)
+        self.engine.info = lambda message: threestudio.info(f"antijanus: {message}")
+        self.engine.warn = lambda message: threestudio.warn(f"antijanus: {message}")
+
+    def _learn_run_length(self) -> None:
+        """The clip schedule / sqrt_anneal stretch over the run's real trainer.max_steps unless
+        clip_end_step / trainer_max_steps say otherwise."""
+        engine = self.engine
+        if engine.needs_schedule_length() and engine.schedule_length() is None:
+            max_steps = running_trainer_max_steps()
+            if max_steps is not None:
+                engine.set_run_max_steps(max_steps)
 
     def __call__(self, rgb, prompt_utils, elevation, azimuth, camera_distances,
                  rgb_as_latents: bool = False, guidance_eval: bool = False, **kwargs):
+        self._learn_run_length()
         return self.engine(rgb, prompt_utils, elevation, azimuth, camera_distances,
                            rgb_as_latents=rgb_as_latents, guidance_eval=guidance_eval)
 
     def update_step(self, epoch: int, global_step: int, on_load_weights: bool = False):
+        self._learn_run_length()
         self.engine.update_step(epoch, global_step, on_load_weights=on_load_weights)
+
+    # -- threestudio's public guidance methods ----------------------------------------------
+    def set_min_max_steps(self, min_step_percent: float = 0.02, max_step_percent: float = 0.98):
+        self.engine.set_min_max_steps(min_step_percent, max_step_percent)
+
+    def encode_images(self, imgs):
+        """[B, 3, H, W] images in [0, 1] -> model space (SD: VAE latents; IF: [-1, 1] pixels)."""
+        return self.engine.backbone.encode_images(imgs)
+
+    def decode_latents(self, latents, latent_height: Optional[int] = None,
+                       latent_width: Optional[int] = None):
+        """Model space -> [B, 3, H, W] images in [0, 1]; latents are first resized to
+        (latent_height, latent_width), default the model's latent size (64, threestudio's)."""
+        return self.engine.backbone.decode_latents(latents, latent_height, latent_width)
+
+    # attributes threestudio's guidances expose
+    @property
+    def min_step(self) -> int:
+        return self.engine.min_step
+
+    @property
+    def max_step(self) -> int:
+        return self.engine.max_step
+
+    @property
+    def num_train_timesteps(self) -> int:
+        return self.engine.num_train_timesteps
+
+    @property
+    def alphas(self):
+        return self.engine.alphas_cumprod
+
+    @property
+    def grad_clip_val(self) -> Optional[float]:
+        return self.engine.grad_clip_value
+
+    @property
+    def weights_dtype(self):
+        return self.engine.backbone.dtype
 
 
 @register("perp-neg-sds-guidance")
 class PerpNegSDSGuidance(_GuidanceAdapter):
-    """SDS with Perp-Neg view conditioning; D-SDS clipping with ``score_clipping: true``."""
+    """SDS (or SJC) with Perp-Neg view conditioning; D-SDS clipping with ``score_clipping: true``."""
 
     @dataclass
     class Config(BaseObject.Config, ScoreDistillationConfig):
@@ -50,7 +131,7 @@ class PerpNegSDSGuidance(_GuidanceAdapter):
 
 @register("dsds-guidance")
 class DSDSGuidance(_GuidanceAdapter):
-    """SDS with D-SDS dynamic score clipping; Perp-Neg with ``perp_neg: true``."""
+    """SDS (or SJC) with D-SDS dynamic score clipping; Perp-Neg with ``perp_neg: true``."""
 
     @dataclass
     class Config(BaseObject.Config, DSDSConfig):

@@ -3,21 +3,25 @@
 The guidance never touches a UNet, VAE or scheduler directly: it asks a backbone to turn
 rendered images into the diffusion model's input space, to predict the noise (epsilon) of a
 batch of rows in one call, and to encode a text prompt. Stable Diffusion (latent space) and
-DeepFloyd IF (pixel space) implement it.
+DeepFloyd IF (pixel space) implement it, together with threestudio's public guidance methods
+(``encode_images``, ``decode_latents``) and a sampler for the denoising previews.
 """
 
 from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Protocol, runtime_checkable
+from typing import Any, Dict, List, Optional, Protocol, Sequence, Tuple, runtime_checkable
 
 import torch
 
 from torch import Tensor
 
 from ..utils.errors import ConfigError
-from ..utils.loading import check_model_path
+from ..utils.loading import check_model_path, require_layout
+
+#: The config key every backbone loads from.
+MODEL_KEY = "pretrained_model_name_or_path"
 
 
 @dataclass
@@ -27,8 +31,9 @@ class BackboneOptions:
     pretrained_model_name_or_path: Optional[str] = None  # None: the backbone's default model
     half_precision_weights: bool = True
     enable_memory_efficient_attention: bool = False
+    enable_sequential_cpu_offload: bool = False  # CUDA only, as diffusers' pipelines
     enable_attention_slicing: bool = False
-    enable_channels_last_format: bool = False
+    enable_channels_last_format: Optional[bool] = None  # None: SD false, IF true (threestudio's)
     token_merging: bool = False
     token_merging_params: Dict[str, Any] = field(default_factory=dict)
 
@@ -40,11 +45,13 @@ def autocast_disabled(device: torch.device):
     return contextlib.nullcontext()
 
 
-def configure_unet(unet: torch.nn.Module, options: BackboneOptions) -> None:
+def configure_unet(unet: torch.nn.Module, options: BackboneOptions, channels_last_default: bool) -> None:
     """Apply the memory/speed options to a diffusers UNet."""
     if options.enable_attention_slicing:
         unet.set_attention_slice(1)
-    if options.enable_channels_last_format:
+    channels_last = channels_last_default if options.enable_channels_last_format is None \
+        else options.enable_channels_last_format
+    if channels_last:
         unet.to(memory_format=torch.channels_last)
     if options.token_merging:
         try:
@@ -55,17 +62,47 @@ def configure_unet(unet: torch.nn.Module, options: BackboneOptions) -> None:
         tomesd.apply_patch(unet, **dict(options.token_merging_params))
 
 
+def check_offload(options: BackboneOptions, device: torch.device) -> None:
+    """Sequential CPU offload keeps the weights in CPU memory and streams each layer to the GPU
+    when it runs (accelerate's ``cpu_offload``, what diffusers' ``enable_sequential_cpu_offload``
+    does for threestudio). It only exists for a CUDA execution device."""
+    if options.enable_sequential_cpu_offload and device.type != "cuda":
+        raise ConfigError("enable_sequential_cpu_offload", True,
+                          f"needs a CUDA device (this run uses {device}): it keeps the weights in "
+                          "CPU memory and streams them to the GPU layer by layer, as diffusers' "
+                          "pipelines do for threestudio", [False])
+
+
+def place(modules: Sequence[torch.nn.Module], options: BackboneOptions, device: torch.device) -> None:
+    """Move the modules to the device, or attach sequential CPU offload hooks."""
+    if options.enable_sequential_cpu_offload:
+        try:
+            from accelerate import cpu_offload
+        except ImportError:
+            raise ConfigError("enable_sequential_cpu_offload", True, "needs the `accelerate` "
+                              "package (pip install accelerate)") from None
+        for module in modules:
+            cpu_offload(module, execution_device=device)
+    else:
+        for module in modules:
+            module.to(device)
+
+
 class LoadedBackbone:
     """Shared start of the backbones' constructors: which model, where, in which dtype."""
 
     DEFAULT_MODEL = ""
+    KIND = ""  # e.g. "Stable Diffusion", for error messages
+    LAYOUT: Tuple[str, ...] = ()  # subfolders a local model folder must have
 
     def _resolve(self, options: BackboneOptions, device) -> str:
         path = options.pretrained_model_name_or_path or self.DEFAULT_MODEL
-        check_model_path("pretrained_model_name_or_path", path)
+        check_model_path(MODEL_KEY, path)
+        require_layout(MODEL_KEY, path, self.KIND, self.LAYOUT)
         self.model_path = path
         self.options = options
         self.device = torch.device(device)
+        check_offload(options, self.device)
         self.dtype = torch.float16 if options.half_precision_weights else torch.float32
         return path
 
@@ -85,3 +122,27 @@ class DiffusionBackbone(Protocol):
 
     def encode_prompts(self, prompts: List[str]) -> Tensor:
         """Text embeddings as the prompt processors make them, [N, tokens, features]."""
+
+
+class PublicMethods(Protocol):
+    """What threestudio's systems call on a guidance, and what the previews need."""
+
+    def render_to_image(self, rgb_bchw: Tensor) -> Tensor:
+        """Renders [B, 3, H, W] in [0, 1] resized to the model's image size (HiFA's image)."""
+
+    def encode_images(self, images: Tensor) -> Tensor:
+        """Images [B, 3, H, W] in [0, 1] -> model space (threestudio's ``encode_images``)."""
+
+    def decode_latents(self, latents: Tensor, latent_height: Optional[int] = None,
+                       latent_width: Optional[int] = None) -> Tensor:
+        """Model space -> images [B, 3, H, W] in [0, 1] (threestudio's ``decode_latents``)."""
+
+    def predict_noise_and_variance(self, x_t: Tensor, t: Tensor, text_embeddings: Tensor
+                                   ) -> Tuple[Tensor, Optional[Tensor]]:
+        """Epsilon and the learned variance channels (None for models without them)."""
+
+    def noise_schedule(self, sjc: bool = False) -> Tensor:
+        """abar_t of the path: the model's own, or SJC's (threestudio forces SD's for SJC)."""
+
+    def make_sampler(self, sjc: bool = False):
+        """A diffusers scheduler for the previews, fed epsilon predictions."""

@@ -3,21 +3,24 @@
 Loads the stage-I UNet and its noise schedule with ``from_pretrained`` (hub id or a local folder
 in the diffusers layout: ``unet/``, ``scheduler/``; ``tokenizer/`` + ``text_encoder/`` (T5) only
 when a prompt must be encoded). IF's UNet predicts epsilon and a learned variance
-(6 channels): the guidance uses the first 3. There is no latent space: rendered images are
-resized to the UNet's resolution and mapped to [-1, 1].
+(6 channels): the guidance uses the first 3, the previews' DDPM sampler both. There is no latent
+space: rendered images are resized to the UNet's resolution and mapped to [-1, 1]; "decoding" is
+the inverse map, clamped to [0, 1].
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from typing import List
+from typing import List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import BackboneOptions, LoadedBackbone, autocast_disabled, configure_unet
+from ..utils.loading import load_pretrained
+from .base import (MODEL_KEY, BackboneOptions, LoadedBackbone, autocast_disabled, configure_unet,
+                   place)
 
 logger = logging.getLogger(__name__)
 
@@ -25,7 +28,9 @@ logger = logging.getLogger(__name__)
 class DeepFloydIFBackbone(LoadedBackbone):
     DEFAULT_MODEL = "DeepFloyd/IF-I-XL-v1.0"
     DEFAULT_GUIDANCE_SCALE = 20.0  # threestudio's deep-floyd-guidance
-    DEFAULT_CLIP = (0.5, 2.0)  # D-SDS appendix C: 0.5 -> 2.0 with DeepFloyd IF
+    DEFAULT_CLIP = (0.5, 2.0)  # D-SDS appendix C / authors' grad_clip [0, 0.5, 2.0, 10000]
+    KIND = "DeepFloyd IF stage I"
+    LAYOUT = ("unet", "scheduler")
 
     def __init__(self, options: BackboneOptions, device: torch.device) -> None:
         from diffusers import DDPMScheduler, UNet2DConditionModel
@@ -34,46 +39,89 @@ class DeepFloydIFBackbone(LoadedBackbone):
 
         # The hub checkpoint ships fp16 weights as the "fp16" variant (threestudio loads that
         # with half precision); a folder without it loads its plain weights.
-        try:
-            variant = "fp16" if options.half_precision_weights else None
-            self.unet = UNet2DConditionModel.from_pretrained(
-                path, subfolder="unet", torch_dtype=self.dtype, variant=variant)
-        except (OSError, ValueError):
-            self.unet = UNet2DConditionModel.from_pretrained(path, subfolder="unet", torch_dtype=self.dtype)
-        self.unet = self.unet.to(self.device).eval().requires_grad_(False)
+        def load_unet():
+            if options.half_precision_weights:
+                try:
+                    return UNet2DConditionModel.from_pretrained(
+                        path, subfolder="unet", torch_dtype=self.dtype, variant="fp16")
+                except (OSError, ValueError):
+                    pass
+            return UNet2DConditionModel.from_pretrained(path, subfolder="unet", torch_dtype=self.dtype)
+
+        self.unet = load_pretrained(MODEL_KEY, path, "DeepFloyd IF UNet", load_unet)
+        self.unet = self.unet.eval().requires_grad_(False)
         if options.enable_memory_efficient_attention:
             logger.info("PyTorch 2 uses memory-efficient attention (SDPA) by default.")
-        configure_unet(self.unet, options)
-        scheduler = DDPMScheduler.from_pretrained(path, subfolder="scheduler")
+        configure_unet(self.unet, options, channels_last_default=True)  # deep-floyd-guidance's default
+        place((self.unet,), options, self.device)
+        scheduler = load_pretrained(MODEL_KEY, path, "DeepFloyd IF scheduler", lambda: (
+            DDPMScheduler.from_pretrained(path, subfolder="scheduler")))
+        self.scheduler_config = scheduler.config
         self.num_train_timesteps: int = scheduler.config.num_train_timesteps
         self.alphas_cumprod: Tensor = scheduler.alphas_cumprod.to(self.device, torch.float32)
         self.image_size: int = int(self.unet.config.sample_size)
         self.latent_size = self.image_size  # model space = pixel space
 
+    # -- model space ---------------------------------------------------------------------------
+    def render_to_image(self, rgb_bchw: Tensor) -> Tensor:
+        size = (self.image_size, self.image_size)
+        return F.interpolate(rgb_bchw, size, mode="bilinear", align_corners=False)
+
+    def encode_images(self, images: Tensor) -> Tensor:
+        """[0, 1] images -> IF's [-1, 1] pixel space (no latent space)."""
+        return images * 2.0 - 1.0
+
     def to_model_space(self, rgb_bchw: Tensor, rgb_as_latents: bool = False) -> Tensor:
         if rgb_as_latents:
             raise ValueError("rgb_as_latents=True: DeepFloyd IF has no latent space; render RGB")
-        size = (self.image_size, self.image_size)
-        images = F.interpolate(rgb_bchw, size, mode="bilinear", align_corners=False)
-        return (images * 2.0 - 1.0).float()
+        return self.encode_images(self.render_to_image(rgb_bchw)).float()
 
+    def decode_latents(self, latents: Tensor, latent_height: Optional[int] = None,
+                       latent_width: Optional[int] = None) -> Tensor:
+        """Pixel space -> [0, 1] images: the identity map of [-1, 1] to [0, 1], clamped, at
+        (latent_height, latent_width) (default: the UNet's 64x64)."""
+        size = (latent_height or self.image_size, latent_width or self.image_size)
+        images = F.interpolate(latents, size, mode="bilinear", align_corners=False)
+        return (images * 0.5 + 0.5).clamp(0.0, 1.0)
+
+    # -- noise ---------------------------------------------------------------------------------
     @torch.no_grad()
-    def predict_noise(self, x_t: Tensor, t: Tensor, text_embeddings: Tensor) -> Tensor:
+    def predict_noise_and_variance(self, x_t: Tensor, t: Tensor, text_embeddings: Tensor
+                                   ) -> Tuple[Tensor, Optional[Tensor]]:
         with autocast_disabled(self.device):
             out = self.unet(
                 x_t.to(self.dtype), t, encoder_hidden_states=text_embeddings.to(self.dtype)
-            ).sample
-        return out[:, : x_t.shape[1]].float()  # epsilon; the rest is the learned variance
+            ).sample.float()
+        channels = x_t.shape[1]
+        return out[:, :channels], out[:, channels:]  # epsilon, learned variance
 
+    def predict_noise(self, x_t: Tensor, t: Tensor, text_embeddings: Tensor) -> Tensor:
+        return self.predict_noise_and_variance(x_t, t, text_embeddings)[0]
+
+    def noise_schedule(self, sjc: bool = False) -> Tensor:
+        """IF's own schedule for both paths (threestudio has no SJC for IF; SJC's forced schedule
+        is Stable Diffusion's)."""
+        return self.alphas_cumprod
+
+    def make_sampler(self, sjc: bool = False):
+        """IF's own DDPM scheduler (learned-range variance), as threestudio's previews."""
+        from diffusers import DDPMScheduler
+
+        return DDPMScheduler.from_config(self.scheduler_config)
+
+    # -- text ----------------------------------------------------------------------------------
     @torch.no_grad()
     def encode_prompts(self, prompts: List[str]) -> Tensor:
         """T5 embeddings exactly as threestudio's DeepFloyd prompt processor makes them."""
         from transformers import AutoTokenizer, T5EncoderModel
 
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-        tokenizer = AutoTokenizer.from_pretrained(self.model_path, subfolder="tokenizer")
-        text_encoder = T5EncoderModel.from_pretrained(
-            self.model_path, subfolder="text_encoder", torch_dtype=self.dtype).to(self.device)
+        path = self.model_path
+        tokenizer = load_pretrained(MODEL_KEY, path, "DeepFloyd IF tokenizer (T5)", lambda: (
+            AutoTokenizer.from_pretrained(path, subfolder="tokenizer")))
+        text_encoder = load_pretrained(MODEL_KEY, path, "DeepFloyd IF text encoder (T5)", lambda: (
+            T5EncoderModel.from_pretrained(path, subfolder="text_encoder", torch_dtype=self.dtype)
+        )).to(self.device)
         tokens = tokenizer(prompts, padding="max_length", max_length=77, truncation=True,
                            add_special_tokens=True, return_tensors="pt")
         embeddings = text_encoder(tokens.input_ids.to(self.device),

@@ -6,14 +6,17 @@ Eq. (12)-(13) and ALGORITHMS.md section 2a:
     psi(step)     = (1 - tau) * psi_start + tau * psi_end,   tau = step / max_step
     score_clipped = Clip(score, psi(step))
 
-What is clipped. SDS/SJC build the update from the guided noise residual
-r = eps_hat(x_t; y, t) - eps: the score of the noised image is -eps_hat / sigma_t, and with
-SJC's variance reduction the update direction is exactly (eps_hat - eps); the SDS gradient is
-w(t) * r. The official D-SDS code (built on SJC) clamps that residual, without w(t), at
-8 * (0.25 + 0.75 * step / n_steps), i.e. 2 -> 8 for Stable Diffusion (0.5 -> 2 for DeepFloyd IF).
-So by default (``clip_target: residual``) we clip r and then multiply by w(t). threestudio's
-``grad_clip`` instead clamps the final gradient w(t) * r; ``clip_target: gradient`` reproduces
-that (the same threshold then clips less, since w(t) <= 1).
+What is clipped: the recipe of the path in use (``clip_target: null``).
+
+- SDS: the final gradient w(t) * (eps_hat - eps) -- the D-SDS authors' own threestudio recipe,
+  ``grad_clip: [0, 2.0, 8.0, 10000]`` on Stable Diffusion and ``[0, 0.5, 2.0, 10000]`` on
+  DeepFloyd IF (``clip_target: gradient``).
+- SJC: SJC's score eps_hat - eps (no w(t); ``eps_hat`` without variance reduction) -- the paper's
+  own code, built on SJC, clamps it at 8 * (0.25 + 0.75 * step / n), i.e. 2 -> 8. SJC's update
+  is its score, so this is also ``clip_target: gradient``.
+
+``clip_target: residual`` (an option) clips eps_hat - eps *before* w(t) on the SDS path: the
+SJC-style clip carried over to SDS (the same threshold then clips more, since w(t) <= 1).
 
 The threshold is a pure function of the global step, so a resumed run clips exactly as an
 uninterrupted one.
@@ -30,7 +33,21 @@ from torch import Tensor
 from ..utils.errors import ConfigError, require_choice, require_non_negative
 
 CLIP_SCHEDULES = ("linear", "constant", "cosine")
-CLIP_TARGETS = ("residual", "gradient")
+CLIP_TARGETS = ("gradient", "residual")
+
+
+def clip_target_of_path(clip_target, use_sjc: bool) -> str:
+    """``clip_target: null`` is the recipe of the path: the final update, i.e. w(t)(eps_hat - eps)
+    for SDS (authors' threestudio recipe) and the score for SJC (the paper's code)."""
+    return "gradient" if clip_target is None else clip_target
+
+
+def describe_clip(target: str, use_sjc: bool) -> str:
+    if use_sjc:
+        return "SJC's score eps_hat - eps (no w(t); the D-SDS paper's code)"
+    if target == "gradient":
+        return "the final gradient w(t)(eps_hat - eps) (the D-SDS authors' threestudio recipe)"
+    return "the residual eps_hat - eps before w(t) (option `residual`)"
 
 
 @dataclass(frozen=True)

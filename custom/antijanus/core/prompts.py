@@ -73,3 +73,39 @@ class ViewEmbeddings:
 def empty_prompt_embeddings(prompt_utils: Any) -> Optional[Tensor]:
     """The "" prompt embedding [1, tokens, features] when the processor provides it."""
     return getattr(prompt_utils, "empty_text_embeddings", None)
+
+
+#: threestudio's PromptProcessor keys for its built-in Perp-Neg weight functions, (a, b, c) for
+#: f(x) = a exp(-b x) + c.
+PROCESSOR_WEIGHT_KEYS = ("perp_neg_f_sb", "perp_neg_f_fsb", "perp_neg_f_fs", "perp_neg_f_sf")
+
+
+@dataclass(frozen=True)
+class ProcessorPerpNeg:
+    """threestudio's processor-side Perp-Neg settings, as its PromptProcessorOutput carries them."""
+
+    use_perp_neg: bool
+    weights: Optional[dict]  # key -> tuple of floats, or None when the output carries none
+
+
+def processor_perp_neg(prompt_utils: Any) -> Optional[ProcessorPerpNeg]:
+    """The processor's ``use_perp_neg`` and ``perp_neg_f_*`` when its output has them (threestudio's
+    stock processors and their subclasses do), else None."""
+    if not hasattr(prompt_utils, "use_perp_neg"):
+        return None
+    weights = {k: tuple(float(v) for v in getattr(prompt_utils, k)) for k in PROCESSOR_WEIGHT_KEYS
+               if getattr(prompt_utils, k, None) is not None}
+    return ProcessorPerpNeg(bool(prompt_utils.use_perp_neg),
+                            weights if len(weights) == len(PROCESSOR_WEIGHT_KEYS) else None)
+
+
+def identical_view_embeddings(prompt_utils: Any, views=("front", "side", "back")) -> bool:
+    """True when the processor's view prompts all have the same text embedding: the view phrase
+    was truncated away (a prompt longer than the text encoder's 77 tokens), so view-dependent
+    prompting and Perp-Neg would silently do nothing."""
+    names = dict(getattr(prompt_utils, "direction2idx", {}) or {})
+    rows = [names[v] for v in views if v in names]
+    if len(rows) < 2:
+        return False
+    vd = prompt_utils.text_embeddings_vd
+    return all(torch.equal(vd[rows[0]], vd[r]) for r in rows[1:])

@@ -2,12 +2,16 @@
 
 SDS (DreamFusion): grad_phi L = E_{t,eps}[ w(t) * (eps_hat(x_t; y, t) - eps) * dx/dphi ],
 x_t = sqrt(abar_t) * x + sqrt(1 - abar_t) * eps.
+
+HiFA's image-space SDS (``use_img_loss``): with the one-step estimate
+x0_hat = (x_t - sqrt(1 - abar_t) eps_hat) / sqrt(abar_t) decoded to an image I_hat, the image
+gradient is w(t) * (I - I_hat) * sqrt(abar_t) / sqrt(1 - abar_t) (threestudio's ``grad_img``).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence, Tuple
+from typing import Any, List, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -35,6 +39,19 @@ def sds_weight(alphas_cumprod_t: Tensor, strategy: str) -> Tensor:
     if strategy == "fantasia3d":
         return alphas_cumprod_t.sqrt() * (1.0 - alphas_cumprod_t)
     raise ConfigError("weighting_strategy", strategy, "unknown weighting", WEIGHTING_STRATEGIES)
+
+
+def predicted_x0(x_t: Tensor, eps_hat: Tensor, alphas_cumprod_t: Tensor) -> Tensor:
+    """The one-step denoised estimate x0_hat = (x_t - sqrt(1 - abar_t) eps_hat) / sqrt(abar_t)."""
+    abar = per_sample(alphas_cumprod_t.to(x_t.dtype), x_t)
+    return (x_t - (1.0 - abar).sqrt() * eps_hat) / abar.sqrt()
+
+
+def image_space_gradient(image: Tensor, image_denoised: Tensor, w: Tensor,
+                         alphas_cumprod_t: Tensor) -> Tensor:
+    """HiFA's image-space SDS gradient w(t) (I - I_hat) sqrt(abar_t) / sqrt(1 - abar_t)."""
+    abar = per_sample(alphas_cumprod_t.to(image.dtype), image)
+    return per_sample(w.to(image.dtype), image) * (image - image_denoised) * abar.sqrt() / (1.0 - abar).sqrt()
 
 
 def sds_loss(latents: Tensor, grad: Tensor) -> Tensor:
@@ -100,6 +117,66 @@ def check_schedule(key: str, value: Any, low: float, high: float) -> None:
     for v in values:
         if not isinstance(v, (int, float)) or not low <= v <= high or math.isnan(v):
             raise ConfigError(key, value, f"values must lie in [{low}, {high}]")
+
+
+def schedule_breakpoints(value: Any) -> Tuple[str, List[float]]:
+    """Where a scalar/schedule can change slope, and in which unit ('step', 'epoch' or 'const').
+
+    threestudio's schedules are piecewise linear between these points (an integer end step
+    counts global steps, a float one epochs), so their extremes, and the sign of the difference
+    of two schedules in the same unit, are decided at the union of their breakpoints.
+    """
+    if isinstance(value, (int, float)):
+        return "const", []
+    spec = list(value)
+    if len(spec) == 3:
+        spec = [0] + spec
+    points = [spec[0]] + list(spec[3::2])
+    unit = "step" if isinstance(spec[3], int) else "epoch"
+    return unit, [float(p) for p in points]
+
+
+def check_step_range(min_key: str, min_value: Any, max_key: str, max_value: Any) -> None:
+    """Config-time check of the timestep range over the whole run.
+
+    t is drawn from [int(T min), int(T max)] with T training timesteps (threestudio's rule), so
+    max_step_percent must stay below 1 (t = T indexes past the noise schedule) and min must never
+    exceed max (torch.randint fails on an empty range). Both are checked at every breakpoint of
+    the schedules; schedules in different units (steps / epochs) must not overlap at all.
+    """
+    check_schedule(min_key, min_value, 0.0, 1.0)
+    check_schedule(max_key, max_value, 0.0, 1.0)
+    for v in _schedule_values(max_value):
+        if v >= 1.0:
+            raise ConfigError(max_key, max_value, "must stay below 1.0: t = int(T * 1.0) = T indexes "
+                              "past the noise schedule (use e.g. 0.98, threestudio's default)")
+    (min_unit, min_points), (max_unit, max_points) = (schedule_breakpoints(min_value),
+                                                      schedule_breakpoints(max_value))
+    if "const" in (min_unit, max_unit) or min_unit == max_unit:
+        epoch = min_unit == "epoch" or max_unit == "epoch"
+        for point in sorted({0.0, *min_points, *max_points}):
+            step, ep = (0, point) if epoch else (int(point), 0)
+            low = scalar_schedule(min_value, ep, step)
+            high = scalar_schedule(max_value, ep, step)
+            if low > high:
+                raise ConfigError(min_key, min_value, f"exceeds {max_key} ({max_value!r}) at "
+                                  f"{'epoch' if epoch else 'step'} {point:g} ({low:g} > {high:g}): "
+                                  "the timestep range would be empty")
+    elif max(_schedule_values(min_value)) > min(_schedule_values(max_value)):
+        raise ConfigError(min_key, min_value, f"and {max_key} ({max_value!r}) are scheduled in "
+                          "different units (steps / epochs) and their ranges overlap, so min may "
+                          "exceed max; use the same unit for both")
+
+
+def _schedule_values(value: Any) -> List[float]:
+    if isinstance(value, (int, float)):
+        return [float(value)]
+    spec = list(value)
+    if len(spec) == 3:
+        return [float(v) for v in spec[:2]]
+    if len(spec) == 4:
+        return [float(v) for v in spec[1:3]]
+    return [float(v) for v in [spec[1], spec[2]] + spec[4::2]]
 
 
 def timestep_range(

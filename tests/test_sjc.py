@@ -1,0 +1,119 @@
+"""Score Jacobian Chaining on the one guidance path (issue 11 item 2): SJC's score with and
+without variance reduction, batched and correct for batch > 1, combined with Perp-Neg and D-SDS
+clipping (which clips SJC's score, no w(t)). Equality with threestudio's own SJC is checked in
+tests/test_threestudio_parity.py."""
+
+import pytest
+import torch
+
+from antijanus.core.guidance import DSDSConfig, ScoreDistillationConfig, ScoreDistillationGuidance
+from antijanus.core.sjc import sjc_alphas_cumprod, sjc_score, sjc_sigma
+from antijanus.utils.errors import ConfigError
+
+from helpers import make_prompt_output
+from test_guidance import CAMERAS, FakeBackbone
+
+
+def guidance_with(config_type=ScoreDistillationConfig, **overrides):
+    return ScoreDistillationGuidance(config_type(use_sjc=True, **overrides), "cpu", backbone=FakeBackbone())
+
+
+def replay_step(guidance, latents, prompts, seed):
+    """Replay the random stream of one step (t, then noise) and return t, noise, eps_hat."""
+    torch.manual_seed(seed)
+    x = latents.detach().permute(0, 3, 1, 2)
+    t = torch.randint(guidance.min_step, guidance.max_step + 1, [x.shape[0]])
+    noise = torch.randn_like(x)
+    abar = guidance.alphas_cumprod[t].view(-1, 1, 1, 1)
+    x_t = abar.sqrt() * x + (1 - abar).sqrt() * noise
+    eps_hat = guidance.guided_noise(x_t, t, prompts, **CAMERAS).eps_hat
+    return t, noise, eps_hat, x, abar
+
+
+def test_sjc_score_is_threestudios_denoiser_form():
+    """-(D - y)/sigma and -(D - z)/sigma with z = y + sigma eps, D = z - sigma eps_hat."""
+    abar = torch.tensor([0.9, 0.3]).view(-1, 1)
+    y, eps, eps_hat = torch.randn(2, 5), torch.randn(2, 5), torch.randn(2, 5)
+    sigma = sjc_sigma(abar)
+    z = y + sigma * eps
+    denoised = z - sigma * eps_hat
+    assert torch.allclose(sjc_score(eps_hat, eps, var_red=True), -(denoised - y) / sigma, atol=1e-5)
+    assert torch.allclose(sjc_score(eps_hat, eps, var_red=False), -(denoised - z) / sigma, atol=1e-5)
+    # SJC's scaled input z / sqrt(1 + sigma^2) is the DDPM forward process
+    assert torch.allclose(z / (1 + sigma ** 2).sqrt(), abar.sqrt() * y + (1 - abar).sqrt() * eps, atol=1e-6)
+
+
+def test_sjc_schedule_is_stable_diffusions_scaled_linear():
+    from diffusers import DDPMScheduler
+
+    reference = DDPMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
+                              beta_schedule="scaled_linear").alphas_cumprod
+    assert torch.allclose(sjc_alphas_cumprod(1000), reference)
+
+
+@pytest.mark.parametrize("var_red", [True, False])
+def test_sjc_gradient_has_no_sds_weight(var_red):
+    guidance = guidance_with(var_red=var_red, guidance_scale=3.0)
+    prompts = make_prompt_output()
+    latents = torch.randn(4, 8, 8, 4, requires_grad=True)
+    torch.manual_seed(1)
+    out = guidance(latents, prompts, **CAMERAS, rgb_as_latents=True)
+    out["loss_sds"].backward()
+    _, noise, eps_hat, _, _ = replay_step(guidance, latents, prompts, seed=1)
+    expected = eps_hat - noise if var_red else eps_hat
+    assert torch.allclose(latents.grad.permute(0, 3, 1, 2) * 4, expected, atol=1e-5)
+
+
+def test_sjc_with_perp_neg_is_batched_and_pairs_each_sample_with_its_own_latent():
+    guidance = guidance_with(perp_neg=True)
+    prompts = make_prompt_output()
+    latents = torch.randn(4, 8, 8, 4)
+    torch.manual_seed(2)
+    out = guidance(latents, prompts, **CAMERAS, rgb_as_latents=True)
+    assert out["unet_rows"] == 13  # one batched call, Perp-Neg rows included
+    t, noise, eps_hat, x, abar = replay_step(guidance, latents, prompts, seed=2)
+    x_t = abar.sqrt() * x + (1 - abar).sqrt() * noise
+    for b in range(4):
+        single = guidance.guided_noise(x_t[b:b + 1], t[b:b + 1], prompts,
+                                       **{k: v[b:b + 1] for k, v in CAMERAS.items()}).eps_hat
+        assert torch.allclose(single[0], eps_hat[b], atol=1e-5)
+
+
+def test_dsds_on_sjc_clips_the_score_itself():
+    """dsds-guidance + use_sjc: the score eps_hat - eps is clipped at psi (no w(t) anywhere)."""
+    guidance = guidance_with(DSDSConfig, perp_neg=True, trainer_max_steps=100)
+    guidance.update_step(0, 50)  # psi = 5.0
+    prompts = make_prompt_output(scale=0.05)
+    latents = torch.randn(4, 8, 8, 4, requires_grad=True)
+    torch.manual_seed(3)
+    out = guidance(latents, prompts, **CAMERAS, rgb_as_latents=True)
+    out["loss_sds"].backward()
+    _, noise, eps_hat, _, _ = replay_step(guidance, latents, prompts, seed=3)
+    assert torch.allclose(latents.grad.permute(0, 3, 1, 2) * 4, (eps_hat - noise).clamp(-5, 5), atol=1e-5)
+    assert out["dsds/clip_threshold"] == 5.0 and 0 < out["dsds/clipped_fraction"] < 1
+
+
+@pytest.mark.parametrize(
+    "overrides, key",
+    [
+        ({"weighting_strategy": "uniform"}, "weighting_strategy"),
+        ({"use_img_loss": True}, "use_img_loss"),
+        ({"score_clipping": True, "clip_target": "residual"}, "clip_target"),
+    ],
+)
+def test_keys_without_effect_on_sjc_are_config_errors(overrides, key):
+    with pytest.raises(ConfigError, match=f"{key}.*use_sjc|{key}.*SJC"):
+        guidance_with(**overrides)
+
+
+def test_sjc_runs_on_the_tiny_stable_diffusion_with_sjcs_schedule(tiny_sd):
+    from antijanus.backbones import BackboneOptions, StableDiffusionBackbone
+
+    backbone = StableDiffusionBackbone(BackboneOptions(pretrained_model_name_or_path=tiny_sd,
+                                                       half_precision_weights=False), "cpu")
+    guidance = ScoreDistillationGuidance(ScoreDistillationConfig(use_sjc=True, perp_neg=True), "cpu", backbone)
+    assert torch.allclose(guidance.alphas_cumprod, sjc_alphas_cumprod(1000))
+    latents = torch.randn(2, 8, 8, 4, requires_grad=True)
+    out = guidance(latents, make_prompt_output(), **{k: v[:2] for k, v in CAMERAS.items()}, rgb_as_latents=True)
+    out["loss_sds"].backward()
+    assert torch.isfinite(latents.grad).all() and latents.grad.abs().sum() > 0
