@@ -81,7 +81,7 @@ def test_config_names_registered_modules_with_valid_keys(path):
             module_cls = threestudio.find(name)
             parsed = OmegaConf.structured(module_cls.Config(**block))  # threestudio's parse_structured
             resolve_config(core_config(CORE_CONFIGS[name], parsed))
-        if name in ("bert-pmi-prompt-processor", "dnp-prompt-processor"):
+        if name in ("bert-pmi-prompt-processor", "bert-pmi-deep-floyd-prompt-processor", "dnp-prompt-processor"):
             OmegaConf.structured(threestudio.find(name).Config(**block))  # every key is valid
         if name in STOCK_PROMPT_PROCESSORS:
             assert set(block) <= PROMPT_PROCESSOR_KEYS, set(block) - PROMPT_PROCESSOR_KEYS

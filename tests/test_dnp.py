@@ -96,11 +96,35 @@ def test_bad_sampling_settings(settings, message, tmp_path):
         cached_dnp("a corgi", "m", settings, "c", str(tmp_path), None, None)
 
 
-def test_empty_prompt_and_missing_captioner_folder(tmp_path):
+def test_empty_prompt_and_missing_or_wrong_model_folders(tmp_path, tiny_sd, tiny_blip):
+    from antijanus.prompting.dnp import load_sampler
+
     with pytest.raises(ConfigError, match="prompt.*must not be empty"):
         cached_dnp(" ", "m", SamplingSettings(), "c", str(tmp_path), None, None)
     with pytest.raises(ConfigError, match="captioner.*does not exist"):
         BlipCaptioner("/no/such/blip")
+    with pytest.raises(ConfigError, match="captioner.*not a BLIP captioning folder"):
+        BlipCaptioner(tiny_sd)  # a Stable Diffusion folder
+    with pytest.raises(ConfigError, match="captioner.*'clip_text_model'.*not a BLIP"):
+        BlipCaptioner(os.path.join(tiny_sd, "text_encoder"))
+    with pytest.raises(ConfigError, match="captioner.*model hub.*no network"):
+        BlipCaptioner("no-such-org/no-such-blip")  # HF_HUB_OFFLINE=1 in the tests
+    with pytest.raises(ConfigError, match="pretrained_model_name_or_path.*not a Stable Diffusion folder"):
+        load_sampler(tiny_blip, "cpu", half_precision=False)
+    with pytest.raises(ConfigError, match="pretrained_model_name_or_path.*model hub"):
+        load_sampler("no-such-org/no-such-sd", "cpu", half_precision=False)
+
+
+def test_a_failed_captioning_leaves_no_dns_image_behind(tiny_sd, tmp_path):
+    from antijanus.prompting.dnp import load_sampler
+
+    def broken_captioner():
+        raise RuntimeError("captioner died")
+
+    with pytest.raises(RuntimeError, match="captioner died"):
+        cached_dnp("a corgi", tiny_sd, SamplingSettings(steps=2), "c", str(tmp_path),
+                   lambda: load_sampler(tiny_sd, "cpu", half_precision=False), broken_captioner)
+    assert os.listdir(tmp_path) == []  # no image without its record
 
 
 def test_dnp_prompt_processor_output(tiny_sd, tiny_blip, tmp_path, monkeypatch):
@@ -123,7 +147,8 @@ def test_dnp_prompt_processor_output(tiny_sd, tiny_blip, tmp_path, monkeypatch):
 
     from antijanus.core.guidance import ScoreDistillationConfig, ScoreDistillationGuidance
     guidance = ScoreDistillationGuidance(ScoreDistillationConfig(
-        pretrained_model_name_or_path=tiny_sd, half_precision_weights=False, negative_prompt_weight=1.0), "cpu")
+        pretrained_model_name_or_path=tiny_sd, half_precision_weights=False, perp_neg=True,
+        negative_prompt_weight=1.0), "cpu")
     rgb = torch.rand(2, 16, 16, 3, requires_grad=True)
     cams = dict(elevation=torch.zeros(2), azimuth=torch.tensor([30.0, 150.0]), camera_distances=torch.ones(2))
     result = guidance(rgb, out, **cams)
@@ -146,6 +171,81 @@ def test_dnp_processor_bad_settings(tiny_sd, tmp_path, monkeypatch):
                                                   "prompt": "a corgi", "dns_steps": 0})
 
 
+@pytest.mark.parametrize("captioner, message", [
+    ("/no/such/blip", "captioner.*does not exist"),
+    ("{sd}", "captioner.*not a BLIP captioning folder"),
+    ("no-such-org/no-such-blip", "captioner.*model hub"),
+])
+def test_the_captioner_is_checked_before_any_dns_sampling(tiny_sd, tmp_path, monkeypatch, captioner, message):
+    monkeypatch.chdir(tmp_path)
+    sampled = []
+    monkeypatch.setattr(antijanus.prompting.dnp, "load_sampler", lambda *a, **k: sampled.append(1))
+    config = {"pretrained_model_name_or_path": tiny_sd, "prompt": "a corgi", "spawn": False,
+              "captioner": captioner.format(sd=tiny_sd), "dns_steps": 2}
+    with pytest.raises(ConfigError, match=message):
+        threestudio.find("dnp-prompt-processor")(config)
+    assert sampled == [] and not os.path.exists(tmp_path / ".threestudio_cache" / "dnp")
+
+
+class FakeSystem:
+    """What the launcher gives a threestudio system: its save folder, <trial>/save."""
+
+    def __init__(self, trial):
+        self._save_dir = os.path.join(trial, "save")
+
+    def get_save_dir(self):
+        return self._save_dir
+
+    def on_fit_start(self, name, config):  # as threestudio's systems create their processor
+        self.prompt_processor = threestudio.find(name)(config)
+        return self.prompt_processor
+
+
+def test_dns_sampling_and_captioning_are_logged_with_progress_and_land_in_the_trial(
+        tiny_sd, tiny_blip, tmp_path, monkeypatch, caplog, capfd):
+    import logging
+
+    monkeypatch.chdir(tmp_path)
+    trial = tmp_path / "outputs" / "dnp-nerf-sd" / "a_corgi@20250101-000000"
+    config = {"pretrained_model_name_or_path": tiny_sd, "prompt": "a corgi", "spawn": False,
+              "captioner": tiny_blip, "dns_steps": 3, "caption_max_new_tokens": 5,
+              "dnp_output_dir": "{trial_dir}/dnp"}
+    with caplog.at_level(logging.INFO):
+        processor = FakeSystem(str(trial)).on_fit_start("dnp-prompt-processor", config)
+    log = caplog.text
+    assert "DNS sampling of [a corgi]" in log and "3 DDIM steps" in log
+    assert f"captioning the DNS image with {tiny_blip}" in log
+    assert log.index("DNS sampling") < log.index("captioning") < log.index("auto-DNP negative prompt")
+    bars = capfd.readouterr().err
+    assert "DNS sampling" in bars and "3/3" in bars and "captioning" in bars
+    record = json.load(open(trial / "dnp" / "dnp.json"))
+    assert record["negative_prompt"] == processor.negative_prompt
+    assert os.path.exists(trial / "dnp" / "dns-image.png")
+    for name in ("dnp-nerf-sd", "dnp-perp-neg-nerf-sd", "dnp-perp-neg-negative-nerf-sd"):
+        from omegaconf import OmegaConf
+
+        shipped = OmegaConf.load(os.path.join(os.path.dirname(__file__), "..", "configs", f"{name}.yaml"))
+        assert shipped.system.prompt_processor.dnp_output_dir == "{trial_dir}/dnp"
+
+
+def test_dnp_configs_say_what_they_compute():
+    """The DNP paper's form CFG(p, n*) is `dnp-nerf-sd`; the Perp-Neg combinations are named."""
+    from omegaconf import OmegaConf
+
+    def guidance(name):
+        cfg = OmegaConf.load(os.path.join(os.path.dirname(__file__), "..", "configs", f"{name}.yaml"))
+        assert cfg.system.prompt_processor_type == "dnp-prompt-processor"
+        assert cfg.system.prompt_processor.negative_prompt == "auto"
+        return cfg.system.guidance
+
+    paper = guidance("dnp-nerf-sd")
+    assert paper.perp_neg is False and paper.negative_prompt_weight == 0  # n* the unconditional of CFG
+    both = guidance("dnp-perp-neg-nerf-sd")
+    assert both.perp_neg is True and both.negative_prompt_weight == 0  # CFG(p, n*) + Perp-Neg views
+    replaced = guidance("dnp-perp-neg-negative-nerf-sd")
+    assert replaced.perp_neg is True and replaced.negative_prompt_weight > 0  # n* a Perp-Neg negative
+
+
 def test_2d_script_writes_the_grid_and_record(tiny_sd, tiny_blip, tmp_path):
     import subprocess
     import sys
@@ -163,3 +263,20 @@ def test_2d_script_writes_the_grid_and_record(tiny_sd, tiny_blip, tmp_path):
     bad = subprocess.run([sys.executable, script, "a corgi", "--model", tiny_sd, "--steps", "0"],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "--steps" in bad.stderr
+
+
+def test_dnp_processor_keeps_view_phrases_of_long_prompts(tiny_sd, tmp_path, monkeypatch):
+    """threestudio's own view prompts ("<prompt>, side view") through the DNP processor."""
+    from transformers import AutoTokenizer
+
+    monkeypatch.chdir(tmp_path)
+    long_prompt = "a corgi " + " ".join(["wearing a very tall hat"] * 5)
+    processor = threestudio.find("dnp-prompt-processor")({
+        "pretrained_model_name_or_path": tiny_sd, "prompt": long_prompt, "spawn": False,
+        "negative_prompt": "blurry"})
+    tokenizer = AutoTokenizer.from_pretrained(tiny_sd, subfolder="tokenizer")
+    assert len(tokenizer(long_prompt + ", side view").input_ids) > 77
+    for text, view in zip(processor.prompts_vd, ("side", "front", "back", "overhead")):
+        assert text.endswith(f", {view} view") and len(tokenizer(text).input_ids) <= 77
+    views = processor().text_embeddings_vd
+    assert not torch.equal(views[0], views[1])

@@ -1,10 +1,13 @@
-"""`bert-pmi-prompt-processor` as threestudio builds it (real threestudio when importable, else
-the stub's PromptProcessor base)."""
+"""`bert-pmi-prompt-processor` and `bert-pmi-deep-floyd-prompt-processor` as threestudio builds
+them (real threestudio when importable, else the stub's PromptProcessor base)."""
 
 import json
+import logging
+import os
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 import antijanus.prompting.mlm
 import threestudio
@@ -14,6 +17,7 @@ from antijanus.core.guidance import ScoreDistillationConfig, ScoreDistillationGu
 from antijanus.testing.tiny_models import make_bert
 
 VIEWS = ("side", "front", "back", "overhead")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 class SmilingScorer:
@@ -23,6 +27,7 @@ class SmilingScorer:
 
     def __init__(self, *args, **kwargs):
         SmilingScorer.instances += 1
+        self.args = args
 
     def view_probabilities(self, prompts, view_words):
         rows = []
@@ -32,18 +37,24 @@ class SmilingScorer:
 
 
 @pytest.fixture
+def stand_in_bert(monkeypatch):
+    monkeypatch.setattr(antijanus.prompting.mlm, "MaskedLMViewScorer", SmilingScorer)
+    SmilingScorer.instances = 0
+    return SmilingScorer
+
+
+@pytest.fixture
 def processor_config(tiny_sd, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # threestudio caches under ./.threestudio_cache
     return {"pretrained_model_name_or_path": tiny_sd, "prompt": "a smiling corgi", "spawn": False,
             "protected_words": ["corgi"], "report_path": str(tmp_path / "report" / "debias.json")}
 
 
-def make(config):
-    return threestudio.find("bert-pmi-prompt-processor")(config)
+def make(config, name="bert-pmi-prompt-processor"):
+    return threestudio.find(name)(config)
 
 
-def test_debiased_view_prompts_and_paper_view_settings(processor_config, monkeypatch):
-    monkeypatch.setattr(antijanus.prompting.mlm, "MaskedLMViewScorer", SmilingScorer)
+def test_debiased_view_prompts_and_paper_view_settings(processor_config, stand_in_bert):
     processor = make(processor_config)
     assert [d.name for d in processor.directions] == list(VIEWS)  # threestudio's order
     assert processor.prompts_vd == [
@@ -65,6 +76,8 @@ def test_debiased_view_prompts_and_paper_view_settings(processor_config, monkeyp
     report = json.load(open(processor_config["report_path"]))
     assert report["view_prompts"]["back"] == "a corgi" and report["removed"]["front"] == []
     assert report["table"]["words"] == ["a", "smiling", "corgi"]
+    assert report["settings"]["view_words"] == dict(zip(VIEWS, VIEWS))  # threestudio's words
+    assert report["settings"]["normalization"] == "none"
 
     # the output drives the guidance (stock threestudio guidances read the same attributes)
     guidance = ScoreDistillationGuidance(
@@ -75,18 +88,116 @@ def test_debiased_view_prompts_and_paper_view_settings(processor_config, monkeyp
     assert torch.isfinite(rgb.grad).all()
 
 
-def test_second_run_reuses_the_cache_without_the_model(processor_config, monkeypatch):
-    monkeypatch.setattr(antijanus.prompting.mlm, "MaskedLMViewScorer", SmilingScorer)
-    SmilingScorer.instances = 0
+def test_second_run_reuses_the_cache_without_the_model(processor_config, stand_in_bert):
     first = make(processor_config)
     second = make(processor_config)
     assert SmilingScorer.instances == 1 and second.prompts_vd == first.prompts_vd
 
 
 def test_real_tiny_bert_runs_inside_the_processor(processor_config, tmp_path):
-    words = "this image is depicting a view of smiling corgi front side back top".split()
+    words = "this image is depicting a view of smiling corgi".split()
     processor = make({**processor_config, "debias_model": make_bert(str(tmp_path / "bert"), words)})
     assert all(p.split(",")[0].endswith("corgi") for p in processor.prompts_vd)  # protected
+
+
+def test_threestudio_debiasing_keys_are_honoured(processor_config, stand_in_bert, tmp_path):
+    """A stock config with threestudio's debiasing keys ports by changing the type name."""
+    config = {**processor_config, "pretrained_model_name_or_path_prompt_debiasing": "/models/my-bert",
+              "prompt_debiasing_mask_ids": [1]}  # only "smiling" may go
+    config.pop("protected_words")
+    processor = make(config)
+    assert SmilingScorer.instances == 1
+    assert processor.debias_model == "/models/my-bert"
+    assert processor.prompts_vd[0] == "a corgi, side view" and processor.debiased.protected == ["a", "corgi"]
+    # use_prompt_debiasing: false -> the view phrases only, no masked LM at all
+    SmilingScorer.instances = 0
+    plain = make({**processor_config, "use_prompt_debiasing": False})
+    assert SmilingScorer.instances == 0 and plain.debiased is None
+    assert plain.prompts_vd == [f"a smiling corgi, {v} view" for v in ("side", "front", "back", "top")]
+
+
+def test_unused_debias_keys_are_reported_when_debiasing_is_off(processor_config, stand_in_bert, caplog):
+    with caplog.at_level(logging.WARNING):
+        make({**processor_config, "use_prompt_debiasing": False, "pmi_normalization": "mean"})
+    assert "have no effect" in caplog.text and "pmi_normalization" in caplog.text
+
+
+def test_template_with_another_field_fails_before_the_masked_lm_loads(processor_config, stand_in_bert):
+    with pytest.raises(ConfigError, match="debias_template.*\\{style\\}"):
+        make({**processor_config, "debias_template": "This image is depicting a [MASK] view of {prompt}, {style}"})
+    assert SmilingScorer.instances == 0
+
+
+def cli_config(tmp_path, *dotlist):
+    """The processor's config as threestudio's load_config builds it: the YAML merged with the
+    command-line overrides, then resolved."""
+    for name, fn in (("rmspace", lambda s, sub: s.replace(" ", sub)),):
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, fn)
+    yaml = OmegaConf.load(os.path.join(ROOT, "configs", "dsds-full-nerf-sd.yaml"))
+    cfg = OmegaConf.merge(yaml, OmegaConf.from_dotlist(["system.prompt_processor.spawn=false", *dotlist]))
+    OmegaConf.resolve(cfg)
+    return cfg.system.prompt_processor
+
+
+def test_dict_keys_can_be_overridden_one_entry_at_a_time(processor_config, stand_in_bert, tmp_path, tiny_sd):
+    config = cli_config(tmp_path, "system.prompt_processor.prompt=a smiling corgi",
+                        f"system.prompt_processor.pretrained_model_name_or_path={tiny_sd}",
+                        "system.prompt_processor.pmi_view_words.overhead=top",
+                        "system.prompt_processor.view_phrases.overhead=overhead view",
+                        "system.prompt_processor.protected_words=[corgi]")
+    processor = make(config)
+    assert processor.settings.view_words == ("side", "front", "back", "top")
+    assert processor.prompts_vd[3] == "a corgi, overhead view" and processor.prompts_vd[2] == "a corgi, back view"
+    with pytest.raises(ConfigError, match="pmi_view_words.top.*unknown view name"):
+        make(cli_config(tmp_path, "system.prompt_processor.prompt=a corgi",
+                        f"system.prompt_processor.pretrained_model_name_or_path={tiny_sd}",
+                        "system.prompt_processor.pmi_view_words.top=top"))
+
+
+def test_long_prompt_keeps_its_view_phrases(processor_config, stand_in_bert, caplog):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(processor_config["pretrained_model_name_or_path"], subfolder="tokenizer")
+    long_prompt = "a smiling corgi " + " ".join(["wearing a very tall hat"] * 6)
+    assert len(tokenizer(long_prompt).input_ids) > 77  # the tiny CLIP BPE: one token per character
+    with caplog.at_level(logging.WARNING):
+        processor = make({**processor_config, "prompt": long_prompt})
+    phrases = ("side view", "front view", "back view", "top view")
+    for text, phrase in zip(processor.prompts_vd, phrases):
+        assert text.endswith(", " + phrase) and len(tokenizer(text).input_ids) <= 77, text
+    assert processor.prompts_vd[1].startswith("a smiling corgi wearing a very")  # the front keeps "smiling"
+    out = processor()
+    views = out.text_embeddings_vd
+    assert all(not torch.equal(views[i], views[j]) for i in range(4) for j in range(i + 1, 4))
+    assert len([r for r in caplog.records if "more than the text encoder's 77" in r.getMessage()]) == 1
+
+
+def test_a_view_phrase_that_cannot_fit_is_a_config_error(processor_config, stand_in_bert):
+    with pytest.raises(ConfigError, match="view_phrases.*no room"):
+        make({**processor_config, "view_phrases": {"side": "side view " * 10}})
+
+
+class FakeSystem:
+    """What the launcher gives a threestudio system: its save folder, <trial>/save."""
+
+    def __init__(self, trial):
+        self._save_dir = os.path.join(trial, "save")
+
+    def get_save_dir(self):
+        return self._save_dir
+
+    def on_fit_start(self, name, config):  # as threestudio's systems create their processor
+        self.prompt_processor = threestudio.find(name)(config)
+
+
+def test_the_report_lands_inside_the_trial_folder(processor_config, stand_in_bert, tmp_path):
+    trial = tmp_path / "outputs" / "dsds-full-nerf-sd" / "a_smiling_corgi@20250101-000000"
+    config = {**processor_config, "report_path": "{trial_dir}/prompt-debiasing.json"}
+    FakeSystem(str(trial)).on_fit_start("bert-pmi-prompt-processor", config)
+    assert json.load(open(trial / "prompt-debiasing.json"))["view_prompts"]["back"] == "a corgi"
+    shipped = OmegaConf.load(os.path.join(ROOT, "configs", "dsds-full-nerf-sd.yaml"))
+    assert shipped.system.prompt_processor.report_path.startswith("{trial_dir}/")
 
 
 @pytest.mark.parametrize(
@@ -94,13 +205,64 @@ def test_real_tiny_bert_runs_inside_the_processor(processor_config, tmp_path):
     [
         ({"view_phrases": {"front": "front view", "side": "side view", "back": "back view", "top": "x"}},
          "view_phrases.top.*unknown view name"),
+        ({"view_phrases": {"front": " "}}, "view_phrases.*non-empty"),
         ({"prompt": ""}, "prompt.*must not be empty"),
         ({"protected_words": ["cat"]}, "protected_words.*not a word of the prompt"),
         ({"pmi_normalization": "softmax"}, "pmi_normalization.*allowed values"),
+        ({"debias_word_units": "chars"}, "debias_word_units.*allowed values"),
         ({"debias_model": "/no/such/bert"}, "debias_model.*does not exist"),
         ({"front_threshold": 100.0, "back_threshold": 100.0}, "front_half_width"),
+        ({"view_dependent_prompt_front": True}, "view_dependent_prompt_front.*not supported"),
     ],
 )
 def test_bad_settings_fail_at_configuration(processor_config, override, message):
     with pytest.raises(ConfigError, match=message):
         make({**processor_config, **override})
+
+
+# --- DeepFloyd IF: T5 without 8 bit, BERT-PMI debiasing ---
+
+def test_deep_floyd_processor_with_debiasing_on_cpu(tiny_if, tmp_path, monkeypatch, stand_in_bert):
+    monkeypatch.chdir(tmp_path)
+    config = {"pretrained_model_name_or_path": tiny_if, "prompt": "a smiling corgi", "spawn": False,
+              "protected_words": ["corgi"]}
+    processor = make(config, "bert-pmi-deep-floyd-prompt-processor")
+    assert processor.load_in_8bit is False  # auto: full precision where 8 bit cannot work (CPU)
+    assert processor.prompts_vd[0] == "a corgi, side view" and processor.prompts_vd[1] == "a smiling corgi, front view"
+    out = processor()
+    assert out.text_embeddings_vd.shape == (4, 77, 16) and out.empty_text_embeddings.shape == (1, 77, 16)
+    # the T5 embedding is threestudio's (77 tokens, attention mask): the IF backbone's own encoder agrees
+    from antijanus.backbones import BackboneOptions, DeepFloydIFBackbone
+
+    backbone = DeepFloydIFBackbone(BackboneOptions(pretrained_model_name_or_path=tiny_if,
+                                                   half_precision_weights=False), "cpu")
+    expected = backbone.encode_prompts(["a corgi, side view"])[0]
+    assert torch.allclose(out.text_embeddings_vd[0].float(), expected, atol=1e-5)
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="t5_load_in_8bit.*CUDA"):
+            make({**config, "t5_load_in_8bit": True}, "bert-pmi-deep-floyd-prompt-processor")
+
+
+def test_deep_floyd_processor_keeps_view_phrases_of_long_prompts(tiny_if, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    long_prompt = "a corgi " + " ".join(["wearing a very tall hat"] * 12)
+    processor = make({"pretrained_model_name_or_path": tiny_if, "prompt": long_prompt, "spawn": False,
+                      "use_prompt_debiasing": False}, "bert-pmi-deep-floyd-prompt-processor")
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_if, subfolder="tokenizer")
+    for text in processor.prompts_vd:
+        assert text.endswith(" view") and len(tokenizer(text).input_ids) <= 77
+    assert len(tokenizer(long_prompt + ", side view").input_ids) > 77  # the test is not vacuous
+
+
+def test_tiny_if_folder_has_a_real_sentencepiece_t5_tokenizer(tiny_if):
+    """threestudio's deep-floyd-prompt-processor loads the slow, sentencepiece T5Tokenizer."""
+    from transformers import AutoTokenizer, T5Tokenizer
+
+    assert os.path.exists(os.path.join(tiny_if, "tokenizer", "spiece.model"))
+    slow = T5Tokenizer.from_pretrained(tiny_if, subfolder="tokenizer")
+    fast = AutoTokenizer.from_pretrained(tiny_if, subfolder="tokenizer")
+    text = "a zoomed out DSLR photo of a corgi, side view"
+    assert slow(text).input_ids == fast(text).input_ids and slow(text).input_ids[-1] == 1  # </s>
+    assert slow.unk_token_id not in slow(text).input_ids

@@ -22,21 +22,29 @@ RUNNER = os.path.join(ROOT, "scripts", "threestudio_cpu.py")
 # the CPU overrides come from the runner itself (derived from each config); --small: 32x32
 CPU = ["--small", "trainer.log_every_n_steps=1", "trainer.val_check_interval=100"]
 
+DNP = ["system.prompt_processor.captioner={blip}", "system.prompt_processor.dns_steps=2",
+       "system.prompt_processor.dns_half_precision=false"]
 CONFIGS = {  # config -> (extra overrides given the model folders, diagnostics that must be logged)
     "perp-neg-nerf-sd.yaml": ([], ["perp_neg/mean_neg_weight", "perp_neg/mean_abs_proj", "unet_rows"]),
     "dsds-nerf-sd.yaml": ([], ["dsds/clip_threshold", "dsds/clipped_fraction"]),
     "perp-neg-dsds-nerf-sd.yaml": ([], ["dsds/clip_threshold", "perp_neg/mean_neg_weight"]),
     "dsds-full-nerf-sd.yaml": (["system.prompt_processor.debias_model={bert}",
                                 "system.prompt_processor.protected_words=[corgi]"], ["dsds/clip_threshold"]),
-    "dnp-perp-neg-nerf-sd.yaml": (["system.prompt_processor.captioner={blip}",
-                                   "system.prompt_processor.dns_steps=2",
-                                   "system.prompt_processor.dns_half_precision=false"],
-                                  ["perp_neg/mean_neg_weight"]),
+    "dnp-nerf-sd.yaml": (DNP, ["unet_rows"]),
+    "dnp-perp-neg-nerf-sd.yaml": (DNP, ["perp_neg/mean_neg_weight"]),
+    "dnp-perp-neg-negative-nerf-sd.yaml": (DNP, ["perp_neg/mean_neg_weight"]),
+    "dsds-nerf-if.yaml": (["system.prompt_processor.pretrained_model_name_or_path={if}",
+                          "system.guidance.pretrained_model_name_or_path={if}"],
+                         ["dsds/clip_threshold", "perp_neg/mean_neg_weight"]),
     "magic3d-coarse-dsds-sd.yaml": ([], ["dsds/clip_threshold", "perp_neg/mean_neg_weight"]),
 }
 GPU_ONLY = {
     "magic3d-refine-dsds-sd.yaml": "mesh refinement rasterises with nvdiffrast (CUDA/OpenGL)",
-    "dsds-nerf-if.yaml": "threestudio's deep-floyd-prompt-processor loads T5 in 8 bit (bitsandbytes, CUDA)",
+}
+# files the prompt processors write inside the run's trial folder
+TRIAL_FILES = {
+    "dsds-full-nerf-sd.yaml": ["prompt-debiasing.json"],
+    "dnp-nerf-sd.yaml": ["dnp/dnp.json", "dnp/dns-image.png"],
 }
 
 
@@ -46,14 +54,15 @@ def test_every_shipped_config_is_covered():
 
 
 @pytest.fixture(scope="module")
-def workspace(tmp_path_factory, tiny_sd):
+def workspace(tmp_path_factory, tiny_sd, tiny_if):
     from antijanus.testing.tiny_models import make_bert, make_blip
 
     work = tmp_path_factory.mktemp("threestudio-run")
     os.makedirs(work / "custom")
     os.symlink(os.path.join(ROOT, "custom", "antijanus"), work / "custom" / "antijanus")
     words = "this image is depicting a view of front side back top corgi".split()
-    models = {"sd": tiny_sd, "bert": make_bert(str(work / "bert"), words), "blip": make_blip(str(work / "blip"))}
+    models = {"sd": tiny_sd, "if": tiny_if, "bert": make_bert(str(work / "bert"), words),
+              "blip": make_blip(str(work / "blip"))}
     return work, models
 
 
@@ -95,6 +104,8 @@ def test_config_trains_through_the_real_launcher(workspace, config):
     for key in diagnostics:
         assert len(logged(rows, key)) == 3, key
     assert os.path.exists(trial / "ckpts" / "last.ckpt")
+    for name in TRIAL_FILES.get(config, []):
+        assert os.path.exists(trial / name), name
 
 
 def test_resumed_run_clips_with_the_same_threshold(workspace):

@@ -1,0 +1,99 @@
+"""Diffusion-negative prompting as a threestudio prompt processor (``dnp-prompt-processor``)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from typing import Optional
+
+import threestudio
+from threestudio.models.prompt_processors.stable_diffusion_prompt_processor import (
+    StableDiffusionPromptProcessor,
+)
+
+from ..utils.cache import write_json
+from ..utils.errors import ConfigError
+from .prompt_base import (AntijanusPromptProcessorMixin, expand_trial_dir, load_prompt_library,
+                          no_model_on_other_ranks, rank_zero_then_shared)
+from .registry import register
+
+
+@register("dnp-prompt-processor")
+class DNPPromptProcessor(AntijanusPromptProcessorMixin, StableDiffusionPromptProcessor):
+    """threestudio's SD prompt processor with automatic diffusion-negative prompting: with
+    ``negative_prompt: auto`` it samples the DNS image of the prompt once (rank 0, cached),
+    captions it into n* and uses n* as the negative prompt, i.e. as threestudio uses any
+    negative prompt: the unconditional embedding of classifier-free guidance, CFG(p, n*), the
+    DNP paper's form. (A guidance with ``negative_prompt_weight > 0`` makes n* a Perp-Neg negative
+    instead, with "" as the unconditional.) Any other negative_prompt is used as given, e.g. an
+    n* written by hand after looking at the saved DNS image."""
+
+    @dataclass
+    class Config(StableDiffusionPromptProcessor.Config):
+        negative_prompt: str = "auto"
+        dns_steps: int = 50
+        dns_guidance_scale: float = 7.5
+        dns_seed: int = 0
+        dns_half_precision: bool = True
+        captioner: str = "Salesforce/blip-image-captioning-base"
+        caption_max_new_tokens: int = 30
+        dnp_cache_dir: str = ".threestudio_cache/dnp"
+        dnp_output_dir: Optional[str] = None  # copy of the DNS image and n* (JSON); may use {trial_dir}
+
+    cfg: Config
+
+    def configure(self) -> None:
+        from ..prompting.captioning import check_captioner
+        from ..prompting.dnp import SamplingSettings
+
+        cfg = self.cfg
+        self.dnp = None
+        if cfg.negative_prompt.strip().lower() == "auto":
+            settings = SamplingSettings(cfg.dns_steps, cfg.dns_guidance_scale, cfg.dns_seed).validate()
+            if cfg.caption_max_new_tokens < 1:
+                raise ConfigError("caption_max_new_tokens", cfg.caption_max_new_tokens, "must be >= 1")
+            check_captioner(cfg.captioner)  # before any sampling
+            self.dnp = self.run_dnp(settings)
+            cfg.negative_prompt = self.dnp.negative_prompt
+            threestudio.info(f"antijanus: auto-DNP negative prompt n* = [{self.dnp.negative_prompt}] "
+                             f"(DNS image {self.dnp.image_path})")
+        super().configure()
+        self.load_empty_text_embeddings()
+
+    def run_dnp(self, settings):
+        from ..prompting.captioning import BlipCaptioner
+        from ..prompting.dnp import cached_dnp, load_sampler
+
+        cfg = self.cfg
+        self.prompt_library = load_prompt_library()
+        prompt = self.preprocess_prompt(cfg.prompt)
+        device = self.device
+        output_dir = expand_trial_dir("dnp_output_dir", cfg.dnp_output_dir)
+
+        def sampler():
+            return load_sampler(cfg.pretrained_model_name_or_path, device,
+                                half_precision=cfg.dns_half_precision and device.type == "cuda")
+
+        def captioner():
+            return BlipCaptioner(cfg.captioner, device=device, max_new_tokens=cfg.caption_max_new_tokens)
+
+        def run(make_sampler, make_captioner, use_cache=True):
+            return cached_dnp(prompt, cfg.pretrained_model_name_or_path, settings, cfg.captioner,
+                              cfg.dnp_cache_dir, make_sampler, make_captioner, use_cache=use_cache,
+                              log=threestudio.info)
+
+        def compute():
+            result = run(sampler, captioner, cfg.use_cache)
+            if result.cache_hit:
+                threestudio.info(f"antijanus: auto-DNP (cached) {result.record_path}")
+            if output_dir:
+                os.makedirs(output_dir, exist_ok=True)
+                shutil.copyfile(result.image_path, os.path.join(output_dir, "dns-image.png"))
+                write_json(os.path.join(output_dir, "dnp.json"),
+                           {"prompt": prompt, "negative_prompt": result.negative_prompt,
+                            "dns_image": result.image_path})
+                threestudio.info(f"antijanus: DNS image and n* in {output_dir}")
+            return result
+
+        return rank_zero_then_shared(compute, lambda: run(no_model_on_other_ranks, no_model_on_other_ranks))

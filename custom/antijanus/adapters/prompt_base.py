@@ -1,0 +1,177 @@
+"""What every antijanus prompt processor adds to threestudio's: text embeddings written
+atomically, the "" embedding in the output, view phrases that survive long prompts, outputs
+placed inside the run's trial folder, and the multi-GPU "rank 0 computes, the others read"
+helper.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import json
+import os
+from typing import Callable, Dict, List, Mapping, Optional, Sequence
+
+import threestudio
+from threestudio.models.prompt_processors.base import hash_prompt
+from threestudio.utils.misc import barrier, get_rank
+
+from ..core.views import VIEWS, ViewRanges, classify_views
+from ..prompting.text_encoders import (clip_text_embeddings, encoder_max_tokens, load_tokenizer,
+                                       t5_text_embeddings, token_counter)
+from ..prompting.view_prompts import fit_view_prompt
+from ..utils.cache import save_tensor
+from ..utils.errors import ConfigError
+
+# threestudio's direction order (its built-in Perp-Neg indexes side=0, front=1, back=2, overhead=3)
+DIRECTION_ORDER = ("side", "front", "back", "overhead")
+TRIAL_DIR = "{trial_dir}"  # placeholder in output paths: the run's trial folder
+
+
+def load_prompt_library() -> Dict:
+    """threestudio's prompt library (for `lib:` prompts), when run from a threestudio checkout."""
+    if os.path.exists("load/prompt_library.json"):
+        with open("load/prompt_library.json") as f:
+            return json.load(f)
+    return {}
+
+
+def view_condition(view: str, ranges: ViewRanges):
+    index = VIEWS.index(view)
+    return lambda elevation, azimuth, distance: classify_views(elevation, azimuth, ranges) == index
+
+
+def merged_view_mapping(key: str, given: Optional[Mapping], defaults: Mapping[str, str]) -> Dict[str, str]:
+    """A per-view dict key: the given entries over the defaults, so that one entry can be
+    overridden alone (``system.prompt_processor.pmi_view_words.overhead=top``)."""
+    given = dict(given or {})
+    unknown = sorted(set(given) - set(DIRECTION_ORDER))
+    if unknown:
+        raise ConfigError(f"{key}.{unknown[0]}", given[unknown[0]], "unknown view name", DIRECTION_ORDER)
+    merged = {**defaults, **given}
+    empty = [v for v in DIRECTION_ORDER if not str(merged.get(v, "")).strip()]
+    if empty:
+        raise ConfigError(key, merged, f"every view needs a non-empty entry (empty: {empty})", DIRECTION_ORDER)
+    return {v: str(merged[v]) for v in DIRECTION_ORDER}
+
+
+def rank_zero_then_shared(compute, read_cached):
+    """Multi-GPU: rank 0 runs ``compute`` (which writes its cache file atomically); after a
+    barrier the other ranks read the result from that cache with ``read_cached``."""
+    result = compute() if get_rank() == 0 else None
+    barrier()
+    return result if get_rank() == 0 else read_cached()
+
+
+def no_model_on_other_ranks():
+    raise RuntimeError("antijanus cache missing on a non-zero rank after the barrier")
+
+
+def find_trial_dir() -> Optional[str]:
+    """The trial folder of the threestudio run that is creating this processor.
+
+    threestudio's config cannot pass it to module configs: ``${...}`` interpolations are
+    resolved before the trial folder (with its timestamp) exists, and module configs never see
+    ``trial_dir``. The launcher gives it to the system (``set_save_dir(<trial>/save)``), and the
+    systems create their prompt processor from their own methods (``on_fit_start``), so the
+    system is on the call stack: its save folder's parent is the trial folder."""
+    frame = inspect.currentframe()
+    while frame is not None:
+        owner = frame.f_locals.get("self")
+        save_dir = _save_dir_of(owner)
+        if save_dir:
+            return os.path.dirname(os.path.normpath(save_dir))
+        frame = frame.f_back
+    return None
+
+
+def _save_dir_of(obj) -> Optional[str]:
+    if obj is None or not callable(getattr(type(obj), "get_save_dir", None)):
+        return None
+    value = getattr(obj, "_save_dir", None)
+    return value if isinstance(value, str) else None
+
+
+def expand_trial_dir(key: str, path: Optional[str]) -> Optional[str]:
+    """``{trial_dir}`` in an output path -> the run's trial folder (see ``find_trial_dir``);
+    outside a threestudio run it stands for the current folder, with one warning."""
+    if not path or TRIAL_DIR not in path:
+        return path
+    trial = find_trial_dir()
+    if trial is None:
+        threestudio.warn(f"antijanus: `{key}` = {path!r}: no threestudio trial folder (the processor was not "
+                         f"created by a threestudio system); {TRIAL_DIR} stands for the current folder")
+        trial = "."
+    return path.replace(TRIAL_DIR, trial)
+
+
+def save_embeddings(model: str, prompts: Sequence[str], embeddings, cache_dir: str) -> None:
+    """Embeddings in threestudio's text-embedding cache (its file names), written atomically."""
+    for prompt, embedding in zip(prompts, embeddings):
+        save_tensor(os.path.join(cache_dir, f"{hash_prompt(model, prompt)}.pt"), embedding.detach().cpu().clone())
+
+
+def encode_clip_to_cache(model: str, prompts: List[str], cache_dir: str) -> None:
+    """threestudio's Stable Diffusion ``spawn_func`` (CLIP), written atomically."""
+    save_embeddings(model, prompts, clip_text_embeddings(model, prompts), cache_dir)
+
+
+def encode_t5_to_cache(model: str, prompts: List[str], cache_dir: str, load_in_8bit: bool = False) -> None:
+    """threestudio's DeepFloyd IF ``spawn_func`` (T5, 8 bit or full precision), written atomically."""
+    save_embeddings(model, prompts, t5_text_embeddings(model, prompts, load_in_8bit), cache_dir)
+
+
+class AntijanusPromptProcessorMixin:
+    """Mixed in before a threestudio prompt processor class. Subclasses with T5 set
+    ``text_encoder_kind = "t5"`` and a ``spawn_func`` (a picklable callable) in configure."""
+
+    text_encoder_kind = "clip"
+    view_user_parts: Optional[List[str]] = None  # the user's part of each direction's prompt
+
+    @staticmethod
+    def spawn_func(pretrained_model_name_or_path, prompts, cache_dir):
+        encode_clip_to_cache(pretrained_model_name_or_path, prompts, cache_dir)
+
+    def prepare_text_embeddings(self):
+        self.fit_view_prompts()
+        super().prepare_text_embeddings()
+
+    def fit_view_prompts(self) -> None:
+        """View prompts longer than the text encoder's window lose the end of the user's part,
+        never the view phrase; said once in the log. (threestudio's own prompts are truncated
+        by the tokenizer, the view phrase first.)"""
+        tokenizer = load_tokenizer(self.cfg.pretrained_model_name_or_path)
+        count, limit = token_counter(tokenizer), encoder_max_tokens(tokenizer, self.text_encoder_kind)
+        parts = self.view_user_parts or [self.prompt] * len(self.directions)
+        shortened = {}
+        for i, (direction, part) in enumerate(zip(self.directions, parts)):
+            if self.prompts_vd[i] != direction.prompt(part):
+                continue  # a prompt_<view> given by the user is used as given
+            self.prompts_vd[i], short = fit_view_prompt(part, direction.prompt, count, limit)
+            if short is not None:
+                shortened[direction.name] = short
+        if shortened:
+            threestudio.warn(
+                f"antijanus: the prompt is {count(self.prompt)} tokens, more than the text encoder's {limit}: "
+                f"to keep the view phrases, the view prompts use the first words of it only "
+                + " ".join(f"[{d.name}]:[{p}]" for d, p in zip(self.directions, self.prompts_vd)
+                           if d.name in shortened))
+
+    def load_empty_text_embeddings(self) -> None:
+        """The "" embedding (``empty_text_embeddings``): the guidances use it as the
+        unconditional when the negative prompt is a Perp-Neg negative."""
+        path = os.path.join(self._cache_dir, f"{hash_prompt(self.cfg.pretrained_model_name_or_path, '')}.pt")
+        if get_rank() == 0 and not os.path.exists(path):
+            self.spawn_func(self.cfg.pretrained_model_name_or_path, [""], self._cache_dir)
+        barrier()
+        self.empty_text_embeddings = self.load_from_cache("")[None, ...]
+
+    def __call__(self):
+        output = super().__call__()
+        output.empty_text_embeddings = self.empty_text_embeddings
+        return output
+
+
+def t5_spawn_func(load_in_8bit: bool) -> Callable:
+    """A picklable ``spawn_func`` for T5 (threestudio may run it in a spawned process)."""
+    return functools.partial(encode_t5_to_cache, load_in_8bit=load_in_8bit)
