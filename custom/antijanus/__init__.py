@@ -29,10 +29,14 @@ MIN_THREESTUDIO_VERSION = "0.2.3"
 
 def check_threestudio_version(threestudio) -> None:
     """A clear error for a threestudio older than the interfaces we use, as extensions do."""
-    from packaging.version import Version
+    from packaging.version import InvalidVersion, Version
 
     version = getattr(threestudio, "__version__", None)
-    if version is None or Version(version) < Version(MIN_THREESTUDIO_VERSION):
+    try:
+        too_old = version is None or Version(version) < Version(MIN_THREESTUDIO_VERSION)
+    except InvalidVersion:
+        too_old = True
+    if too_old:
         raise ImportError(f"antijanus needs threestudio >= {MIN_THREESTUDIO_VERSION} (tested with "
                           f"commit 28d9d80), found {version or 'a version without __version__'}: "
                           "update threestudio (git pull)")

@@ -9,7 +9,7 @@ threestudio is importable, the tests use it instead (tests/conftest.py).
 import logging
 
 __modules__ = {}
-__version__ = "stub"
+__version__ = "0.2.3"  # mirrors threestudio 28d9d80
 STUB = True
 
 logger = logging.getLogger("pytorch_lightning")
