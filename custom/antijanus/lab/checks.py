@@ -1,0 +1,142 @@
+"""Checks that the lab prior has the biases it should and is good enough to be meaningful.
+
+Images are sampled with our DDIM sampler (``antijanus.prompting.dnp``: classifier-free guidance,
+the empty prompt as the unconditional) and judged by the lab judge:
+
+* bias: on prompts without a view phrase ("a bear"), the share of images judged "front",
+  next to the share of front cameras in a 3D run (threestudio's uniform azimuth: 90 of 360
+  degrees) and the share of front views in the training data;
+* steerability: per view, the share of images judged to be that view with its phrase
+  ("a bear, back view") and without;
+* quality: the share of images judged to be the prompted kind.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor
+
+from .data import VIEW_PHRASES, WorldBias, make_samples, statistics
+from .world import KINDS, VIEWS
+
+FRONT_CAMERA_SHARE = 90.0 / 360.0  # threestudio's uniform azimuth: |azimuth| < 45 degrees
+
+
+@dataclass(frozen=True)
+class CheckSettings:
+    n_per_prompt: int = 32  # images per prompt (one batch, seeds fixed per batch)
+    steps: int = 50  # DDIM steps
+    guidance_scale: float = 7.5
+    seed: int = 0  # the same initial noise for every prompt
+
+
+def check_prompts(kinds: Sequence[str] = KINDS) -> List[Tuple[str, str, Optional[str]]]:
+    """(prompt, kind, requested view or None): each kind plain and with each view phrase."""
+    prompts = []
+    for kind in kinds:
+        prompts.append((f"a {kind}", kind, None))
+        for view in VIEWS:
+            for phrase in VIEW_PHRASES[view]:
+                prompts.append((f"a {kind}, {phrase}", kind, view))
+    return prompts
+
+
+def wilson(successes: int, n: int, z: float = 1.96) -> Tuple[float, float]:
+    """95 % Wilson score interval of a proportion."""
+    if n == 0:
+        return (float("nan"), float("nan"))
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def sample_and_judge(sampler, encode, judge, prompts, settings: CheckSettings, log=print):
+    from ..prompting.dnp import SamplingSettings
+
+    results = []
+    sampling = SamplingSettings(steps=settings.steps, guidance_scale=settings.guidance_scale, seed=settings.seed)
+    uncond = encode([""])
+    for prompt, kind, view in prompts:
+        cond = encode([prompt]).expand(settings.n_per_prompt, -1, -1)
+        images = sampler.sample(cond, uncond.expand(settings.n_per_prompt, -1, -1), sampling)
+        verdict = judge(images)
+        results.append({"prompt": prompt, "kind": kind, "view": view, "images": images,
+                        "judged_view": verdict["view"], "judged_kind": verdict["kind"],
+                        "judged_attributes": verdict["attributes"]})
+        log(f"  {prompt!r}: views " + " ".join(f"{v} {int((verdict['view'] == i).sum())}" for i, v in enumerate(VIEWS)))
+    return results
+
+
+def summarise(results, bias: WorldBias = WorldBias(), data_front_share: Optional[float] = None) -> Dict[str, object]:
+    """The figures of the check from judged samples."""
+    plain = [r for r in results if r["view"] is None]
+    n_plain = sum(len(r["judged_view"]) for r in plain)
+    front = VIEWS.index("front")
+    front_plain = sum(int((r["judged_view"] == front).sum()) for r in plain)
+    figures: Dict[str, object] = {
+        "front_share_no_phrase": front_plain / n_plain,
+        "front_share_no_phrase_ci95": wilson(front_plain, n_plain),
+        "front_camera_share": FRONT_CAMERA_SHARE,
+        "data_front_share": data_front_share,
+        "no_phrase_view_share": {v: sum(int((r["judged_view"] == i).sum()) for r in plain) / n_plain
+                                 for i, v in enumerate(VIEWS)},
+    }
+    steer = {}
+    for i, v in enumerate(VIEWS):
+        asked = [r for r in results if r["view"] == v]
+        n = sum(len(r["judged_view"]) for r in asked)
+        hits = sum(int((r["judged_view"] == i).sum()) for r in asked)
+        steer[v] = {"with_phrase": hits / n, "with_phrase_ci95": wilson(hits, n),
+                    "without_phrase": figures["no_phrase_view_share"][v], "n": n}
+        for phrase in VIEW_PHRASES[v]:
+            rows = [r for r in asked if r["prompt"].endswith(phrase)]
+            m = sum(len(r["judged_view"]) for r in rows)
+            steer[v][phrase] = sum(int((r["judged_view"] == i).sum()) for r in rows) / m
+    figures["steerability"] = steer
+    n_all = sum(len(r["judged_kind"]) for r in results)
+    right = sum(int((r["judged_kind"] == KINDS.index(r["kind"])).sum()) for r in results)
+    figures["kind_accuracy"] = right / n_all
+    figures["kind_accuracy_ci95"] = wilson(right, n_all)
+    figures["n_images"] = n_all
+    return figures
+
+
+def format_figures(figures: Dict[str, object]) -> str:
+    lo, hi = figures["front_share_no_phrase_ci95"]
+    lines = [
+        f"bias: judged 'front' without a view phrase {figures['front_share_no_phrase']:.3f} "
+        f"(95% CI {lo:.3f}-{hi:.3f}); front cameras in a 3D run {figures['front_camera_share']:.3f}"
+        + (f"; front views in the training data {figures['data_front_share']:.3f}" if figures.get("data_front_share") else ""),
+        "no-phrase view shares: " + "  ".join(f"{v} {p:.3f}" for v, p in figures["no_phrase_view_share"].items()),
+        "steerability (share judged as the requested view):",
+    ]
+    for v, row in figures["steerability"].items():
+        lo, hi = row["with_phrase_ci95"]
+        per_phrase = ", ".join(f"'{p}' {row[p]:.3f}" for p in VIEW_PHRASES[v])
+        lines.append(f"  {v:<9} with phrase {row['with_phrase']:.3f} (95% CI {lo:.3f}-{hi:.3f}; {per_phrase})"
+                     f"   without {row['without_phrase']:.3f}")
+    lo, hi = figures["kind_accuracy_ci95"]
+    lines.append(f"kind accuracy (judged kind = prompted kind): {figures['kind_accuracy']:.3f} "
+                 f"(95% CI {lo:.3f}-{hi:.3f}) over {figures['n_images']} images")
+    return "\n".join(lines)
+
+
+def data_front_share(bias: WorldBias = WorldBias(), n: int = 4000) -> float:
+    samples, _ = make_samples(bias, n=n)
+    return statistics(samples)["view_share"]["front"]
+
+
+def run_checks(prior: str, judge_folder: str, settings: CheckSettings = CheckSettings(), device: str = "cpu",
+               log=print):
+    from ..prompting.dnp import load_sampler
+    from .judge import Judge
+
+    sampler, encode = load_sampler(prior, device, half_precision=False)
+    judge = Judge.load(judge_folder, device)
+    results = sample_and_judge(sampler, encode, judge, check_prompts(), settings, log)
+    return results, summarise(results, data_front_share=data_front_share())

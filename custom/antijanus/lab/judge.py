@@ -1,0 +1,271 @@
+"""The lab judge: a small CNN that tells, from a 32x32 image, the view region, the creature's kind
+and which attributes are visible. Trained on rendered ground truth with augmentations that
+resemble NeRF / score-distillation renders (blur, noise, colour and background jitter, small
+scale and shift), so that later experiments can judge generated images and 3D orbits.
+
+Folder: ``judge.safetensors`` (fp16 weights) and ``judge.json`` (architecture, training settings,
+held-out accuracy).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from typing import Dict, Optional, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+from .world import ATTRIBUTES, KINDS, VIEWS, Creature, render_batched
+
+WEIGHTS, CONFIG = "judge.safetensors", "judge.json"
+
+
+@dataclass(frozen=True)
+class JudgeSettings:
+    seed: int = 0
+    threads: int = 1
+    width: int = 24  # channels of the first stage (x2, x4 after)
+    n_train: int = 30000  # rendered training images
+    n_test: int = 4000  # held-out images (another seed)
+    steps: int = 4000
+    batch: int = 64
+    lr: float = 2e-3
+    # cameras: threestudio's training ranges (uniform azimuth, elevation -10..90)
+    elevation_range: Tuple[float, float] = (-10.0, 90.0)
+    distance_range: Tuple[float, float] = (1.2, 1.9)
+    fovy_range: Tuple[float, float] = (45.0, 70.0)
+    light_jitter: float = 45.0
+    # augmentations
+    blur_sigma: float = 1.2  # Gaussian blur, sigma uniform in [0, blur_sigma] pixels
+    noise_std: float = 0.08  # pixel noise, std uniform in [0, noise_std]
+    colour_jitter: float = 0.15  # brightness / contrast / saturation factors 1 +- this
+    scale_jitter: float = 0.15  # zoom 1 +- this
+    shift_jitter: float = 2.0  # pixels
+    p_augment: float = 0.8
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+class JudgeNet(nn.Module):
+    """Three conv stages (32 -> 16 -> 8 -> 4) and linear heads: view (4), kind (3), visible
+    attributes (4, logits of independent yes/no), and an auxiliary camera regression
+    (cos / sin azimuth, elevation / 90) that sharpens the view boundaries."""
+
+    def __init__(self, width: int = 32) -> None:
+        super().__init__()
+        w = width
+
+        def stage(cin, cout):
+            return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU(),
+                                 nn.Conv2d(cout, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU(),
+                                 nn.MaxPool2d(2))
+
+        self.features = nn.Sequential(stage(3, w), stage(w, 2 * w), stage(2 * w, 4 * w))
+        self.hidden = nn.Sequential(nn.Flatten(), nn.Linear(4 * w * 16, 256), nn.ReLU())
+        self.view = nn.Linear(256, len(VIEWS))
+        self.kind = nn.Linear(256, len(KINDS))
+        self.attributes = nn.Linear(256, len(ATTRIBUTES))
+        self.camera = nn.Linear(256, 3)
+
+    def forward(self, images: Tensor) -> Dict[str, Tensor]:
+        h = self.hidden(self.features(images * 2.0 - 1.0))
+        return {"view": self.view(h), "kind": self.kind(h), "attributes": self.attributes(h),
+                "camera": self.camera(h)}
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def render_labelled(settings: JudgeSettings, n: int, seed: int, chunk: int = 256) -> Dict[str, Tensor]:
+    """n rendered images with ground truth: uniform azimuth, random creatures and backgrounds."""
+    g = torch.Generator().manual_seed(seed)
+
+    def uniform(low, high, *shape):
+        return torch.rand(*(shape or (n,)), generator=g) * (high - low) + low
+
+    kinds = torch.randint(0, len(KINDS), (n,), generator=g)
+    flags = torch.rand(n, 3, generator=g) < 0.5
+    creatures = [Creature(KINDS[k], *map(bool, f)) for k, f in zip(kinds.tolist(), flags.tolist())]
+    azimuth = uniform(-180.0, 180.0)
+    elevation = uniform(*settings.elevation_range)
+    distance = uniform(*settings.distance_range)
+    fovy = uniform(*settings.fovy_range)
+    light = uniform(-settings.light_jitter, settings.light_jitter)
+    # background: white half the time, else a random light or dark plain colour
+    background = torch.where((torch.rand(n, 1, generator=g) < 0.5), torch.ones(n, 3), torch.rand(n, 3, generator=g))
+    out = render_batched(creatures, elevation, azimuth, distance, fovy, chunk=chunk, light_jitter=light,
+                         background=background)
+    present = torch.stack([torch.ones(n, dtype=torch.bool), flags[:, 0], flags[:, 1], flags[:, 2]], -1)
+    return {"image": (out["image"] * 255).round().to(torch.uint8), "view": out["view"], "kind": kinds,
+            "attributes": (out["visible"] & present).float(), "elevation": elevation, "azimuth": azimuth}
+
+
+def gaussian_blur(images: Tensor, sigma: Tensor) -> Tensor:
+    """Per-image Gaussian blur (5x5 kernel); sigma [B] in pixels (0: unchanged)."""
+    x = torch.arange(-2, 3, dtype=torch.float32)
+    s = sigma.clamp_min(1e-3)[:, None]
+    k1 = torch.exp(-0.5 * (x[None] / s) ** 2)
+    k1 = k1 / k1.sum(-1, keepdim=True)  # [B, 5]
+    kernel = k1[:, :, None] * k1[:, None, :]  # [B, 5, 5]
+    B, C, H, W = images.shape
+    weight = kernel[:, None].repeat_interleave(C, 0)  # [B*C, 1, 5, 5]
+    out = F.conv2d(F.pad(images.reshape(1, B * C, H, W), (2, 2, 2, 2), mode="replicate"), weight, groups=B * C)
+    return out.reshape(B, C, H, W)
+
+
+def augment(images: Tensor, settings: JudgeSettings, g: torch.Generator) -> Tensor:
+    """Blur, noise, colour jitter, small zoom and shift (border filled with the corner colour)."""
+    B = images.shape[0]
+
+    def uniform(low, high, *shape):
+        return torch.rand(*(shape or (B,)), generator=g) * (high - low) + low
+
+    apply = (torch.rand(B, generator=g) < settings.p_augment).float()
+    # geometry: zoom and shift through an affine grid, background colour outside
+    scale = 1.0 + apply * uniform(-settings.scale_jitter, settings.scale_jitter)
+    shift = apply[:, None] * uniform(-settings.shift_jitter, settings.shift_jitter, B, 2) * 2.0 / images.shape[-1]
+    theta = torch.zeros(B, 2, 3)
+    theta[:, 0, 0] = theta[:, 1, 1] = 1.0 / scale
+    theta[:, :, 2] = shift
+    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+    corner = images[:, :, 0, 0][:, :, None, None]
+    x = F.grid_sample(images - corner, grid, align_corners=False, padding_mode="zeros") + corner
+    # colour: brightness, contrast, saturation
+    j = settings.colour_jitter
+    brightness = 1.0 + apply * uniform(-j, j)
+    contrast = 1.0 + apply * uniform(-j, j)
+    saturation = 1.0 + apply * uniform(-j, j)
+    x = x * brightness[:, None, None, None]
+    mean = x.mean(dim=(1, 2, 3), keepdim=True)
+    x = (x - mean) * contrast[:, None, None, None] + mean
+    grey = x.mean(dim=1, keepdim=True)
+    x = (x - grey) * saturation[:, None, None, None] + grey
+    x = gaussian_blur(x, apply * uniform(0.0, settings.blur_sigma))
+    x = x + torch.randn(x.shape, generator=g) * (apply * uniform(0.0, settings.noise_std))[:, None, None, None]
+    return x.clamp(0.0, 1.0)
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def judge_loss(out: Dict[str, Tensor], batch: Dict[str, Tensor]) -> Tensor:
+    azimuth = torch.deg2rad(batch["azimuth"])
+    camera = torch.stack([torch.cos(azimuth), torch.sin(azimuth), batch["elevation"] / 90.0], -1)
+    return (F.cross_entropy(out["view"], batch["view"]) + F.cross_entropy(out["kind"], batch["kind"])
+            + F.binary_cross_entropy_with_logits(out["attributes"], batch["attributes"])
+            + F.mse_loss(out["camera"], camera))
+
+
+@torch.no_grad()
+def accuracy(net: JudgeNet, data: Dict[str, Tensor], images: Optional[Tensor] = None, batch: int = 500) -> Dict[str, float]:
+    """View, kind and per-attribute accuracy on labelled data (images in [0, 1] or uint8)."""
+    net.eval()
+    images = data["image"] if images is None else images
+    preds = {"view": [], "kind": [], "attributes": []}
+    for i in range(0, images.shape[0], batch):
+        x = images[i:i + batch]
+        x = x.float() / 255.0 if x.dtype == torch.uint8 else x
+        out = net(x)
+        preds["view"].append(out["view"].argmax(-1))
+        preds["kind"].append(out["kind"].argmax(-1))
+        preds["attributes"].append(out["attributes"] > 0)
+    view, kind, attrs = (torch.cat(preds[k]) for k in ("view", "kind", "attributes"))
+    result = {"view": float((view == data["view"]).float().mean()), "kind": float((kind == data["kind"]).float().mean())}
+    for j, a in enumerate(ATTRIBUTES):
+        result[f"attribute_{a}"] = float((attrs[:, j] == (data["attributes"][:, j] > 0.5)).float().mean())
+    # view accuracy away from the region borders (|azimuth - border| > 5 deg, |elevation - 60| > 5)
+    az = data["azimuth"].abs()
+    far = ((az - 45).abs() > 5) & ((az - 135).abs() > 5) & ((data["elevation"] - 60).abs() > 5)
+    result["view_away_from_borders"] = float((view[far] == data["view"][far]).float().mean())
+    return result
+
+
+def train_judge(out_dir: str, settings: JudgeSettings = JudgeSettings(), log=print) -> Dict[str, object]:
+    from safetensors.torch import save_file
+
+    torch.set_num_threads(settings.threads)
+    torch.manual_seed(settings.seed)
+    start = time.time()
+    train = render_labelled(settings, settings.n_train, settings.seed)
+    test = render_labelled(settings, settings.n_test, settings.seed + 1)
+    log(f"judge data: {settings.n_train} + {settings.n_test} images in {time.time() - start:.0f} s")
+    g = torch.Generator().manual_seed(settings.seed)
+    net = JudgeNet(settings.width)
+    optimizer = torch.optim.AdamW(net.parameters(), lr=settings.lr, weight_decay=1e-4)
+    t0 = time.time()
+    last = 0.0
+    for step in range(settings.steps):
+        lr = settings.lr * 0.5 * (1.0 + math.cos(math.pi * step / settings.steps))
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        index = torch.randint(0, settings.n_train, (settings.batch,), generator=g)
+        batch = {k: v[index] for k, v in train.items()}
+        net.train()
+        out = net(augment(batch["image"].float() / 255.0, settings, g))
+        loss = judge_loss(out, batch)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if time.time() - last > 30:
+            last = time.time()
+            log(f"judge step {step}/{settings.steps} loss {loss.item():.4f}")
+    train_s = time.time() - t0
+    net.eval()
+    clean = accuracy(net, test)
+    g_test = torch.Generator().manual_seed(settings.seed + 2)
+    augmented = accuracy(net, test, augment(test["image"].float() / 255.0, dataclasses.replace(settings, p_augment=1.0), g_test))
+    os.makedirs(out_dir, exist_ok=True)
+    save_file({k: v.detach().to(torch.float16).contiguous() if v.is_floating_point() else v.contiguous()
+               for k, v in net.state_dict().items()}, os.path.join(out_dir, WEIGHTS))
+    record = {"settings": settings.to_dict(), "views": list(VIEWS), "kinds": list(KINDS),
+              "attributes": list(ATTRIBUTES), "held_out": clean, "held_out_augmented": augmented,
+              "parameters": sum(p.numel() for p in net.parameters()),
+              "timings": {"train_s": train_s, "total_s": time.time() - start}, "torch": torch.__version__}
+    with open(os.path.join(out_dir, CONFIG), "w") as f:
+        json.dump(record, f, indent=2)
+    return record
+
+
+# ----------------------------------------------------------------------------- use
+
+
+class Judge:
+    """The trained judge: ``Judge.load(folder)(images)`` -> predictions."""
+
+    def __init__(self, net: JudgeNet, record: dict) -> None:
+        self.net = net.eval()
+        self.record = record
+
+    @classmethod
+    def load(cls, folder: str, device: str = "cpu") -> "Judge":
+        from safetensors.torch import load_file
+
+        with open(os.path.join(folder, CONFIG)) as f:
+            record = json.load(f)
+        net = JudgeNet(record["settings"]["width"])
+        state = {k: v.float() if v.is_floating_point() else v for k, v in load_file(os.path.join(folder, WEIGHTS)).items()}
+        net.load_state_dict(state)
+        return cls(net.to(device), record)
+
+    @torch.no_grad()
+    def __call__(self, images: Tensor) -> Dict[str, Tensor]:
+        """Images [B, 3, H, W] in [0, 1] (resized to 32x32) -> ``view`` [B] (index into VIEWS),
+        ``kind`` [B] (index into KINDS), ``attributes`` [B, 4] (bool, ATTRIBUTES order), and the
+        probabilities ``view_probs``, ``kind_probs``, ``attribute_probs``."""
+        device = next(self.net.parameters()).device
+        x = images.float().to(device)
+        if x.shape[-2:] != (32, 32):
+            x = F.interpolate(x, (32, 32), mode="bilinear", align_corners=False, antialias=True)
+        out = self.net(x.clamp(0.0, 1.0))
+        probs = torch.sigmoid(out["attributes"])
+        return {"view": out["view"].argmax(-1), "kind": out["kind"].argmax(-1), "attributes": probs > 0.5,
+                "view_probs": out["view"].softmax(-1), "kind_probs": out["kind"].softmax(-1),
+                "attribute_probs": probs}

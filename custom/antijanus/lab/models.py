@@ -1,0 +1,63 @@
+"""Where the committed lab models live, and their checksums.
+
+The trained folders are committed at the repository root, ``models/janus-lab/{prior,mlm,judge}``
+(a checkout or an editable install finds them; ``ANTIJANUS_LAB_MODELS`` points elsewhere).
+``checksums.json`` beside them records the SHA-256 of every file; ``verify_checksums`` tells
+which files differ.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from typing import Dict, List
+
+CHECKSUMS = "checksums.json"
+MODELS = ("prior", "mlm", "judge")
+
+
+def lab_root() -> str:
+    default = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "models", "janus-lab")
+    return os.path.normpath(os.environ.get("ANTIJANUS_LAB_MODELS", default))
+
+
+def model_path(name: str) -> str:
+    if name not in MODELS:
+        raise ValueError(f"unknown lab model {name!r}; one of {MODELS}")
+    return os.path.join(lab_root(), name)
+
+
+def sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def file_checksums(root: str) -> Dict[str, str]:
+    """SHA-256 of every file under the model folders, by path relative to ``root``."""
+    sums = {}
+    for name in MODELS:
+        for folder, _, files in os.walk(os.path.join(root, name)):
+            for file in files:
+                path = os.path.join(folder, file)
+                sums[os.path.relpath(path, root).replace(os.sep, "/")] = sha256(path)
+    return dict(sorted(sums.items()))
+
+
+def write_checksums(root: str) -> str:
+    path = os.path.join(root, CHECKSUMS)
+    with open(path, "w") as f:
+        json.dump(file_checksums(root), f, indent=2)
+        f.write("\n")
+    return path
+
+
+def verify_checksums(root: str) -> List[str]:
+    """Files whose checksum differs from checksums.json, or that are missing or extra."""
+    with open(os.path.join(root, CHECKSUMS)) as f:
+        recorded = json.load(f)
+    actual = file_checksums(root)
+    return sorted(k for k in set(recorded) | set(actual) if recorded.get(k) != actual.get(k))

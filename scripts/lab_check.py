@@ -1,0 +1,66 @@
+#!/usr/bin/env python3
+"""Check the Janus lab prior: bias (front share without a view phrase vs front cameras),
+steerability (requested view with and without its phrase) and kind accuracy, sampling with our
+DDIM sampler and judging with the lab judge. Also prints the training data's statistics.
+
+    python scripts/lab_check.py                      # the committed models, 32 images per prompt
+    python scripts/lab_check.py --n 8 --steps 20     # a quick look
+    python scripts/lab_check.py --out outputs/lab-check   # + figures.json and a sample grid
+"""
+
+import argparse
+import json
+import os
+import sys
+import time
+
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+sys.path.insert(0, os.path.join(ROOT, "custom"))
+LAB = os.path.join(ROOT, "models", "janus-lab")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--prior", default=os.path.join(LAB, "prior"))
+    parser.add_argument("--judge", default=os.path.join(LAB, "judge"))
+    parser.add_argument("--n", type=int, default=32, help="images per prompt")
+    parser.add_argument("--steps", type=int, default=50, help="DDIM steps")
+    parser.add_argument("--guidance-scale", type=float, default=7.5)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out", default=None, help="folder for figures.json and samples.png")
+    args = parser.parse_args()
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import torch
+
+    from antijanus.lab.checks import CheckSettings, format_figures, run_checks
+    from antijanus.lab.data import WorldBias, format_statistics, make_samples, statistics
+
+    torch.set_num_threads(args.threads)
+    start = time.time()
+    samples, _ = make_samples(WorldBias(), n=4000)
+    print("training data (first 4000 of the default WorldBias):\n" + format_statistics(statistics(samples)))
+    settings = CheckSettings(n_per_prompt=args.n, steps=args.steps, guidance_scale=args.guidance_scale, seed=args.seed)
+    results, figures = run_checks(args.prior, args.judge, settings)
+    print(format_figures(figures))
+    print(f"({time.time() - start:.0f} s, {args.steps} DDIM steps, guidance {args.guidance_scale}, "
+          f"{args.n} images per prompt)")
+    if args.out:
+        from antijanus.lab.world import VIEWS
+        from antijanus.utils.imaging import image_grid
+
+        os.makedirs(args.out, exist_ok=True)
+        with open(os.path.join(args.out, "figures.json"), "w") as f:
+            json.dump({"settings": vars(args), "figures": figures}, f, indent=2)
+        cols = min(args.n, 8)
+        images, labels = [], []
+        for r in results:
+            for i in range(cols):
+                images.append(r["images"][i])
+                labels.append(f"{r['prompt']} -> {VIEWS[int(r['judged_view'][i])]}" if i == 0 else VIEWS[int(r['judged_view'][i])])
+        image_grid(images, labels, columns=cols, cell=96, label_height=30).save(os.path.join(args.out, "samples.png"))
+        print(f"wrote {args.out}/figures.json and samples.png")
+
+
+if __name__ == "__main__":
+    main()

