@@ -37,6 +37,7 @@ CONFIGS = {  # config -> (extra overrides given the model folders, diagnostics t
                           "system.guidance.pretrained_model_name_or_path={if}"],
                          ["dsds/clip_threshold", "perp_neg/mean_neg_weight"]),
     "magic3d-coarse-dsds-sd.yaml": ([], ["dsds/clip_threshold", "perp_neg/mean_neg_weight"]),
+    "dsds-sjc-sd.yaml": (["system.prompt_processor.debias_model={bert}"], ["dsds/clip_threshold", "unet_rows"]),
 }
 GPU_ONLY = {
     "magic3d-refine-dsds-sd.yaml": "mesh refinement rasterises with nvdiffrast (CUDA/OpenGL)",
