@@ -235,3 +235,32 @@ def test_an_unreachable_hub_id_is_a_config_error_saying_so(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(ConfigError, match=r"pretrained_model_name_or_path.*'nobody/no-such-sd'.*model hub.*no network"):
         StableDiffusionBackbone(BackboneOptions(pretrained_model_name_or_path="nobody/no-such-sd"), "cpu")
+
+
+# -- deep-floyd-guidance configs port by the type name ---------------------------------------
+def test_the_backbone_is_detected_from_the_model(tiny_sd, tiny_if, tmp_path):
+    import json
+    import shutil
+
+    from antijanus.backbones import detect_backbone
+
+    assert detect_backbone(tiny_if) == "deepfloyd-if" and detect_backbone(tiny_sd) == "stable-diffusion"
+    assert detect_backbone("DeepFloyd/IF-I-XL-v1.0") == "deepfloyd-if"
+    assert detect_backbone("stabilityai/stable-diffusion-2-1-base") == "stable-diffusion"
+    assert detect_backbone(None) == "stable-diffusion"
+    bare = tmp_path / "if-without-index"
+    shutil.copytree(tiny_if, bare)
+    (bare / "model_index.json").unlink()  # then the UNet says: 3 -> 6 channels (epsilon + variance)
+    assert json.loads((bare / "unet" / "config.json").read_text())["out_channels"] == 6
+    assert detect_backbone(str(bare)) == "deepfloyd-if"
+
+
+def test_a_deep_floyd_guidance_block_ports_by_the_type_name(tiny_if):
+    """threestudio's dreamfusion-if.yaml guidance block, unchanged: no `backbone` key."""
+    block = {"pretrained_model_name_or_path": tiny_if, "guidance_scale": 20.0, "weighting_strategy": "sds",
+             "min_step_percent": 0.02, "max_step_percent": 0.98, "half_precision_weights": False}
+    guidance = threestudio.find("perp-neg-sds-guidance")(block)
+    assert isinstance(guidance.engine.backbone, DeepFloydIFBackbone)
+    rgb = torch.rand(3, 20, 20, 3, requires_grad=True)
+    guidance(rgb, make_prompt_output(features=16), **CAMERAS)["loss_sds"].backward()
+    assert torch.isfinite(rgb.grad).all()

@@ -15,6 +15,7 @@ from typing import Optional, Type
 import threestudio
 from threestudio.utils.base import BaseObject
 
+from ..backbones import detect_backbone
 from ..core.guidance import DSDSConfig, ScoreDistillationConfig, ScoreDistillationGuidance
 from .registry import core_config, register
 
@@ -52,8 +53,10 @@ class _GuidanceAdapter(BaseObject):
     registered_name = ""
 
     def configure(self) -> None:
-        threestudio.info(f"antijanus: loading {self.cfg.backbone} for {self.registered_name} ...")
-        self.engine = ScoreDistillationGuidance(core_config(self.core_config_type, self.cfg), self.device)
+        config = core_config(self.core_config_type, self.cfg)
+        backbone = config.backbone or detect_backbone(config.pretrained_model_name_or_path)
+        threestudio.info(f"antijanus: loading {backbone} for {self.registered_name} ...")
+        self.engine = ScoreDistillationGuidance(config, self.device)
         self.engine.info = lambda message: threestudio.info(f"antijanus: {message}")
         self.engine.warn = lambda message: threestudio.warn(f"antijanus: {message}")
 

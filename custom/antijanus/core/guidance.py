@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..backbones import BACKBONES
+from ..backbones import BACKBONES, detect_backbone
 from ..backbones.base import BackboneOptions, DiffusionBackbone
 from ..utils.errors import ConfigError, require_choice, require_non_negative, require_positive
 from .dsds import (CLIP_SCHEDULES, CLIP_TARGETS, ClipSchedule, clip_score, clip_target_of_path,
@@ -80,7 +80,7 @@ class ScoreDistillationConfig(BackboneOptions):
     ``stable-diffusion-guidance`` and ``deep-floyd-guidance`` keeps its name and meaning. ``None``
     defaults are resolved as documented (backbone values, the processor, the running trainer)."""
 
-    backbone: str = "stable-diffusion"
+    backbone: Optional[str] = None  # None: detected from the model (IF folder / hub id: deepfloyd-if)
     guidance_scale: Optional[float] = None  # SD 100, IF 20
     weighting_strategy: str = "sds"
     min_step_percent: Any = 0.02  # a number or a threestudio schedule list
@@ -158,6 +158,7 @@ class ClipSettings:
 
 @dataclass(frozen=True)
 class ResolvedConfig:
+    backbone: str
     guidance_scale: float
     own_weights: Optional[PerpNegWeights]  # None: the guidance sets no Perp-Neg weight key
     overhead_negative: tuple
@@ -167,8 +168,9 @@ class ResolvedConfig:
 
 def resolve_config(config: ScoreDistillationConfig) -> ResolvedConfig:
     """Check every key (raising ConfigError that names it) and resolve the weight functions."""
-    require_choice("backbone", config.backbone, BACKBONES)
-    backbone = BACKBONES[config.backbone]
+    name = config.backbone or detect_backbone(config.pretrained_model_name_or_path)
+    require_choice("backbone", name, BACKBONES)
+    backbone = BACKBONES[name]
     guidance_scale = backbone.DEFAULT_GUIDANCE_SCALE if config.guidance_scale is None else config.guidance_scale
     require_positive("guidance_scale", guidance_scale)
     require_choice("weighting_strategy", config.weighting_strategy, WEIGHTING_STRATEGIES)
@@ -186,6 +188,7 @@ def resolve_config(config: ScoreDistillationConfig) -> ResolvedConfig:
         raise ConfigError("view_dependent_prompting", False,
                           "Perp-Neg needs view-dependent prompts (or set perp_neg: false)", [True])
     return ResolvedConfig(
+        backbone=name,
         guidance_scale=float(guidance_scale),
         own_weights=own_perp_neg_weights(config),
         overhead_negative=overhead_negative_vector(config.overhead_negatives),
@@ -258,9 +261,9 @@ def unused_key_warnings(config: ScoreDistillationConfig) -> List[str]:
             "these keys have no effect (set score_clipping: true to clip)"]
 
 
-def build_backbone(config: ScoreDistillationConfig, device: torch.device) -> DiffusionBackbone:
+def build_backbone(config: ScoreDistillationConfig, device: torch.device, name: str) -> DiffusionBackbone:
     options = {k: getattr(config, k) for k in BackboneOptions.__dataclass_fields__}
-    return BACKBONES[config.backbone](BackboneOptions(**options), device)
+    return BACKBONES[name](BackboneOptions(**options), device)
 
 
 @dataclass
@@ -348,7 +351,8 @@ class ScoreDistillationGuidance:
         self.warn: Callable[[str], None] = logger.warning
         for message in self.resolved.warnings:
             self.warn(message)
-        self.backbone = backbone if backbone is not None else build_backbone(config, self.device)
+        self.backbone = backbone if backbone is not None else build_backbone(config, self.device,
+                                                                             self.resolved.backbone)
         schedule = getattr(self.backbone, "noise_schedule", None)
         self.alphas_cumprod: Tensor = schedule(config.use_sjc) if schedule else self.backbone.alphas_cumprod
         self.num_train_timesteps: int = self.backbone.num_train_timesteps
