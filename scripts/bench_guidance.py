@@ -7,7 +7,9 @@ evaluates per step, and the ratio Perp-Neg / plain next to the ratio of rows. Th
 time ratio of the UNet-only step (latents in, no VAE) equals the row ratio, i.e. Perp-Neg costs
 nothing beyond its extra rows ("other" stays the same). The full step (VAE encode) is shown too.
 With the tiny CPU model the UNet's fixed per-call cost dominates, so the time ratio sits below
-the row ratio; a full-size UNet shows the real ratio.
+the row ratio; a full-size UNet shows the real ratio. Last, the time of one VAE decode of the
+step's latents: threestudio's SDS step pays it on every step (it decodes the one-step estimate
+whether or not anything uses it); ours only with ``use_img_loss`` or ``guidance_eval``.
 
     python scripts/bench_guidance.py                       # CPU, tiny random UNet
     python scripts/bench_guidance.py --size sd21 --device cuda --half   # full-size SD 2.1 layout
@@ -149,6 +151,25 @@ def main() -> None:
                         base_ms, _, base_rows, _ = results["plain"]
                         line += f"{ms / base_ms:>12.2f}{rows / base_rows:>11.2f}"
                     print(line)
+        for batch in args.batch_sizes:
+            ms = time_decode(backbone, batch, args.steps, device)
+            print(f"{'vae decode':<10}{batch:>3}{'':>10}{ms:>10.2f}   (threestudio: every SDS step; ours: "
+                  "only for use_img_loss / guidance_eval)")
+
+
+@torch.no_grad()
+def time_decode(backbone, batch: int, steps: int, device) -> float:
+    """Median ms of decoding a batch of latents at the model's size (threestudio's decode_latents)."""
+    latents = torch.randn(batch, 4, backbone.latent_size, backbone.latent_size, device=device)
+    times = []
+    for i in range(steps + 2):
+        sync(device)
+        start = time.perf_counter()
+        backbone.decode_latents(latents)
+        sync(device)
+        if i >= 2:
+            times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1e3
 
 
 if __name__ == "__main__":

@@ -30,16 +30,16 @@ sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(ROOT, "custom"))
 
 SD_CONFIGS = ["perp-neg-nerf-sd.yaml", "dsds-nerf-sd.yaml", "perp-neg-dsds-nerf-sd.yaml",
-              "dsds-full-nerf-sd.yaml", "dnp-perp-neg-nerf-sd.yaml", "magic3d-coarse-dsds-sd.yaml"]
+              "dsds-full-nerf-sd.yaml", "dnp-perp-neg-nerf-sd.yaml", "magic3d-coarse-dsds-sd.yaml",
+              "dsds-sjc-sd.yaml"]
 
 
 # -- one run (this script re-invoked with --run-one): launch.py plus a timing callback ----------
 def run_one(timing_json: str, cpu: bool, warmup: int, launch_args) -> None:
-    if cpu:  # before pytorch_lightning is imported (torchvision op schemas)
-        import threestudio_cpu
+    if cpu:  # before pytorch_lightning is imported (stand-ins, torchvision op schemas)
+        from antijanus.cpu.imports import prepare_threestudio_import
 
-        threestudio_cpu.install_standins()
-        threestudio_cpu.patch_threestudio()
+        prepare_threestudio_import()
     import pytorch_lightning as pl
     import torch
 
@@ -71,14 +71,19 @@ def run_one(timing_json: str, cpu: bool, warmup: int, launch_args) -> None:
         original(self, *args, **kwargs)
 
     pl.Trainer.__init__ = with_timing
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    if cpu:  # antijanus's CPU mode: the overrides each config needs, --small settings
+        from antijanus.cpu.runner import main as cpu_main
+
+        cpu_main(list(launch_args) + ["--small"])
+        return
     import runpy
 
     import threestudio
 
     launch = os.path.join(os.path.dirname(os.path.dirname(threestudio.__file__)), "launch.py")
     sys.argv = [launch] + list(launch_args)
-    if torch.cuda.is_available():
-        torch.cuda.reset_peak_memory_stats()
     runpy.run_path(launch, run_name="__main__")
 
 
@@ -93,11 +98,14 @@ def builtin_baseline(config_path: str, out_path: str, steps: int) -> bool:
     system = cfg.system
     if system.guidance_type not in ("perp-neg-sds-guidance", "dsds-guidance"):
         return False
-    perp_neg = ours.get("perp_neg", system.guidance_type == "perp-neg-sds-guidance")
+    processor_cfg = system.prompt_processor
+    perp_neg = ours.get("perp_neg")  # unset: the processor's use_perp_neg, as our guidance does
+    if perp_neg is None:
+        perp_neg = bool(processor_cfg.get("use_perp_neg", False))
     clip = ours.get("score_clipping", system.guidance_type == "dsds-guidance")
     guidance = {k: ours[k] for k in ("pretrained_model_name_or_path", "guidance_scale", "weighting_strategy",
-                                     "min_step_percent", "max_step_percent") if k in ours}
-    if clip:
+                                     "min_step_percent", "max_step_percent", "use_sjc", "var_red") if k in ours}
+    if clip:  # our default clip is this recipe (the authors' grad_clip), on SDS and on SJC alike
         guidance["grad_clip"] = [0, float(ours.get("clip_start", 2.0)), float(ours.get("clip_end", 8.0)), steps]
     system.guidance_type = "stable-diffusion-guidance"
     system.guidance = guidance
@@ -129,9 +137,9 @@ def main() -> int:
         return 0
 
     if args.cpu:
-        import threestudio_cpu
+        from antijanus.cpu.imports import prepare_threestudio_import
 
-        threestudio_cpu.install_standins()
+        prepare_threestudio_import()
     from omegaconf import OmegaConf
 
     out = os.path.abspath(args.out)
@@ -169,12 +177,8 @@ def main() -> int:
                 overrides.append(f"system.prompt_processor.debias_model={models}/bert")
             if processor == "dnp-prompt-processor":
                 overrides.append(f"system.prompt_processor.captioner={models}/blip")
-            if args.cpu:
-                from threestudio_cpu import CPU_OVERRIDES
-
-                overrides += CPU_OVERRIDES
-                if processor == "dnp-prompt-processor":
-                    overrides += ["system.prompt_processor.dns_steps=2"]
+            if args.cpu and processor == "dnp-prompt-processor":
+                overrides += ["system.prompt_processor.dns_steps=2"]
             command = [sys.executable, os.path.abspath(__file__), "--run-one", timing, "--warmup", str(args.warmup)]
             command += (["--cpu"] if args.cpu else []) + ["--", "--config", path, "--train"] + overrides
             done = subprocess.run(command, env=dict(os.environ, HF_HUB_OFFLINE="1"))
