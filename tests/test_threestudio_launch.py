@@ -9,6 +9,7 @@ import csv
 import glob
 import math
 import os
+import re
 import subprocess
 import sys
 
@@ -75,7 +76,8 @@ def launcher_env():
                                             os.environ.get("PYTHONPATH", "")]))
 
 
-def launch(workspace, config, tag, steps, extra=()):
+def launch(workspace, config, tag, steps, extra=(), log=None):
+    """Train ``config`` for ``steps`` through the CPU mode; ``log`` (a list) receives the output."""
     work, models = workspace
     env = launcher_env()
     args = [sys.executable, RUNNER, "--config", os.path.join(ROOT, "configs", config), "--train",
@@ -87,6 +89,8 @@ def launch(workspace, config, tag, steps, extra=()):
             *[e.format(**models) for e in extra]]
     result = subprocess.run(args, cwd=work, env=env, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
+    if log is not None:
+        log.append(result.stdout + result.stderr)
     trial = work / "outputs" / "itest" / tag
     rows = list(csv.DictReader(open(trial / "csv_logs" / "version_0" / "metrics.csv")))
     return trial, rows
@@ -139,3 +143,27 @@ def test_metrics_of_a_run_rendered_from_its_checkpoint(workspace, tmp_path):
     assert sorted(os.listdir(folder))[:4] == ["0.png", "1.png", "2.png", "3.png"]
     assert len(os.listdir(trial / "save" / "it2-test")) >= 2  # training's own 2-view test, untouched
     assert metrics["n_views"] == 4 and math.isfinite(metrics["a_lpips"]) and metrics["a_lpips"] >= 0
+
+
+@pytest.mark.parametrize("config, extra, work", [
+    ("dsds-full-nerf-sd.yaml", CONFIGS["dsds-full-nerf-sd.yaml"][0], "prompt debiasing"),
+    ("dnp-nerf-sd.yaml", CONFIGS["dnp-nerf-sd.yaml"][0], "diffusion-negative sampling"),
+])
+def test_two_ranks_share_rank_zeros_prompt_work(workspace, config, extra, work):
+    """--gpu 0,1 in the CPU mode: two ranks (DDP over gloo) train; only rank 0 runs BERT-PMI /
+    DNS, rank 1 reads rank 0's cache, and both train with identical view prompts."""
+    output = []
+    _, rows = launch(workspace, config, f"ranks-{config[:-5]}", steps=2,
+                     extra=["--gpu", "0,1", "system.prompt_processor.use_cache=false", *extra], log=output)
+    text = output[0]
+    assert "GLOBAL_RANK: 1, MEMBER: 2/2" in text and "distributed_backend=gloo" in text
+    assert f"antijanus rank 0: {work} computed" in text
+    assert f"antijanus rank 1: {work} read from the cache" in text
+    assert f"antijanus rank 1: {work} computed" not in text
+    prompts = {}
+    for line in text.splitlines():
+        found = re.search(r"antijanus rank (\d): (view prompts .*)$", line)
+        if found:
+            prompts.setdefault(found.group(1), set()).add(found.group(2))
+    assert set(prompts) == {"0", "1"} and prompts["0"] == prompts["1"]
+    assert len(logged(rows, "loss_sds")) == 2

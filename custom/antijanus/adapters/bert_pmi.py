@@ -158,7 +158,7 @@ class DebiasingPromptProcessorMixin(AntijanusPromptProcessorMixin):
                 threestudio.info(f"antijanus: prompt-debiasing report {report_path}")
             return result
 
-        return rank_zero_then_shared(compute, lambda: run(no_model_on_other_ranks)[0])
+        return rank_zero_then_shared("prompt debiasing", compute, lambda: run(no_model_on_other_ranks)[0])
 
 
 @register("bert-pmi-prompt-processor")

@@ -96,4 +96,5 @@ class DNPPromptProcessor(AntijanusPromptProcessorMixin, StableDiffusionPromptPro
                 threestudio.info(f"antijanus: DNS image and n* in {output_dir}")
             return result
 
-        return rank_zero_then_shared(compute, lambda: run(no_model_on_other_ranks, no_model_on_other_ranks))
+        return rank_zero_then_shared("diffusion-negative sampling", compute,
+                                     lambda: run(no_model_on_other_ranks, no_model_on_other_ranks))

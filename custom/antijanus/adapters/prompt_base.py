@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import inspect
 import json
+import logging
 import os
 from typing import Callable, Dict, List, Mapping, Optional, Sequence
 
@@ -55,12 +56,20 @@ def merged_view_mapping(key: str, given: Optional[Mapping], defaults: Mapping[st
     return {v: str(merged[v]) for v in DIRECTION_ORDER}
 
 
-def rank_zero_then_shared(compute, read_cached):
+#: logged on every rank (threestudio.info speaks for rank 0 only): which rank did what
+rank_logger = logging.getLogger("pytorch_lightning.antijanus")
+
+
+def rank_zero_then_shared(what: str, compute, read_cached):
     """Multi-GPU: rank 0 runs ``compute`` (which writes its cache file atomically); after a
     barrier the other ranks read the result from that cache with ``read_cached``."""
-    result = compute() if get_rank() == 0 else None
+    rank = get_rank()
+    result = compute() if rank == 0 else None
     barrier()
-    return result if get_rank() == 0 else read_cached()
+    if rank != 0:
+        result = read_cached()
+    rank_logger.info(f"antijanus rank {rank}: {what} {'computed' if rank == 0 else 'read from the cache'}")
+    return result
 
 
 def no_model_on_other_ranks():
@@ -134,6 +143,8 @@ class AntijanusPromptProcessorMixin:
 
     def prepare_text_embeddings(self):
         self.fit_view_prompts()
+        rank_logger.info(f"antijanus rank {get_rank()}: view prompts {json.dumps(list(self.prompts_vd))} "
+                         f"negative {json.dumps(list(self.negative_prompts_vd))}")
         super().prepare_text_embeddings()
 
     def fit_view_prompts(self) -> None:
