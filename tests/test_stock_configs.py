@@ -1,6 +1,7 @@
 """Drop-in: every stock threestudio config that uses `stable-diffusion-guidance` or
-`deep-floyd-guidance`, with only the type name(s) changed to ours, runs through threestudio's own
-launch.py on a CPU (the CPU mode, tiny models): 2 steps, one validation and the --test pass.
+`deep-floyd-guidance`, with only the guidance type name changed to ours (everything else stock,
+threestudio's own prompt processors included), runs through threestudio's own launch.py on a CPU
+(the CPU mode, tiny models): 2 steps, one validation and the --test pass.
 
 The list below is the README's table; configs that cannot run on a CPU name the reason.
 Runs only in the threestudio tier (marker `threestudio`).
@@ -50,8 +51,7 @@ STOCK = {
     "experimental/imagecondition_zero123nerf.yaml": "GPU only: single-image-datamodule puts its tensors on cuda:<rank>",
     "experimental/co3d-imagecondition.yaml": "needs the CO3D data set (not available here)",
 }
-OURS = {"stable-diffusion-guidance": "perp-neg-sds-guidance", "deep-floyd-guidance": "dsds-guidance",
-        "deep-floyd-prompt-processor": "antijanus-deep-floyd-prompt-processor"}
+OURS = {"stable-diffusion-guidance": "perp-neg-sds-guidance", "deep-floyd-guidance": "dsds-guidance"}
 #: second stage -> first stage whose checkpoint it starts from (system.weights)
 REFINES = {"latentnerf-refine.yaml": "latentnerf.yaml", "sketchshape-refine.yaml": "sketchshape.yaml"}
 

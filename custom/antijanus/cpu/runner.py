@@ -55,6 +55,7 @@ def patch_threestudio() -> None:
     nerfacc.volrend.exclusive_sum = nerfacc_kernels.exclusive_sum
     estimators.importance_sampling = nerfacc_kernels.importance_sampling
 
+    load_t5_without_8bit()
     original_init = pytorch_lightning.Trainer.__init__
     if getattr(original_init, "_antijanus_cpu", False):
         return
@@ -70,6 +71,33 @@ def patch_threestudio() -> None:
 
     cpu_trainer._antijanus_cpu = True
     pytorch_lightning.Trainer.__init__ = cpu_trainer
+
+
+def load_t5_without_8bit() -> None:
+    """threestudio's ``deep-floyd-prompt-processor`` loads T5 with ``load_in_8bit=True,
+    variant="8bit", device_map="auto"`` (bitsandbytes: CUDA only). On a CPU the same weights load
+    in the dtype asked for instead (said once), so stock IF configs run unchanged."""
+    import transformers
+
+    cls = transformers.T5EncoderModel
+    if getattr(cls.from_pretrained, "_antijanus_cpu", False):
+        return
+    original = cls.from_pretrained.__func__
+    told = []
+
+    def from_pretrained(klass, *args, **kwargs):
+        if kwargs.get("load_in_8bit"):
+            for key in ("load_in_8bit", "device_map"):
+                kwargs.pop(key, None)
+            if kwargs.get("variant") == "8bit":
+                kwargs.pop("variant")
+            if not told:
+                told.append(True)
+                print("[antijanus cpu] T5 loads without 8-bit quantisation (bitsandbytes needs CUDA)", flush=True)
+        return original(klass, *args, **kwargs)
+
+    from_pretrained._antijanus_cpu = True
+    cls.from_pretrained = classmethod(from_pretrained)
 
 
 def parse(argv: List[str]):
