@@ -2,7 +2,6 @@
 issue 12 item 8): encode_images / decode_latents / set_min_max_steps, guidance_eval previews,
 HiFA's image-space loss, sequential CPU offload, loading errors, diagnostics as floats."""
 
-import logging
 import sys
 import types
 
@@ -14,8 +13,6 @@ import threestudio
 import antijanus.adapters  # noqa: F401  (registers the modules)
 from antijanus.backbones import BackboneOptions, DeepFloydIFBackbone, StableDiffusionBackbone
 from antijanus.backbones.base import place
-from antijanus.core.guidance import ScoreDistillationConfig, ScoreDistillationGuidance
-from antijanus.core.sds import add_noise, predicted_x0, sds_weight
 from antijanus.utils.errors import ConfigError
 
 from helpers import make_prompt_output

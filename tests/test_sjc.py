@@ -117,3 +117,16 @@ def test_sjc_runs_on_the_tiny_stable_diffusion_with_sjcs_schedule(tiny_sd):
     out = guidance(latents, make_prompt_output(), **{k: v[:2] for k, v in CAMERAS.items()}, rgb_as_latents=True)
     out["loss_sds"].backward()
     assert torch.isfinite(latents.grad).all() and latents.grad.abs().sum() > 0
+
+
+def test_sjc_on_deepfloyd_if_uses_ifs_own_schedule(tiny_if):
+    from antijanus.backbones import BackboneOptions, DeepFloydIFBackbone
+
+    backbone = DeepFloydIFBackbone(BackboneOptions(pretrained_model_name_or_path=tiny_if,
+                                                   half_precision_weights=False), "cpu")
+    guidance = ScoreDistillationGuidance(DSDSConfig(use_sjc=True, trainer_max_steps=10), "cpu", backbone)
+    assert torch.equal(guidance.alphas_cumprod, backbone.alphas_cumprod)  # squaredcos, not SD's
+    rgb = torch.rand(2, 20, 20, 3, requires_grad=True)
+    out = guidance(rgb, make_prompt_output(features=16), **{k: v[:2] for k, v in CAMERAS.items()})
+    out["loss_sds"].backward()
+    assert torch.isfinite(rgb.grad).all() and out["dsds/clip_threshold"] == 0.5

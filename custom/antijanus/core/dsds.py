@@ -36,7 +36,7 @@ CLIP_SCHEDULES = ("linear", "constant", "cosine")
 CLIP_TARGETS = ("gradient", "residual")
 
 
-def clip_target_of_path(clip_target, use_sjc: bool) -> str:
+def clip_target_of_path(clip_target: Optional[str]) -> str:
     """``clip_target: null`` is the recipe of the path: the final update, i.e. w(t)(eps_hat - eps)
     for SDS (authors' threestudio recipe) and the score for SJC (the paper's code)."""
     return "gradient" if clip_target is None else clip_target

@@ -28,7 +28,7 @@ that field takes the name's default (`perp-neg-sds-guidance` on, `dsds-guidance`
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, ClassVar, Dict, List, Optional, Tuple
 
 import torch
@@ -245,7 +245,7 @@ def clip_settings(config: ScoreDistillationConfig, default_clip: Tuple[float, fl
         end=float(default_clip[1] if config.clip_end is None else config.clip_end),
         start_step=int(config.clip_start_step or 0),
         end_step=None if config.clip_end_step is None else int(config.clip_end_step),
-        target=clip_target_of_path(config.clip_target, config.use_sjc),
+        target=clip_target_of_path(config.clip_target),
     )
     settings.schedule(settings.start_step + 1)  # the checks that do not need the run length
     return settings
@@ -344,6 +344,9 @@ class ScoreDistillationGuidance:
         device: torch.device,
         backbone: Optional[DiffusionBackbone] = None,
     ) -> None:
+        if backbone is not None and config.backbone is None:  # a given backbone says what it is
+            name = next((n for n, kind in BACKBONES.items() if isinstance(backbone, kind)), None)
+            config = replace(config, backbone=name)
         self.config = config
         self.resolved = resolve_config(config)  # config errors before any model is loaded
         self.device = torch.device(device)
@@ -359,6 +362,7 @@ class ScoreDistillationGuidance:
         self.run_max_steps: Optional[int] = None  # the running trainer's max_steps (adapter)
         self._clip: Optional[ClipSchedule] = None
         self._logged: set = set()
+        self._decisions: Dict[Any, PerpNegDecision] = {}
         self._checked_prompts = False
         self._empty_embedding: Optional[Tensor] = None
         self._sampler = None
@@ -454,7 +458,11 @@ class ScoreDistillationGuidance:
         return self._empty_embedding
 
     def perp_neg(self, prompt_utils: Any) -> PerpNegDecision:
-        decision = decide_perp_neg(self.config, self.resolved, prompt_utils)
+        processor = processor_perp_neg(prompt_utils)  # the decision depends only on these values
+        key = None if processor is None else (processor.use_perp_neg, str(processor.weights))
+        if key not in self._decisions:
+            self._decisions[key] = decide_perp_neg(self.config, self.resolved, prompt_utils)
+        decision = self._decisions[key]
         self._once(decision.message, warning=decision.conflict)
         if decision.enabled and not self.config.view_dependent_prompting:
             raise ConfigError("view_dependent_prompting", False, "Perp-Neg (the prompt processor's "
