@@ -34,13 +34,14 @@ STOCK = {
     "sjc.yaml": None,
     "magic3d-coarse-sd.yaml": None,
     "magic3d-coarse-if.yaml": None,
-    "textmesh-if.yaml": None,
+    "textmesh-if.yaml": "GPU only: NeuS renderer with nerfacc's occupancy grid (CUDA); its importance "
+                        "sampling needs use_volsdf (experimental/textmesh-if-importance runs)",
     "experimental/textmesh-if-importance.yaml": None,
     "gradio/dreamfusion-sd.yaml": None,
     "gradio/dreamfusion-if.yaml": None,
     "gradio/latentnerf.yaml": None,
     "gradio/sjc.yaml": None,
-    "gradio/textmesh-if.yaml": None,
+    "gradio/textmesh-if.yaml": "GPU only: as textmesh-if",
     "magic3d-refine-sd.yaml": "GPU only: mesh refinement rasterises with nvdiffrast",
     "prolificdreamer-geometry.yaml": "GPU only: mesh stage rasterises with nvdiffrast",
     "fantasia3d.yaml": "GPU only: rasterises with nvdiffrast",
@@ -137,3 +138,16 @@ def test_ported_stock_config_trains_validates_and_tests(workspace, config):
     assert len(losses) == 2 and all(math.isfinite(v) for v in losses)
     assert any(name.startswith("it2-0") or name == "it2-0.png" for name in os.listdir(trial / "save")), "validation"
     assert (trial / "save" / "it2-test").is_dir(), "the --test pass after training"
+
+
+@pytest.mark.parametrize("config", sorted(c for c, why in STOCK.items() if why and why.startswith("GPU only")))
+def test_gpu_only_stock_configs_are_refused_with_the_reason(workspace, config):
+    """The CPU mode says why before anything loads, instead of failing mid-run."""
+    work, _ = workspace
+    result = subprocess.run(
+        [sys.executable, RUNNER, "--launch", os.path.join(threestudio_root(), "launch.py"),
+         "--config", port(config, work), "--train", "system.prompt_processor.prompt=a corgi"],
+        cwd=work, capture_output=True, text=True, timeout=300,
+        env=dict(os.environ, PYTHONPATH=os.pathsep.join([threestudio_root(), os.environ.get("PYTHONPATH", "")])))
+    assert result.returncode != 0
+    assert "this config runs on a GPU only" in result.stderr and "Traceback" not in result.stderr

@@ -27,6 +27,19 @@ def exclusive_sum(inputs, packed_info=None):
     return inclusive - inputs - before[ray]
 
 
+def exclusive_prod(inputs, packed_info=None):
+    """nerfacc.scan.exclusive_prod (transmittance from alphas on the NeuS/VolSDF path): rays padded
+    with ones to a [n_rays, longest + 1] grid, shifted by one, cumprod along each ray."""
+    if packed_info is None:
+        return torch.cumprod(torch.cat([torch.ones_like(inputs[..., :1]), inputs[..., :-1]], -1), -1)
+    starts, counts = packed_info.unbind(-1)
+    ray = torch.repeat_interleave(torch.arange(len(starts), device=inputs.device), counts)
+    position = torch.arange(len(inputs), device=inputs.device) - starts[ray]
+    padded = inputs.new_ones(len(starts), int(counts.max()) + 1 if len(starts) else 1)
+    padded = padded.index_put((ray, position + 1), inputs)  # out of place: differentiable
+    return torch.cumprod(padded, 1)[ray, position]
+
+
 def importance_sampling(intervals, cdfs, n_intervals_per_ray, stratified=False):
     """nerfacc.pdf.importance_sampling for dense rays ([n_rays, M+1] edges, int count), by
     piecewise-linear inversion of the CDF; returns (RayIntervals, RaySamples)."""

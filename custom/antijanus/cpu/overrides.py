@@ -30,6 +30,10 @@ ESTIMATORS_ON_CPU = ("importance",)
 GPU_ONLY_RENDERERS = {
     "nvdiff-rasterizer": "rasterises meshes with nvdiffrast (CUDA/OpenGL)",
 }
+#: data module type -> why it cannot run on a CPU
+GPU_ONLY_DATA = {
+    "single-image-datamodule": "puts its tensors on cuda:<rank> (`.to(self.rank)`)",
+}
 SMALL_RESOLUTION = 32
 
 
@@ -147,6 +151,9 @@ def cpu_overrides(config_path: str, cli_overrides: Sequence[str] = (), small: bo
         out.append(f"{key}={text}")
         why.append(f"{key}={text}: {reason}")
 
+    if cfg.get("data_type") in GPU_ONLY_DATA:
+        raise CPUUnsupported(f"data_type={cfg['data_type']} {GPU_ONLY_DATA[cfg['data_type']]}: "
+                             "this config runs on a GPU only")
     precision = str((cfg.get("trainer") or {}).get("precision", 32))
     if "16" in precision:
         put("trainer.precision", 32, f"{precision} needs a GPU")
@@ -162,7 +169,8 @@ def cpu_overrides(config_path: str, cli_overrides: Sequence[str] = (), small: bo
         raise CPUUnsupported(f"system.renderer_type={renderer_type} {GPU_ONLY_RENDERERS[renderer_type]}: "
                              "this config runs on a GPU only")
 
-    for path, node in _walk(_with_module_defaults(system), "system"):
+    full_system = _with_module_defaults(system)
+    for path, node in _walk(full_system, "system"):
         otype = node.get("otype")
         if not isinstance(otype, str):
             continue
@@ -173,8 +181,19 @@ def cpu_overrides(config_path: str, cli_overrides: Sequence[str] = (), small: bo
         elif name.endswith("network_config") and otype not in PURE_TORCH_NETWORKS:
             put(f"{path}.otype", "VanillaMLP", f"{otype} needs tiny-cuda-nn (CUDA)")
 
+    geometry = full_system.get("geometry") or {}
+    if geometry.get("finite_difference_normal_eps") == "progressive" and \
+            (geometry.get("pos_encoding_config") or {}).get("otype") not in PURE_TORCH_ENCODINGS:
+        put("system.geometry.finite_difference_normal_eps", 0.01,
+            "'progressive' follows the hash grid's levels; 0.01 is threestudio's default")
+
     if _has(renderer, renderer_fields, "estimator"):
         estimator = renderer.get("estimator", "occgrid")
+        if estimator not in ESTIMATORS_ON_CPU and renderer_type == "neus-volume-renderer" and \
+                not renderer.get("use_volsdf", False):
+            raise CPUUnsupported(f"{renderer_key}.estimator={estimator}: nerfacc's {estimator} estimator needs "
+                                 "CUDA, and the NeuS renderer samples by importance only with use_volsdf: true "
+                                 "(another density): this config runs on a GPU only")
         if estimator not in ESTIMATORS_ON_CPU:
             put(f"{renderer_key}.estimator", "importance", f"nerfacc's {estimator} estimator needs CUDA")
         if _has(renderer, renderer_fields, "near_plane") and not renderer.get("near_plane") and \

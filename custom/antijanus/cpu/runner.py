@@ -53,6 +53,7 @@ def patch_threestudio() -> None:
             module.get_device = cpu
     nerfacc.volrend.pack_info = nerfacc_kernels.pack_info
     nerfacc.volrend.exclusive_sum = nerfacc_kernels.exclusive_sum
+    nerfacc.volrend.exclusive_prod = nerfacc_kernels.exclusive_prod
     estimators.importance_sampling = nerfacc_kernels.importance_sampling
 
     load_t5_without_8bit()
