@@ -5,7 +5,9 @@ DDIM sampler and judging with the lab judge. Also prints the training data's sta
 
     python scripts/lab_check.py                      # the committed models, 32 images per prompt
     python scripts/lab_check.py --n 8 --steps 20     # a quick look
-    python scripts/lab_check.py --out outputs/lab-check   # + figures.json and a sample grid
+    python scripts/lab_check.py --out outputs/lab-check   # + figures.json, a sample grid, and the
+                                                          # samples (reused by a re-run with the
+                                                          # same prior and settings)
 """
 
 import argparse
@@ -24,7 +26,7 @@ def main() -> None:
     parser.add_argument("--prior", default=os.path.join(LAB, "prior"))
     parser.add_argument("--judge", default=os.path.join(LAB, "judge"))
     parser.add_argument("--n", type=int, default=32, help="images per prompt")
-    parser.add_argument("--steps", type=int, default=50, help="DDIM steps")
+    parser.add_argument("--steps", type=int, default=30, help="DDIM steps")
     parser.add_argument("--guidance-scale", type=float, default=7.5)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
@@ -41,7 +43,8 @@ def main() -> None:
     samples, _ = make_samples(WorldBias(), n=4000)
     print("training data (first 4000 of the default WorldBias):\n" + format_statistics(statistics(samples)))
     settings = CheckSettings(n_per_prompt=args.n, steps=args.steps, guidance_scale=args.guidance_scale, seed=args.seed)
-    results, figures = run_checks(args.prior, args.judge, settings)
+    cache = os.path.join(args.out, "samples.pt") if args.out else None
+    results, figures = run_checks(args.prior, args.judge, settings, cache=cache)
     print(format_figures(figures))
     print(f"({time.time() - start:.0f} s, {args.steps} DDIM steps, guidance {args.guidance_scale}, "
           f"{args.n} images per prompt)")

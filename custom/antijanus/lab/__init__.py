@@ -7,6 +7,8 @@
     mlm      a small BertForMaskedLM trained on the world's captions in the D-SDS sentence
     judge    a small CNN that tells an image's view region, kind and visible attributes
     checks   the prior's bias and quality figures
+    vocab    the real CLIP BPE and uncased WordPiece vocabularies, read from PyPI wheels
+    models   where the committed models live (models/janus-lab) and their checksums
 
 The lab sits at the end of the import order: it may import every other part, nothing imports it.
 """

@@ -29,7 +29,7 @@ FRONT_CAMERA_SHARE = 90.0 / 360.0  # threestudio's uniform azimuth: |azimuth| < 
 @dataclass(frozen=True)
 class CheckSettings:
     n_per_prompt: int = 32  # images per prompt (one batch, seeds fixed per batch)
-    steps: int = 50  # DDIM steps
+    steps: int = 30  # DDIM steps
     guidance_scale: float = 7.5
     seed: int = 0  # the same initial noise for every prompt
 
@@ -55,20 +55,30 @@ def wilson(successes: int, n: int, z: float = 1.96) -> Tuple[float, float]:
     return (max(0.0, centre - half), min(1.0, centre + half))
 
 
-def sample_and_judge(sampler, encode, judge, prompts, settings: CheckSettings, log=print):
+def sample(sampler, encode, prompts, settings: CheckSettings, log=print) -> Dict[str, Tensor]:
+    """n images per prompt with our DDIM sampler (CFG, "" as the unconditional), the same
+    initial noise for every prompt."""
     from ..prompting.dnp import SamplingSettings
 
-    results = []
     sampling = SamplingSettings(steps=settings.steps, guidance_scale=settings.guidance_scale, seed=settings.seed)
-    uncond = encode([""])
-    for prompt, kind, view in prompts:
+    uncond = encode([""]).expand(settings.n_per_prompt, -1, -1)
+    images = {}
+    for prompt, _, _ in prompts:
         cond = encode([prompt]).expand(settings.n_per_prompt, -1, -1)
-        images = sampler.sample(cond, uncond.expand(settings.n_per_prompt, -1, -1), sampling)
-        verdict = judge(images)
-        results.append({"prompt": prompt, "kind": kind, "view": view, "images": images,
+        images[prompt] = sampler.sample(cond, uncond, sampling)
+        log(f"  sampled {prompt!r}")
+    return images
+
+
+def judge_samples(judge, images: Dict[str, Tensor], prompts, log=print):
+    results = []
+    for prompt, kind, view in prompts:
+        verdict = judge(images[prompt])
+        results.append({"prompt": prompt, "kind": kind, "view": view, "images": images[prompt],
                         "judged_view": verdict["view"], "judged_kind": verdict["kind"],
                         "judged_attributes": verdict["attributes"]})
-        log(f"  {prompt!r}: views " + " ".join(f"{v} {int((verdict['view'] == i).sum())}" for i, v in enumerate(VIEWS)))
+        log(f"  {prompt!r}: judged " + " ".join(f"{v} {int((verdict['view'] == i).sum())}" for i, v in enumerate(VIEWS))
+            + f", kind right {int((verdict['kind'] == KINDS.index(kind)).sum())}/{len(verdict['kind'])}")
     return results
 
 
@@ -132,11 +142,33 @@ def data_front_share(bias: WorldBias = WorldBias(), n: int = 4000) -> float:
 
 
 def run_checks(prior: str, judge_folder: str, settings: CheckSettings = CheckSettings(), device: str = "cpu",
-               log=print):
-    from ..prompting.dnp import load_sampler
-    from .judge import Judge
+               cache: Optional[str] = None, log=print):
+    """Sample (or reuse the samples cached in ``cache`` for the same prior and settings), judge,
+    summarise."""
+    import dataclasses
+    import os
 
-    sampler, encode = load_sampler(prior, device, half_precision=False)
+    from .judge import Judge
+    from .models import sha256
+
+    prompts = check_prompts()
+    key = {"settings": dataclasses.asdict(settings),
+           "unet": sha256(os.path.join(prior, "unet", "diffusion_pytorch_model.safetensors")),
+           "text_encoder": sha256(os.path.join(prior, "text_encoder", "model.safetensors"))}
+    images = None
+    if cache and os.path.exists(cache):
+        stored = torch.load(cache)
+        if stored.get("key") == key:
+            images = stored["images"]
+            log(f"reusing the samples in {cache}")
+    if images is None:
+        from ..prompting.dnp import load_sampler
+
+        sampler, encode = load_sampler(prior, device, half_precision=False)
+        images = sample(sampler, encode, prompts, settings, log)
+        if cache:
+            os.makedirs(os.path.dirname(os.path.abspath(cache)), exist_ok=True)
+            torch.save({"key": key, "images": images}, cache)
     judge = Judge.load(judge_folder, device)
-    results = sample_and_judge(sampler, encode, judge, check_prompts(), settings, log)
+    results = judge_samples(judge, images, prompts, log)
     return results, summarise(results, data_front_share=data_front_share())

@@ -75,6 +75,18 @@ def save_bert(model, tokenizer_folder: str, folder: str) -> None:
     for name in os.listdir(tokenizer_folder):
         with open(os.path.join(tokenizer_folder, name), "rb") as src, open(os.path.join(folder, name), "wb") as dst:
             dst.write(src.read())
+    limit_tokenizer_length(folder, model.config.max_position_embeddings)
+
+
+def limit_tokenizer_length(folder: str, length: int) -> None:
+    """model_max_length = the model's positions: threestudio's get_debiased_prompt pads every
+    sentence to the tokenizer's model_max_length (512 for bert-base)."""
+    path = os.path.join(folder, "tokenizer_config.json")
+    with open(path) as f:
+        config = json.load(f)
+    config["model_max_length"] = int(length)
+    with open(path, "w") as f:
+        json.dump(config, f, indent=2)
 
 
 def masked_loss(model, input_ids, attention_mask, labels):
