@@ -34,7 +34,7 @@ class JudgeSettings:
     width: int = 24  # channels of the first stage (x2, x4 after)
     n_train: int = 30000  # rendered training images
     n_test: int = 4000  # held-out images (another seed)
-    steps: int = 4000
+    steps: int = 6000
     batch: int = 64
     lr: float = 2e-3
     # cameras: threestudio's training ranges (uniform azimuth, elevation -10..90)
@@ -43,12 +43,12 @@ class JudgeSettings:
     fovy_range: Tuple[float, float] = (45.0, 70.0)
     light_jitter: float = 45.0
     # augmentations
-    blur_sigma: float = 1.2  # Gaussian blur, sigma uniform in [0, blur_sigma] pixels
-    noise_std: float = 0.08  # pixel noise, std uniform in [0, noise_std]
+    blur_sigma: float = 0.8  # Gaussian blur, sigma uniform in [0, blur_sigma] pixels
+    noise_std: float = 0.05  # pixel noise, std uniform in [0, noise_std]
     colour_jitter: float = 0.15  # brightness / contrast / saturation factors 1 +- this
     scale_jitter: float = 0.15  # zoom 1 +- this
     shift_jitter: float = 2.0  # pixels
-    p_augment: float = 0.8
+    p_augment: float = 0.6
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -1,0 +1,176 @@
+"""The committed Janus lab models (models/janus-lab): checksums, loading through the real paths
+(our backbone, sampler and MaskedLMViewScorer; threestudio's stock processor and guidance in the
+threestudio tier), and the judge on hand-rendered views."""
+
+import math
+import os
+
+import pytest
+import torch
+
+from antijanus.lab.models import lab_root, model_path, verify_checksums
+from antijanus.lab.world import ATTRIBUTES, KINDS, VIEWS, Creature, render
+
+PRIOR, MLM, JUDGE = model_path("prior"), model_path("mlm"), model_path("judge")
+
+
+def test_committed_files_match_their_checksums():
+    assert os.path.isdir(lab_root())
+    assert verify_checksums(lab_root()) == []
+
+
+@pytest.fixture(scope="module")
+def backbone():
+    from antijanus.backbones.base import BackboneOptions
+    from antijanus.backbones.stable_diffusion import StableDiffusionBackbone
+
+    return StableDiffusionBackbone(
+        BackboneOptions(pretrained_model_name_or_path=PRIOR, half_precision_weights=False), "cpu")
+
+
+def test_prior_loads_through_our_backbone_at_the_lab_resolution(backbone):
+    assert (backbone.image_size, backbone.latent_size) == (32, 16)
+    # Stable Diffusion's scaled_linear schedule: abar_999 = prod(1 - beta), beta from
+    # sqrt-linear 0.00085 -> 0.012 over 1000 steps
+    betas = torch.linspace(0.00085 ** 0.5, 0.012 ** 0.5, 1000, dtype=torch.float64) ** 2
+    assert backbone.alphas_cumprod[-1].item() == pytest.approx(torch.prod(1 - betas).item(), rel=1e-4)
+    embeddings = backbone.encode_prompts(["a smiling bear wearing a hat, back view", ""])
+    assert embeddings.shape == (2, 77, 32)
+    eps = backbone.predict_noise(torch.randn(2, 4, 16, 16), torch.tensor([10, 900]), embeddings)
+    assert eps.shape == (2, 4, 16, 16) and torch.isfinite(eps).all()
+
+
+def test_prior_tokenizer_is_the_real_clip_bpe():
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(PRIOR, subfolder="tokenizer")
+    assert len(tokenizer) == 49408 and tokenizer.model_max_length == 77
+    # CLIP's own ids: <|startoftext|> a</w> bear</w> <|endoftext|>
+    assert tokenizer("a bear").input_ids == [49406, 320, 4298, 49407]
+
+
+def test_prior_vae_round_trips_world_images(backbone):
+    creatures = [Creature(k, smiling=True, striped=True, hat=h) for k in KINDS for h in (False, True)]
+    n = len(creatures)
+    images = render(creatures, torch.full((n,), 15.0), torch.linspace(-150, 150, n))["image"]
+    latents = backbone.to_model_space(images)
+    recon = backbone.decode(latents)
+    psnr = 10 * math.log10(1.0 / torch.mean((recon - images) ** 2).item())
+    assert psnr > 24.0
+
+
+def test_prior_samples_with_our_ddim_sampler():
+    from antijanus.prompting.dnp import SamplingSettings, load_sampler
+
+    sampler, encode = load_sampler(PRIOR, "cpu", half_precision=False)
+    cond, uncond = encode(["a frog"]).expand(2, -1, -1), encode([""]).expand(2, -1, -1)
+    images = sampler.sample(cond, uncond, SamplingSettings(steps=4, guidance_scale=7.5, seed=0))
+    assert images.shape == (2, 3, 32, 32) and torch.isfinite(images).all()
+
+
+@pytest.fixture(scope="module")
+def scorer():
+    from antijanus.prompting.mlm import MaskedLMViewScorer
+
+    return MaskedLMViewScorer(MLM)
+
+
+def test_mlm_loads_through_the_view_scorer_and_knows_the_world(scorer):
+    prompts = ["a smiling bear", "a striped bear"]
+    for words in (("side", "front", "back", "overhead"), ("side", "front", "back", "top")):
+        p = scorer.view_probabilities(prompts, words)
+        assert torch.allclose(p.sum(dim=1), torch.ones(2), atol=1e-5)
+        front, back = words.index("front"), words.index("back")
+        assert p[0, front] > p[1, front] and p[1, back] > p[0, back]  # smiling ~ front, striped ~ back
+        assert p[0, back] < 0.05  # a smiling creature is never captioned from behind
+
+
+def test_mlm_overhead_and_top_are_both_single_pieces_that_mean_overhead(scorer):
+    assert [len(ids) for ids in scorer.view_pieces(["side", "front", "back", "overhead", "top"])] == [1] * 5
+    # threestudio's get_debiased_prompt reads ids 1..4 of "side front back overhead"
+    ids = scorer.tokenizer("side front back overhead").input_ids
+    assert len(ids) == 6
+    overhead = scorer.view_probabilities(["a robot wearing a hat"], ["side", "front", "back", "overhead"])
+    top = scorer.view_probabilities(["a robot wearing a hat"], ["side", "front", "back", "top"])
+    assert overhead[0, 3] > 0.005 and top[0, 3] > 0.005
+
+
+@pytest.fixture(scope="module")
+def judge():
+    from antijanus.lab.judge import Judge
+
+    return Judge.load(JUDGE)
+
+
+def test_judge_classifies_hand_rendered_views(judge):
+    cameras = [(15.0, 0.0, "front"), (15.0, 90.0, "side"), (15.0, 180.0, "back"), (15.0, -90.0, "side"),
+               (80.0, 30.0, "overhead")]
+    creatures, el, az, expected, kinds = [], [], [], [], []
+    for k, kind in enumerate(KINDS):
+        for e, a, view in cameras:
+            creatures.append(Creature(kind, smiling=True, striped=True, hat=(k % 2 == 0)))
+            el.append(e)
+            az.append(a)
+            expected.append(VIEWS.index(view))
+            kinds.append(k)
+    images = render(creatures, torch.tensor(el), torch.tensor(az), distance=1.5, fovy=60.0)["image"]
+    verdict = judge(images)
+    assert verdict["view"].tolist() == expected
+    assert verdict["kind"].tolist() == kinds
+    face = ATTRIBUTES.index("face")
+    for i, (e, a, view) in enumerate(cameras * len(KINDS)):
+        if view == "front":
+            assert verdict["attributes"][i, face]
+        if view == "back":
+            assert not verdict["attributes"][i, face]
+    # a larger render is resized to the judge's 32x32
+    big = render(creatures[:1], torch.tensor(el[:1]), torch.tensor(az[:1]), size=64, supersample=1)["image"]
+    assert judge(big)["view"].tolist() == [VIEWS.index("front")]
+
+
+def test_judge_reproduces_its_recorded_held_out_accuracy(judge):
+    """The held-out figures in judge.json (README) hold on a fresh held-out sample."""
+    from antijanus.lab.judge import JudgeSettings, accuracy, render_labelled
+
+    n = 300
+    measured = accuracy(judge.net, render_labelled(JudgeSettings(), n, seed=12345))
+    for key in ("view", "kind", "attribute_face"):
+        p = judge.record["held_out"][key]
+        assert abs(measured[key] - p) <= 4 * math.sqrt(max(p * (1 - p), 0.01) / n), key
+    assert judge.record["held_out"]["view"] > 0.9
+
+
+@pytest.mark.threestudio
+def test_prior_loads_through_threestudios_stock_processor_and_guidance(tmp_path, monkeypatch):
+    import threestudio
+
+    monkeypatch.chdir(tmp_path)  # the processor caches embeddings under ./.threestudio_cache
+    processor = threestudio.find("stable-diffusion-prompt-processor")(
+        {"pretrained_model_name_or_path": PRIOR, "prompt": "a smiling bear", "spawn": False})
+    prompt_utils = processor()
+    guidance = threestudio.find("stable-diffusion-guidance")(
+        {"pretrained_model_name_or_path": PRIOR, "half_precision_weights": False})
+    assert guidance.unet.config.sample_size == 16 and guidance.vae.config.scaling_factor != 0.18215
+    # the stock forward path (its SDS step; latents given directly: the stock guidance resizes
+    # renders to 512x512 before its VAE, far too slow for a CPU test)
+    latents = torch.randn(2, 16, 16, 4, requires_grad=True)
+    out = guidance(latents, prompt_utils, elevation=torch.tensor([10.0, 20.0]), azimuth=torch.tensor([0.0, 170.0]),
+                   camera_distances=torch.tensor([1.5, 1.5]), rgb_as_latents=True)
+    out["loss_sds"].backward()
+    assert torch.isfinite(out["loss_sds"]) and torch.isfinite(latents.grad).all()
+    # its VAE round trip at the lab resolution
+    images = render([Creature("bear", smiling=True)], torch.tensor([10.0]), torch.tensor([0.0]))["image"]
+    recon = guidance.decode_latents(guidance.encode_images(images), latent_height=16, latent_width=16)
+    assert recon.shape == (1, 3, 32, 32) and (recon - images).abs().mean() < 0.1
+
+
+@pytest.mark.threestudio
+def test_mlm_loads_through_threestudios_prompt_debiasing(tmp_path, monkeypatch):
+    import threestudio
+
+    monkeypatch.chdir(tmp_path)
+    processor = threestudio.find("stable-diffusion-prompt-processor")(
+        {"pretrained_model_name_or_path": PRIOR, "prompt": "a smiling striped bear", "spawn": False,
+         "use_prompt_debiasing": True, "pretrained_model_name_or_path_prompt_debiasing": MLM})
+    prompts = processor.get_debiased_prompt("a smiling striped bear")
+    assert len(prompts) == 4 and all(p for p in prompts)
