@@ -48,6 +48,11 @@ def main() -> None:
     from antijanus.lab.mlm import MLMSettings, train_mlm
     from antijanus.lab.prior import PriorSettings, train_prior
 
+    known = {f.name for c in (PriorSettings, MLMSettings, JudgeSettings) for f in dataclasses.fields(c)}
+    known |= {"bias." + f.name for f in dataclasses.fields(WorldBias)}
+    unknown = [s for s in args.set if s.partition("=")[0] not in known]
+    if unknown:
+        parser.error(f"unknown setting(s) {unknown}; known: {sorted(known)}")
     bias = settings_with(WorldBias, [s[len("bias."):] for s in args.set if s.startswith("bias.")])
     plain = [s for s in args.set if not s.startswith("bias.")]
     jobs = {
