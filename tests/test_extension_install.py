@@ -59,14 +59,21 @@ def test_launcher_loads_the_clone_twice_without_conflict(clone):
         print(antijanus.__file__)
         for name in ("perp-neg-sds-guidance", "dsds-guidance", "bert-pmi-prompt-processor", "dnp-prompt-processor"):
             print(name, sys.modules[threestudio.find(name).__module__].__file__)
+        import os
+        print("modules", " ".join(os.path.realpath(m.__file__) for n, m in sys.modules.items()
+                                  if (n == "antijanus" or n.startswith("antijanus.")) and getattr(m, "__file__", None)))
     """)
     result = subprocess.run([sys.executable, "-c", script], cwd=clone, env=env, capture_output=True, text=True,
                             timeout=300)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
-    lines = result.stdout.strip().splitlines()[-5:]
-    clone_package = str(clone / "custom" / "antijanus" / "custom" / "antijanus")
-    assert lines[0].startswith(clone_package), "the clone's package, not another installed copy"
-    assert all(line.split(" ", 1)[1].startswith(clone_package) for line in lines[1:]), lines
+    lines = result.stdout.strip().splitlines()[-6:]
+    clone_package = os.path.realpath(clone / "custom" / "antijanus" / "custom" / "antijanus")
+    assert lines[0].startswith(str(clone / "custom" / "antijanus" / "custom" / "antijanus")), \
+        "the clone's package, not another installed copy"
+    assert all(os.path.realpath(line.split(" ", 1)[1]).startswith(clone_package) for line in lines[1:5]), lines
+    # antijanus.cpu was imported from the installed copy first: nothing of that copy may remain
+    modules = lines[5].split()[1:]
+    assert len(modules) > 10 and all(m.startswith(clone_package + os.sep) for m in modules), modules
 
 
 def test_cloned_extension_trains_a_shipped_config(clone, tiny_sd):

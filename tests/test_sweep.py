@@ -387,3 +387,13 @@ def test_readme_sweep_example_is_a_valid_sweep_file():
     for option in ("--clip", "--random-lpips", "--device cpu", "--n-views", "--no-render", "--preprocess none",
                    "make_tiny_models.py", "threestudio_cpu.py"):
         assert option in tools, option
+
+
+def test_launch_as_one_string_is_split_as_a_shell_would(sweep_file, tmp_path):
+    folder = tmp_path / "with space"
+    folder.mkdir()
+    text = sweep_file.read_text().replace(
+        f'launch: ["{sys.executable}", "{tmp_path / "fake_launch.py"}"]',
+        f"launch: \"'{sys.executable}' '{folder / 'launch.py'}' --small\"")
+    sweep_file.write_text(text)
+    assert Sweep.load(str(sweep_file)).launch == [sys.executable, str(folder / "launch.py"), "--small"]

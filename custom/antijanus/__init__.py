@@ -6,13 +6,16 @@ Parts, imports flowing one way (each only imports those above it):
     core/        the guidance maths: Perp-Neg, views, SDS, SJC, D-SDS clipping, the guidance path
     backbones/   Stable Diffusion and DeepFloyd IF behind one small interface
     prompting/   BERT-PMI prompt debiasing, diffusion-negative sampling / prompting, captioning
-    adapters/    the registered threestudio modules (the only part that imports threestudio)
+    adapters/    the registered threestudio modules (the only part importing threestudio at module level)
     tools/       research tools: metrics, 2D view experiment, ablation sweeps
     testing/     tiny random-weight model folders in the real layouts
+    cpu/         threestudio on a CPU (stand-ins, kernels, overrides, runner; imports threestudio
+                 and registers the adapters inside functions only)
     lab/         the Janus lab: a small world where the Janus problem is measured
 
-Everything but ``adapters`` is pure PyTorch + diffusers/transformers and never imports
-threestudio. The adapters are imported here when threestudio is already imported, which is the
+Everything but ``adapters`` and ``cpu`` is pure PyTorch + diffusers/transformers and never
+imports threestudio. The adapters are imported here (``register_threestudio_modules``, which
+imports threestudio inside the function) when threestudio is already imported, which is the
 case when threestudio's launcher loads this package from ``custom/``. Elsewhere call
 ``register_threestudio_modules()`` after importing threestudio.
 """

@@ -167,10 +167,8 @@ def _insert_overrides(args: List[str], overrides: List[str]) -> List[str]:
 
 
 def _register_antijanus() -> None:
-    """Our registered module types, so that their config keys are known to the overrides."""
-    try:
-        import antijanus
+    """Our registered module types, so that their config keys are known to the overrides (a
+    threestudio too old for them is said here, clearly, as the launcher would say it)."""
+    import antijanus
 
-        antijanus.register_threestudio_modules()
-    except Exception:  # a config without antijanus modules does not need them
-        pass
+    antijanus.register_threestudio_modules()

@@ -14,7 +14,7 @@ A sweep file (YAML)::
     prompts: ["a DSLR photo of a corgi", "a zoomed out DSLR photo of a lion"]
     seeds: [0, 1, 2]
     metrics:                                   # optional: view-consistency metrics of every run
-      n_views: 100                             # (antijanus.evaluate.MetricSettings keys)
+      n_views: 100                             # (antijanus.tools.evaluate.MetricSettings keys)
       distractors: ["a cat", "a car"]
       lpips_backbone: /models/vgg16-397923af.pth
       lpips_lin: /models/lpips/vgg.pth
@@ -129,7 +129,7 @@ class Sweep:
                               "{baseline: {overrides: [system.guidance.perp_neg=false]}, perp-neg: {}}")
         launch = data.get("launch") or ["python", "launch.py"]
         if isinstance(launch, str):
-            launch = launch.split()
+            launch = shlex.split(launch)  # one command line, split as a shell would
         launch = string_list("launch", launch, 'e.g. ["python", "launch.py"]')
         config = data.get("config")
         if config is not None and not isinstance(config, str):
