@@ -211,7 +211,10 @@ def test_the_report_lands_inside_the_trial_folder(processor_config, stand_in_ber
         ({"pmi_normalization": "softmax"}, "pmi_normalization.*allowed values"),
         ({"debias_word_units": "chars"}, "debias_word_units.*allowed values"),
         ({"debias_model": "/no/such/bert"}, "debias_model.*does not exist"),
-        ({"front_threshold": 100.0, "back_threshold": 100.0}, "front_half_width"),
+        ({"front_threshold": 100.0, "back_threshold": 100.0},
+         r"`front_threshold` = 100.0: front and back regions overlap \(front_threshold 100.0 \+ back_threshold"),
+        ({"back_threshold": 200.0}, "`back_threshold` = 200.0: must lie in"),
+        ({"overhead_threshold": 95.0}, "`overhead_threshold` = 95.0: must lie in"),
         ({"view_dependent_prompt_front": True}, "view_dependent_prompt_front.*not supported"),
     ],
 )

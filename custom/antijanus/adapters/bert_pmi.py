@@ -51,6 +51,10 @@ class DebiasingKeys:
     report_path: Optional[str] = None  # JSON with the PMI table and the view prompts; may use {trial_dir}
 
 
+# threestudio's prompt-processor keys of the view regions (``ViewRanges`` names them by their meaning)
+RANGE_KEYS = {"front_half_width": "front_threshold", "back_half_width": "back_threshold",
+              "overhead_elevation": "overhead_threshold"}
+
 # keys that only matter when debiasing runs
 _DEBIAS_ONLY = ("debias_model", "debias_threshold", "debias_p_word", "protected_words", "protected_word_indices",
                 "pmi_view_words", "pmi_normalization", "debias_word_units", "debias_template", "report_path",
@@ -68,7 +72,7 @@ class DebiasingPromptProcessorMixin(AntijanusPromptProcessorMixin):
         if cfg.view_dependent_prompt_front:
             raise ConfigError("view_dependent_prompt_front", True, "is not supported by this processor; "
                               "write the view phrases with `view_phrases` (appended as '<prompt>, <phrase>')")
-        ranges = ViewRanges(cfg.front_threshold, cfg.back_threshold, cfg.overhead_threshold).validate()
+        ranges = ViewRanges(cfg.front_threshold, cfg.back_threshold, cfg.overhead_threshold).validate(keys=RANGE_KEYS)
         phrases = merged_view_mapping("view_phrases", cfg.view_phrases, DEFAULT_VIEW_PHRASES)
         self.directions = [DirectionConfig(name, comma_phrase(phrases[name]), lambda s: s,
                                            view_condition(name, ranges)) for name in DIRECTION_ORDER]

@@ -46,21 +46,24 @@ class ViewRanges:
     back_half_width: float = 45.0
     overhead_elevation: float = 60.0
 
-    def validate(self, prefix: str = "") -> "ViewRanges":
+    def validate(self, prefix: str = "", keys: Optional[Mapping[str, str]] = None) -> "ViewRanges":
+        """``keys``: the config key of each field where the caller names them differently
+        (a prompt processor's ``front_threshold`` for ``front_half_width``)."""
+        key = lambda name: prefix + (keys or {}).get(name, name)  # noqa: E731
         for name in ("front_half_width", "back_half_width"):
             value = getattr(self, name)
             if not 0.0 <= value <= 180.0:
-                raise ConfigError(prefix + name, value, "must lie in [0, 180] degrees")
+                raise ConfigError(key(name), value, "must lie in [0, 180] degrees")
         if self.front_half_width + self.back_half_width > 180.0:
             raise ConfigError(
-                prefix + "front_half_width",
+                key("front_half_width"),
                 self.front_half_width,
-                f"front and back regions overlap (front {self.front_half_width} + back "
-                f"{self.back_half_width} > 180 degrees)",
+                f"front and back regions overlap ({key('front_half_width')} {self.front_half_width} + "
+                f"{key('back_half_width')} {self.back_half_width} > 180 degrees)",
             )
         if not -90.0 <= self.overhead_elevation <= 90.0:
             raise ConfigError(
-                prefix + "overhead_elevation", self.overhead_elevation, "must lie in [-90, 90]"
+                key("overhead_elevation"), self.overhead_elevation, "must lie in [-90, 90]"
             )
         return self
 
