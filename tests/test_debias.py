@@ -82,7 +82,9 @@ def test_a_view_prompt_keeps_a_content_word_or_stays_whole():
     result = debias_prompt("a smiling corgi", DebiasSettings(**TWO_VIEWS), TableScorer(SMILING))
     assert result.table.dropped[1:, 1].tolist() == [True, True]  # the rule's verdict is recorded
     assert result.view_prompts == {"front": "a smiling corgi", "back": "a smiling corgi"}
-    assert result.removed["back"] == [] and result.kept_whole == ["back"]
+    # `removed` is the rule's verdict for every view (threestudio would remove these words);
+    # `kept_whole` says the view's prompt kept them anyway
+    assert result.removed == {"front": [], "back": ["smiling", "corgi"]} and result.kept_whole == ["back"]
     # "the" + preposition only is no subject either
     scorer = TableScorer({"the on top": 0.5, "the corgi on": 0.5}, default=0.9)
     result = debias_prompt("the corgi on top", DebiasSettings(**TWO_VIEWS), scorer)

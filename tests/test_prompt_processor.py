@@ -94,6 +94,19 @@ def test_second_run_reuses_the_cache_without_the_model(processor_config, stand_i
     assert SmilingScorer.instances == 1 and second.prompts_vd == first.prompts_vd
 
 
+def test_a_view_kept_whole_reports_the_rules_words(processor_config, stand_in_bert, caplog):
+    """"a smiling" minus "smiling" is "a": the side, back and top views keep the whole prompt,
+    and the report and the log still name the word the rule found contradicting them."""
+    with caplog.at_level(logging.INFO):
+        processor = make({**processor_config, "prompt": "a smiling", "protected_words": []})
+    assert processor.prompts_vd[0] == "a smiling, side view"
+    report = json.load(open(processor_config["report_path"]))
+    assert report["kept_whole"] == ["side", "back", "overhead"]
+    assert report["removed"] == {"side": ["smiling"], "front": [], "back": ["smiling"], "overhead": ["smiling"]}
+    assert "view back keeps the whole prompt: removing the words the rule finds contradicting it, " \
+           "['smiling'], would leave no content word" in caplog.text
+
+
 def test_real_tiny_bert_runs_inside_the_processor(processor_config, tmp_path):
     words = "this image is depicting a view of smiling corgi".split()
     processor = make({**processor_config, "debias_model": make_bert(str(tmp_path / "bert"), words)})
@@ -173,9 +186,15 @@ def test_long_prompt_keeps_its_view_phrases(processor_config, stand_in_bert, cap
     assert len([r for r in caplog.records if "more than the text encoder's 77" in r.getMessage()]) == 1
 
 
-def test_a_view_phrase_that_cannot_fit_is_a_config_error(processor_config, stand_in_bert):
+def test_a_view_phrase_that_cannot_fit_is_a_config_error_before_the_masked_lm_loads(processor_config,
+                                                                                     stand_in_bert):
     with pytest.raises(ConfigError, match="view_phrases.*no room"):
         make({**processor_config, "view_phrases": {"side": "side view " * 10}})
+    assert SmilingScorer.instances == 0  # no debiasing ran: the phrase alone is checked first
+    # room for "corgi" (76 tokens) but not for "smiling" (78), which debiasing may leave first
+    with pytest.raises(ConfigError, match="view_phrases.side.*'smiling'.*no room"):
+        make({**processor_config, "view_phrases": {"side": "x" * 68}})
+    assert SmilingScorer.instances == 0
 
 
 class FakeSystem:

@@ -83,7 +83,8 @@ class DebiasingPromptProcessorMixin(AntijanusPromptProcessorMixin):
             raise ConfigError("prompt", cfg.prompt, "must not be empty")
         self.negative_prompt = cfg.negative_prompt
         self.configure_text_encoder_choice()
-        self.settings = self.debias_settings()  # configuration errors before any model loads
+        self.check_view_phrases_fit()  # configuration errors before any model loads
+        self.settings = self.debias_settings()
         self.debiased: Optional[DebiasResult] = None
         if cfg.use_prompt_debiasing:
             self.debiased = self.debias()
@@ -151,9 +152,9 @@ class DebiasingPromptProcessorMixin(AntijanusPromptProcessorMixin):
             threestudio.info(f"antijanus: prompt debiasing {'(cached) ' if hit else ''}{path}")
             if result.table is not None:
                 threestudio.info("antijanus: PMI table (word x view)\n" + result.table.format())
-            if result.kept_whole:
-                threestudio.info(f"antijanus: views {result.kept_whole} keep the whole prompt (the removals "
-                                 "would leave no content word)")
+            for view in result.kept_whole:
+                threestudio.info(f"antijanus: view {view} keeps the whole prompt: removing the words the rule "
+                                 f"finds contradicting it, {result.removed[view]}, would leave no content word")
             if report_path:
                 write_json(report_path, {**result.as_dict(), "settings": {
                     "model": model, "threshold": cfg.debias_threshold, "normalization": cfg.pmi_normalization,

@@ -42,6 +42,7 @@ class DNPPromptProcessor(AntijanusPromptProcessorMixin, StableDiffusionPromptPro
         dnp_output_dir: Optional[str] = None  # copy of the DNS image and n* (JSON); may use {trial_dir}
 
     cfg: Config
+    view_phrase_key = None  # threestudio's view phrases
 
     def configure(self) -> None:
         from ..prompting.captioning import check_captioner

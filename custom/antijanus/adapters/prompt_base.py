@@ -11,7 +11,7 @@ import inspect
 import json
 import logging
 import os
-from typing import Callable, Dict, List, Mapping, Optional, Sequence
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import threestudio
 from threestudio.models.prompt_processors.base import hash_prompt
@@ -20,7 +20,7 @@ from threestudio.utils.misc import barrier, get_rank
 from ..core.views import VIEWS, ViewRanges, classify_views
 from ..prompting.text_encoders import (clip_text_embeddings, encoder_max_tokens, load_tokenizer,
                                        t5_text_embeddings, token_counter)
-from ..prompting.view_prompts import fit_view_prompt
+from ..prompting.view_prompts import check_room_for_words, fit_view_prompt
 from ..utils.cache import save_tensor
 from ..utils.errors import ConfigError
 
@@ -136,6 +136,8 @@ class AntijanusPromptProcessorMixin:
 
     text_encoder_kind = "clip"
     view_user_parts: Optional[List[str]] = None  # the user's part of each direction's prompt
+    # the key that sets the view phrases, named in errors; None: threestudio's fixed phrases
+    view_phrase_key: Optional[str] = "view_phrases"
 
     @staticmethod
     def spawn_func(pretrained_model_name_or_path, prompts, cache_dir):
@@ -147,18 +149,37 @@ class AntijanusPromptProcessorMixin:
                          f"negative {json.dumps(list(self.negative_prompts_vd))}")
         super().prepare_text_embeddings()
 
+    def token_budget(self) -> Tuple[Callable[[str], int], int]:
+        """(token counter of the text encoder's tokenizer, its window), the tokenizer loaded once."""
+        if getattr(self, "_token_budget", None) is None:
+            tokenizer = load_tokenizer(self.cfg.pretrained_model_name_or_path)
+            self._token_budget = (token_counter(tokenizer), encoder_max_tokens(tokenizer, self.text_encoder_kind))
+        return self._token_budget
+
+    def phrase_key(self, view: str) -> str:
+        return f"{self.view_phrase_key}.{view}" if self.view_phrase_key else "prompt"
+
+    def check_view_phrases_fit(self) -> None:
+        """A view phrase that leaves no room for a word of the prompt is a configuration error,
+        known from the tokenizer alone: raised before any model (the masked LM) loads."""
+        count, limit = self.token_budget()
+        for direction in self.directions:
+            if self.cfg.get(f"prompt_{direction.name}", None) is None:  # a given prompt_<view> is used as given
+                check_room_for_words(self.prompt.split(), direction.prompt, count, limit,
+                                     self.phrase_key(direction.name))
+
     def fit_view_prompts(self) -> None:
         """View prompts longer than the text encoder's window lose the end of the user's part,
         never the view phrase; said once in the log. (threestudio's own prompts are truncated
         by the tokenizer, the view phrase first.)"""
-        tokenizer = load_tokenizer(self.cfg.pretrained_model_name_or_path)
-        count, limit = token_counter(tokenizer), encoder_max_tokens(tokenizer, self.text_encoder_kind)
+        count, limit = self.token_budget()
         parts = self.view_user_parts or [self.prompt] * len(self.directions)
         shortened = {}
         for i, (direction, part) in enumerate(zip(self.directions, parts)):
             if self.prompts_vd[i] != direction.prompt(part):
                 continue  # a prompt_<view> given by the user is used as given
-            self.prompts_vd[i], short = fit_view_prompt(part, direction.prompt, count, limit)
+            self.prompts_vd[i], short = fit_view_prompt(part, direction.prompt, count, limit,
+                                                        self.phrase_key(direction.name))
             if short is not None:
                 shortened[direction.name] = short
         if shortened:

@@ -59,7 +59,7 @@ NORMALIZATIONS = ("none", "mean", "max")
 WORD_UNITS = ("whitespace", "words")
 # threestudio's direction names, scored as the view words by get_debiased_prompt
 DEFAULT_VIEWS = ("side", "front", "back", "overhead")
-RULES_VERSION = 2  # part of the cache key: bump when the rule or the rebuilding changes
+RULES_VERSION = 3  # part of the cache key: bump when the rule or the rebuilding changes
 
 ARTICLES = frozenset({"a", "an", "the"})
 # Words that alone do not make a subject: a view prompt must keep at least one other word.
@@ -277,7 +277,9 @@ class DebiasSettings:
 class DebiasResult:
     prompt: str
     view_prompts: Dict[str, str]  # view name -> prompt with the contradicting words removed
-    removed: Dict[str, List[str]]  # view name -> removed words
+    # view name -> the words the rule finds contradicting the view (threestudio would remove
+    # exactly these); the view's prompt lacks them unless the view is in ``kept_whole``
+    removed: Dict[str, List[str]]
     table: Optional[PMITable]
     protected: List[str] = field(default_factory=list)
     kept_whole: List[str] = field(default_factory=list)  # views whose removals would leave no content word
@@ -364,9 +366,9 @@ def debias_prompt(prompt: str, settings: DebiasSettings, scorer: ViewScorer) -> 
         text = rebuild_view_prompt(prompt, words, drop, units)
         if text is None:  # no content word would be left: keep the whole prompt for this view
             kept_whole.append(view)
-            text, drop = prompt, set()
+            text = prompt
         view_prompts[view] = text
-        removed[view] = [words[i].text for i in sorted(drop)]
+        removed[view] = [words[i].text for i in sorted(drop)]  # the rule's words, also when kept whole
     return DebiasResult(prompt, view_prompts, removed, table, [words[i].text for i in protected], kept_whole)
 
 

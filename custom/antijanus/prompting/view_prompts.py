@@ -9,7 +9,7 @@ shortens the user's part instead (whole words from the end) until the view promp
 
 from __future__ import annotations
 
-from typing import Callable, Optional, Tuple
+from typing import Callable, Optional, Sequence, Tuple
 
 from ..utils.errors import ConfigError
 
@@ -17,6 +17,20 @@ from ..utils.errors import ConfigError
 def comma_phrase(phrase: str) -> Callable[[str], str]:
     """threestudio's view-prompt form: "<prompt>, <phrase>"."""
     return lambda text: f"{text}, {phrase}"
+
+
+def check_room_for_words(words: Sequence[str], make_prompt: Callable[[str], str],
+                         count_tokens: Callable[[str], int], max_tokens: int, key: str = "view_phrases") -> None:
+    """A configuration error when the view phrase leaves no room for one of ``words`` alone.
+
+    Debiasing removes whole words, so any word of the prompt may come first in a view prompt,
+    and ``fit_view_prompt`` keeps at least the first word: with every word fitting alone it
+    always succeeds. Checked with the tokenizer only, before any model loads."""
+    for word in words:
+        if count_tokens(make_prompt(word)) > max_tokens:
+            raise ConfigError(key, make_prompt(""), f"with the prompt's word {word!r} alone the view prompt is "
+                              f"{count_tokens(make_prompt(word))} tokens: the view phrase leaves no room for the "
+                              f"prompt in the text encoder's {max_tokens} tokens; use a shorter phrase or prompt word")
 
 
 def fit_view_prompt(user_part: str, make_prompt: Callable[[str], str], count_tokens: Callable[[str], int],
