@@ -1,0 +1,644 @@
+"""The lab's 3D experiment (issue 15, item 3): every method on the same prompts and seeds, each
+run's test orbit judged for the Janus problem.
+
+Each *variant* is a shipped config plus the overrides that select a method, the same in both
+paths: the fast path here (``lab.fast3d``: a voxel volume trained in plain PyTorch with the real
+guidance) and the launcher path (``configs/lab/janus-3d-sweep.yaml``: threestudio's own
+``launch.py`` through the CPU mode, ``scripts/lab_sweep.py``). From a variant's config the fast
+path takes what this plugin provides and the user configures, unchanged: the ``system.guidance``
+block (every key; ``clip_end_step: ${trainer.max_steps}`` resolves to the fast path's run
+length) and the ``system.prompt_processor`` block (type and keys, see ``lab.prompt_output``),
+with the lab's models put in (prior, masked LM, captioner). Everything else (cameras, losses,
+optimiser, material, the blob) comes from one NeRF config, REPRESENTATION_CONFIG, for every
+variant, so that variants differ only by their method.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import torch
+
+from ..core.guidance import DSDSConfig, ScoreDistillationConfig, ScoreDistillationGuidance
+from ..utils.errors import ConfigError
+from .fast3d import (CameraSettings, Material, SystemSettings, VolumeSettings, make_scene, render_orbit,
+                     train)
+from .models import model_path
+from .world import KINDS
+
+RESULT = "result.json"
+
+REPO_ROOT = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", ".."))
+CONFIG_DIR = os.path.join(REPO_ROOT, "configs")
+REPRESENTATION_CONFIG = "perp-neg-nerf-sd.yaml"  # cameras, losses, optimiser, material, blob
+
+GUIDANCE_CONFIGS = {"perp-neg-sds-guidance": ScoreDistillationConfig, "dsds-guidance": DSDSConfig}
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    config: str  # file name in configs/
+    overrides: Tuple[str, ...]  # threestudio command-line overrides that select the method
+    description: str
+
+
+# The methods, each a shipped config with its own settings (guidance scale, step range, clip
+# schedule over the run's own steps, front range, view phrases, ...). "baseline" and "sjc" are
+# the plain view-dependent versions of their paths (threestudio's stock view prompts).
+VARIANTS: Tuple[Variant, ...] = (
+    Variant("baseline", "perp-neg-nerf-sd.yaml",
+            ("system.prompt_processor.use_perp_neg=false", "system.guidance.perp_neg=false"),
+            "SDS with view-dependent prompts (threestudio's stock processor)"),
+    Variant("perp-neg", "perp-neg-nerf-sd.yaml", (), "Perp-Neg SDS"),
+    Variant("dsds-clip", "dsds-nerf-sd.yaml", (), "D-SDS score clipping 2 -> 8"),
+    Variant("dsds-full", "dsds-full-nerf-sd.yaml", (),
+            "D-SDS score clipping + prompt debiasing (lab masked LM; front +-22.5, 'top view')"),
+    Variant("perp-neg-dsds", "perp-neg-dsds-nerf-sd.yaml", (), "Perp-Neg + D-SDS score clipping"),
+    Variant("sjc", "dsds-sjc-sd.yaml",
+            ("system.guidance.score_clipping=false", "system.prompt_processor.use_prompt_debiasing=false",
+             "system.prompt_processor.front_threshold=45.0",
+             "system.prompt_processor.view_phrases.overhead=overhead view"),
+            "SJC with view-dependent prompts (threestudio's view phrases and ranges)"),
+    Variant("sjc-dsds", "dsds-sjc-sd.yaml", (),
+            "SJC + D-SDS: clipping of SJC's score + prompt debiasing (the D-SDS paper's setting)"),
+    Variant("dnp", "dnp-nerf-sd.yaml", (), "DNP in the paper's form, CFG(p, n*), n* from the lab captioner"),
+)
+VARIANT_NAMES = tuple(v.name for v in VARIANTS)
+
+
+def lab_prompts(kinds: Sequence[str] = KINDS) -> List[str]:
+    """Each kind with and without the front-only attribute: "a bear", "a smiling bear", ..."""
+    return [p for kind in kinds for p in (f"a {kind}", f"a smiling {kind}")]
+
+
+def variant_by_name(name: str) -> Variant:
+    for variant in VARIANTS:
+        if variant.name == name:
+            return variant
+    raise ConfigError("variants", name, "unknown variant", list(VARIANT_NAMES))
+
+
+def load_config(config: str, overrides: Sequence[str] = (), max_steps: Optional[int] = None):
+    """A config with command-line style overrides (``trainer.max_steps`` set first, so that
+    ``${trainer.max_steps}`` resolves to the run's own length)."""
+    from omegaconf import OmegaConf
+
+    path = config if os.path.isabs(config) else os.path.join(CONFIG_DIR, config)
+    cfg = OmegaConf.load(path)
+    if max_steps is not None:
+        cfg.merge_with_dotlist([f"trainer.max_steps={int(max_steps)}"])
+    if overrides:
+        cfg.merge_with_dotlist(list(overrides))
+    return cfg
+
+
+def block(cfg, key: str) -> Dict[str, Any]:
+    from omegaconf import OmegaConf
+
+    node = OmegaConf.select(cfg, key)
+    return {} if node is None else OmegaConf.to_container(node, resolve=True)
+
+
+def guidance_config(cfg, prior: str) -> ScoreDistillationConfig:
+    """The variant's guidance block as our guidance's config, on the lab prior (fp32 weights, as
+    the CPU mode sets them)."""
+    kind = cfg.system.guidance_type
+    if kind not in GUIDANCE_CONFIGS:
+        raise ConfigError("system.guidance_type", kind, "has no lab equivalent", sorted(GUIDANCE_CONFIGS))
+    values = block(cfg, "system.guidance")
+    known = {f.name for f in dataclasses.fields(GUIDANCE_CONFIGS[kind])}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(f"system.guidance.{unknown[0]}", values[unknown[0]], "unknown guidance key")
+    values.update(pretrained_model_name_or_path=prior, half_precision_weights=False)
+    return GUIDANCE_CONFIGS[kind](**values)
+
+
+@dataclass(frozen=True)
+class FastSettings:
+    """The fast path's run settings. ``steps`` and ``lr`` were chosen once for the voxel volume,
+    from the baseline alone (whether it forms an object at all; README), before any method was
+    compared, and are the same for every variant."""
+
+    steps: int = 600
+    lr: float = 0.05  # the voxel grid's Adam learning rate (the background keeps the config's)
+    volume: VolumeSettings = VolumeSettings(resolution=48)
+    orbit_views: int = 36  # azimuths 0, 10, ..., 350
+    orbit_elevation: float = 15.0  # threestudio's eval_elevation_deg default (the NeRF configs keep it)
+    threads: int = 1  # torch threads per run (runs go in parallel with --jobs)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class Representation:
+    """What every variant shares, from REPRESENTATION_CONFIG."""
+
+    cameras: CameraSettings
+    system: SystemSettings
+    material: Material
+    volume: VolumeSettings
+    orbit_distance: float
+    orbit_fovy: float
+
+    @classmethod
+    def from_config(cls, volume: VolumeSettings, max_steps: int, config: str = REPRESENTATION_CONFIG
+                    ) -> "Representation":
+        cfg = load_config(config, max_steps=max_steps)
+        geometry = block(cfg, "system.geometry")
+        if geometry.get("density_bias") != "blob_magic3d":
+            raise ConfigError("system.geometry.density_bias", geometry.get("density_bias"),
+                              "the fast path's volume has threestudio's blob_magic3d bias", ["blob_magic3d"])
+        volume = dataclasses.replace(volume, density_blob_scale=float(geometry.get("density_blob_scale", 10.0)),
+                                     density_blob_std=float(geometry.get("density_blob_std", 0.5)))
+        cameras = CameraSettings.from_data_block(block(cfg, "data"))
+        return cls(cameras=cameras, system=SystemSettings.from_blocks(block(cfg, "system.loss"),
+                                                                      block(cfg, "system.optimizer")),
+                   material=Material.from_block(block(cfg, "system.material")), volume=volume,
+                   orbit_distance=cameras.eval_camera_distance, orbit_fovy=cameras.eval_fovy_deg)
+
+
+def orbit_azimuths(n: int) -> torch.Tensor:
+    return torch.arange(n, dtype=torch.float32) * (360.0 / n)
+
+
+def kind_of(prompt: str) -> str:
+    words = [w for w in prompt.replace(",", " ").split() if w in KINDS]
+    if len(words) != 1:
+        raise ConfigError("prompts", prompt, f"a lab prompt names one of the kinds {list(KINDS)}")
+    return words[0]
+
+
+def slug(text: str) -> str:
+    return "_".join("".join(c if c.isalnum() else " " for c in text.lower()).split())
+
+
+# ----------------------------------------------------------------------------- models
+
+
+@dataclass(frozen=True)
+class LabModels:
+    """The lab's model folders (default: the committed ones) and the DNP captioner (a name for
+    ``captioner`` and a factory; default: the lab's judge-based captioner)."""
+
+    prior: str
+    mlm: str
+    judge: str
+    captioner: str = "lab-judge"
+
+    @classmethod
+    def default(cls) -> "LabModels":
+        return cls(model_path("prior"), model_path("mlm"), model_path("judge"))
+
+
+def make_captioner(name: str):
+    """The DNP captioner for ``captioner``: the lab's judge-based captioner (``lab.captioner``)
+    for "lab-judge", else a BLIP folder / hub id (``prompting.captioning.BlipCaptioner``)."""
+    if name == "lab-judge":
+        from . import captioner as lab_captioner
+
+        return lab_captioner.JudgeCaptioner.load()
+    from ..prompting.captioning import BlipCaptioner
+
+    return BlipCaptioner(name)
+
+
+def load_backbone(prior: str):
+    from ..backbones.base import BackboneOptions
+    from ..backbones.stable_diffusion import StableDiffusionBackbone
+
+    return StableDiffusionBackbone(BackboneOptions(pretrained_model_name_or_path=prior,
+                                                   half_precision_weights=False), torch.device("cpu"))
+
+
+class PromptFactory:
+    """Prompt outputs of every (variant, prompt), with the lab's models in the processors: the
+    prior's text encoder, the lab masked LM as ``debias_model``, the lab captioner for DNP."""
+
+    def __init__(self, models: LabModels, backbone=None, cache_dir: Optional[str] = None, log=print) -> None:
+        from .prompt_output import PromptEncoder
+
+        self.models = models
+        self.backbone = backbone or load_backbone(models.prior)
+        self.encode = PromptEncoder(self.backbone)
+        self.cache_dir = cache_dir
+        self.log = log
+        self._scorer = None
+        self._captioner = None
+
+    def scorer(self, model: str):
+        from ..prompting.mlm import MaskedLMViewScorer
+
+        if self._scorer is None:
+            self._scorer = MaskedLMViewScorer(model, device="cpu")
+        return self._scorer
+
+    def auto_negative(self, prompt: str, settings: Mapping[str, Any]) -> Tuple[str, Dict[str, Any]]:
+        """n* as ``dnp-prompt-processor`` makes it: DNS image with the prior, captioned."""
+        from ..prompting.dnp import SamplingSettings, cached_dnp, load_sampler
+
+        sampling = SamplingSettings(int(settings["dns_steps"]), float(settings["dns_guidance_scale"]),
+                                    int(settings["dns_seed"])).validate()
+        cache = os.path.join(self.cache_dir or ".", "dnp")
+
+        def captioner():
+            if self._captioner is None:
+                self._captioner = make_captioner(settings["captioner"])
+            return self._captioner
+
+        result = cached_dnp(prompt, self.models.prior, sampling, settings["captioner"], cache,
+                            lambda: load_sampler(self.models.prior, "cpu", half_precision=False), captioner,
+                            log=self.log, progress=False)
+        return result.negative_prompt, {"negative_prompt": result.negative_prompt, "dns_image": result.image_path,
+                                        "captioner": settings["captioner"]}
+
+    def lab_block(self, cfg) -> Dict[str, Any]:
+        values = block(cfg, "system.prompt_processor")
+        values["pretrained_model_name_or_path"] = self.models.prior
+        if cfg.system.prompt_processor_type == "bert-pmi-prompt-processor":
+            values["debias_model"] = self.models.mlm
+        if cfg.system.prompt_processor_type == "dnp-prompt-processor":
+            values["captioner"] = self.models.captioner
+        return values
+
+    def __call__(self, variant: Variant, prompt: str, steps: int):
+        from .prompt_output import build_prompt_output
+
+        cfg = load_config(variant.config, variant.overrides, steps)
+        debias_cache = os.path.join(self.cache_dir, "prompt_debiasing") if self.cache_dir else None
+        return build_prompt_output(cfg.system.prompt_processor_type, self.lab_block(cfg), prompt, self.encode,
+                                   make_scorer=self.scorer, auto_negative=self.auto_negative,
+                                   debias_cache_dir=debias_cache)
+
+
+# ----------------------------------------------------------------------------- runs
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    variant: str
+    prompt: str
+    seed: int
+
+    @property
+    def tag(self) -> str:
+        return f"{self.variant}/{slug(self.prompt)}/s{self.seed}"
+
+
+@dataclass
+class RunTask:
+    """Everything one run needs (picklable: runs go to worker processes)."""
+
+    spec: RunSpec
+    prompt_output: Any
+    guidance: ScoreDistillationConfig
+    representation: Representation
+    settings: FastSettings
+    models: LabModels
+    run_dir: str
+    key: str  # what the result depends on (a finished run with another key runs again)
+
+
+_WORKER: Dict[str, Any] = {}
+
+
+def _worker_models(models: LabModels, threads: int):
+    torch.set_num_threads(threads)
+    if _WORKER.get("prior") != models.prior:
+        _WORKER.update(prior=models.prior, backbone=load_backbone(models.prior))
+    if _WORKER.get("judge_path") != models.judge:
+        from .judge import Judge
+
+        _WORKER.update(judge_path=models.judge, judge=Judge.load(models.judge))
+    return _WORKER["backbone"], _WORKER["judge"]
+
+
+def run_one(task: RunTask) -> Dict[str, Any]:
+    """Train one run, render and judge its orbit; writes orbit.png, orbit.pt and result.json."""
+    from .janus import orbit_metrics
+
+    backbone, judge = _worker_models(task.models, task.settings.threads)
+    s, rep = task.settings, task.representation
+    messages: List[str] = []
+    guidance = ScoreDistillationGuidance(task.guidance, "cpu", backbone=backbone)
+    guidance.info = guidance.warn = messages.append
+    system = dataclasses.replace(rep.system, geometry_lr=s.lr)
+    start = time.time()
+    scene = make_scene(s.volume, task.spec.seed)
+    trained = train(guidance, task.prompt_output, scene, rep.cameras, system, rep.material, s.steps,
+                    task.spec.seed, log_every=max(1, s.steps // 20))
+    train_s = time.time() - start
+    azimuths = orbit_azimuths(s.orbit_views)
+    frames, opacity = render_orbit(scene, azimuths, s.orbit_elevation, rep.orbit_distance, rep.orbit_fovy,
+                                   rep.material, s.steps)
+    metrics = orbit_metrics(frames, azimuths, s.orbit_elevation, judge, kind=kind_of(task.spec.prompt))
+    metrics["coverage"] = float((opacity > 0.5).float().mean())
+    os.makedirs(task.run_dir, exist_ok=True)
+    save_orbit(task.run_dir, frames)
+    result = {"variant": task.spec.variant, "prompt": task.spec.prompt, "seed": task.spec.seed, "key": task.key,
+              "metrics": metrics, "train_s": train_s, "total_s": time.time() - start,
+              "final": {k: v[-1] for k, v in trained.history.items()}, "history": trained.history,
+              "guidance_log": messages, "prompts": task.prompt_output.summary()}
+    from ..utils.cache import write_json
+
+    write_json(os.path.join(task.run_dir, RESULT), result)
+    return result
+
+
+def save_orbit(run_dir: str, frames: torch.Tensor) -> None:
+    from ..utils.imaging import to_pil
+
+    torch.save((frames * 255).round().to(torch.uint8), os.path.join(run_dir, "orbit.pt"))
+    strip = torch.cat(list(frames), dim=2)  # [3, H, N * W]
+    to_pil(strip).save(os.path.join(run_dir, "orbit.png"))
+
+
+def load_orbit_frames(run_dir: str) -> torch.Tensor:
+    return torch.load(os.path.join(run_dir, "orbit.pt")).float() / 255.0
+
+
+def _init_worker(threads: int) -> None:
+    torch.set_num_threads(threads)
+
+
+def run_tasks(tasks: Sequence[RunTask], jobs: int = 1, log=print) -> List[Dict[str, Any]]:
+    """Run the tasks, ``jobs`` at a time in worker processes (1: in this process). A failed run
+    is reported and the others go on; the failures are raised at the end."""
+    results, failures = [], []
+
+    def report(task, result):
+        results.append(result)
+        log(f"[{len(results) + len(failures)}/{len(tasks)}] {task.spec.tag}: janus {result['metrics']['janus']:.0f} "
+            f"view accuracy {result['metrics']['view_accuracy']:.2f} ({result['train_s']:.0f} s)")
+
+    if jobs <= 1:
+        for task in tasks:
+            try:
+                report(task, run_one(task))
+            except Exception as error:  # noqa: BLE001 - reported, the sweep goes on
+                failures.append(f"{task.spec.tag}: {type(error).__name__}: {error}")
+                log(f"error: {failures[-1]}")
+    else:
+        import multiprocessing as mp
+
+        context = mp.get_context("spawn")
+        with context.Pool(jobs, initializer=_init_worker, initargs=(tasks[0].settings.threads,)) as pool:
+            pending = [(task, pool.apply_async(run_one, (task,))) for task in tasks]
+            for task, handle in pending:
+                try:
+                    report(task, handle.get())
+                except Exception as error:  # noqa: BLE001
+                    failures.append(f"{task.spec.tag}: {type(error).__name__}: {error}")
+                    log(f"error: {failures[-1]}")
+    if failures:
+        raise RuntimeError(f"{len(failures)} run(s) failed:\n" + "\n".join(failures))
+    return results
+
+
+# ----------------------------------------------------------------------------- the experiment
+
+
+@dataclass
+class Experiment:
+    out: str
+    variants: Sequence[str] = VARIANT_NAMES
+    prompts: Sequence[str] = field(default_factory=lab_prompts)
+    seeds: Sequence[int] = (0, 1, 2, 3, 4)
+    settings: FastSettings = FastSettings()
+    models: LabModels = field(default_factory=LabModels.default)
+
+    def specs(self) -> List[RunSpec]:
+        """Seed-major order: every variant and prompt gets seed 0 before any gets seed 1."""
+        return [RunSpec(v, p, s) for s in self.seeds for v in self.variants for p in self.prompts]
+
+    def run_dir(self, spec: RunSpec) -> str:
+        return os.path.join(self.out, "runs", spec.tag)
+
+    def key(self) -> str:
+        from ..utils.cache import cache_key
+
+        return cache_key(settings=self.settings.to_dict(), models=dataclasses.asdict(self.models))
+
+    def done(self, spec: RunSpec) -> bool:
+        from ..utils.cache import read_json
+
+        result = read_json(os.path.join(self.run_dir(spec), RESULT))
+        return result is not None and result.get("key") == self.key()
+
+    def tasks(self, log=print) -> List[RunTask]:
+        """The runs still to do, their prompt outputs prepared here (debiasing, DNP) once."""
+        todo = [spec for spec in self.specs() if not self.done(spec)]
+        if not todo:
+            return []
+        for name in self.variants:
+            variant_by_name(name)
+        for prompt in self.prompts:
+            kind_of(prompt)
+        factory = PromptFactory(self.models, cache_dir=os.path.join(self.out, "cache"), log=log)
+        representation = Representation.from_config(self.settings.volume, self.settings.steps)
+        outputs, guidances = {}, {}
+        for spec in todo:
+            if spec.variant not in guidances:
+                variant = variant_by_name(spec.variant)
+                guidances[spec.variant] = guidance_config(
+                    load_config(variant.config, variant.overrides, self.settings.steps), self.models.prior)
+            if (spec.variant, spec.prompt) not in outputs:
+                output = factory(variant_by_name(spec.variant), spec.prompt, self.settings.steps)
+                outputs[(spec.variant, spec.prompt)] = output
+                self.write_prompt_record(spec, output)
+        return [RunTask(spec, outputs[(spec.variant, spec.prompt)], guidances[spec.variant], representation,
+                        self.settings, self.models, self.run_dir(spec), self.key()) for spec in todo]
+
+    def write_prompt_record(self, spec: RunSpec, output) -> None:
+        from ..utils.cache import write_json
+
+        write_json(os.path.join(self.out, "prompts", f"{spec.variant}--{slug(spec.prompt)}.json"), output.summary())
+
+    def run(self, jobs: int = 1, log=print) -> Dict[str, str]:
+        from ..utils.cache import write_json
+
+        os.makedirs(self.out, exist_ok=True)
+        write_json(os.path.join(self.out, "experiment.json"), {
+            "settings": self.settings.to_dict(), "models": dataclasses.asdict(self.models),
+            "variants": [dataclasses.asdict(variant_by_name(v)) for v in self.variants],
+            "prompts": list(self.prompts), "seeds": list(self.seeds),
+            "representation_config": REPRESENTATION_CONFIG})
+        tasks = self.tasks(log)
+        log(f"{len(tasks)} run(s) to do, {len(self.specs()) - len(tasks)} done before ({jobs} at a time)")
+        error = None
+        try:
+            run_tasks(tasks, jobs, log)
+        except RuntimeError as failed:
+            error = failed
+        paths = self.report()
+        if error is not None:
+            raise error
+        return paths
+
+    def results(self) -> List[Dict[str, Any]]:
+        from ..utils.cache import read_json
+
+        found = []
+        for spec in self.specs():
+            result = read_json(os.path.join(self.run_dir(spec), RESULT))
+            if result is not None and result.get("key") == self.key():
+                found.append(result)
+        return found
+
+    def report(self) -> Dict[str, str]:
+        """table.md / table.csv / table.json and one orbit grid per variant, from the finished runs."""
+        results = self.results()
+        paths = write_tables(results, self.out, list(self.variants), list(self.prompts))
+        for variant in self.variants:
+            grid = orbit_grid([r for r in results if r["variant"] == variant], self.out, variant,
+                              self.settings.orbit_views, lambda r: self.run_dir(RunSpec(r["variant"], r["prompt"], r["seed"])))
+            if grid:
+                paths[f"grid_{variant}"] = grid
+        return paths
+
+
+# ----------------------------------------------------------------------------- the table
+
+METRICS = ("view_accuracy", "a_jfd", "kind_accuracy", "coverage")
+
+
+def summarise(results: Sequence[Mapping[str, Any]]) -> Dict[str, Any]:
+    """Janus rate with its 95 % Wilson interval (and its two parts), mean +- std of the rest."""
+    from .janus import wilson_rate
+
+    row: Dict[str, Any] = {"runs": len(results)}
+    for key in ("janus", "face_in_back", "janus_two_fronts"):
+        rate, (low, high) = wilson_rate([r["metrics"][key] for r in results])
+        row[key] = {"rate": rate, "ci": [low, high], "count": int(sum(r["metrics"][key] >= 0.5 for r in results))}
+    for key in METRICS:
+        values = [r["metrics"][key] for r in results if key in r["metrics"]]
+        mean = sum(values) / len(values) if values else math.nan
+        std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
+        row[key] = {"mean": mean, "std": std}
+    row["train_s"] = sum(r["train_s"] for r in results) / max(1, len(results))
+    return row
+
+
+def grouped(results: Sequence[Mapping[str, Any]], variants: Sequence[str], prompts: Sequence[str]):
+    """(variant, group, rows) for each variant: every prompt, then the pooled groups."""
+    for variant in variants:
+        mine = [r for r in results if r["variant"] == variant]
+        groups = [(p, [r for r in mine if r["prompt"] == p]) for p in prompts]
+        groups.append(("all prompts", mine))
+        groups.append(("without 'smiling'", [r for r in mine if "smiling" not in r["prompt"]]))
+        groups.append(("with 'smiling'", [r for r in mine if "smiling" in r["prompt"]]))
+        for name, rows in groups:
+            if rows:
+                yield variant, name, rows
+
+
+def _rate(cell: Mapping[str, Any]) -> str:
+    low, high = cell["ci"]
+    return f"{cell['rate']:.2f} [{low:.2f}, {high:.2f}] ({cell['count']})"
+
+
+def _mean(cell: Mapping[str, Any]) -> str:
+    return "-" if math.isnan(cell["mean"]) else f"{cell['mean']:.3f} ± {cell['std']:.3f}"
+
+
+def write_tables(results: Sequence[Mapping[str, Any]], out: str, variants: Sequence[str], prompts: Sequence[str]
+                 ) -> Dict[str, str]:
+    from ..utils.cache import write_json
+
+    rows = [{"variant": v, "group": g, **summarise(rs)} for v, g, rs in grouped(results, variants, prompts)]
+    header = ("| variant | prompts | runs | Janus rate [95 % CI] (count) | face in back | two fronts | "
+              "view accuracy | a_jfd | kind accuracy | coverage |")
+    lines = [header, "|" + " --- |" * 10]
+    pooled = [r for r in rows if r["group"] == "all prompts"]
+    detail = [r for r in rows if r["group"] != "all prompts"]
+    for row in pooled + detail:
+        lines.append(f"| {row['variant']} | {row['group']} | {row['runs']} | {_rate(row['janus'])} | "
+                     f"{_rate(row['face_in_back'])} | {_rate(row['janus_two_fronts'])} | "
+                     + " | ".join(_mean(row[k]) for k in METRICS) + " |")
+    os.makedirs(out, exist_ok=True)
+    md, csv_path, js = (os.path.join(out, name) for name in ("table.md", "table.csv", "table.json"))
+    with open(md, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    import csv
+
+    with open(csv_path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["variant", "prompts", "runs", "janus", "janus_low", "janus_high", "face_in_back",
+                         "janus_two_fronts", *[f"{k}_mean" for k in METRICS], *[f"{k}_std" for k in METRICS],
+                         "train_s"])
+        for row in rows:
+            writer.writerow([row["variant"], row["group"], row["runs"], row["janus"]["rate"], *row["janus"]["ci"],
+                             row["face_in_back"]["rate"], row["janus_two_fronts"]["rate"],
+                             *[row[k]["mean"] for k in METRICS], *[row[k]["std"] for k in METRICS], row["train_s"]])
+    write_json(js, {"rows": rows})
+    return {"markdown": md, "csv": csv_path, "json": js}
+
+
+def orbit_grid(results: Sequence[Mapping[str, Any]], out: str, variant: str, views: int,
+               run_dir_of: Callable[[Mapping[str, Any]], str], every: int = 1, cell: int = 48) -> Optional[str]:
+    """One image per variant: a row per (prompt, seed) with its orbit (azimuth 0 at the left),
+    labelled with the prompt, the seed and the Janus verdict."""
+    from PIL import Image, ImageDraw
+
+    from ..utils.imaging import to_pil
+
+    if not results:
+        return None
+    results = sorted(results, key=lambda r: (r["prompt"], r["seed"]))
+    label = 180
+    columns = list(range(0, views, every))
+    canvas = Image.new("RGB", (label + cell * len(columns), cell * len(results) + 16), "white")
+    draw = ImageDraw.Draw(canvas)
+    for j, c in enumerate(columns):
+        draw.text((label + j * cell + 2, 2), f"{c * 360 // views}", fill="black")
+    for i, result in enumerate(results):
+        frames = load_orbit_frames(run_dir_of(result))
+        y = 16 + i * cell
+        verdict = "JANUS" if result["metrics"]["janus"] >= 0.5 else "ok"
+        draw.text((4, y + 4), f"{result['prompt']} s{result['seed']}", fill="black")
+        draw.text((4, y + 20), f"{verdict}  view acc {result['metrics']['view_accuracy']:.2f}", fill="black")
+        for j, c in enumerate(columns):
+            canvas.paste(to_pil(frames[c]).resize((cell, cell)), (label + j * cell, y))
+    path = os.path.join(out, "grids", f"{variant}.png")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    canvas.save(path)
+    return path
+
+
+# ----------------------------------------------------------------------------- calibration
+
+
+def calibrate(out: str, steps_options: Sequence[int], lr_options: Sequence[float],
+              prompts: Optional[Sequence[str]] = None, seeds: Sequence[int] = (0,),
+              settings: FastSettings = FastSettings(), models: Optional[LabModels] = None, jobs: int = 1,
+              log=print) -> str:
+    """The baseline alone at each (steps, lr): does it form an object at all (the judge's kind
+    accuracy, the orbit's coverage, the grids)? The one choice of the representation's run
+    settings is made from this, before any method is compared. Writes calibration.md."""
+    prompts = list(prompts or [p for p in lab_prompts() if "smiling" not in p])
+    models = models or LabModels.default()
+    lines = ["| steps | lr | runs | kind accuracy | coverage | view accuracy | Janus rate | s/run |",
+             "|" + " --- |" * 8]
+    for steps in steps_options:
+        for lr in lr_options:
+            experiment = Experiment(os.path.join(out, f"steps{steps}-lr{lr:g}"), variants=("baseline",),
+                                    prompts=prompts, seeds=tuple(seeds),
+                                    settings=dataclasses.replace(settings, steps=int(steps), lr=float(lr)),
+                                    models=models)
+            experiment.run(jobs, log)
+            row = summarise(experiment.results())
+            lines.append(f"| {steps} | {lr:g} | {row['runs']} | {_mean(row['kind_accuracy'])} | "
+                         f"{_mean(row['coverage'])} | {_mean(row['view_accuracy'])} | {_rate(row['janus'])} | "
+                         f"{row['train_s']:.0f} |")
+    path = os.path.join(out, "calibration.md")
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    return path
