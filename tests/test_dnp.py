@@ -84,6 +84,39 @@ def test_blip_captioner_and_cache_skips_the_models(tiny_sd, tiny_blip, tmp_path)
     other = cached_dnp("a corgi", tiny_sd, SamplingSettings(steps=2, seed=2), tiny_blip, str(tmp_path),
                        make_sampler, make_captioner)
     assert not other.cache_hit and other.image_path != first.image_path  # the seed is in the key
+    # so are the caption length limit and the sampling precision (the processor's variant)
+    for variant in ({"caption_max_new_tokens": 3, "half_precision": False},
+                    {"caption_max_new_tokens": 5, "half_precision": True}):
+        again = cached_dnp("a corgi", tiny_sd, settings, tiny_blip, str(tmp_path), make_sampler, make_captioner,
+                           variant=variant)
+        assert not again.cache_hit and again.record_path != first.record_path
+        assert json.load(open(again.record_path))["variant"] == variant
+
+
+def test_captioning_progress_advances_with_each_caption(tiny_blip, monkeypatch):
+    """The bar moves as each image's caption is generated, not at once after all of them."""
+    events = []
+
+    class Bar:
+        def update(self, n=1):
+            events.append(f"bar +{n}")
+
+        def close(self):
+            events.append("bar closed")
+
+    monkeypatch.setattr(antijanus.prompting.captioning, "progress_bar", lambda total, *a, **k: Bar())
+    captioner = BlipCaptioner(tiny_blip, max_new_tokens=3)
+    generate = captioner.model.generate
+
+    def counted_generate(**kwargs):
+        events.append(f"generate {len(kwargs['pixel_values'])}")
+        return generate(**kwargs)
+
+    monkeypatch.setattr(captioner.model, "generate", counted_generate)
+    images = torch.rand(3, 3, 20, 20, generator=torch.Generator().manual_seed(0))
+    captions = captioner.caption(images, progress=True)
+    assert events == ["generate 1", "bar +1"] * 3 + ["bar closed"]
+    assert captions == [captioner.caption(image[None])[0] for image in images]
 
 
 @pytest.mark.parametrize(
@@ -164,11 +197,40 @@ def test_dnp_prompt_processor_output(tiny_sd, tiny_blip, tmp_path, monkeypatch):
     assert again.dnp.cache_hit and again.negative_prompt == n_star
 
 
-def test_dnp_processor_bad_settings(tiny_sd, tmp_path, monkeypatch):
+def test_dnp_processor_bad_settings(tiny_sd, tiny_blip, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
+    sampled = []
+    monkeypatch.setattr(antijanus.prompting.dnp, "load_sampler", lambda *a, **k: sampled.append(1))
+    base = {"pretrained_model_name_or_path": tiny_sd, "prompt": "a corgi", "captioner": tiny_blip}
     with pytest.raises(ConfigError, match="dns_steps"):
-        threestudio.find("dnp-prompt-processor")({"pretrained_model_name_or_path": tiny_sd,
-                                                  "prompt": "a corgi", "dns_steps": 0})
+        threestudio.find("dnp-prompt-processor")({**base, "dns_steps": 0})
+    with pytest.raises(ConfigError, match="`caption_max_new_tokens` = 0: must be >= 1"):
+        threestudio.find("dnp-prompt-processor")({**base, "caption_max_new_tokens": 0})
+    with pytest.raises(ConfigError, match="`caption_max_new_tokens` = 0: must be >= 1"):
+        BlipCaptioner(tiny_blip, max_new_tokens=0)  # the same check, for callers of the captioner
+    assert sampled == []
+
+
+def test_auto_dnp_keys_are_reported_when_the_negative_prompt_is_given(tiny_sd, tmp_path, monkeypatch, caplog):
+    import logging
+
+    monkeypatch.chdir(tmp_path)
+    sampled = []
+    monkeypatch.setattr(antijanus.prompting.dnp, "load_sampler", lambda *a, **k: sampled.append(1))
+    config = {"pretrained_model_name_or_path": tiny_sd, "prompt": "a corgi", "spawn": False,
+              "negative_prompt": "blurry"}
+    with caplog.at_level(logging.WARNING):
+        processor = threestudio.find("dnp-prompt-processor")(config)
+    assert processor.negative_prompt == "blurry" and processor.dnp is None and sampled == []
+    assert "have no effect" not in caplog.text  # all auto-DNP keys at their defaults: nothing to say
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        threestudio.find("dnp-prompt-processor")({**config, "dns_steps": 10, "captioner": "/my/blip",
+                                                  "dnp_output_dir": "{trial_dir}/dnp"})
+    (record,) = [r for r in caplog.records if "have no effect" in r.getMessage()]
+    assert "negative_prompt is given ('blurry', not 'auto')" in record.getMessage()
+    assert "['dns_steps', 'captioner', 'dnp_output_dir']" in record.getMessage()
+    assert sampled == [] and not os.path.exists(tmp_path / "dnp")
 
 
 @pytest.mark.parametrize("captioner, message", [

@@ -5,7 +5,7 @@ T5): one mixin, two text encoders.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
 import threestudio
@@ -20,9 +20,9 @@ from ..prompting.text_encoders import resolve_load_in_8bit
 from ..prompting.view_prompts import comma_phrase
 from ..utils.cache import write_json
 from ..utils.errors import ConfigError
-from .prompt_base import (DIRECTION_ORDER, AntijanusPromptProcessorMixin, expand_trial_dir, load_prompt_library,
-                          merged_view_mapping, no_model_on_other_ranks, rank_zero_then_shared, t5_spawn_func,
-                          view_condition)
+from .prompt_base import (DIRECTION_ORDER, AntijanusPromptProcessorMixin, expand_trial_dir,
+                          keys_changed_from_defaults, load_prompt_library, merged_view_mapping,
+                          no_model_on_other_ranks, rank_zero_then_shared, t5_spawn_func, view_condition)
 from .registry import register
 
 # D-SDS Sec. 4.2: "front view", "side view", "back view", "top view", appended without "of"
@@ -122,12 +122,7 @@ class DebiasingPromptProcessorMixin(AntijanusPromptProcessorMixin):
         ).validate()
 
     def warn_unused_debias_keys(self) -> None:
-        defaults = {f.name: f for f in fields(self.Config) if f.name in _DEBIAS_ONLY}
-        changed = []
-        for name, f in defaults.items():
-            default = f.default_factory() if callable(f.default_factory) else f.default
-            if self.cfg.get(name) != default:
-                changed.append(name)
+        changed = keys_changed_from_defaults(self.cfg, self.Config, _DEBIAS_ONLY)
         if changed:
             threestudio.warn(f"antijanus: use_prompt_debiasing is false, so {changed} have no effect")
 

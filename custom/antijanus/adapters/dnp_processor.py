@@ -13,10 +13,14 @@ from threestudio.models.prompt_processors.stable_diffusion_prompt_processor impo
 )
 
 from ..utils.cache import write_json
-from ..utils.errors import ConfigError
-from .prompt_base import (AntijanusPromptProcessorMixin, expand_trial_dir, load_prompt_library,
-                          no_model_on_other_ranks, rank_zero_then_shared)
+from .prompt_base import (AntijanusPromptProcessorMixin, expand_trial_dir, keys_changed_from_defaults,
+                          load_prompt_library, no_model_on_other_ranks, rank_zero_then_shared)
 from .registry import register
+
+
+# keys that only matter with negative_prompt: auto
+_AUTO_DNP_ONLY = ("dns_steps", "dns_guidance_scale", "dns_seed", "dns_half_precision", "captioner",
+                  "caption_max_new_tokens", "dnp_cache_dir", "dnp_output_dir")
 
 
 @register("dnp-prompt-processor")
@@ -52,15 +56,21 @@ class DNPPromptProcessor(AntijanusPromptProcessorMixin, StableDiffusionPromptPro
         self.dnp = None
         if cfg.negative_prompt.strip().lower() == "auto":
             settings = SamplingSettings(cfg.dns_steps, cfg.dns_guidance_scale, cfg.dns_seed).validate()
-            if cfg.caption_max_new_tokens < 1:
-                raise ConfigError("caption_max_new_tokens", cfg.caption_max_new_tokens, "must be >= 1")
-            check_captioner(cfg.captioner)  # before any sampling
+            check_captioner(cfg.captioner, max_new_tokens=cfg.caption_max_new_tokens)  # before any sampling
             self.dnp = self.run_dnp(settings)
             cfg.negative_prompt = self.dnp.negative_prompt
             threestudio.info(f"antijanus: auto-DNP negative prompt n* = [{self.dnp.negative_prompt}] "
                              f"(DNS image {self.dnp.image_path})")
+        else:
+            self.warn_unused_dnp_keys()
         super().configure()
         self.load_empty_text_embeddings()
+
+    def warn_unused_dnp_keys(self) -> None:
+        changed = keys_changed_from_defaults(self.cfg, self.Config, _AUTO_DNP_ONLY)
+        if changed:
+            threestudio.warn(f"antijanus: negative_prompt is given ({self.cfg.negative_prompt!r}, not 'auto'), "
+                             f"so {changed} have no effect")
 
     def run_dnp(self, settings):
         from ..prompting.captioning import BlipCaptioner
@@ -72,9 +82,10 @@ class DNPPromptProcessor(AntijanusPromptProcessorMixin, StableDiffusionPromptPro
         device = self.device
         output_dir = expand_trial_dir("dnp_output_dir", cfg.dnp_output_dir)
 
+        half_precision = cfg.dns_half_precision and device.type == "cuda"
+
         def sampler():
-            return load_sampler(cfg.pretrained_model_name_or_path, device,
-                                half_precision=cfg.dns_half_precision and device.type == "cuda")
+            return load_sampler(cfg.pretrained_model_name_or_path, device, half_precision=half_precision)
 
         def captioner():
             return BlipCaptioner(cfg.captioner, device=device, max_new_tokens=cfg.caption_max_new_tokens)
@@ -82,7 +93,8 @@ class DNPPromptProcessor(AntijanusPromptProcessorMixin, StableDiffusionPromptPro
         def run(make_sampler, make_captioner, use_cache=True):
             return cached_dnp(prompt, cfg.pretrained_model_name_or_path, settings, cfg.captioner,
                               cfg.dnp_cache_dir, make_sampler, make_captioner, use_cache=use_cache,
-                              log=threestudio.info)
+                              log=threestudio.info, variant={"caption_max_new_tokens": cfg.caption_max_new_tokens,
+                                                             "half_precision": half_precision})
 
         def compute():
             result = run(sampler, captioner, cfg.use_cache)

@@ -6,6 +6,7 @@ helper.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
 import json
@@ -54,6 +55,17 @@ def merged_view_mapping(key: str, given: Optional[Mapping], defaults: Mapping[st
     if empty:
         raise ConfigError(key, merged, f"every view needs a non-empty entry (empty: {empty})", DIRECTION_ORDER)
     return {v: str(merged[v]) for v in DIRECTION_ORDER}
+
+
+def keys_changed_from_defaults(cfg, config_type, names: Sequence[str]) -> List[str]:
+    """The keys among ``names`` whose value in ``cfg`` differs from ``config_type``'s default."""
+    changed = []
+    for f in dataclasses.fields(config_type):
+        if f.name in names:
+            default = f.default_factory() if callable(f.default_factory) else f.default
+            if cfg.get(f.name) != default:
+                changed.append(f.name)
+    return changed
 
 
 #: logged on every rank (threestudio.info speaks for rank 0 only): which rank did what

@@ -24,9 +24,13 @@ WHAT = "BLIP image-captioning model (e.g. Salesforce/blip-image-captioning-base)
 BLIP_LAYOUT = ("config.json",)  # (the processor file is named differently across transformers versions)
 
 
-def check_captioner(name_or_path: str, key: str = "captioner") -> None:
+def check_captioner(name_or_path: str, key: str = "captioner", max_new_tokens: int = 30,
+                    tokens_key: str = "caption_max_new_tokens") -> None:
     """A configuration error now, before DNS sampling, when ``name_or_path`` cannot be a BLIP
-    captioner: a missing folder, a folder of another kind, a hub id that cannot be reached."""
+    captioner (a missing folder, a folder of another kind, a hub id that cannot be reached) or
+    the caption length limit is not a positive number of tokens."""
+    if max_new_tokens < 1:
+        raise ConfigError(tokens_key, max_new_tokens, "must be >= 1")
     check_model_path(key, name_or_path)
     require_layout(key, name_or_path, "BLIP captioning", BLIP_LAYOUT)
     if is_local_folder(name_or_path):
@@ -46,9 +50,7 @@ class BlipCaptioner:
                  text_prompt: Optional[str] = None, key: str = "captioner") -> None:
         from transformers import BlipForConditionalGeneration, BlipProcessor
 
-        if max_new_tokens < 1:
-            raise ConfigError("caption_max_new_tokens", max_new_tokens, "must be >= 1")
-        check_captioner(name_or_path, key)
+        check_captioner(name_or_path, key, max_new_tokens)
         self.processor = load_pretrained(key, name_or_path, WHAT, lambda: BlipProcessor.from_pretrained(name_or_path))
         model = load_pretrained(key, name_or_path, WHAT,
                                 lambda: BlipForConditionalGeneration.from_pretrained(name_or_path))
@@ -59,13 +61,21 @@ class BlipCaptioner:
 
     @torch.no_grad()
     def caption(self, images: Tensor, progress: bool = False) -> List[str]:
+        """One caption per image, generated image by image (the progress bar advances as
+        each caption is done)."""
+        bar = progress_bar(len(images), "captioning", unit="image", enabled=progress)
+        captions = []
+        for image in images:
+            captions.append(self.caption_one(image))
+            bar.update(1)
+        bar.close()
+        return captions
+
+    @torch.no_grad()
+    def caption_one(self, image: Tensor) -> str:
         from ..utils.imaging import to_pil
 
-        bar = progress_bar(len(images), "captioning", unit="image", enabled=progress)
-        pil = [to_pil(image) for image in images]
-        kwargs = {"text": [self.text_prompt] * len(pil)} if self.text_prompt else {}
-        inputs = self.processor(images=pil, return_tensors="pt", **kwargs).to(self.device)
+        kwargs = {"text": self.text_prompt} if self.text_prompt else {}
+        inputs = self.processor(images=to_pil(image), return_tensors="pt", **kwargs).to(self.device)
         out = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens)
-        bar.update(len(images))
-        bar.close()
-        return [self.processor.decode(ids, skip_special_tokens=True).strip() for ids in out]
+        return self.processor.decode(out[0], skip_special_tokens=True).strip()

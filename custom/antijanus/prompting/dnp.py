@@ -23,7 +23,7 @@ import dataclasses
 import logging
 import os
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Protocol, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Protocol, Tuple
 
 import torch
 from torch import Tensor
@@ -133,17 +133,20 @@ def cached_dnp(
     use_cache: bool = True,
     log: Callable[[str], None] = logger.info,
     progress: bool = True,
+    variant: Optional[Mapping[str, Any]] = None,
 ) -> DNPResult:
-    """Auto-DNP once per (model, prompt, sampling settings, captioner): sample the DNS image,
-    caption it into n*, then save both (atomically; the image is written only with its record,
-    so a failed captioning leaves nothing behind). A cache hit builds no model."""
+    """Auto-DNP once per (model, prompt, sampling settings, captioner, ``variant``): sample the
+    DNS image, caption it into n*, then save both (atomically; the image is written only with
+    its record, so a failed captioning leaves nothing behind). A cache hit builds no model.
+    ``variant``: whatever else the makers use that changes the image or n* (the caption length
+    limit, the sampling precision); part of the cache key."""
     from ..utils.cache import atomic_write, cache_key, read_json, write_json
 
     if not prompt or not prompt.strip():
         raise ConfigError("prompt", prompt, "must not be empty")
     settings.validate()
     key = cache_key(kind="dnp", model=model_name, prompt=prompt, settings=dataclasses.asdict(settings),
-                    captioner=captioner_name)
+                    captioner=captioner_name, variant=dict(variant or {}))
     record_path = os.path.join(cache_dir, f"{key}.json")
     image_path = os.path.join(cache_dir, f"{key}.png")
     record = read_json(record_path) if use_cache else None
@@ -159,7 +162,8 @@ def cached_dnp(
     negative = make_captioner().caption(image, progress=progress)[0].strip()
     atomic_write(image_path, lambda f: to_pil(image[0]).save(f, format="PNG"), binary=True)
     write_json(record_path, {"prompt": prompt, "negative_prompt": negative, "model": model_name,
-                             "captioner": captioner_name, "settings": dataclasses.asdict(settings)})
+                             "captioner": captioner_name, "settings": dataclasses.asdict(settings),
+                             "variant": dict(variant or {})})
     return DNPResult(prompt, negative, image_path, record_path, False)
 
 
