@@ -9,14 +9,17 @@ with three samplers on the same seeds:
     perp-neg: eps_unc + s * (e_pos - sum_i w_i e_i_perp)            (Perp-Neg)
 
 then classify each image's view with CLIP zero-shot (the view phrases), or any view classifier
-(``metrics.ViewClassifier``), and report the success rate per method and view. ``interpolation_images`` renders the front -> side -> back sweep of
-the Perp-Neg view interpolation (positive embedding mix and weight functions of views.py).
+(``metrics.ViewClassifier``), among ``answers`` (default: front, side, back; a classifier that
+knows more regions, e.g. the lab judge's "overhead", may be given them all), and report the success
+rate per method and view. ``batch_size`` samples that many seeds in one batch (each image's initial
+noise still comes from its own seed). ``interpolation_images`` renders the front -> side -> back
+sweep of the Perp-Neg view interpolation (positive embedding mix and weight functions of views.py).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, List, Mapping, Sequence
+from typing import Dict, List, Mapping, Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -41,6 +44,8 @@ class ViewExperiment:
     phrases: Mapping[str, str] = field(default_factory=lambda: {"front": "front view", "side": "side view",
                                                                  "back": "back view"})
     settings: SamplingSettings = SamplingSettings(steps=50, guidance_scale=7.5)
+    answers: Sequence[str] = ("front", "side", "back")  # the views an image may be classified as
+    batch_size: int = 1  # seeds sampled together (the same images as one at a time)
 
     def validate(self) -> "ViewExperiment":
         if not self.prompts or any(not p.strip() for p in self.prompts):
@@ -52,6 +57,12 @@ class ViewExperiment:
             if method not in METHODS:
                 raise ConfigError("methods", method, "unknown method", METHODS)
         require_non_negative("negative_weight", self.negative_weight)
+        missing = [v for v in self.views if v not in self.answers]
+        if missing or len(set(self.answers)) != len(self.answers):
+            raise ConfigError("answers", list(self.answers), "must list each requested view once "
+                              f"(requested: {list(self.views)})")
+        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise ConfigError("batch_size", self.batch_size, "must be an integer >= 1")
         self.settings.validate("")
         return self
 
@@ -63,22 +74,26 @@ def view_prompt(prompt: str, phrase: str) -> str:
 @torch.no_grad()
 def sample_with_negatives(sampler: StableDiffusionSampler, positive: Tensor, uncond: Tensor,
                           negatives: Tensor, weights: Sequence[float], method: str,
-                          settings: SamplingSettings) -> Tensor:
-    """One image [1, 3, H, W]: DDIM with every row (uncond, positive, negatives) in one UNet call
-    per step, combined by ``method``."""
+                          settings: SamplingSettings, seeds: Optional[Sequence[int]] = None) -> Tensor:
+    """Images [B, 3, H, W]: DDIM with every row (uncond, positive, negatives) of every image in one
+    UNet call per step, combined by ``method``. One image from ``settings.seed``, or one per seed
+    of ``seeds`` (each from its own seed's initial noise: the images of one-seed calls)."""
     b = sampler.backbone
-    generator = torch.Generator().manual_seed(int(settings.seed))
+    seeds = [int(settings.seed)] if seeds is None else [int(s) for s in seeds]
     shape = (1, b.unet.config.in_channels, b.latent_size, b.latent_size)
-    latents = torch.randn(shape, generator=generator).to(b.device) * sampler.scheduler.init_noise_sigma
-    rows = torch.cat([uncond, positive, negatives]) if method != "vanilla" else torch.cat([uncond, positive])
-    n_neg = rows.shape[0] - 2
-    index = torch.zeros(n_neg, dtype=torch.long, device=b.device)
-    weight = torch.tensor(list(weights)[:n_neg], dtype=torch.float32, device=b.device)
+    latents = torch.cat([torch.randn(shape, generator=torch.Generator().manual_seed(s)) for s in seeds])
+    latents = latents.to(b.device) * sampler.scheduler.init_noise_sigma
+    B = len(seeds)
+    n_neg = negatives.shape[0] if method != "vanilla" else 0
+    rows = torch.cat([uncond.expand(B, -1, -1), positive.expand(B, -1, -1), negatives[:n_neg].repeat(B, 1, 1)])
+    index = torch.arange(B, device=b.device).repeat_interleave(n_neg)  # negatives of image b: rows b*n_neg...
+    weight = torch.tensor(list(weights)[:n_neg], dtype=torch.float32, device=b.device).repeat(B)
     sampler.scheduler.set_timesteps(int(settings.steps))
     for t in sampler.scheduler.timesteps:
         model_input = sampler.scheduler.scale_model_input(latents, t)
-        eps = b.predict_noise(model_input.expand(rows.shape[0], -1, -1, -1), t.reshape(1).expand(rows.shape[0]).to(b.device), rows)
-        unc, pos, neg = eps[:1], eps[1:2], eps[2:]
+        x = torch.cat([model_input, model_input, model_input.repeat_interleave(n_neg, dim=0)])
+        eps = b.predict_noise(x, t.reshape(1).expand(rows.shape[0]).to(b.device), rows)
+        unc, pos, neg = eps[:B], eps[B:2 * B], eps[2 * B:]
         if method == "perp-neg":
             guided, _ = perp_neg_noise(unc, pos, neg, index, weight, settings.guidance_scale)
         else:  # cebm; vanilla has no negative rows, where both forms are plain CFG
@@ -94,6 +109,9 @@ def predict_views(classify, images: Tensor, prompt: str, views: Sequence[str], p
     if hasattr(classify, "view_scores"):
         scores = classify.view_scores(images, prompt, list(views))
     else:
+        missing = [v for v in views if v not in phrases]
+        if missing:
+            raise ConfigError("phrases", dict(phrases), f"needs a phrase for every answer view; missing {missing}")
         scores = classify(images, [phrases[v] for v in views])
     return [views[i] for i in scores.argmax(dim=1).tolist()]
 
@@ -117,18 +135,19 @@ def run_view_experiment(sampler: StableDiffusionSampler, classify, experiment: V
             negatives = torch.cat([view_embs[n] for n in VIEW_NEGATIVES[view]])
             weights = [experiment.negative_weight] * negatives.shape[0]
             for method in experiment.methods:
-                for seed in experiment.seeds:
-                    settings = SamplingSettings(experiment.settings.steps, experiment.settings.guidance_scale,
-                                                seed, experiment.settings.eta)
-                    image = sample_with_negatives(sampler, view_embs[view], uncond, negatives,
-                                                  weights, method, settings)
-                    records.append({"prompt": prompt, "view": view, "method": method, "seed": seed, "image": image[0]})
-                    bar.update(1)
+                seeds = list(experiment.seeds)
+                for start in range(0, len(seeds), experiment.batch_size):
+                    chunk = seeds[start:start + experiment.batch_size]
+                    images = sample_with_negatives(sampler, view_embs[view], uncond, negatives, weights, method,
+                                                   experiment.settings, seeds=chunk)
+                    for seed, image in zip(chunk, images):
+                        records.append({"prompt": prompt, "view": view, "method": method, "seed": seed, "image": image})
+                    bar.update(len(chunk))
     bar.close()
     for prompt in experiment.prompts:  # every view is a possible answer
         chosen = [r for r in records if r["prompt"] == prompt]
         images = torch.stack([r["image"] for r in chosen])
-        for record, view in zip(chosen, predict_views(classify, images, prompt, list(VIEW_NEGATIVES),
+        for record, view in zip(chosen, predict_views(classify, images, prompt, list(experiment.answers),
                                                       experiment.phrases)):
             record["predicted"] = view
     table = {m: {v: _rate(records, m, v) for v in experiment.views} for m in experiment.methods}
