@@ -37,8 +37,8 @@ def test_written_files_get_the_mode_open_gives_under_the_umask(tmp_path, umask, 
 
 
 def test_a_killed_writer_leaves_a_temporary_file_that_a_later_write_removes(tmp_path):
-    """A real writer process killed mid-write: its temporary file stays; once stale, the next
-    write into the folder removes it (and nothing else)."""
+    """A real writer process killed mid-write: its temporary file stays; once stale (an hour
+    untouched), the next write into the folder removes it, and nothing else."""
     script = (
         "import sys, os, time; sys.path.insert(0, sys.argv[2]);"
         "from antijanus.utils.cache import atomic_write;"
@@ -46,35 +46,38 @@ def test_a_killed_writer_leaves_a_temporary_file_that_a_later_write_removes(tmp_
     )
     custom = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "custom")
     writer = subprocess.Popen([sys.executable, "-c", script, str(tmp_path), custom], stdout=subprocess.PIPE, text=True)
-    assert writer.stdout.readline().strip() == "writing"
-    (temp,) = [p for p in tmp_path.iterdir() if p.name.startswith(".tmp-")]
-    # while the writer lives, its file is never removed, however old it looks
-    os.utime(temp, (time.time() - 10 * 3600,) * 2)
-    assert cache.remove_stale_temporaries(str(tmp_path)) == [] and temp.exists()
-    writer.kill()
-    writer.wait()
+    try:
+        assert writer.stdout.readline().strip() == "writing"
+        (temp,) = [p for p in tmp_path.iterdir() if p.name.startswith(cache.TEMP_PREFIX)]
+        # a live writer's file is fresh: another process's write into the folder leaves it alone
+        write_json(str(tmp_path / "other.json"), {"ok": True})
+        assert temp.exists()
+    finally:
+        writer.kill()
+        writer.wait()
     assert temp.exists()  # killed mid-write: left behind
-    # a recent temporary file of a dead writer is kept (it may be another host's live write)
-    os.utime(temp, None)
-    assert cache.remove_stale_temporaries(str(tmp_path)) == [] and temp.exists()
-    os.utime(temp, (time.time() - 2 * 3600,) * 2)
-    others = {".tmp-notes.txt": "another tool's", "data.json": "{}", ".tmp-abcd1234": "no target name"}
-    legacy = tmp_path / ".tmp-k3j_9x0qa.json"  # a temporary name of antijanus <= 0.2
-    legacy.write_text("{")
-    os.utime(legacy, (time.time() - 2 * 3600,) * 2)
+    assert cache.remove_stale_temporaries(str(tmp_path)) == [] and temp.exists()  # still recent
+    old = time.time() - 2 * 3600
+    os.utime(temp, (old, old))
+    # other tools' files in a shared folder (e.g. a trial folder) are never touched, whatever
+    # their age, also those that look like temporary names
+    others = {".tmp-notes.txt": "another tool's", "data.json": "{}", ".tmp-abcd1234": "no target name",
+              ".tmp-k3j_9x0qa.json": "mkstemp's default form", "tmpk3j_9x0q": "tempfile's"}
     for name, text in others.items():
         (tmp_path / name).write_text(text)
-        os.utime(tmp_path / name, (time.time() - 2 * 3600,) * 2)
+        os.utime(tmp_path / name, (old, old))
     write_json(str(tmp_path / "next.json"), {"ok": True})  # the next write cleans the folder
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*others, "next.json"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*others, "other.json", "next.json"])
 
 
-def test_temporary_files_of_another_host_are_removed_only_when_old(tmp_path):
-    name = f"{cache.TEMP_PREFIX}other-host-{os.getpid()}-abc-x.json"  # the pid means nothing here
-    (tmp_path / name).write_text("{")
-    assert cache.remove_stale_temporaries(str(tmp_path)) == []
-    os.utime(tmp_path / name, (time.time() - 2 * 3600,) * 2)
-    assert cache.remove_stale_temporaries(str(tmp_path)) == [str(tmp_path / name)]
+def test_only_old_temporary_files_of_ours_are_removed(tmp_path):
+    fresh, stale = (tmp_path / f"{cache.TEMP_PREFIX}{n}-x.json" for n in ("fresh", "stale"))
+    fresh.write_text("{")
+    stale.write_text("{")
+    os.utime(stale, (time.time() - cache.STALE_TEMP_AGE_S - 1,) * 2)
+    assert cache.remove_stale_temporaries(str(tmp_path)) == [str(stale)]
+    assert fresh.exists() and not stale.exists()
+    assert cache.remove_stale_temporaries(str(tmp_path / "missing")) == []
 
 
 @pytest.mark.parametrize("content", [b"{\"prompt\": \"a co", b"\xff\xfe garbage", b"[1, 2]", b""])

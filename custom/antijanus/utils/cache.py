@@ -4,8 +4,9 @@ A file is written to a temporary name in the same folder and moved into place wi
 ``os.replace``, so a reader (another rank, a resumed run, a run killed mid-write) sees either
 the old file or the complete new one, never a partial file. Written files get the mode an
 ordinary ``open()`` gives under the current umask (0644 under the usual 022), as threestudio's
-own cache files. A run killed mid-write leaves its temporary file behind; the next write into
-that folder removes the stale ones (see ``remove_stale_temporaries``). A cache file that cannot
+own cache files. A run killed mid-write leaves its temporary file (``.tmp-antijanus-...``)
+behind; a later write into that folder removes it once it is an hour old (see
+``remove_stale_temporaries``; no other file is touched). A cache file that cannot
 be read (truncated, garbage, another format) is a cache miss with one warning naming the file,
 so the value is computed again and the file rewritten.
 """
@@ -16,21 +17,18 @@ import hashlib
 import json
 import logging
 import os
-import re
-import socket
 import tempfile
 import time
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import torch
 
 CACHE_VERSION = 1
+# Temporary files of atomic writes: "<prefix><random>-<target name>" in the target's folder.
 TEMP_PREFIX = ".tmp-antijanus-"
-# A temporary file older than this is stale: atomic writes here take seconds (JSON, embeddings,
-# a PNG), and a writer that is alive keeps its file's mtime fresh.
+# A temporary file untouched for this long is a killed writer's: atomic writes here take seconds
+# (JSON, embeddings, a PNG), and a writer that is alive keeps its file's mtime fresh.
 STALE_TEMP_AGE_S = 3600.0
-# temporary names of antijanus <= 0.2 (tempfile.mkstemp: ".tmp-" + 8 random characters + name)
-_LEGACY_TEMP = re.compile(r"\.tmp-[a-z0-9_]{8}.")
 
 logger = logging.getLogger(__name__)
 
@@ -55,71 +53,35 @@ def current_umask() -> int:
     return mask
 
 
-def _host() -> str:
-    return re.sub(r"[^\w.]+", "_", socket.gethostname())[:40] or "host"
-
-
-def _temp_prefix() -> str:
-    """``.tmp-antijanus-<host>-<pid>-``: whoever cleans can tell whether the writer still runs."""
-    return f"{TEMP_PREFIX}{_host()}-{os.getpid()}-"
-
-
-def _writer_alive(name: str) -> Optional[bool]:
-    """Whether the process that owns temporary file ``name`` is alive; None when it cannot be
-    told here (written on another host, or a legacy name without a pid)."""
-    match = re.match(re.escape(TEMP_PREFIX) + r"(.+)-(\d+)-", name)
-    if not match or match.group(1) != _host():
-        return None
-    pid = int(match.group(2))
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # exists, owned by someone else
-        return True
-    return True
-
-
-def remove_stale_temporaries(folder: str, max_age_s: float = STALE_TEMP_AGE_S) -> list:
-    """Remove the temporary files that killed writers left in ``folder``: only names of this
-    module's writer (``.tmp-antijanus-...``, or the ``.tmp-XXXXXXXX<name>`` of earlier versions),
-    only those untouched for ``max_age_s``, and never one whose writer is a live process on this
-    host. Returns the paths removed."""
+def remove_stale_temporaries(folder: str, max_age_s: float = STALE_TEMP_AGE_S) -> List[str]:
+    """Remove the temporary files killed writers left in ``folder``: only this module's names
+    (``TEMP_PREFIX``), only those untouched for ``max_age_s`` (a live writer's file is fresh).
+    Other files, other tools' temporary files included, are never touched. Returns the paths
+    removed."""
     removed = []
     try:
-        names = os.listdir(folder)
+        names = [name for name in os.listdir(folder) if name.startswith(TEMP_PREFIX)]
     except OSError:
         return removed
     now = time.time()
     for name in names:
-        if not (name.startswith(TEMP_PREFIX) or _LEGACY_TEMP.match(name)):
-            continue
         path = os.path.join(folder, name)
         try:
-            if not os.path.isfile(path) or now - os.path.getmtime(path) < max_age_s:
-                continue
-            if _writer_alive(name):
-                continue
-            os.remove(path)
-            removed.append(path)
+            if os.path.isfile(path) and now - os.path.getmtime(path) >= max_age_s:
+                os.remove(path)
+                removed.append(path)
         except OSError:  # gone already (another process cleaned it), or not ours to remove
             continue
     return removed
 
 
-_cleaned_folders: set = set()
-
-
 def atomic_write(path: str, write: Callable[[Any], None], binary: bool = False) -> None:
-    """Write ``path`` through ``write(file)`` atomically, with the umask's mode."""
+    """Write ``path`` through ``write(file)`` atomically, with the umask's mode; stale temporary
+    files of killed writers in the folder are removed first."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    if folder not in _cleaned_folders:  # once per folder and process
-        _cleaned_folders.add(folder)
-        remove_stale_temporaries(folder)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=_temp_prefix(), suffix="-" + os.path.basename(path))
+    remove_stale_temporaries(folder)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=TEMP_PREFIX, suffix="-" + os.path.basename(path))
     try:
         _chmod(fd, tmp, 0o666 & ~current_umask())  # mkstemp creates 0600
         with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as f:
