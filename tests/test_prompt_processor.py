@@ -88,6 +88,16 @@ def test_debiased_view_prompts_and_paper_view_settings(processor_config, stand_i
     assert torch.isfinite(rgb.grad).all()
 
 
+def test_debiasing_is_on_by_default_unlike_threestudio():
+    """An intended difference (README key table): threestudio's processors default to
+    use_prompt_debiasing: false; ours exist to debias."""
+    from threestudio.models.prompt_processors.base import PromptProcessor
+
+    assert PromptProcessor.Config().use_prompt_debiasing is False
+    for name in ("bert-pmi-prompt-processor", "bert-pmi-deep-floyd-prompt-processor"):
+        assert threestudio.find(name).Config().use_prompt_debiasing is True
+
+
 def test_second_run_reuses_the_cache_without_the_model(processor_config, stand_in_bert):
     first = make(processor_config)
     second = make(processor_config)
@@ -105,6 +115,32 @@ def test_a_view_kept_whole_reports_the_rules_words(processor_config, stand_in_be
     assert report["removed"] == {"side": ["smiling"], "front": [], "back": ["smiling"], "overhead": ["smiling"]}
     assert "view back keeps the whole prompt: removing the words the rule finds contradicting it, " \
            "['smiling'], would leave no content word" in caplog.text
+
+
+def test_a_corrupt_cached_embedding_is_computed_again(processor_config, stand_in_bert, caplog):
+    """threestudio's existence check would take a truncated .pt file as cached and crash in
+    torch.load; ours removes it (one warning naming it) and computes it again."""
+    from threestudio.models.prompt_processors.base import hash_prompt
+
+    first = make(processor_config)
+    model = processor_config["pretrained_model_name_or_path"]
+    path = lambda prompt: os.path.join(".threestudio_cache", "text_embeddings", f"{hash_prompt(model, prompt)}.pt")
+    back, empty = first.prompts_vd[2], ""
+    for prompt in (back, empty):
+        with open(path(prompt), "wb") as f:
+            f.write(b"PK\x03\x04 truncated by a full disk")
+    with caplog.at_level(logging.WARNING, logger="antijanus.utils.cache"):
+        second = make(processor_config)
+    assert torch.equal(second.text_embeddings_vd[2], first.text_embeddings_vd[2])
+    assert torch.equal(second.empty_text_embeddings, first.empty_text_embeddings)
+    assert {path(back), path(empty)} == {r.args[0] for r in caplog.records if "unreadable" in r.getMessage()}
+    # a file spoiled after the processor was configured: load_from_cache computes it again too
+    with open(path(back), "wb") as f:
+        f.write(b"garbage")
+    assert torch.equal(second.load_from_cache(back), first.text_embeddings_vd[2])
+    assert torch.equal(torch.load(path(back)), first.text_embeddings_vd[2])  # rewritten
+    with pytest.raises(FileNotFoundError, match="not found"):  # a missing file stays threestudio's error
+        second.load_from_cache("a prompt never embedded")
 
 
 def test_real_tiny_bert_runs_inside_the_processor(processor_config, tmp_path):

@@ -22,7 +22,7 @@ from ..core.views import VIEWS, ViewRanges, classify_views
 from ..prompting.text_encoders import (clip_text_embeddings, encoder_max_tokens, load_tokenizer,
                                        t5_text_embeddings, token_counter)
 from ..prompting.view_prompts import check_room_for_words, fit_view_prompt
-from ..utils.cache import save_tensor
+from ..utils.cache import load_tensor, save_tensor
 from ..utils.errors import ConfigError
 
 # threestudio's direction order (its built-in Perp-Neg indexes side=0, front=1, back=2, overhead=3)
@@ -159,7 +159,35 @@ class AntijanusPromptProcessorMixin:
         self.fit_view_prompts()
         rank_logger.info(f"antijanus rank {get_rank()}: view prompts {json.dumps(list(self.prompts_vd))} "
                          f"negative {json.dumps(list(self.negative_prompts_vd))}")
-        super().prepare_text_embeddings()
+        if get_rank() == 0 and self.cfg.use_cache:
+            self.drop_unreadable_embeddings([self.prompt, self.negative_prompt, *self.prompts_vd,
+                                             *self.negative_prompts_vd])
+        super().prepare_text_embeddings()  # (threestudio's: rank 0 computes what is not in the cache)
+
+    def embedding_path(self, prompt: str) -> str:
+        """threestudio's text-embedding cache file of ``prompt``."""
+        return os.path.join(self._cache_dir, f"{hash_prompt(self.cfg.pretrained_model_name_or_path, prompt)}.pt")
+
+    def drop_unreadable_embeddings(self, prompts: Sequence[str]) -> None:
+        """Cached embeddings that cannot be loaded (truncated, garbage) are removed, each with one
+        warning naming the file, so that threestudio's existence check computes them again."""
+        for prompt in dict.fromkeys(prompts):
+            load_tensor(self.embedding_path(prompt))
+
+    def load_from_cache(self, prompt: str):
+        """threestudio's ``load_from_cache``; an unreadable file is computed again here instead
+        of a crash in ``torch.load``."""
+        path = self.embedding_path(prompt)
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"Text embedding file {path} for model {self.cfg.pretrained_model_name_or_path} "
+                                    f"and prompt [{prompt}] not found.")
+        embedding = load_tensor(path, map_location=self.device)
+        if embedding is None:  # unreadable: removed with a warning naming it
+            self.spawn_func(self.cfg.pretrained_model_name_or_path, [prompt], self._cache_dir)
+            embedding = load_tensor(path, map_location=self.device)
+        if embedding is None:
+            raise RuntimeError(f"antijanus: the text embedding {path} of [{prompt}] cannot be read after computing it")
+        return embedding
 
     def token_budget(self) -> Tuple[Callable[[str], int], int]:
         """(token counter of the text encoder's tokenizer, its window), the tokenizer loaded once."""
@@ -204,8 +232,7 @@ class AntijanusPromptProcessorMixin:
     def load_empty_text_embeddings(self) -> None:
         """The "" embedding (``empty_text_embeddings``): the guidances use it as the
         unconditional when the negative prompt is a Perp-Neg negative."""
-        path = os.path.join(self._cache_dir, f"{hash_prompt(self.cfg.pretrained_model_name_or_path, '')}.pt")
-        if get_rank() == 0 and not os.path.exists(path):
+        if get_rank() == 0 and load_tensor(self.embedding_path("")) is None:  # missing or unreadable
             self.spawn_func(self.cfg.pretrained_model_name_or_path, [""], self._cache_dir)
         barrier()
         self.empty_text_embeddings = self.load_from_cache("")[None, ...]
