@@ -197,6 +197,16 @@ def test_dnp_prompt_processor_output(tiny_sd, tiny_blip, tmp_path, monkeypatch):
     assert again.dnp.cache_hit and again.negative_prompt == n_star
 
 
+def test_auto_dnp_is_the_default_unlike_threestudio():
+    """An intended difference (README key table): threestudio's negative prompt defaults to ""."""
+    from threestudio.models.prompt_processors.stable_diffusion_prompt_processor import (
+        StableDiffusionPromptProcessor,
+    )
+
+    assert StableDiffusionPromptProcessor.Config().negative_prompt == ""
+    assert threestudio.find("dnp-prompt-processor").Config().negative_prompt == "auto"
+
+
 def test_dnp_processor_bad_settings(tiny_sd, tiny_blip, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     sampled = []
