@@ -23,7 +23,7 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "custom"))
 
-from antijanus.prompting.captioning import DEFAULT_CAPTIONER, BlipCaptioner, check_captioner  # noqa: E402
+from antijanus.prompting.captioning import DEFAULT_CAPTIONER, check_captioner, load_captioner  # noqa: E402
 from antijanus.prompting.dnp import SamplingSettings, load_sampler  # noqa: E402
 from antijanus.utils.imaging import image_grid, to_pil  # noqa: E402
 from antijanus.utils.errors import ConfigError  # noqa: E402
@@ -33,7 +33,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("prompt")
     parser.add_argument("--model", default="stabilityai/stable-diffusion-2-1-base", help="SD hub id or folder")
-    parser.add_argument("--captioner", default=DEFAULT_CAPTIONER, help="BLIP hub id or folder")
+    parser.add_argument("--captioner", default=DEFAULT_CAPTIONER,
+                        help="BLIP hub id or folder, or a captioner plugin folder (e.g. models/janus-lab/captioner)")
     parser.add_argument("--negative", help="n* by hand (skips captioning)")
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--scale", type=float, default=7.5, help="guidance scale (CFG and DNS)")
@@ -55,7 +56,7 @@ def main() -> int:
         negative = args.negative
         if negative is None:
             print(f"captioning the DNS image with {args.captioner}")
-            captioner = BlipCaptioner(args.captioner, device=args.device, key="--captioner")
+            captioner = load_captioner(args.captioner, device=args.device, key="--captioner")
             negative = captioner.caption(dns, progress=True)[0]
         print(f"n* = {negative!r}; sampling with (p, n*)")
         n_star = encode([negative])

@@ -73,7 +73,7 @@ class DNPPromptProcessor(AntijanusPromptProcessorMixin, StableDiffusionPromptPro
                              f"so {changed} have no effect")
 
     def run_dnp(self, settings):
-        from ..prompting.captioning import BlipCaptioner
+        from ..prompting.captioning import load_captioner
         from ..prompting.dnp import cached_dnp, load_sampler
 
         cfg = self.cfg
@@ -88,7 +88,7 @@ class DNPPromptProcessor(AntijanusPromptProcessorMixin, StableDiffusionPromptPro
             return load_sampler(cfg.pretrained_model_name_or_path, device, half_precision=half_precision)
 
         def captioner():
-            return BlipCaptioner(cfg.captioner, device=device, max_new_tokens=cfg.caption_max_new_tokens)
+            return load_captioner(cfg.captioner, device=device, max_new_tokens=cfg.caption_max_new_tokens)
 
         def run(make_sampler, make_captioner, use_cache=True):
             return cached_dnp(prompt, cfg.pretrained_model_name_or_path, settings, cfg.captioner,
