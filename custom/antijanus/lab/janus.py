@@ -362,3 +362,30 @@ def wilson_rate(values: Sequence[float]) -> Tuple[float, Tuple[float, float]]:
 
     hits, n = int(sum(1 for v in values if v >= 0.5)), len(values)
     return (hits / n if n else math.nan), wilson(hits, n)
+
+
+def constructed_orbits_report(judge=None, n: int = 36, elevation: float = 15.0) -> str:
+    """The metric on constructed orbits (each kind, plain and with every attribute; the
+    ground-truth creature, a two-faced one and one turned around), as a Markdown table."""
+    from .judge import Judge
+    from .models import model_path
+
+    judge = judge or Judge.load(model_path("judge"))
+    azimuths = orbit_azimuths(n)
+    keys = ("janus", "face_in_back", "front_segments", "view_accuracy", "a_jfd")
+    lines = ["| creature | orbit | " + " | ".join(keys) + " |", "| --- | --- |" + " --- |" * len(keys)]
+    for kind in KINDS:
+        for creature in (Creature(kind), Creature(kind, smiling=True, striped=True, hat=True)):
+            name = " ".join([a for a in ("smiling", "striped", "hat") if getattr(creature, a)] + [kind])
+            for orbit, frames in (("ground truth", render_orbit(creature, azimuths, elevation)),
+                                  ("two-faced", render_orbit(creature, azimuths, elevation, two_faced=True)),
+                                  ("turned around", render_orbit(creature, azimuths + 180.0, elevation))):
+                m = orbit_metrics(frames, azimuths, elevation, judge, kind=kind)
+                lines.append(f"| {name} | {orbit} | " + " | ".join(
+                    f"{m[k]:.3f}" if k in ("view_accuracy", "a_jfd") else f"{m[k]:g}" for k in keys) + " |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":  # python -m antijanus.lab.janus
+    torch.set_num_threads(1)
+    print(constructed_orbits_report())
