@@ -68,7 +68,10 @@ def keys_changed_from_defaults(cfg, config_type, names: Sequence[str]) -> List[s
     return changed
 
 
-#: logged on every rank (threestudio.info speaks for rank 0 only): which rank did what
+#: which rank did what, printed on every rank: threestudio.info speaks for rank 0 only, while a
+#: child of Lightning's "pytorch_lightning" logger reaches the stderr handler Lightning installs
+#: in every process (formatted by threestudio's launch.py). The two-rank launch test reads these
+#: lines ("antijanus rank <r>: ..."), so keep the namespace when renaming.
 rank_logger = logging.getLogger("pytorch_lightning.antijanus")
 
 

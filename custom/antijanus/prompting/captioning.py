@@ -65,14 +65,19 @@ def captioner_plugin(name_or_path: str, key: str = "captioner") -> Optional[Tupl
     return cls, options
 
 
+def require_caption_length(max_new_tokens: int, key: str = "caption_max_new_tokens") -> None:
+    """The caption length limit: a positive number of new tokens (the one check of it)."""
+    if max_new_tokens < 1:
+        raise ConfigError(key, max_new_tokens, "must be >= 1")
+
+
 def load_captioner(name_or_path: str = DEFAULT_CAPTIONER, device="cpu", max_new_tokens: int = 30,
                    key: str = "captioner"):
     """The captioner of a plugin folder, else a BlipCaptioner."""
     plugin = captioner_plugin(name_or_path, key)
     if plugin is None:
         return BlipCaptioner(name_or_path, device=device, max_new_tokens=max_new_tokens, key=key)
-    if max_new_tokens < 1:
-        raise ConfigError("caption_max_new_tokens", max_new_tokens, "must be >= 1")
+    require_caption_length(max_new_tokens)
     cls, options = plugin
     return cls(os.path.expanduser(name_or_path), device=device, max_new_tokens=max_new_tokens, key=key, **options)
 
@@ -83,8 +88,7 @@ def check_captioner(name_or_path: str, key: str = "captioner", max_new_tokens: i
     captioner (a missing folder, a folder of another kind, a hub id that cannot be reached) or a
     captioner plugin (its marker, class and own check), or the caption length limit is not a
     positive number of tokens."""
-    if max_new_tokens < 1:
-        raise ConfigError(tokens_key, max_new_tokens, "must be >= 1")
+    require_caption_length(max_new_tokens, tokens_key)
     check_model_path(key, name_or_path)
     plugin = captioner_plugin(name_or_path, key)
     if plugin is not None:
