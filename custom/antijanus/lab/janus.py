@@ -129,7 +129,7 @@ def frame_rows(orbit: OrbitFrames) -> List[Dict[str, object]]:
             "front_only_visible": bool(orbit.front_only_visible[i]), "in_back": bool(orbit.in_back[i]),
             "duplicate": bool(orbit.duplicate[i])}
         row.update({f"p_{v}": float(orbit.view_probs[i, j]) for j, v in enumerate(VIEWS)})
-        row.update({f"p_{a}": float(orbit.attribute_probs[i, j]) for j, a in enumerate(ATTRIBUTES)})
+        row.update({f"p_{a}": float(p) for a, p in zip(ATTRIBUTES, orbit.attribute_probs[i])})
         rows.append(row)
     return rows
 
