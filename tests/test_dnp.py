@@ -308,14 +308,18 @@ def test_dnp_configs_say_what_they_compute():
         cfg = OmegaConf.load(os.path.join(os.path.dirname(__file__), "..", "configs", f"{name}.yaml"))
         assert cfg.system.prompt_processor_type == "dnp-prompt-processor"
         assert cfg.system.prompt_processor.negative_prompt == "auto"
-        return cfg.system.guidance
+        # Perp-Neg: the guidance's perp_neg when set, else the processor's use_perp_neg (README)
+        perp_neg = cfg.system.guidance.get("perp_neg")
+        if perp_neg is None:
+            perp_neg = cfg.system.prompt_processor.get("use_perp_neg", False)
+        return perp_neg, cfg.system.guidance
 
-    paper = guidance("dnp-nerf-sd")
-    assert paper.perp_neg is False and paper.negative_prompt_weight == 0  # n* the unconditional of CFG
-    both = guidance("dnp-perp-neg-nerf-sd")
-    assert both.perp_neg is True and both.negative_prompt_weight == 0  # CFG(p, n*) + Perp-Neg views
-    replaced = guidance("dnp-perp-neg-negative-nerf-sd")
-    assert replaced.perp_neg is True and replaced.negative_prompt_weight > 0  # n* a Perp-Neg negative
+    perp_neg, paper = guidance("dnp-nerf-sd")
+    assert perp_neg is False and paper.negative_prompt_weight == 0  # n* the unconditional of CFG
+    perp_neg, both = guidance("dnp-perp-neg-nerf-sd")
+    assert perp_neg is True and both.negative_prompt_weight == 0  # CFG(p, n*) + Perp-Neg views
+    perp_neg, replaced = guidance("dnp-perp-neg-negative-nerf-sd")
+    assert perp_neg is True and replaced.negative_prompt_weight > 0  # n* a Perp-Neg negative
 
 
 def test_2d_script_writes_the_grid_and_record(tiny_sd, tiny_blip, tmp_path):

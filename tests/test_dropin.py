@@ -228,6 +228,43 @@ def test_a_broken_model_folder_is_a_config_error_naming_the_cause(tmp_path, tiny
         StableDiffusionBackbone(BackboneOptions(pretrained_model_name_or_path=str(broken)), "cpu")
 
 
+def test_no_model_is_stable_diffusion_2_1_base(monkeypatch):
+    """pretrained_model_name_or_path: null is SD 2.1-base (threestudio's stable-diffusion-guidance:
+    runwayml/stable-diffusion-v1-5; tests/test_threestudio_parity.py shows the difference), and
+    IF stage I XL for the IF backbone, as deep-floyd-guidance."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # the hub id is tried, and named in the error
+    with pytest.raises(ConfigError, match=r"pretrained_model_name_or_path.*'stabilityai/stable-diffusion-2-1-base'"):
+        sd_guidance(None)
+    with pytest.raises(ConfigError, match=r"pretrained_model_name_or_path.*'DeepFloyd/IF-I-XL-v1.0'"):
+        if_guidance(None)
+
+
+def test_sizes_follow_the_model(tiny_sd, tmp_path):
+    """Renders are resized to the model's image size and latents to its UNet's sample size
+    (threestudio: always 512 / 64, equal for SD 1.x / 2.x-base; 768 / 96 for SD 2.x-768)."""
+    import json
+    import shutil
+
+    folder = tmp_path / "sd-sample-12"
+    shutil.copytree(tiny_sd, folder)
+    config_path = folder / "unet" / "config.json"
+    config = json.loads(config_path.read_text())
+    assert config["sample_size"] == 8
+    config_path.write_text(json.dumps({**config, "sample_size": 12}))  # a "768" model in small
+    for path, latent in ((tiny_sd, 8), (str(folder), 12)):
+        guidance = sd_guidance(path, use_img_loss=True)
+        backbone = guidance.engine.backbone
+        assert (backbone.latent_size, backbone.image_size) == (latent, 2 * latent)  # VAE factor 2
+        rgb = torch.rand(3, 40, 40, 3)
+        assert backbone.render_to_image(rgb.permute(0, 3, 1, 2)).shape == (3, 3, 2 * latent, 2 * latent)
+        assert backbone.to_model_space(rgb.permute(0, 3, 1, 2)).shape == (3, 4, latent, latent)
+        shapes = []
+        predict = backbone.predict_noise
+        backbone.predict_noise = lambda x, t, e: (shapes.append(tuple(x.shape[-2:])), predict(x, t, e))[1]
+        guidance(rgb, make_prompt_output(), **CAMERAS)
+        assert shapes == [(latent, latent)]
+
+
 def test_an_unreachable_hub_id_is_a_config_error_saying_so(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(ConfigError, match=r"pretrained_model_name_or_path.*'nobody/no-such-sd'.*model hub.*no network"):

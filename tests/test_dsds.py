@@ -158,8 +158,19 @@ def test_deepfloyd_backbone_pixel_space_epsilon_and_t5(tiny_if):
     with torch.no_grad():
         raw = backbone.unet(x_t, t, encoder_hidden_states=emb).sample
     assert raw.shape[1] == 6 and torch.allclose(eps, raw[:, :3])
-    with pytest.raises(ValueError, match="no latent space"):
+    with pytest.raises(ConfigError, match="backbone.*deepfloyd-if.*no latent space.*rgb_as_latents"):
         backbone.to_model_space(torch.ones(1, 4, 8, 8), rgb_as_latents=True)
+
+
+def test_latent_renders_on_deepfloyd_if_are_a_config_error_naming_the_key(tiny_if):
+    """A system that renders latents (latentnerf) with an IF guidance: a ConfigError at the first
+    step naming the key, not an error from a tensor op."""
+    backbone = DeepFloydIFBackbone(
+        BackboneOptions(pretrained_model_name_or_path=tiny_if, half_precision_weights=False), "cpu")
+    guidance = dsds(backbone, trainer_max_steps=10)
+    with pytest.raises(ConfigError, match=r"config key `backbone` = 'deepfloyd-if': has no latent space") as info:
+        guidance(torch.randn(4, 8, 8, 4), make_prompt_output(features=16), **CAMERAS, rgb_as_latents=True)
+    assert "stable-diffusion" in str(info.value)
 
 
 def test_default_clip_is_the_recipe_of_the_sds_path_the_final_gradient():
@@ -198,3 +209,22 @@ def test_clip_keys_without_score_clipping_warn_once(caplog):
         dsds(config_type=ScoreDistillationConfig, clip_start=1.0, clip_end_step=500)
     lines = [r.message for r in caplog.records]
     assert len(lines) == 1 and "clip_start, clip_end_step set but score_clipping is false" in lines[0]
+
+
+def test_grad_clip_with_score_clipping_is_one_warning_naming_both(caplog):
+    """The authors' threestudio recipe (grad_clip [0, 2.0, 8.0, 10000]) ported onto dsds-guidance
+    would clip twice; one line says so and what to do."""
+    import logging
+
+    with caplog.at_level(logging.WARNING, logger="antijanus.core.guidance"):
+        guidance = dsds(grad_clip=[0, 2.0, 8.0, 10000], trainer_max_steps=100)
+        guidance(torch.randn(4, 8, 8, 4), make_prompt_output(), **CAMERAS, rgb_as_latents=True)
+    lines = [r.message for r in caplog.records]
+    assert len(lines) == 1
+    assert "grad_clip ([0, 2.0, 8.0, 10000]) and score_clipping: true both clip" in lines[0]
+    assert "remove grad_clip, or set score_clipping: false" in lines[0]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="antijanus.core.guidance"):
+        dsds(config_type=ScoreDistillationConfig, grad_clip=[0, 2.0, 8.0, 10000])  # threestudio's alone
+        dsds(trainer_max_steps=100)  # D-SDS alone
+    assert caplog.records == []

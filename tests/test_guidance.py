@@ -27,6 +27,12 @@ class FakeBackbone:
         shift = text_embeddings.std(dim=(1, 2)).view(-1, 1, 1, 1)
         return x_t * scale + shift
 
+    def predict_noise_and_variance(self, x_t, t, text_embeddings):
+        return self.predict_noise(x_t, t, text_embeddings), None
+
+    def noise_schedule(self, sjc=False):
+        return self.alphas_cumprod
+
     def encode_prompts(self, prompts):
         self.encoded.append(list(prompts))
         return torch.zeros(len(prompts), 77, 32)
@@ -230,3 +236,14 @@ def test_schedules_that_stay_ordered_are_accepted():
     # threestudio's prolificdreamer-geometry.yaml and imagecondition_zero123nerf.yaml
     guidance_with(min_step_percent=0.02, max_step_percent=[5000, 0.98, 0.5, 5001])
     guidance_with(min_step_percent=[0, 0.4, 0.2, 200], max_step_percent=[0, 0.85, 0.5, 200])
+
+
+def test_token_merging_params_without_token_merging_warn_once(caplog):
+    import logging
+
+    with caplog.at_level(logging.WARNING, logger="antijanus.core.guidance"):
+        guidance = guidance_with(token_merging_params={"ratio": 0.5})
+        guidance(torch.randn(4, 8, 8, 4), make_prompt_output(), **CAMERAS, rgb_as_latents=True)
+    assert [r.message for r in caplog.records] == [
+        "token_merging_params set but token_merging is false: ToMe is off and token_merging_params "
+        "has no effect (set token_merging: true)"]

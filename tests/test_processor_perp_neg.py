@@ -49,8 +49,11 @@ def test_unset_perp_neg_follows_the_processors_use_perp_neg(config_type, caplog)
     with caplog.at_level(logging.INFO, logger=LOGGER):
         assert step(guidance, stock_output(False))["unet_rows"] == 8  # plain view-dependent SDS
         assert step(guidance, stock_output(False))["unet_rows"] == 8
-    assert [r.message for r in caplog.records if "Perp-Neg" in r.message] == [
-        "Perp-Neg off (perp_neg unset: following the prompt processor's use_perp_neg: false)"]
+    lines = [r for r in caplog.records if "Perp-Neg" in r.message]
+    assert [r.message for r in lines] == [  # one line, saying how to switch it on
+        "Perp-Neg off (perp_neg unset: following the prompt processor's use_perp_neg: false; for "
+        "Perp-Neg set use_perp_neg: true on the prompt processor or perp_neg: true on the guidance)"]
+    assert lines[0].levelno == logging.INFO
     assert step(guidance, stock_output(True))["unet_rows"] == 13  # Perp-Neg rows
 
 
@@ -116,3 +119,65 @@ def test_negative_prompt_weight_with_an_empty_negative_prompt_warns_once(caplog)
         step(guidance, prompts)
     lines = [r.message for r in caplog.records if "negative_prompt_weight" in r.message]
     assert len(lines) == 1 and "negative prompt is empty" in lines[0]
+
+
+@pytest.mark.parametrize("config_type, prompts", [
+    (ScoreDistillationConfig, lambda: stock_output(False)),  # the stock processor says off
+    (DSDSConfig, make_prompt_output),  # a processor without use_perp_neg: dsds-guidance is off
+])
+def test_perp_neg_keys_when_perp_neg_resolves_off_are_one_warning_naming_them(config_type, prompts, caplog):
+    guidance = guidance_with(config_type, perp_neg_preset="stable-dreamfusion",
+                             overhead_negatives={"front": 1.0}, trainer_max_steps=10)
+    with caplog.at_level(logging.INFO, logger=LOGGER):
+        for _ in range(2):
+            assert step(guidance, prompts())["unet_rows"] == 8  # off: plain view-dependent SDS
+    lines = [r for r in caplog.records if "Perp-Neg" in r.message]
+    assert len(lines) == 1 and lines[0].levelno == logging.WARNING
+    assert ("perp_neg_preset, overhead_negatives set but Perp-Neg is off, so they have no effect"
+            in lines[0].message)
+
+
+def test_perp_neg_keys_with_perp_neg_false_warn_at_configuration(caplog):
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        guidance = guidance_with(perp_neg=False, perp_neg_f_sb=[1.0, 0.5, 0.0])
+    assert [r.message for r in caplog.records] == [
+        "perp_neg_f_sb set but perp_neg is false: Perp-Neg is off and these keys have no effect "
+        "(set perp_neg: true, or remove them)"]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        step(guidance, stock_output(False))
+    assert caplog.records == []  # said once, at configuration
+
+
+SHIPPED_PERP_NEG = {"perp-neg-nerf-sd.yaml", "perp-neg-dsds-nerf-sd.yaml", "magic3d-coarse-dsds-sd.yaml",
+                    "magic3d-refine-dsds-sd.yaml", "dsds-nerf-if.yaml", "dnp-perp-neg-nerf-sd.yaml",
+                    "dnp-perp-neg-negative-nerf-sd.yaml"}
+
+
+def shipped_configs():
+    import glob
+    import os
+
+    return sorted(glob.glob(os.path.join(os.path.dirname(__file__), "..", "configs", "*.yaml")))
+
+
+@pytest.mark.parametrize("path", shipped_configs(), ids=lambda p: p.rsplit("/", 1)[-1])
+def test_shipped_configs_decide_perp_neg_without_a_warning(path):
+    """Each shipped config's guidance block behind the output its processor block gives (the
+    processor's use_perp_neg, default false): Perp-Neg as the config intends, no conflict line."""
+    import os
+
+    from omegaconf import OmegaConf
+
+    from antijanus.core.guidance import config_warnings, decide_perp_neg, resolve_config
+
+    cfg = OmegaConf.load(path)
+    block = OmegaConf.to_container(cfg.system.guidance, resolve=False)
+    block = {k: v for k, v in block.items() if not (isinstance(v, str) and "${" in v)}
+    config = {"perp-neg-sds-guidance": ScoreDistillationConfig, "dsds-guidance": DSDSConfig}[
+        cfg.system.guidance_type](**block)
+    processor = OmegaConf.to_container(cfg.system.prompt_processor, resolve=False)
+    decision = decide_perp_neg(config, resolve_config(config), stock_output(processor.get("use_perp_neg", False)))
+    assert decision.enabled == (os.path.basename(path) in SHIPPED_PERP_NEG)
+    assert not decision.conflict, decision.message
+    assert config_warnings(config) == []

@@ -3,6 +3,10 @@ without variance reduction, batched and correct for batch > 1, combined with Per
 clipping (which clips SJC's score, no w(t)). Equality with threestudio's own SJC is checked in
 tests/test_threestudio_parity.py."""
 
+import json
+import os
+import shutil
+
 import pytest
 import torch
 
@@ -12,6 +16,25 @@ from antijanus.utils.errors import ConfigError
 
 from helpers import make_prompt_output
 from test_guidance import CAMERAS, FakeBackbone
+
+
+def with_linear_schedule(folder: str, copy_to: str) -> str:
+    """A copy of an SD folder whose scheduler is DDPM's linear schedule (beta 1e-4 -> 0.02), not
+    SD's scaled-linear one, so that forcing SJC's schedule is visible; x0 not clipped (as SD's
+    own scheduler config)."""
+    shutil.copytree(folder, copy_to)
+    path = os.path.join(copy_to, "scheduler", "scheduler_config.json")
+    with open(path) as f:
+        config = json.load(f)
+    config.update(beta_schedule="linear", beta_start=0.0001, beta_end=0.02, clip_sample=False)
+    with open(path, "w") as f:
+        json.dump(config, f)
+    return copy_to
+
+
+@pytest.fixture(scope="module")
+def linear_sd(tiny_sd, tmp_path_factory):
+    return with_linear_schedule(tiny_sd, str(tmp_path_factory.mktemp("linear") / "sd"))
 
 
 def guidance_with(config_type=ScoreDistillationConfig, **overrides):
@@ -106,17 +129,49 @@ def test_keys_without_effect_on_sjc_are_config_errors(overrides, key):
         guidance_with(**overrides)
 
 
-def test_sjc_runs_on_the_tiny_stable_diffusion_with_sjcs_schedule(tiny_sd):
+def test_sjc_forces_stable_diffusions_schedule_whatever_the_folder_says(linear_sd):
+    """threestudio loads SJC's scheduler with beta 0.00085 -> 0.012 scaled-linear over the
+    folder's: on a folder with another schedule SJC noises with SD's, SDS with the folder's."""
     from antijanus.backbones import BackboneOptions, StableDiffusionBackbone
 
-    backbone = StableDiffusionBackbone(BackboneOptions(pretrained_model_name_or_path=tiny_sd,
+    backbone = StableDiffusionBackbone(BackboneOptions(pretrained_model_name_or_path=linear_sd,
                                                        half_precision_weights=False), "cpu")
+    assert not torch.allclose(backbone.alphas_cumprod, sjc_alphas_cumprod(1000), atol=1e-2)
     guidance = ScoreDistillationGuidance(ScoreDistillationConfig(use_sjc=True, perp_neg=True), "cpu", backbone)
     assert torch.allclose(guidance.alphas_cumprod, sjc_alphas_cumprod(1000))
+    sds = ScoreDistillationGuidance(ScoreDistillationConfig(perp_neg=True), "cpu", backbone)
+    assert torch.equal(sds.alphas_cumprod, backbone.alphas_cumprod)
     latents = torch.randn(2, 8, 8, 4, requires_grad=True)
     out = guidance(latents, make_prompt_output(), **{k: v[:2] for k, v in CAMERAS.items()}, rgb_as_latents=True)
     out["loss_sds"].backward()
     assert torch.isfinite(latents.grad).all() and latents.grad.abs().sum() > 0
+
+
+def test_sjc_previews_denoise_on_sjcs_schedule(linear_sd):
+    """The SJC preview sampler (make_sampler(sjc=True)) runs on the schedule SJC noised with:
+    its one-step x0 estimate is (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t) with SJC's abar_t."""
+    from antijanus.backbones import BackboneOptions, StableDiffusionBackbone
+    from antijanus.core.sds import predicted_x0
+
+    backbone = StableDiffusionBackbone(BackboneOptions(pretrained_model_name_or_path=linear_sd,
+                                                       half_precision_weights=False), "cpu")
+    sampler = backbone.make_sampler(sjc=True)
+    assert torch.allclose(sampler.alphas_cumprod, sjc_alphas_cumprod(1000))
+    assert torch.allclose(backbone.make_sampler().alphas_cumprod, backbone.alphas_cumprod.cpu())  # SDS: the folder's
+    guidance = ScoreDistillationGuidance(ScoreDistillationConfig(use_sjc=True, perp_neg=False), "cpu", backbone)
+    prompts = make_prompt_output()
+    cams = {k: v[:2] for k, v in CAMERAS.items()}
+    decision = guidance.perp_neg(prompts)
+    torch.manual_seed(0)
+    x_t, eps, t = torch.randn(2, 4, 8, 8), torch.randn(2, 4, 8, 8), torch.tensor([500, 500])  # a DDPM step
+    previews = guidance.previews(x_t, t, eps, prompts, *cams.values(), decision)
+    assert previews["noise_levels"] == pytest.approx([0.5, 0.5])
+    expected = backbone.decode_latents(predicted_x0(x_t, eps, guidance.alphas_cumprod[t])).permute(0, 2, 3, 1)
+    assert torch.allclose(previews["imgs_1orig"], expected, atol=1e-5)
+    assert torch.isfinite(previews["imgs_final"]).all() and previews["imgs_final"].shape == (2, 16, 16, 3)
+    # through the guidance call, as a system with guidance_eval asks for them
+    out = guidance(torch.rand(2, 16, 16, 3), prompts, **cams, guidance_eval=True)
+    assert out["eval"]["bs"] == 2 and torch.isfinite(out["eval"]["imgs_final"]).all()
 
 
 def test_sjc_on_deepfloyd_if_uses_ifs_own_schedule(tiny_if):

@@ -162,3 +162,79 @@ def test_guidance_messages_go_through_threestudios_logger(tiny_sd, monkeypatch):
     assert warnings == ["antijanus: Perp-Neg on, weights from the threestudio preset (set by the "
                         "guidance's perp_neg); the guidance's perp_neg: true wins over the prompt "
                         "processor's use_perp_neg: false"]
+
+
+def test_schedule_and_config_warnings_reach_threestudios_logger(tiny_sd, monkeypatch):
+    """clip_end_step set (every shipped config): the schedule is known when the module is
+    configured, and that line, like the configuration-time warnings, goes through threestudio's
+    logger (the module logger has no handler in a threestudio run: the line would be lost)."""
+    infos, warnings = [], []
+    monkeypatch.setattr(threestudio, "info", infos.append)
+    monkeypatch.setattr(threestudio, "warn", warnings.append)
+    guidance = threestudio.find("dsds-guidance")({"pretrained_model_name_or_path": tiny_sd,
+                                                  "half_precision_weights": False, "clip_end_step": 100})
+    system = FakeSystem(guidance, max_steps=100)
+    for step in (0, 1, 2):
+        system.on_train_batch_start(step)
+        system.training_step(torch.rand(2, 16, 16, 3), make_prompt_output())
+    assert [m for m in infos if "D-SDS clipping" in m] == [
+        "antijanus: D-SDS clipping of the final gradient w(t)(eps_hat - eps) (the D-SDS authors' "
+        "threestudio recipe): linear 2 -> 8 from step 0 to step 100 (clip_end_step)"]
+    assert warnings == []
+    threestudio.find("perp-neg-sds-guidance")({"pretrained_model_name_or_path": tiny_sd,
+                                               "half_precision_weights": False, "clip_start": 1.0})
+    assert warnings == ["antijanus: clip_start set but score_clipping is false: D-SDS clipping is off "
+                        "and these keys have no effect (set score_clipping: true to clip)"]
+
+
+def test_sqrt_anneal_stretches_over_the_running_trainers_max_steps(tiny_sd, monkeypatch):
+    """trainer_max_steps: null (threestudio: 25000): HiFA's annealing runs over the run's own
+    trainer.max_steps, said once; trainer_max_steps set reproduces threestudio's stretch."""
+    messages = []
+    monkeypatch.setattr(threestudio, "info", messages.append)
+    guidance = threestudio.find("perp-neg-sds-guidance")(
+        {"pretrained_model_name_or_path": tiny_sd, "half_precision_weights": False, "sqrt_anneal": True})
+    system = FakeSystem(guidance, max_steps=100)
+    for step in (0, 25):
+        system.on_train_batch_start(step)
+        out = system.training_step(torch.rand(2, 16, 16, 3), make_prompt_output())
+    # t/T = 0.98 - (0.98 - 0.02) * sqrt(25 / 100) = 0.5
+    assert out["min_step"] == out["max_step"] == 500.0
+    assert [m for m in messages if "sqrt_anneal" in m] == [
+        "antijanus: sqrt_anneal over 100 steps (trainer.max_steps of the running trainer)"]
+    fixed = threestudio.find("perp-neg-sds-guidance")(
+        {"pretrained_model_name_or_path": tiny_sd, "half_precision_weights": False, "sqrt_anneal": True,
+         "trainer_max_steps": 25000})
+    FakeSystem(fixed, max_steps=100).on_train_batch_start(25)
+    assert fixed.min_step == fixed.max_step == 949  # 0.98 - 0.96 * sqrt(25 / 25000): the given length
+
+
+def test_calling_system_is_the_nearest_caller_that_matches():
+    from antijanus.adapters.registry import calling_system
+
+    class Outer:
+        marker = "outer"
+
+        def run(self, inner):
+            return inner.run()
+
+    class Inner:
+        marker = "inner"
+
+        def run(self):
+            return calling_system(lambda owner: getattr(owner, "marker", None) is not None)
+
+    assert isinstance(Outer().run(Inner()), Inner)  # the nearest, the caller's own frame included
+
+    class Middle:
+        def run(self):
+            return calling_system(lambda owner: getattr(owner, "marker", None) == "outer")
+
+    assert isinstance(Outer().run(Middle()), Outer)
+
+    class Shallow:
+        def run(self):
+            return calling_system(lambda owner: getattr(owner, "marker", None) == "outer", depth=1)
+
+    assert Outer().run(Shallow()) is None  # Outer is two frames up
+    assert calling_system(lambda owner: False) is None

@@ -6,8 +6,9 @@ sample size 64 and a tiny 4-level VAE), so threestudio's hard-coded resizing and
 Both guidances draw t with ``torch.randint`` and the noise with ``torch.randn_like``; the tests
 hand both the same draws. Differences that are on purpose are shown too: the CFG form of plain
 SDS/SJC (ours ``eps_unc + s * e_pos``, threestudio ``eps_text + s * e_pos``, so ours with s + 1
-equals threestudio with s) and Perp-Neg at batch > 1 (threestudio pairs negatives with the wrong
-sample's latent, its issue 456).
+equals threestudio with s), Perp-Neg at batch > 1 (threestudio pairs negatives with the wrong
+sample's latent, its issue 456), sizes from the model (768 / 96 models), the default model,
+sqrt annealing over the run's own length, and timestep ranges checked at configuration.
 """
 
 import contextlib
@@ -44,6 +45,14 @@ def sd512(tmp_path_factory):
         up_block_types=("UpDecoderBlock2D",) * 4,
     ).save_pretrained(os.path.join(folder, "vae"))
     return folder
+
+
+@pytest.fixture(scope="module")
+def sd512_linear(sd512, tmp_path_factory):
+    """sd512 with DDPM's linear schedule: SJC's forced scaled-linear schedule then matters."""
+    from test_sjc import with_linear_schedule
+
+    return with_linear_schedule(sd512, str(tmp_path_factory.mktemp("sd512-linear") / "sd"))
 
 
 @pytest.fixture(scope="module")
@@ -130,12 +139,16 @@ def assert_close(a, b, rtol=1e-4):
 
 
 @pytest.mark.parametrize("var_red", [True, False])
-def test_sjc_equals_threestudios_sjc(sd512, processors, var_red):
-    """use_sjc: true with Perp-Neg and clipping off: threestudio's compute_grad_sjc, float error."""
+def test_sjc_equals_threestudios_sjc(sd512_linear, processors, var_red):
+    """use_sjc: true with Perp-Neg and clipping off: threestudio's compute_grad_sjc, float error,
+    on a folder whose own schedule is not SD's (both force SD's scaled-linear one for SJC)."""
+    sd512 = sd512_linear
     reference = theirs(sd512, use_sjc=True, var_red=var_red, guidance_scale=100.0,
                        min_step_percent=0.01, max_step_percent=0.97)
     guidance = ours(sd512, use_sjc=True, var_red=var_red, guidance_scale=101.0,
                     min_step_percent=0.01, max_step_percent=0.97)
+    assert torch.allclose(guidance.alphas, reference.alphas)
+    assert not torch.allclose(guidance.engine.backbone.alphas_cumprod, reference.alphas, atol=1e-2)
     prompt_utils = processors["plain"]
     t, noise, latents = draws(2, seed=0)
     cams = cameras(30.0, -150.0)
@@ -243,3 +256,80 @@ def test_guidance_eval_previews_feed_threestudios_saver(sd512, processors, tmp_p
     out = guidance(rgb, processors["perp_neg"], **cams, guidance_eval=True)
     BaseLift3DSystem.guidance_evaluation_save(saver, rgb[: out["eval"]["bs"]], out["eval"])
     assert os.path.getsize(tmp_path / "it7-train.png") > 0
+
+
+# -- the remaining differences on purpose (README, "Porting a threestudio config") -----------
+def test_sizes_follow_the_model_where_threestudio_fixes_512(sd512, processors, tmp_path):
+    """A 768 / 96 model (SD 2.x-768): ours feeds the UNet 96x96 latents of a 768 render,
+    threestudio 64x64 ones of a 512 render; on a 512 / 64 model both feed 64x64."""
+    import json
+    import shutil
+
+    sd768 = tmp_path / "sd768"
+    shutil.copytree(sd512, sd768)
+    config_path = sd768 / "unet" / "config.json"
+    config_path.write_text(json.dumps({**json.loads(config_path.read_text()), "sample_size": 96}))
+    rgb = torch.rand(1, 32, 32, 3)
+    for folder, expected in ((sd512, (64, 64)), (str(sd768), (96, 64))):
+        sizes = []
+        mine, reference = ours(folder), theirs(folder)
+        for guidance, unet in ((mine, mine.engine.backbone.unet), (reference, reference.unet)):
+            handle = unet.register_forward_hook(lambda m, args, out: sizes.append(args[0].shape[-1]))
+            try:
+                guidance(rgb, processors["plain"], **cameras(30.0))
+            finally:
+                handle.remove()
+        assert tuple(sizes) == expected, folder
+
+
+def test_default_model_differs_from_threestudios_on_purpose():
+    """pretrained_model_name_or_path: null is SD 2.1-base here (every stock config names its
+    model; tests/test_dropin.py shows null loads it); IF's default is deep-floyd-guidance's."""
+    import threestudio
+
+    from antijanus.backbones import DeepFloydIFBackbone, StableDiffusionBackbone
+
+    assert threestudio.find("stable-diffusion-guidance").Config().pretrained_model_name_or_path == \
+        "runwayml/stable-diffusion-v1-5"
+    assert StableDiffusionBackbone.DEFAULT_MODEL == "stabilityai/stable-diffusion-2-1-base"
+    assert threestudio.find("deep-floyd-guidance").Config().pretrained_model_name_or_path == \
+        DeepFloydIFBackbone.DEFAULT_MODEL
+
+
+def test_sqrt_anneal_runs_over_the_runs_length_and_trainer_max_steps_reproduces_threestudio(sd512):
+    """trainer_max_steps: null anneals over the running trainer's max_steps; set to 25000 (the
+    stock default) it anneals exactly as threestudio, whatever the run's length."""
+    from test_threestudio_adapter import FakeSystem
+
+    reference = theirs(sd512, sqrt_anneal=True)  # trainer_max_steps 25000
+    stretched = ours(sd512, sqrt_anneal=True, trainer_max_steps=25000)
+    own_length = ours(sd512, sqrt_anneal=True)
+    for step in (0, 2500, 10000):
+        reference.do_update_step(0, step)
+        FakeSystem(stretched, max_steps=10000).on_train_batch_start(step)
+        FakeSystem(own_length, max_steps=10000).on_train_batch_start(step)
+        assert (stretched.min_step, stretched.max_step) == (reference.min_step, reference.max_step)
+    assert own_length.min_step == own_length.max_step == 20  # the end of its own 10000 steps
+    assert reference.min_step > 20
+
+
+def test_timestep_ranges_are_checked_at_configuration_not_mid_training(sd512, processors):
+    """max_step_percent 1.0 (t = T indexes past the schedule) and min above max: threestudio fails
+    in a training step; ours refuses the config (schedules are checked at every breakpoint,
+    tests/test_guidance.py)."""
+    from antijanus.utils.errors import ConfigError
+
+    latents = torch.randn(1, 64, 64, 4)
+    reference = theirs(sd512, max_step_percent=1.0)
+    with pytest.raises((IndexError, RuntimeError)):
+        with fixed_draws(torch.tensor([1000]), torch.randn(1, 4, 64, 64)):
+            reference(latents, processors["plain"], **cameras(0.0), rgb_as_latents=True)
+    with pytest.raises(ConfigError, match="max_step_percent.*must stay below 1.0"):
+        ours(sd512, max_step_percent=1.0)
+
+    crossing = dict(min_step_percent=0.5, max_step_percent=0.3)  # (stock guidances take numbers only)
+    reference = theirs(sd512, **crossing)  # t ~ U[500, 300]
+    with pytest.raises(RuntimeError):
+        reference(latents, processors["plain"], **cameras(0.0), rgb_as_latents=True)
+    with pytest.raises(ConfigError, match="min_step_percent.*exceeds max_step_percent"):
+        ours(sd512, **crossing)

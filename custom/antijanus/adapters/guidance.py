@@ -8,16 +8,15 @@ with its default, see README), ``configure()`` that builds the core object,
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass
-from typing import Optional, Type
+from typing import Any, Optional, Type
 
 import threestudio
 from threestudio.utils.base import BaseObject
 
 from ..backbones import detect_backbone
 from ..core.guidance import DSDSConfig, ScoreDistillationConfig, ScoreDistillationGuidance
-from .registry import core_config, register
+from .registry import calling_system, core_config, register
 
 #: How far up the call stack to look for the LightningModule that runs this guidance.
 TRAINER_SEARCH_DEPTH = 12
@@ -29,21 +28,14 @@ def running_trainer_max_steps(depth: int = TRAINER_SEARCH_DEPTH) -> Optional[int
     threestudio hands a guidance only its own config block, but every call into it
     (``update_step`` through the system's ``do_update_step``, ``__call__`` from
     ``training_step``) comes from a threestudio system, a LightningModule whose ``_trainer`` is
-    the running trainer. The caller frames are searched for that system (a few frames up).
+    the running trainer: the nearest caller with one (a few frames up).
     """
-    frame = inspect.currentframe()
-    try:
-        for _ in range(depth):
-            frame = frame.f_back if frame is not None else None
-            if frame is None:
-                return None
-            trainer = getattr(frame.f_locals.get("self"), "_trainer", None)
-            max_steps = getattr(trainer, "max_steps", None)
-            if isinstance(max_steps, int):
-                return max_steps
-        return None
-    finally:
-        del frame
+    system = calling_system(lambda owner: isinstance(_max_steps_of(owner), int), depth)
+    return None if system is None else _max_steps_of(system)
+
+
+def _max_steps_of(owner) -> Any:
+    return getattr(getattr(owner, "_trainer", None), "max_steps", None)
 
 
 class _GuidanceAdapter(BaseObject):
@@ -56,9 +48,11 @@ class _GuidanceAdapter(BaseObject):
         config = core_config(self.core_config_type, self.cfg)
         backbone = config.backbone or detect_backbone(config.pretrained_model_name_or_path)
         threestudio.info(f"antijanus: loading {backbone} for {self.registered_name} ...")
-        self.engine = ScoreDistillationGuidance(config, self.device)
-        self.engine.info = lambda message: threestudio.info(f"antijanus: {message}")
-        self.engine.warn = lambda message: threestudio.warn(f"antijanus: {message}")
+        # every message, the configuration-time ones included, through threestudio's logger
+        self.engine = ScoreDistillationGuidance(
+            config, self.device,
+            info=lambda message: threestudio.info(f"antijanus: {message}"),
+            warn=lambda message: threestudio.warn(f"antijanus: {message}"))
 
     def _learn_run_length(self) -> None:
         """The clip schedule / sqrt_anneal stretch over the run's real trainer.max_steps unless

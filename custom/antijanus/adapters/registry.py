@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import fields
-from typing import Any, Dict, Type, TypeVar
+from typing import Any, Callable, Dict, Optional, Type, TypeVar
 
 import threestudio
 from omegaconf import OmegaConf
@@ -33,3 +34,25 @@ def core_config(core_type: Type[T], cfg: Any) -> T:
     container: Dict[str, Any] = OmegaConf.to_container(OmegaConf.create(dict(cfg)), resolve=True)
     names = {f.name for f in fields(core_type)}
     return core_type(**{k: v for k, v in container.items() if k in names})
+
+
+def calling_system(is_system: Callable[[Any], bool], depth: Optional[int] = None) -> Optional[Any]:
+    """The nearest object up the call stack (a frame's ``self``, from the caller of this function
+    up, at most ``depth`` frames; None: the whole stack) for which ``is_system`` holds, else None.
+
+    threestudio gives a module only its own config block; what else a module needs of the run
+    (the trainer's ``max_steps``, the trial folder) belongs to the threestudio system, a
+    LightningModule that creates the module and calls it, so it is on the call stack."""
+    frame = inspect.currentframe()
+    try:
+        frame = frame.f_back if frame is not None else None  # from the caller up
+        looked = 0
+        while frame is not None and (depth is None or looked < depth):
+            owner = frame.f_locals.get("self")
+            if owner is not None and is_system(owner):
+                return owner
+            frame = frame.f_back
+            looked += 1
+        return None
+    finally:
+        del frame

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Protocol, Sequence, Tuple, runtime_checkable
 
 import torch
-
+import torch.nn.functional as F
 from torch import Tensor
 
 from ..utils.errors import ConfigError
@@ -89,11 +89,14 @@ def place(modules: Sequence[torch.nn.Module], options: BackboneOptions, device: 
 
 
 class LoadedBackbone:
-    """Shared start of the backbones' constructors: which model, where, in which dtype."""
+    """What both backbones share: which model, where, in which dtype (the start of their
+    constructors), and the methods that only depend on the model's sizes and
+    ``predict_noise_and_variance``."""
 
     DEFAULT_MODEL = ""
     KIND = ""  # e.g. "Stable Diffusion", for error messages
     LAYOUT: Tuple[str, ...] = ()  # subfolders a local model folder must have
+    image_size: int  # the model's image size (SD: latent size x VAE factor; IF: the UNet's)
 
     def _resolve(self, options: BackboneOptions, device) -> str:
         path = options.pretrained_model_name_or_path or self.DEFAULT_MODEL
@@ -106,12 +109,23 @@ class LoadedBackbone:
         self.dtype = torch.float16 if options.half_precision_weights else torch.float32
         return path
 
+    def render_to_image(self, rgb_bchw: Tensor) -> Tensor:
+        """Renders [B, 3, H, W] in [0, 1] resized to the model's image size (bilinear)."""
+        size = (self.image_size, self.image_size)
+        return F.interpolate(rgb_bchw, size, mode="bilinear", align_corners=False)
+
+    def predict_noise(self, x_t: Tensor, t: Tensor, text_embeddings: Tensor) -> Tensor:
+        """Epsilon only (each backbone's ``predict_noise_and_variance``)."""
+        return self.predict_noise_and_variance(x_t, t, text_embeddings)[0]
+
 
 @runtime_checkable
 class DiffusionBackbone(Protocol):
+    """Everything the guidance asks of a diffusion model (both backbones implement it)."""
+
     #: Number of training timesteps T of the noise schedule.
     num_train_timesteps: int
-    #: abar_t for t = 0 .. T-1, fp32, on the backbone's device.
+    #: abar_t for t = 0 .. T-1 of the model's own schedule, fp32, on the backbone's device.
     alphas_cumprod: Tensor
 
     def to_model_space(self, rgb_bchw: Tensor, rgb_as_latents: bool = False) -> Tensor:
@@ -120,12 +134,15 @@ class DiffusionBackbone(Protocol):
     def predict_noise(self, x_t: Tensor, t: Tensor, text_embeddings: Tensor) -> Tensor:
         """Epsilon prediction for every row in one batched call (no grad), fp32."""
 
+    def predict_noise_and_variance(self, x_t: Tensor, t: Tensor, text_embeddings: Tensor
+                                   ) -> Tuple[Tensor, Optional[Tensor]]:
+        """Epsilon and the learned variance channels (None for models without them)."""
+
+    def noise_schedule(self, sjc: bool = False) -> Tensor:
+        """abar_t of the path: the model's own, or SJC's (threestudio forces SD's for SJC)."""
+
     def encode_prompts(self, prompts: List[str]) -> Tensor:
         """Text embeddings as the prompt processors make them, [N, tokens, features]."""
-
-
-class PublicMethods(Protocol):
-    """What threestudio's systems call on a guidance, and what the previews need."""
 
     def render_to_image(self, rgb_bchw: Tensor) -> Tensor:
         """Renders [B, 3, H, W] in [0, 1] resized to the model's image size (HiFA's image)."""
@@ -136,13 +153,6 @@ class PublicMethods(Protocol):
     def decode_latents(self, latents: Tensor, latent_height: Optional[int] = None,
                        latent_width: Optional[int] = None) -> Tensor:
         """Model space -> images [B, 3, H, W] in [0, 1] (threestudio's ``decode_latents``)."""
-
-    def predict_noise_and_variance(self, x_t: Tensor, t: Tensor, text_embeddings: Tensor
-                                   ) -> Tuple[Tensor, Optional[Tensor]]:
-        """Epsilon and the learned variance channels (None for models without them)."""
-
-    def noise_schedule(self, sjc: bool = False) -> Tensor:
-        """abar_t of the path: the model's own, or SJC's (threestudio forces SD's for SJC)."""
 
     def make_sampler(self, sjc: bool = False):
         """A diffusers scheduler for the previews, fed epsilon predictions."""

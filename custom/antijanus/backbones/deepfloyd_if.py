@@ -11,16 +11,17 @@ the inverse map, clamped to [0, 1].
 from __future__ import annotations
 
 import logging
-import os
 from typing import List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..utils.errors import ConfigError
 from ..utils.loading import load_pretrained
 from .base import (MODEL_KEY, BackboneOptions, LoadedBackbone, autocast_disabled, configure_unet,
                    place)
+from .text_encoding import load_t5_encoder, load_tokenizer, t5_embeddings
 
 logger = logging.getLogger(__name__)
 
@@ -63,17 +64,17 @@ class DeepFloydIFBackbone(LoadedBackbone):
         self.latent_size = self.image_size  # model space = pixel space
 
     # -- model space ---------------------------------------------------------------------------
-    def render_to_image(self, rgb_bchw: Tensor) -> Tensor:
-        size = (self.image_size, self.image_size)
-        return F.interpolate(rgb_bchw, size, mode="bilinear", align_corners=False)
-
     def encode_images(self, images: Tensor) -> Tensor:
         """[0, 1] images -> IF's [-1, 1] pixel space (no latent space)."""
         return images * 2.0 - 1.0
 
     def to_model_space(self, rgb_bchw: Tensor, rgb_as_latents: bool = False) -> Tensor:
         if rgb_as_latents:
-            raise ValueError("rgb_as_latents=True: DeepFloyd IF has no latent space; render RGB")
+            raise ConfigError("backbone", "deepfloyd-if", "has no latent space, but this system passes "
+                              "latents (rgb_as_latents=True, e.g. latentnerf-system or sketchshape "
+                              "before refinement): use a Stable Diffusion model "
+                              "(pretrained_model_name_or_path) or a system that renders RGB",
+                              ["stable-diffusion"])
         return self.encode_images(self.render_to_image(rgb_bchw)).float()
 
     def decode_latents(self, latents: Tensor, latent_height: Optional[int] = None,
@@ -95,9 +96,6 @@ class DeepFloydIFBackbone(LoadedBackbone):
         channels = x_t.shape[1]
         return out[:, :channels], out[:, channels:]  # epsilon, learned variance
 
-    def predict_noise(self, x_t: Tensor, t: Tensor, text_embeddings: Tensor) -> Tensor:
-        return self.predict_noise_and_variance(x_t, t, text_embeddings)[0]
-
     def noise_schedule(self, sjc: bool = False) -> Tensor:
         """IF's own schedule for both paths (threestudio has no SJC for IF; SJC's forced schedule
         is Stable Diffusion's)."""
@@ -110,21 +108,9 @@ class DeepFloydIFBackbone(LoadedBackbone):
         return DDPMScheduler.from_config(self.scheduler_config)
 
     # -- text ----------------------------------------------------------------------------------
-    @torch.no_grad()
     def encode_prompts(self, prompts: List[str]) -> Tensor:
-        """T5 embeddings exactly as threestudio's DeepFloyd prompt processor makes them."""
-        from transformers import AutoTokenizer, T5EncoderModel
-
-        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-        path = self.model_path
-        tokenizer = load_pretrained(MODEL_KEY, path, "DeepFloyd IF tokenizer (T5)", lambda: (
-            AutoTokenizer.from_pretrained(path, subfolder="tokenizer")))
-        text_encoder = load_pretrained(MODEL_KEY, path, "DeepFloyd IF text encoder (T5)", lambda: (
-            T5EncoderModel.from_pretrained(path, subfolder="text_encoder", torch_dtype=self.dtype)
-        )).to(self.device)
-        tokens = tokenizer(prompts, padding="max_length", max_length=77, truncation=True,
-                           add_special_tokens=True, return_tensors="pt")
-        embeddings = text_encoder(tokens.input_ids.to(self.device),
-                                  attention_mask=tokens.attention_mask.to(self.device))[0]
-        del text_encoder
-        return embeddings.float()
+        """T5 embeddings exactly as threestudio's DeepFloyd prompt processor makes them
+        (``text_encoding.t5_embeddings``); the encoder is loaded for the call and freed."""
+        tokenizer = load_tokenizer(self.model_path)
+        text_encoder = load_t5_encoder(self.model_path, self.dtype, self.device)
+        return t5_embeddings(tokenizer, text_encoder, prompts).float()

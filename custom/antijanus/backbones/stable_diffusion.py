@@ -11,7 +11,6 @@ fixed 512) and latents to the UNet's sample size (64).
 from __future__ import annotations
 
 import logging
-import os
 from typing import List, Optional, Tuple
 
 import torch
@@ -23,6 +22,7 @@ from ..utils.errors import ConfigError
 from ..utils.loading import load_pretrained
 from .base import (MODEL_KEY, BackboneOptions, LoadedBackbone, autocast_disabled, configure_unet,
                    place)
+from .text_encoding import clip_embeddings, load_clip_text_encoder, load_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -68,10 +68,6 @@ class StableDiffusionBackbone(LoadedBackbone):
         self.scaling_factor: float = float(self.vae.config.scaling_factor)
 
     # -- model space ---------------------------------------------------------------------------
-    def render_to_image(self, rgb_bchw: Tensor) -> Tensor:
-        size = (self.image_size, self.image_size)
-        return F.interpolate(rgb_bchw, size, mode="bilinear", align_corners=False)
-
     def encode_images(self, images: Tensor) -> Tensor:
         """threestudio's ``encode_images``: [0, 1] images -> sampled, scaled VAE latents."""
         input_dtype = images.dtype
@@ -115,9 +111,6 @@ class StableDiffusionBackbone(LoadedBackbone):
             out = abar.sqrt() * out + (1.0 - abar).sqrt() * x_t.float()
         return out, None
 
-    def predict_noise(self, x_t: Tensor, t: Tensor, text_embeddings: Tensor) -> Tensor:
-        return self.predict_noise_and_variance(x_t, t, text_embeddings)[0]
-
     def noise_schedule(self, sjc: bool = False) -> Tensor:
         """threestudio runs SJC on SD's scaled-linear schedule whatever the folder says."""
         if sjc:
@@ -134,24 +127,14 @@ class StableDiffusionBackbone(LoadedBackbone):
         return DDIMScheduler.from_config(self.scheduler_config, prediction_type="epsilon")
 
     # -- text ----------------------------------------------------------------------------------
-    @torch.no_grad()
     def encode_prompts(self, prompts: List[str], keep_encoder: bool = False) -> Tensor:
-        """CLIP text embeddings exactly as threestudio's SD prompt processor makes them. The text
-        encoder is loaded on demand and freed again unless ``keep_encoder`` (2D sampling)."""
-        from transformers import AutoTokenizer, CLIPTextModel
-
+        """CLIP text embeddings exactly as threestudio's SD prompt processor makes them
+        (``text_encoding.clip_embeddings``). The text encoder is loaded on demand and freed again
+        unless ``keep_encoder`` (2D sampling)."""
         if getattr(self, "_text_encoder", None) is None:
-            os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-            path = self.model_path
-            self._tokenizer = load_pretrained(MODEL_KEY, path, "Stable Diffusion tokenizer", lambda: (
-                AutoTokenizer.from_pretrained(path, subfolder="tokenizer")))
-            self._text_encoder = load_pretrained(MODEL_KEY, path, "Stable Diffusion text encoder", lambda: (
-                CLIPTextModel.from_pretrained(path, subfolder="text_encoder"))).to(self.device).eval()
-        tokens = self._tokenizer(
-            prompts, padding="max_length", max_length=self._tokenizer.model_max_length,
-            truncation=True, return_tensors="pt",
-        )
-        embeddings = self._text_encoder(tokens.input_ids.to(self.device))[0]
+            self._tokenizer = load_tokenizer(self.model_path)
+            self._text_encoder = load_clip_text_encoder(self.model_path).to(self.device)
+        embeddings = clip_embeddings(self._tokenizer, self._text_encoder, prompts)
         if not keep_encoder:
             self._text_encoder = self._tokenizer = None
         return embeddings

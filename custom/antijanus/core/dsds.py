@@ -99,11 +99,3 @@ def clip_score(x: Tensor, threshold: float) -> Tuple[Tensor, Tensor]:
     clipped_fraction = (x.abs() > threshold).float().mean()
     return x.clamp(-threshold, threshold), clipped_fraction
 
-
-def schedule_from_config(
-    kind: str, start: float, end: float, start_step: int, end_step: Optional[int], default_end_step: int
-) -> ClipSchedule:
-    return ClipSchedule(
-        kind=kind, start=float(start), end=float(end), start_step=int(start_step),
-        end_step=int(default_end_step if end_step is None else end_step),
-    ).validate()

@@ -22,7 +22,9 @@ Perp-Neg on or off: ``perp_neg: null`` (the default of both registered names) fo
 processor's ``use_perp_neg`` (threestudio's stock processors carry it, default false), with the
 processor's ``perp_neg_f_*`` weights unless the guidance sets its own; a processor output without
 that field takes the name's default (`perp-neg-sds-guidance` on, `dsds-guidance` off). An explicit
-``perp_neg`` wins, with one logged line when it overrides the processor.
+``perp_neg`` wins, with one logged line when it overrides the processor. Perp-Neg-only keys
+(``perp_neg_preset``, ``perp_neg_f_*``, ``overhead_negatives``) while Perp-Neg is off: one warning
+naming them.
 """
 
 from __future__ import annotations
@@ -163,7 +165,7 @@ class ResolvedConfig:
     own_weights: Optional[PerpNegWeights]  # None: the guidance sets no Perp-Neg weight key
     overhead_negative: tuple
     clip: Optional[ClipSettings]
-    warnings: Tuple[str, ...] = ()  # config-time warnings (keys without effect)
+    warnings: Tuple[str, ...] = ()  # config-time warnings (keys without effect, double clipping)
 
 
 def resolve_config(config: ScoreDistillationConfig) -> ResolvedConfig:
@@ -193,7 +195,7 @@ def resolve_config(config: ScoreDistillationConfig) -> ResolvedConfig:
         own_weights=own_perp_neg_weights(config),
         overhead_negative=overhead_negative_vector(config.overhead_negatives),
         clip=clip_settings(config, backbone.DEFAULT_CLIP),
-        warnings=tuple(unused_key_warnings(config)),
+        warnings=tuple(config_warnings(config)),
     )
 
 
@@ -251,14 +253,33 @@ def clip_settings(config: ScoreDistillationConfig, default_clip: Tuple[float, fl
     return settings
 
 
-def unused_key_warnings(config: ScoreDistillationConfig) -> List[str]:
-    if config.score_clipping:
-        return []
-    set_keys = [key for key in CLIP_KEYS if getattr(config, key) is not None]
-    if not set_keys:
-        return []
-    return [f"{', '.join(set_keys)} set but score_clipping is false: D-SDS clipping is off and "
-            "these keys have no effect (set score_clipping: true to clip)"]
+def perp_neg_keys_set(config: ScoreDistillationConfig) -> List[str]:
+    """The guidance's Perp-Neg-only keys that are set (they act only while Perp-Neg is on)."""
+    keys = [key for key in ("perp_neg_preset", *WEIGHT_FUNCTIONS) if getattr(config, key) is not None]
+    return keys + (["overhead_negatives"] if config.overhead_negatives else [])
+
+
+def config_warnings(config: ScoreDistillationConfig) -> List[str]:
+    """One line each for keys that are valid but have no effect, or that act twice."""
+    warnings = []
+    clip_keys = [key for key in CLIP_KEYS if getattr(config, key) is not None]
+    if clip_keys and not config.score_clipping:
+        warnings.append(f"{', '.join(clip_keys)} set but score_clipping is false: D-SDS clipping is "
+                        "off and these keys have no effect (set score_clipping: true to clip)")
+    perp_neg_keys = perp_neg_keys_set(config)
+    if perp_neg_keys and config.perp_neg is False:
+        warnings.append(f"{', '.join(perp_neg_keys)} set but perp_neg is false: Perp-Neg is off and "
+                        "these keys have no effect (set perp_neg: true, or remove them)")
+    if config.grad_clip is not None and config.score_clipping:
+        warnings.append(f"grad_clip ({config.grad_clip!r}) and score_clipping: true both clip the "
+                        "gradient, so the smaller bound of the two acts at every step (grad_clip also "
+                        "clamps HiFA's image gradient). The D-SDS authors' recipe grad_clip "
+                        "[0, 2.0, 8.0, ...] is what score_clipping does by itself: remove grad_clip, "
+                        "or set score_clipping: false to clip with grad_clip alone")
+    if config.token_merging_params and not config.token_merging:
+        warnings.append("token_merging_params set but token_merging is false: ToMe is off and "
+                        "token_merging_params has no effect (set token_merging: true)")
+    return warnings
 
 
 def build_backbone(config: ScoreDistillationConfig, device: torch.device, name: str) -> DiffusionBackbone:
@@ -314,9 +335,16 @@ def decide_perp_neg(config: ScoreDistillationConfig, resolved: ResolvedConfig, p
     elif processor is not None:
         enabled = processor.use_perp_neg
         source = f"perp_neg unset: following the prompt processor's use_perp_neg: {str(enabled).lower()}"
+        if not enabled:
+            source += ("; for Perp-Neg set use_perp_neg: true on the prompt processor or perp_neg: "
+                       "true on the guidance")
     else:
         enabled = type(config).PERP_NEG_WITHOUT_PROCESSOR
         source = f"perp_neg unset and the prompt processor has no use_perp_neg: {str(enabled).lower()}"
+    unused = perp_neg_keys_set(config)
+    if not enabled and config.perp_neg is None and unused:  # explicit false: a config-time warning
+        conflicts.append(f"{', '.join(unused)} set but Perp-Neg is off, so they have no effect (set "
+                         "perp_neg: true to use them, or remove them)")
     if resolved.own_weights is not None:
         weights, weight_source = resolved.own_weights, "the guidance's perp_neg_* keys"
         if (enabled and processor is not None and processor.weights is not None
@@ -343,21 +371,24 @@ class ScoreDistillationGuidance:
         config: ScoreDistillationConfig,
         device: torch.device,
         backbone: Optional[DiffusionBackbone] = None,
+        info: Optional[Callable[[str], None]] = None,
+        warn: Optional[Callable[[str], None]] = None,
     ) -> None:
+        """``info`` / ``warn`` receive every message, from the configuration-time ones on (the
+        threestudio adapter passes threestudio's logger; default: this module's logger)."""
         if backbone is not None and config.backbone is None:  # a given backbone says what it is
             name = next((n for n, kind in BACKBONES.items() if isinstance(backbone, kind)), None)
             config = replace(config, backbone=name)
         self.config = config
         self.resolved = resolve_config(config)  # config errors before any model is loaded
         self.device = torch.device(device)
-        self.info: Callable[[str], None] = logger.info  # the adapter routes these to threestudio
-        self.warn: Callable[[str], None] = logger.warning
+        self.info: Callable[[str], None] = info or logger.info
+        self.warn: Callable[[str], None] = warn or logger.warning
         for message in self.resolved.warnings:
             self.warn(message)
         self.backbone = backbone if backbone is not None else build_backbone(config, self.device,
                                                                              self.resolved.backbone)
-        schedule = getattr(self.backbone, "noise_schedule", None)
-        self.alphas_cumprod: Tensor = schedule(config.use_sjc) if schedule else self.backbone.alphas_cumprod
+        self.alphas_cumprod: Tensor = self.backbone.noise_schedule(config.use_sjc)
         self.num_train_timesteps: int = self.backbone.num_train_timesteps
         self.run_max_steps: Optional[int] = None  # the running trainer's max_steps (adapter)
         self._clip: Optional[ClipSchedule] = None
@@ -564,7 +595,7 @@ class ScoreDistillationGuidance:
         cond = self.build_conditioning(prompt_utils, elevation, azimuth, camera_distances, decision)
         rows = cond.sample_index.to(x_t.device)
         variance = None
-        if with_variance and hasattr(self.backbone, "predict_noise_and_variance"):
+        if with_variance:
             eps_rows, variance_rows = self.backbone.predict_noise_and_variance(x_t[rows], t[rows], cond.embeddings)
             variance = None if variance_rows is None else variance_rows[:batch]
         else:

@@ -37,11 +37,10 @@ def direction_indices(
 
 @dataclass
 class ViewEmbeddings:
-    """Embeddings of the canonical views (order VIEWS), the per-view negative-prompt embeddings,
-    and which rows exist (a processor without an overhead direction has no overhead row)."""
+    """Embeddings of the canonical views (order VIEWS) and which rows exist (a processor without
+    an overhead direction has no overhead row)."""
 
     positive: Tensor  # [4, tokens, features]
-    negative_prompt: Tensor  # [4, tokens, features]: threestudio's per-view "uncond" embeddings
     available: Tensor  # [4] bool
     canonical_of_direction: Tensor  # [Nv] long: canonical view of each processor direction
 
@@ -56,18 +55,15 @@ class ViewEmbeddings:
                 "processor with threestudio's view-dependent directions."
             )
         vd = prompt_utils.text_embeddings_vd
-        uncond_vd = prompt_utils.uncond_text_embeddings_vd
         positive = vd.new_zeros(len(VIEWS), *vd.shape[1:])
-        negative = uncond_vd.new_zeros(len(VIEWS), *uncond_vd.shape[1:])
         available = torch.zeros(len(VIEWS), dtype=torch.bool)
         canonical = torch.full((vd.shape[0],), -1, dtype=torch.long)
         for view_index, view in enumerate(VIEWS):
             if view in names:
                 positive[view_index] = vd[names[view]]
-                negative[view_index] = uncond_vd[names[view]]
                 available[view_index] = True
                 canonical[names[view]] = view_index
-        return cls(positive, negative, available, canonical)
+        return cls(positive, available, canonical)
 
 
 def empty_prompt_embeddings(prompt_utils: Any) -> Optional[Tensor]:

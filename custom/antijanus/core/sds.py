@@ -11,7 +11,7 @@ gradient is w(t) * (I - I_hat) * sqrt(abar_t) / sqrt(1 - abar_t) (threestudio's 
 from __future__ import annotations
 
 import math
-from typing import Any, List, Sequence, Tuple
+from typing import Any, List, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -97,24 +97,16 @@ def scalar_schedule(value: Any, epoch: int, global_step: int) -> float:
 
 def check_schedule(key: str, value: Any, low: float, high: float) -> None:
     """Config-time check of a scalar/schedule: every value it can take lies in [low, high]."""
-    if isinstance(value, (int, float)):
-        values: Sequence[Any] = [value]
-    else:
+    if not isinstance(value, (int, float)):
         try:
             spec = list(value)
         except TypeError:
             raise ConfigError(key, value, "must be a number or a schedule list") from None
-        if len(spec) == 3:
-            values = spec[:2]
-        elif len(spec) == 4:
-            values = spec[1:3]
-        elif len(spec) >= 6:
-            values = [spec[1], spec[2]] + spec[4::2]
-        else:
+        if len(spec) not in (3, 4) and len(spec) < 6:
             raise ConfigError(key, value, "a schedule needs 3, 4 or >= 6 entries "
                               "([start_value, end_value, end_step] or "
                               "[start_step, start_value, end_value, end_step])")
-    for v in values:
+    for v in _schedule_values(value, convert=False):
         if not isinstance(v, (int, float)) or not low <= v <= high or math.isnan(v):
             raise ConfigError(key, value, f"values must lie in [{low}, {high}]")
 
@@ -168,15 +160,19 @@ def check_step_range(min_key: str, min_value: Any, max_key: str, max_value: Any)
                           "exceed max; use the same unit for both")
 
 
-def _schedule_values(value: Any) -> List[float]:
+def _schedule_values(value: Any, convert: bool = True) -> List[Any]:
+    """Every value a scalar/schedule takes at its breakpoints (floats unless ``convert=False``)."""
     if isinstance(value, (int, float)):
-        return [float(value)]
-    spec = list(value)
-    if len(spec) == 3:
-        return [float(v) for v in spec[:2]]
-    if len(spec) == 4:
-        return [float(v) for v in spec[1:3]]
-    return [float(v) for v in [spec[1], spec[2]] + spec[4::2]]
+        values: List[Any] = [value]
+    else:
+        spec = list(value)
+        if len(spec) == 3:
+            values = spec[:2]
+        elif len(spec) == 4:
+            values = spec[1:3]
+        else:
+            values = [spec[1], spec[2]] + spec[4::2]
+    return [float(v) for v in values] if convert else values
 
 
 def timestep_range(

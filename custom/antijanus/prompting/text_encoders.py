@@ -11,17 +11,15 @@
 from __future__ import annotations
 
 import importlib.util
-import os
-from typing import List, Optional
+from typing import Optional
 
 import torch
-from torch import Tensor
 
+# The encoding itself lives with the backbones (one implementation for both; prompting imports
+# from backbones, never the reverse).
+from ..backbones.text_encoding import (IF_MAX_TOKENS, MODEL_KEY, clip_text_embeddings,  # noqa: F401
+                                       load_tokenizer, t5_text_embeddings)
 from ..utils.errors import ConfigError
-from ..utils.loading import check_model_path, load_pretrained
-
-IF_MAX_TOKENS = 77  # threestudio's DeepFloyd processor (and IF's pipeline) encode 77 tokens
-MODEL_KEY = "pretrained_model_name_or_path"
 
 
 def eight_bit_available() -> bool:
@@ -39,15 +37,6 @@ def resolve_load_in_8bit(setting: Optional[bool], key: str = "t5_load_in_8bit") 
     return bool(setting)
 
 
-def load_tokenizer(model: str, key: str = MODEL_KEY):
-    from transformers import AutoTokenizer
-
-    check_model_path(key, model)
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    return load_pretrained(key, model, "text-to-image model with a tokenizer/ folder",
-                           lambda: AutoTokenizer.from_pretrained(model, subfolder="tokenizer"))
-
-
 def encoder_max_tokens(tokenizer, kind: str) -> int:
     return IF_MAX_TOKENS if kind == "t5" else int(tokenizer.model_max_length)
 
@@ -55,44 +44,3 @@ def encoder_max_tokens(tokenizer, kind: str) -> int:
 def token_counter(tokenizer):
     """Number of tokens of a text with the encoder's special tokens, untruncated."""
     return lambda text: len(tokenizer(text, add_special_tokens=True, verbose=False).input_ids)
-
-
-@torch.no_grad()
-def clip_text_embeddings(model: str, prompts: List[str]) -> Tensor:
-    from transformers import CLIPTextModel
-
-    tokenizer = load_tokenizer(model)
-    encoder = load_pretrained(MODEL_KEY, model, "Stable Diffusion model with a CLIP text_encoder/",
-                              lambda: CLIPTextModel.from_pretrained(model, subfolder="text_encoder"))
-    tokens = tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length,
-                       truncation=True, return_tensors="pt")
-    return encoder(tokens.input_ids)[0]
-
-
-@torch.no_grad()
-def t5_text_embeddings(model: str, prompts: List[str], load_in_8bit: bool = False) -> Tensor:
-    from transformers import T5EncoderModel
-
-    tokenizer = load_tokenizer(model)
-    cuda = torch.cuda.is_available()
-    what = "DeepFloyd IF model with a T5 text_encoder/"
-    if load_in_8bit:  # threestudio's call
-        encoder = load_pretrained(MODEL_KEY, model, what, lambda: T5EncoderModel.from_pretrained(
-            model, subfolder="text_encoder", torch_dtype=torch.float16, load_in_8bit=True,
-            variant="8bit", device_map="auto"))
-    else:
-        dtype = torch.float16 if cuda else torch.float32
-
-        def load(variant):
-            return T5EncoderModel.from_pretrained(model, subfolder="text_encoder", torch_dtype=dtype,
-                                                  variant=variant)
-
-        try:  # the hub checkpoint's fp16 variant is a quarter of its fp32 weights
-            encoder = load("fp16")
-        except (OSError, ValueError):
-            encoder = load_pretrained(MODEL_KEY, model, what, lambda: load(None))
-        encoder = encoder.to("cuda" if cuda else "cpu")
-    device = next(encoder.parameters()).device
-    tokens = tokenizer(prompts, padding="max_length", max_length=IF_MAX_TOKENS, truncation=True,
-                       add_special_tokens=True, return_tensors="pt")
-    return encoder(tokens.input_ids.to(device), attention_mask=tokens.attention_mask.to(device))[0]
