@@ -33,7 +33,8 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, default=defaults.steps)
     parser.add_argument("--lr", type=float, default=defaults.lr)
     parser.add_argument("--orbit-views", type=int, default=defaults.orbit_views)
-    parser.add_argument("--captioner", default="lab-judge", help="DNP captioner: lab-judge or a BLIP folder")
+    parser.add_argument("--captioner", default=LabModels.default().captioner,
+                        help="DNP captioner: a captioner plugin folder (default: the lab's) or a BLIP folder")
     parser.add_argument("--report-only", action="store_true", help="only write the table and grids")
     parser.add_argument("--calibrate", action="store_true", help="the baseline at each --steps-options x --lr-options")
     parser.add_argument("--steps-options", nargs="+", type=int, default=[300, 600, 1000])

@@ -186,29 +186,20 @@ def slug(text: str) -> str:
 
 @dataclass(frozen=True)
 class LabModels:
-    """The lab's model folders (default: the committed ones) and the DNP captioner (a name for
-    ``captioner`` and a factory; default: the lab's judge-based captioner)."""
+    """The lab's model folders (default: the committed ones): prior, masked LM, judge, and the DNP
+    captioner (the lab's judge-based captioner plugin folder, ``lab.captioner``)."""
 
     prior: str
     mlm: str
     judge: str
-    captioner: str = "lab-judge"
+    captioner: str
 
     @classmethod
     def default(cls) -> "LabModels":
-        return cls(model_path("prior"), model_path("mlm"), model_path("judge"))
+        from .models import lab_root
 
-
-def make_captioner(name: str):
-    """The DNP captioner for ``captioner``: the lab's judge-based captioner (``lab.captioner``)
-    for "lab-judge", else a BLIP folder / hub id (``prompting.captioning.BlipCaptioner``)."""
-    if name == "lab-judge":
-        from . import captioner as lab_captioner
-
-        return lab_captioner.JudgeCaptioner.load()
-    from ..prompting.captioning import BlipCaptioner
-
-    return BlipCaptioner(name)
+        return cls(model_path("prior"), model_path("mlm"), model_path("judge"),
+                   os.path.join(lab_root(), "captioner"))
 
 
 def load_backbone(prior: str):
@@ -243,15 +234,20 @@ class PromptFactory:
 
     def auto_negative(self, prompt: str, settings: Mapping[str, Any]) -> Tuple[str, Dict[str, Any]]:
         """n* as ``dnp-prompt-processor`` makes it: DNS image with the prior, captioned."""
+        from ..prompting.captioning import check_captioner
         from ..prompting.dnp import SamplingSettings, cached_dnp, load_sampler
 
+        check_captioner(settings["captioner"], max_new_tokens=int(settings["caption_max_new_tokens"]))
         sampling = SamplingSettings(int(settings["dns_steps"]), float(settings["dns_guidance_scale"]),
                                     int(settings["dns_seed"])).validate()
         cache = os.path.join(self.cache_dir or ".", "dnp")
 
-        def captioner():
+        def captioner():  # as dnp-prompt-processor loads it (a plugin folder or BLIP)
+            from ..prompting.captioning import load_captioner
+
             if self._captioner is None:
-                self._captioner = make_captioner(settings["captioner"])
+                self._captioner = load_captioner(settings["captioner"], device="cpu",
+                                                 max_new_tokens=int(settings["caption_max_new_tokens"]))
             return self._captioner
 
         result = cached_dnp(prompt, self.models.prior, sampling, settings["captioner"], cache,
@@ -499,7 +495,7 @@ class Experiment:
         paths = write_tables(results, self.out, list(self.variants), list(self.prompts))
         for variant in self.variants:
             grid = orbit_grid([r for r in results if r["variant"] == variant], self.out, variant,
-                              self.settings.orbit_views, lambda r: self.run_dir(RunSpec(r["variant"], r["prompt"], r["seed"])))
+                              lambda r: load_orbit_frames(self.run_dir(RunSpec(r["variant"], r["prompt"], r["seed"]))))
             if grid:
                 paths[f"grid_{variant}"] = grid
         return paths
@@ -519,11 +515,11 @@ def summarise(results: Sequence[Mapping[str, Any]]) -> Dict[str, Any]:
         rate, (low, high) = wilson_rate([r["metrics"][key] for r in results])
         row[key] = {"rate": rate, "ci": [low, high], "count": int(sum(r["metrics"][key] >= 0.5 for r in results))}
     for key in METRICS:
-        values = [r["metrics"][key] for r in results if key in r["metrics"]]
+        values = [float(r["metrics"][key]) for r in results if key in r["metrics"]]
         mean = sum(values) / len(values) if values else math.nan
         std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
         row[key] = {"mean": mean, "std": std}
-    row["train_s"] = sum(r["train_s"] for r in results) / max(1, len(results))
+    row["train_s"] = sum(r.get("train_s", math.nan) for r in results) / max(1, len(results))
     return row
 
 
@@ -582,8 +578,8 @@ def write_tables(results: Sequence[Mapping[str, Any]], out: str, variants: Seque
     return {"markdown": md, "csv": csv_path, "json": js}
 
 
-def orbit_grid(results: Sequence[Mapping[str, Any]], out: str, variant: str, views: int,
-               run_dir_of: Callable[[Mapping[str, Any]], str], every: int = 1, cell: int = 48) -> Optional[str]:
+def orbit_grid(results: Sequence[Mapping[str, Any]], out: str, variant: str,
+               frames_of: Callable[[Mapping[str, Any]], torch.Tensor], cell: int = 48) -> Optional[str]:
     """One image per variant: a row per (prompt, seed) with its orbit (azimuth 0 at the left),
     labelled with the prompt, the seed and the Janus verdict."""
     from PIL import Image, ImageDraw
@@ -593,24 +589,63 @@ def orbit_grid(results: Sequence[Mapping[str, Any]], out: str, variant: str, vie
     if not results:
         return None
     results = sorted(results, key=lambda r: (r["prompt"], r["seed"]))
+    rows = [frames_of(r) for r in results]
+    views = max(len(f) for f in rows)
     label = 180
-    columns = list(range(0, views, every))
-    canvas = Image.new("RGB", (label + cell * len(columns), cell * len(results) + 16), "white")
+    canvas = Image.new("RGB", (label + cell * views, cell * len(results) + 16), "white")
     draw = ImageDraw.Draw(canvas)
-    for j, c in enumerate(columns):
-        draw.text((label + j * cell + 2, 2), f"{c * 360 // views}", fill="black")
-    for i, result in enumerate(results):
-        frames = load_orbit_frames(run_dir_of(result))
+    for j in range(0, views, 3):
+        draw.text((label + j * cell + 2, 2), f"{j}", fill="black")
+    for i, (result, frames) in enumerate(zip(results, rows)):
         y = 16 + i * cell
-        verdict = "JANUS" if result["metrics"]["janus"] >= 0.5 else "ok"
+        metrics = result["metrics"]
+        verdict = "JANUS" if metrics.get("janus", 0) >= 0.5 else "ok"
         draw.text((4, y + 4), f"{result['prompt']} s{result['seed']}", fill="black")
-        draw.text((4, y + 20), f"{verdict}  view acc {result['metrics']['view_accuracy']:.2f}", fill="black")
-        for j, c in enumerate(columns):
-            canvas.paste(to_pil(frames[c]).resize((cell, cell)), (label + j * cell, y))
+        draw.text((4, y + 20), f"{verdict}  view acc {metrics.get('view_accuracy', float('nan')):.2f}", fill="black")
+        for j, frame in enumerate(frames):
+            canvas.paste(to_pil(frame).resize((cell, cell)), (label + j * cell, y))
     path = os.path.join(out, "grids", f"{variant}.png")
     os.makedirs(os.path.dirname(path), exist_ok=True)
     canvas.save(path)
     return path
+
+
+# ----------------------------------------------------------------------------- the launcher path
+
+
+def janus_metrics_of_orbit(judge, elevation_deg: float) -> Callable[[torch.Tensor, torch.Tensor, str], Dict[str, float]]:
+    """The extra metrics of a launcher run's orbit (``tools.evaluate.MetricModels(extra_metrics=)``):
+    ``lab.janus.orbit_metrics`` at the orbit's elevation, with the prompted kind."""
+    from .janus import orbit_metrics
+
+    def metrics(frames: torch.Tensor, azimuths: torch.Tensor, prompt: str) -> Dict[str, float]:
+        try:
+            kind = kind_of(prompt)
+        except ConfigError:
+            kind = None
+        return orbit_metrics(frames.cpu(), azimuths.cpu(), float(elevation_deg), judge, kind=kind)
+
+    return metrics
+
+
+def launcher_results(sweep) -> List[Dict[str, Any]]:
+    """The finished, evaluated runs of a sweep (``tools.sweep.Sweep``) in the fast path's result
+    form, with their orbit frames."""
+    from ..tools.evaluate import orbit_folder
+    from ..tools.metrics import load_orbit
+    from ..utils.cache import read_json
+
+    found = []
+    m = sweep.metrics
+    for run in sweep.runs():
+        metrics = read_json(os.path.join(run.run_dir, "metrics.json")) or {}
+        folder = orbit_folder(run.run_dir, m.n_views, m.elevation_deg) if m is not None else None
+        if "janus" not in metrics or folder is None:
+            continue
+        frames, _ = load_orbit(folder)
+        found.append({"variant": run.variant, "prompt": run.prompt, "seed": run.seed, "metrics": metrics,
+                      "train_s": math.nan, "frames": frames})
+    return found
 
 
 # ----------------------------------------------------------------------------- calibration

@@ -19,7 +19,7 @@ import re
 import shutil
 import subprocess
 from dataclasses import asdict, dataclass, field, fields
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from ..utils.cache import write_json
 from ..utils.errors import ConfigError, require_choice
@@ -222,10 +222,14 @@ class MetricModels:
     phrases; any ``metrics.ViewClassifier`` can be given instead). CLIP is loaded when first
     needed (the default classifier, R-precision)."""
 
-    def __init__(self, settings: MetricSettings, view_classifier: Optional[ViewClassifier] = None):
+    def __init__(self, settings: MetricSettings, view_classifier: Optional[ViewClassifier] = None,
+                 extra_metrics: Optional[Callable[[Any, Any, str], Mapping[str, float]]] = None):
+        """``extra_metrics(frames [N, 3, H, W], azimuths [N], prompt) -> {name: value}``: more
+        per-run metrics of the orbit (e.g. a Janus metric), merged into each run's metrics."""
         import torch
 
         self.settings = settings
+        self.extra_metrics = extra_metrics
         self.device = settings.device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.lpips = LPIPS(settings.lpips_net, settings.lpips_backbone, settings.lpips_lin,
                            random_weights=settings.random_lpips,
@@ -262,6 +266,8 @@ def evaluate_folder(folder: str, prompt: str, settings: MetricSettings,
     views = [view for view in VIEW_ORDER if view in settings.phrases]
     rows = per_azimuth_views(models.views, frames, azimuths, prompt, views)
     metrics: Dict[str, float] = {"a_lpips": mean_lpips, "n_views": len(frames)}
+    if models.extra_metrics is not None:
+        metrics.update({k: float(v) for k, v in models.extra_metrics(frames, azimuths, prompt).items()})
     if settings.distractors:
         metrics["clip_r_precision"] = r_precision(models.clip, frames, prompt, settings.distractors)
     regions = view_of_azimuth(azimuths, settings.front_half_width, settings.back_half_width)

@@ -449,12 +449,14 @@ def summary_keys(rows: Sequence[Mapping]) -> List[str]:
     return [k for k in EVALUATION_KEYS if k in found] + views + measured
 
 
-def collect(sweep: Sweep, metrics: Optional[Iterable[str]] = None, progress: bool = True) -> Dict[str, str]:
-    """Evaluate the runs that need it (``evaluate_runs``), then write <out>/<name>/results.csv
-    (one row per finished run, every logged column), results.md (mean +- std over seeds per
-    variant and prompt of ``metrics``, default ``summary_keys``) and results.png (one panel per
-    column). Returns the paths."""
-    evaluate_runs(sweep, progress)
+def collect(sweep: Sweep, metrics: Optional[Iterable[str]] = None, progress: bool = True,
+            models: Optional[MetricModels] = None) -> Dict[str, str]:
+    """Evaluate the runs that need it (``evaluate_runs``, with ``models`` when given: another
+    view classifier, extra metrics), then write <out>/<name>/results.csv (one row per finished
+    run, every logged column), results.md (mean +- std over seeds per variant and prompt of
+    ``metrics``, default ``summary_keys``) and results.png (one panel per column). Returns the
+    paths."""
+    evaluate_runs(sweep, progress, models)
     rows = []
     for run in sweep.runs():
         if not run.done:

@@ -1,0 +1,141 @@
+#!/usr/bin/env python
+"""The lab's 3D experiment, launcher path: every variant of configs/lab/janus-3d-sweep.yaml
+(shipped configs + method overrides + the lab's models) trained by threestudio's own launch.py
+through the CPU mode, each run's test orbit rendered from its checkpoint and judged by the lab
+judge; one table (Janus rate with 95 % Wilson intervals, view accuracy, a_jfd) and one orbit grid
+per variant, beside the sweep's own results.csv / results.md.
+
+Run it from a threestudio checkout (the folder holding launch.py; threestudio importable) with
+threestudio's environment:
+
+    cd /path/to/threestudio && python $ANTIJANUS/scripts/lab_sweep.py --jobs 2
+    python $ANTIJANUS/scripts/lab_sweep.py --collect-only          # tables from finished runs
+    python $ANTIJANUS/scripts/lab_sweep.py --dry-run               # the commands
+
+Finished runs are skipped when the sweep is run again. See README, "The 3D experiment".
+"""
+
+import argparse
+import os
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, os.path.join(ROOT, "custom"))
+
+from antijanus.lab.experiment3d import VARIANT_NAMES, launcher_results, orbit_grid, write_tables  # noqa: E402
+from antijanus.lab.models import lab_root  # noqa: E402
+
+SWEEP = os.path.join(ROOT, "configs", "lab", "janus-3d-sweep.yaml")
+RUNNER = os.path.join(ROOT, "scripts", "threestudio_cpu.py")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sweep", default=SWEEP, help="the sweep file (default: configs/lab/janus-3d-sweep.yaml)")
+    parser.add_argument("--out", help="where the runs go (default: the sweep file's out, from here)")
+    parser.add_argument("--variants", nargs="+", choices=VARIANT_NAMES, help="a subset of the variants")
+    parser.add_argument("--prompts", nargs="+", help="a subset of the prompts")
+    parser.add_argument("--seeds", nargs="+", type=int, help="seeds (default: the sweep file's)")
+    parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="more threestudio overrides for every run (e.g. trainer.max_steps=2 for a smoke run)")
+    parser.add_argument("--n-views", type=int, help="orbit views (default: the sweep file's metrics.n_views)")
+    parser.add_argument("--jobs", type=int, default=1, help="runs at a time (one torch thread each when > 1)")
+    parser.add_argument("--launch", nargs="+", help="the launch command (default: this python + the CPU runner)")
+    parser.add_argument("--collect-only", action="store_true")
+    parser.add_argument("--dry-run", action="store_true")
+    args = parser.parse_args(argv)
+
+    os.environ.setdefault("ANTIJANUS_LAB_MODELS", lab_root())
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from antijanus.tools.sweep import Sweep, SweepFailed, collect, dry_run_command, run_sweep
+
+    sweep = Sweep.load(args.sweep)
+    sweep.launch = list(args.launch or [sys.executable, RUNNER])
+    if args.out:
+        sweep.out = os.path.abspath(args.out)
+    if args.variants:
+        sweep.variants = {k: v for k, v in sweep.variants.items() if k in args.variants}
+    if args.prompts:
+        sweep.prompts = list(args.prompts)
+    if args.seeds:
+        sweep.seeds = list(args.seeds)
+    sweep.overrides = sweep.overrides + list(args.set)
+    if args.n_views:
+        sweep.metrics.n_views = args.n_views
+    if sweep.metrics is None or sweep.metrics.elevation_deg is None:
+        raise SystemExit("the sweep's metrics block must set elevation_deg (the orbit's elevation, for the judge)")
+
+    if args.dry_run:
+        for run in run_sweep(sweep, dry_run=True):
+            print(dry_run_command(sweep, run))
+        return 0
+    start = time.time()
+    failed = None
+    if not args.collect_only:
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [threestudio_root(),
+                                                                      os.environ.get("PYTHONPATH")])))
+        if args.jobs > 1:
+            env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+        try:
+            run_sweep(sweep, gpus=[str(i) for i in range(args.jobs)] if args.jobs > 1 else None, env=env)
+        except SweepFailed as error:
+            failed = error
+            print(error, file=sys.stderr)
+    train_s = time.time() - start
+    paths = collect_lab(sweep, collect)
+    print(open(paths["markdown"]).read())
+    for key, path in paths.items():
+        print(f"{key}: {path}")
+    print(f"wall time: {time.time() - start:.0f} s (runs {train_s:.0f} s)")
+    return 1 if failed else 0
+
+
+def threestudio_root():
+    """The folder holding the threestudio package (found, not imported), for the runs' PYTHONPATH."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("threestudio")
+    if spec is None or not spec.origin:
+        return None
+    return os.path.dirname(os.path.dirname(spec.origin))
+
+
+def collect_lab(sweep, collect):
+    """The sweep's own collection with the judge (view classifier) and the Janus metric (extra
+    metrics of each orbit), then the lab table and the orbit grids."""
+    from antijanus.lab.classifier import JudgeViewClassifier
+    from antijanus.lab.experiment3d import janus_metrics_of_orbit
+    from antijanus.tools.evaluate import MetricModels
+
+    classifier = JudgeViewClassifier.load()
+    extra = janus_metrics_of_orbit(classifier.judge, sweep.metrics.elevation_deg)
+    models = MetricModels(sweep.metrics, view_classifier=classifier, extra_metrics=extra)
+    forget_metrics_without(sweep, "janus")
+    paths = dict(collect(sweep, models=models, progress=False))
+    results = launcher_results(sweep)
+    folder = os.path.join(sweep.out, sweep.name)
+    paths.update(write_tables(results, folder, list(sweep.variants), list(sweep.prompts)))
+    for variant in sweep.variants:
+        grid = orbit_grid([r for r in results if r["variant"] == variant], folder, variant,
+                          lambda r: r["frames"])
+        if grid:
+            paths[f"grid_{variant}"] = grid
+    return paths
+
+
+def forget_metrics_without(sweep, key):
+    """Runs evaluated before without the lab's metrics are evaluated again."""
+    import json
+
+    for run in sweep.runs():
+        path = os.path.join(run.run_dir, "metrics.json")
+        if os.path.exists(path):
+            with open(path) as f:
+                if key not in json.load(f):
+                    os.remove(path)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

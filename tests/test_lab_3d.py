@@ -1,0 +1,351 @@
+"""The lab's 3D experiment, fast path (lab/fast3d.py, lab/prompt_output.py, lab/experiment3d.py,
+scripts/lab_experiment_3d.py): cameras in threestudio's convention, the volume renderer, prompt
+outputs as the processors make them, the variants as the shipped configs set them, and a smoke
+run of the whole command on the committed lab models. The processors' outputs are compared
+with threestudio's real processors in the threestudio tier."""
+
+import json
+import math
+import os
+import sys
+
+import pytest
+import torch
+
+from antijanus.lab import fast3d
+from antijanus.lab.experiment3d import (REPO_ROOT, VARIANTS, FastSettings, LabModels, Representation,
+                                        block, guidance_config, kind_of, lab_prompts, load_config,
+                                        variant_by_name)
+from antijanus.lab.models import model_path
+from antijanus.lab.prompt_output import (DIRECTION_ORDER, PromptEncoder, build_prompt_output,
+                                         processor_settings)
+
+PRIOR = model_path("prior")
+SWEEP = os.path.join(REPO_ROOT, "configs", "lab", "janus-3d-sweep.yaml")
+
+
+@pytest.fixture(scope="module")
+def backbone():
+    from antijanus.lab.experiment3d import load_backbone
+
+    return load_backbone(PRIOR)
+
+
+@pytest.fixture(scope="module")
+def encode(backbone):
+    return PromptEncoder(backbone)
+
+
+# ----------------------------------------------------------------------------- cameras
+
+
+def test_orbit_rays_are_the_worlds_threestudio_cameras():
+    """Unperturbed cameras give exactly the rays of lab.world (threestudio's look-at frame and
+    pinhole directions), so the volume is seen as the world's objects are."""
+    from antijanus.lab.world import camera_rays
+
+    azimuths = torch.tensor([0.0, 45.0, 170.0, -90.0])
+    cams = fast3d.orbit_cameras(azimuths, 15.0, 2.0, 70.0, resolution=8)
+    origin, directions = camera_rays(torch.full((4,), 15.0), azimuths, torch.full((4,), 2.0),
+                                     torch.full((4,), 70.0), 8)
+    assert torch.allclose(cams.rays_o[:, 0, 0], origin, atol=1e-6)
+    assert torch.allclose(cams.rays_d, directions, atol=1e-6)
+    assert torch.allclose(cams.light_positions, origin)  # threestudio's test light: at the camera
+
+
+def test_training_cameras_follow_the_config_ranges():
+    settings = fast3d.CameraSettings.from_data_block(load_config("perp-neg-nerf-sd.yaml").data)
+    assert (settings.height, settings.width) == (32, 32)  # the lab's resolution, not the config's 64
+    assert settings.camera_distance_range == (1.5, 2.0) and settings.elevation_range == (-10, 45)
+    sampler = fast3d.CameraSampler(settings, torch.Generator().manual_seed(0))
+    first = sampler.sample(0)  # threestudio's progressive_view at step 0: the front at eval elevation
+    assert first.azimuth.item() == 0.0 and first.elevation.item() == pytest.approx(settings.eval_elevation_deg)
+    cams = [sampler.sample(step) for step in range(1, 400)]
+    elevation = torch.cat([c.elevation for c in cams])
+    azimuth = torch.cat([c.azimuth for c in cams])
+    distance = torch.cat([c.camera_distances for c in cams])
+    assert elevation.min() >= -10 and elevation.max() <= 45 and azimuth.abs().max() <= 180
+    assert distance.min() >= 1.5 and distance.max() <= 2.0
+    assert (azimuth.abs() < 45).float().mean() == pytest.approx(0.25, abs=0.07)  # uniform azimuth
+    # positions perturbed by at most camera_perturb per axis; rays unit length
+    ideal = fast3d.spherical(cams[0].elevation, cams[0].azimuth, cams[0].camera_distances)
+    assert (cams[0].positions - ideal).abs().max() <= settings.camera_perturb + 1e-6
+    assert torch.allclose(cams[0].rays_d.norm(dim=-1), torch.ones(1, 32, 32))
+    again = fast3d.CameraSampler(settings, torch.Generator().manual_seed(0))
+    assert torch.equal(again.sample(0).rays_d, first.rays_d)  # one generator, deterministic
+
+
+def test_unsupported_camera_and_material_settings_are_errors():
+    from antijanus.utils.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="light_sample_strategy"):
+        fast3d.CameraSettings.from_data_block({"light_sample_strategy": "magic3d"})
+    with pytest.raises(ConfigError, match="soft_shading"):
+        fast3d.Material.from_block({"soft_shading": True})
+    with pytest.raises(ConfigError, match="lambda_emptiness"):
+        fast3d.SystemSettings.from_blocks({"lambda_emptiness": 5.0}, {})
+
+
+# ----------------------------------------------------------------------------- the volume
+
+
+def test_blob_renders_its_albedo_in_front_of_the_background_with_outward_normals():
+    volume = fast3d.VoxelVolume(fast3d.VolumeSettings(resolution=24, samples=48))
+    background = fast3d.EnvironmentBackground()
+    with torch.no_grad():
+        volume.grid[:, 1] = 4.0  # albedo red
+        volume.grid[:, 2:] = -4.0
+    cams = fast3d.orbit_cameras(torch.tensor([0.0, 120.0]), 10.0, 2.0, 60.0, resolution=16)
+    out = fast3d.render(volume, background, cams, fast3d.Material(), "albedo")
+    centre, corner = out["comp_rgb"][:, 8, 8], out["comp_rgb"][:, 0, 0]
+    alpha = out["opacity"][:, 8, 8]
+    assert alpha.min() > 0.98 and out["opacity"][:, 0, 0].max() < 1e-3  # the blob: radius 0.5, optical depth ~5
+    red = torch.sigmoid(torch.tensor([4.0, -4.0, -4.0]))
+    assert torch.allclose(centre, alpha * red + (1 - alpha) * background(cams.rays_d[:, 8, 8]), atol=1e-4)
+    assert torch.allclose(corner, background(cams.rays_d[:, 0, 0]), atol=1e-4)
+    points = torch.tensor([[0.3, 0.0, 0.0], [0.0, -0.2, 0.1], [0.1, 0.1, -0.25]])
+    normal = volume(points)["normal"]  # flat grid: -grad(density) is the blob's outward direction
+    assert torch.allclose(normal, torch.nn.functional.normalize(points, dim=-1), atol=1e-5)
+    # outward normals face the camera where the weights are: a small orientation penalty (only
+    # the little weight left on the blob's far side, whose normals point away)
+    assert 0.0 < fast3d.orientation_loss(out).item() < 0.02
+
+
+def test_orbit_of_an_empty_volume_is_the_background_and_shading_follows_the_material():
+    volume = fast3d.VoxelVolume(fast3d.VolumeSettings(resolution=8, samples=16))
+    with torch.no_grad():
+        volume.grid[:, 0] = -100.0
+    scene = fast3d.Scene(volume, fast3d.EnvironmentBackground())
+    frames, opacity = fast3d.render_orbit(scene, torch.tensor([0.0, 90.0, 180.0]), 15.0, 2.0, 70.0,
+                                          fast3d.Material(ambient_only_steps=10), global_step=5, resolution=8)
+    assert frames.shape == (3, 3, 8, 8) and opacity.max() < 1e-6
+    material = fast3d.Material(ambient_only_steps=10)
+    assert material.test_shading(5) == "albedo" and material.test_shading(10) == "diffuse"
+    import random
+
+    shadings = {material.training_shading(50, random.Random(i)) for i in range(200)}
+    assert shadings == {"albedo", "textureless", "diffuse"}
+    assert {material.training_shading(3, random.Random(i)) for i in range(50)} == {"albedo"}
+
+
+def test_representation_comes_from_the_nerf_config():
+    rep = Representation.from_config(fast3d.VolumeSettings(), max_steps=100)
+    cfg = load_config("perp-neg-nerf-sd.yaml")
+    assert rep.system.lambda_sparsity == cfg.system.loss.lambda_sparsity
+    assert list(rep.system.lambda_orient) == list(cfg.system.loss.lambda_orient)
+    assert rep.system.background_lr == cfg.system.optimizer.params.background.lr
+    assert rep.material.ambient_only_steps == cfg.system.material.ambient_only_steps
+    assert rep.volume.density_blob_scale == cfg.system.geometry.density_blob_scale
+    assert (rep.orbit_distance, rep.orbit_fovy) == (cfg.data.eval_camera_distance, cfg.data.eval_fovy_deg)
+
+
+# ----------------------------------------------------------------------------- prompts
+
+
+def test_stock_processor_output(encode):
+    from antijanus.core.prompts import direction_indices
+
+    out = build_prompt_output("stable-diffusion-prompt-processor", {"front_threshold": 45.0}, "a smiling bear",
+                              encode)
+    assert out.prompts_vd == [f"a smiling bear, {v} view" for v in DIRECTION_ORDER]
+    assert torch.allclose(out.text_embeddings_vd[1], encode(["a smiling bear, front view"])[0])
+    assert torch.allclose(out.uncond_text_embeddings_vd, encode([""]).expand(4, -1, -1))
+    assert torch.allclose(out.empty_text_embeddings, encode([""]))
+    elevation = torch.tensor([10.0, 10.0, 10.0, 10.0, 70.0, 10.0])
+    azimuth = torch.tensor([0.0, 44.0, 90.0, 180.0, 180.0, -136.0])
+    index = direction_indices(out, elevation, azimuth, torch.ones(6))
+    assert [DIRECTION_ORDER[i] for i in index] == ["front", "front", "side", "back", "overhead", "back"]
+    assert out.use_perp_neg is False and out.perp_neg_f_fs == (4.0, 0.5, -2.426)
+
+
+class TiedScorer:
+    """A masked-LM stand-in: 'smiling' makes every view but the front unlikely."""
+
+    def view_probabilities(self, prompts, view_words):
+        rows = []
+        for prompt in prompts:
+            p = torch.tensor([0.25, 0.25, 0.25, 0.25])
+            if "smiling" in prompt.split():
+                p = torch.tensor([0.05, 0.85, 0.05, 0.05])
+            rows.append(p)
+        return torch.stack(rows)
+
+
+def test_debiasing_processor_output(encode):
+    out = build_prompt_output("bert-pmi-prompt-processor", {"protected_words": ["bear"]}, "a smiling bear",
+                              encode, make_scorer=lambda model: TiedScorer())
+    assert out.prompts_vd == ["a bear, side view", "a smiling bear, front view", "a bear, back view",
+                              "a bear, top view"]  # D-SDS phrases, "smiling" kept only for the front
+    assert out.directions[1].condition.ranges.front_half_width == 22.5
+    assert out.record["debiasing"]["removed"]["back"] == ["smiling"]
+    off = build_prompt_output("bert-pmi-prompt-processor", {"use_prompt_debiasing": False}, "a smiling bear", encode)
+    assert off.prompts_vd[2] == "a smiling bear, back view"
+
+
+def test_dnp_processor_uses_n_star_as_the_negative_prompt(encode):
+    seen = {}
+
+    def auto_negative(prompt, settings):
+        seen.update(prompt=prompt, captioner=settings["captioner"], steps=settings["dns_steps"])
+        return "a robot", {"negative_prompt": "a robot"}
+
+    out = build_prompt_output("dnp-prompt-processor", {"captioner": "lab-judge"}, "a smiling bear", encode,
+                              auto_negative=auto_negative)
+    assert seen == {"prompt": "a smiling bear", "captioner": "lab-judge", "steps": 50}
+    assert out.negative_prompt == "a robot"
+    assert torch.allclose(out.uncond_text_embeddings_vd[2], encode(["a robot"])[0])
+    assert torch.allclose(out.empty_text_embeddings, encode([""]))
+    given = build_prompt_output("dnp-prompt-processor", {"negative_prompt": "a frog"}, "a bear", encode)
+    assert given.negative_prompt == "a frog"
+
+
+def test_processor_errors():
+    from antijanus.utils.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="prompt_processor_type"):
+        processor_settings("deep-floyd-prompt-processor", {})
+    assert processor_settings("bert-pmi-prompt-processor", {"view_phrases": {"overhead": "overhead view"}}
+                              )["view_phrases"] == {"side": "side view", "front": "front view",
+                                                    "back": "back view", "overhead": "overhead view"}
+
+
+# ----------------------------------------------------------------------------- variants
+
+
+def test_every_variant_runs_its_shipped_config_with_the_method_it_names(encode):
+    """Each variant's guidance block and processor give the method named: Perp-Neg decided from
+    the processor's output, D-SDS clipping over the run's own steps, SJC's score, n* for DNP."""
+    from antijanus.core.guidance import ScoreDistillationGuidance, decide_perp_neg, resolve_config
+
+    steps = 37
+    expected = {  # perp_neg, score clipping, SJC, processor
+        "baseline": (False, False, False, "stable-diffusion-prompt-processor"),
+        "perp-neg": (True, False, False, "stable-diffusion-prompt-processor"),
+        "dsds-clip": (False, True, False, "stable-diffusion-prompt-processor"),
+        "dsds-full": (False, True, False, "bert-pmi-prompt-processor"),
+        "perp-neg-dsds": (True, True, False, "stable-diffusion-prompt-processor"),
+        "sjc": (False, False, True, "bert-pmi-prompt-processor"),
+        "sjc-dsds": (False, True, True, "bert-pmi-prompt-processor"),
+        "dnp": (False, False, False, "dnp-prompt-processor"),
+    }
+    assert sorted(expected) == sorted(v.name for v in VARIANTS)
+    for variant in VARIANTS:
+        cfg = load_config(variant.config, variant.overrides, steps)
+        config = guidance_config(cfg, PRIOR)
+        resolved = resolve_config(config)
+        perp_neg, clipping, sjc, processor = expected[variant.name]
+        assert cfg.system.prompt_processor_type == processor, variant.name
+        assert config.use_sjc == sjc and (resolved.clip is not None) == clipping, variant.name
+        if clipping:
+            assert config.clip_end_step == steps, variant.name  # ${trainer.max_steps}: the run's own steps
+        assert config.guidance_scale == cfg.system.guidance.guidance_scale == 100.0
+        blk = dict(block(cfg, "system.prompt_processor"), use_prompt_debiasing=False)
+        kind = cfg.system.prompt_processor_type
+        if kind == "dnp-prompt-processor":
+            blk["negative_prompt"] = "a robot"
+        out = build_prompt_output(kind, blk, "a bear", encode)
+        assert decide_perp_neg(config, resolved, out).enabled == perp_neg, variant.name
+    sjc = build_prompt_output("bert-pmi-prompt-processor",
+                              block(load_config("dsds-sjc-sd.yaml", variant_by_name("sjc").overrides), "system.prompt_processor"),
+                              "a smiling bear", encode)
+    assert sjc.prompts_vd[3] == "a smiling bear, overhead view"  # threestudio's phrases for plain SJC
+    assert sjc.directions[1].condition.ranges.front_half_width == 45.0
+
+
+def test_the_sweep_file_has_the_fast_paths_variants():
+    """configs/lab/janus-3d-sweep.yaml = the same configs and method overrides; it adds only the
+    lab's models, resolution and test camera."""
+    from antijanus.tools.sweep import Sweep
+
+    os.environ.setdefault("ANTIJANUS_LAB_MODELS", os.path.dirname(PRIOR))
+    sweep = Sweep.load(SWEEP)
+    assert list(sweep.variants) == [v.name for v in VARIANTS]
+    lab_keys = ("data.", "system.prompt_processor.debias_model=", "system.prompt_processor.captioner=")
+    for variant in VARIANTS:
+        spec = sweep.variants[variant.name]
+        assert os.path.basename(spec["config"]) == variant.config
+        method = [o for o in spec["overrides"] if not o.startswith(lab_keys)]
+        assert method == list(variant.overrides), variant.name
+    assert sweep.prompts == lab_prompts() and sweep.seeds == [0]
+    models = os.environ["ANTIJANUS_LAB_MODELS"]
+    assert f"system.guidance.pretrained_model_name_or_path={models}/prior" in sweep.overrides
+    assert f"system.prompt_processor.debias_model={models}/mlm" in sweep.variants["dsds-full"]["overrides"]
+    assert f"system.prompt_processor.captioner={models}/captioner" in sweep.variants["dnp"]["overrides"]
+    assert sweep.metrics.elevation_deg == FastSettings().orbit_elevation
+    assert sweep.metrics.n_views == FastSettings().orbit_views + 1  # linspace(0, 360, 37): 10 degree steps
+    steps = [o for o in sweep.overrides if o.startswith("trainer.max_steps=")]
+    assert len(steps) == 1
+
+
+def test_prompts_and_kinds():
+    assert lab_prompts() == ["a bear", "a smiling bear", "a robot", "a smiling robot", "a frog", "a smiling frog"]
+    assert kind_of("a smiling frog") == "frog"
+
+
+# ----------------------------------------------------------------------------- the extra-metrics hook
+
+
+def test_extra_metrics_of_an_orbit_go_into_the_runs_metrics(tmp_path):
+    """tools.evaluate's hook: MetricModels(extra_metrics=...) adds per-run metrics of the orbit
+    (the launcher path's Janus metric) without the tools importing the lab."""
+    from PIL import Image
+
+    from antijanus.tools.evaluate import MetricModels, MetricSettings, evaluate_folder
+
+    for i in range(5):
+        Image.new("RGB", (16, 16), (40 * i,) * 3).save(tmp_path / f"{i}.png")
+    seen = []
+
+    def extra(frames, azimuths, prompt):
+        seen.append((tuple(frames.shape), azimuths.tolist(), prompt))
+        return {"janus": 1.0, "view_accuracy": 0.5}
+
+    settings = MetricSettings(random_lpips=True, preprocess="none", clip_model="/no/such/clip", device="cpu")
+
+    class Flat:
+        name = "flat"
+
+        def view_scores(self, images, prompt, views):
+            return torch.zeros(len(images), len(views))
+
+    metrics, _ = evaluate_folder(str(tmp_path), "a bear", settings, MetricModels(settings, Flat(), extra))
+    assert seen == [((5, 3, 16, 16), [0.0, 90.0, 180.0, 270.0, 360.0], "a bear")]
+    assert metrics["janus"] == 1.0 and metrics["view_accuracy"] == 0.5 and "a_lpips" in metrics
+
+
+# ----------------------------------------------------------------------------- the command
+
+
+def test_fast_path_command_smoke(tmp_path):
+    """scripts/lab_experiment_3d.py on the committed lab models: every variant, one prompt, one
+    seed, 3 steps, a 6-view orbit; the table, the grids and each run's record."""
+    sys.path.insert(0, os.path.join(REPO_ROOT, "scripts"))
+    try:
+        import lab_experiment_3d
+    finally:
+        sys.path.pop(0)
+    out = tmp_path / "lab-3d"
+    code = lab_experiment_3d.main(["--out", str(out), "--prompts", "a smiling bear", "--seeds", "0", "--steps", "3",
+                                   "--orbit-views", "6", "--jobs", "1"])
+    assert code == 0
+    table = (out / "table.md").read_text()
+    for variant in VARIANTS:
+        assert f"| {variant.name} | all prompts | 1 |" in table
+        assert (out / "grids" / f"{variant.name}.png").exists()
+        result = json.loads((out / "runs" / variant.name / "a_smiling_bear" / "s0" / "result.json").read_text())
+        metrics = result["metrics"]
+        assert {"janus", "face_in_back", "front_segments", "view_accuracy", "a_jfd"} <= set(metrics)
+        assert metrics["n_frames"] == 6 and 0.0 <= metrics["view_accuracy"] <= 1.0 and math.isfinite(metrics["a_jfd"])
+        assert torch.load(out / "runs" / variant.name / "a_smiling_bear" / "s0" / "orbit.pt").shape == (6, 3, 32, 32)
+        assert len(result["history"]["loss_sds"]) == 3
+    records = {v.name: json.loads((out / "prompts" / f"{v.name}--a_smiling_bear.json").read_text()) for v in VARIANTS}
+    assert records["dsds-full"]["debiasing"]["debias_model"] == model_path("mlm")
+    assert records["dnp"]["negative_prompt"] and records["dnp"]["dnp"]["captioner"] == LabModels.default().captioner
+    assert records["sjc-dsds"]["prompts_vd"]["overhead"].endswith("top view")
+    logs = {v.name: json.loads((out / "runs" / v.name / "a_smiling_bear" / "s0" / "result.json").read_text())
+            ["guidance_log"] for v in VARIANTS}
+    assert any("Perp-Neg on" in line for line in logs["perp-neg"])
+    assert any("Perp-Neg off" in line for line in logs["baseline"])
+    # a second run finds every run done and only rewrites the table
+    assert lab_experiment_3d.main(["--out", str(out), "--prompts", "a smiling bear", "--seeds", "0", "--steps", "3",
+                                   "--orbit-views", "6", "--report-only"]) == 0
