@@ -86,10 +86,23 @@ def test_a_conflict_is_one_logged_line_saying_which_wins(caplog):
     weights = guidance_with(perp_neg_f_sb=[2.0, 0.5, 0.0])
     with caplog.at_level(logging.INFO, logger=LOGGER):
         for _ in range(2):
-            step(weights, stock_output(True))
+            step(weights, stock_output(True, perp_neg_f_sb=(1.5, 0.5, 0.0)))  # the user's weights
     lines = [r for r in caplog.records if "Perp-Neg" in r.message]
     assert len(lines) == 1 and lines[0].levelno == logging.WARNING
     assert "perp_neg_f_* win over the prompt processor's perp_neg_f_*" in lines[0].message
+
+
+def test_guidance_weights_over_the_processors_default_weights_are_one_info_line(caplog):
+    """A shipped Perp-Neg config (processor-side switch, default weights) with
+    system.guidance.perp_neg_preset=stable-dreamfusion: the guidance's weights, said once, no warning."""
+    guidance = guidance_with(perp_neg_preset="stable-dreamfusion")
+    with caplog.at_level(logging.INFO, logger=LOGGER):
+        for _ in range(2):
+            assert step(guidance, stock_output(True))["unet_rows"] > 8
+    lines = [r for r in caplog.records if "Perp-Neg" in r.message]
+    assert [(r.levelno, r.message) for r in lines] == [(logging.INFO, (
+        "Perp-Neg on, weights from the guidance's perp_neg_* keys (perp_neg unset: following the "
+        "prompt processor's use_perp_neg: true)"))]
 
 
 def test_explicit_perp_neg_false_wins_over_the_processor():

@@ -347,8 +347,10 @@ def decide_perp_neg(config: ScoreDistillationConfig, resolved: ResolvedConfig, p
                          "perp_neg: true to use them, or remove them)")
     if resolved.own_weights is not None:
         weights, weight_source = resolved.own_weights, "the guidance's perp_neg_* keys"
+        # a warning only against weights the user set on the processor (not its defaults)
         if (enabled and processor is not None and processor.weights is not None
-                and processor.use_perp_neg and processor_weights(processor.weights) != weights):
+                and processor.use_perp_neg and processor_weights(processor.weights) != weights
+                and processor_weights(processor.weights) != PERP_NEG_PRESETS[DEFAULT_PRESET]):
             conflicts.append("the guidance's perp_neg_preset / perp_neg_f_* win over the prompt "
                              f"processor's perp_neg_f_* {processor.weights}")
     elif processor is not None and processor.weights is not None:
