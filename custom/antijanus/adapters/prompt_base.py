@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import inspect
 import json
 import logging
 import os
@@ -24,6 +23,7 @@ from ..prompting.text_encoders import (clip_text_embeddings, encoder_max_tokens,
 from ..prompting.view_prompts import check_room_for_words, fit_view_prompt
 from ..utils.cache import load_tensor, save_tensor
 from ..utils.errors import ConfigError
+from .registry import calling_system
 
 # threestudio's direction order (its built-in Perp-Neg indexes side=0, front=1, back=2, overhead=3)
 DIRECTION_ORDER = ("side", "front", "back", "overhead")
@@ -99,14 +99,8 @@ def find_trial_dir() -> Optional[str]:
     ``trial_dir``. The launcher gives it to the system (``set_save_dir(<trial>/save)``), and the
     systems create their prompt processor from their own methods (``on_fit_start``), so the
     system is on the call stack: its save folder's parent is the trial folder."""
-    frame = inspect.currentframe()
-    while frame is not None:
-        owner = frame.f_locals.get("self")
-        save_dir = _save_dir_of(owner)
-        if save_dir:
-            return os.path.dirname(os.path.normpath(save_dir))
-        frame = frame.f_back
-    return None
+    system = calling_system(lambda owner: _save_dir_of(owner) is not None)
+    return None if system is None else os.path.dirname(os.path.normpath(_save_dir_of(system)))
 
 
 def _save_dir_of(obj) -> Optional[str]:
