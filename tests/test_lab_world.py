@@ -50,6 +50,8 @@ def test_front_camera_sees_the_face_back_camera_does_not():
         for result in (front, back, side, top):
             assert visible(result, i, "hat")  # seen from everywhere
         assert not visible(side, i, "smiling")
+        # the tail marks the back: seen from behind and from the side, hidden from the front
+        assert visible(back, i, "tail") and visible(side, i, "tail") and not visible(front, i, "tail")
     assert [VIEWS[int(v)] for v in front["view"]] == ["front"] * n
     assert [VIEWS[int(v)] for v in back["view"]] == ["back"] * n
     assert [VIEWS[int(v)] for v in top["view"]] == ["overhead"] * n
@@ -60,7 +62,7 @@ def test_absent_attributes_are_never_visible_and_kinds_differ():
     plain = [Creature(kind) for kind in KINDS]
     result = render(plain, torch.full((3,), 10.0), torch.zeros(3))
     for i in range(3):
-        assert visible(result, i, "face")
+        assert visible(result, i, "face") and plain[i].has("face") and plain[i].has("tail")  # intrinsic
         assert not any(visible(result, i, a) for a in ("smiling", "striped", "hat"))
     images = result["image"]
     assert (images[0] - images[1]).abs().mean() > 0.05 and (images[1] - images[2]).abs().mean() > 0.05

@@ -8,7 +8,10 @@ the empty prompt as the unconditional) and judged by the lab judge:
   degrees) and the share of front views in the training data;
 * steerability: per view, the share of images judged to be that view with its phrase
   ("a bear, back view") and without;
-* quality: the share of images judged to be the prompted kind.
+* quality: the share of images judged to be the prompted kind, and whether faces are drawn:
+  the share of images judged "front" in which the judge sees the face, and for "a smiling
+  <kind>" the share judged "front" (the word's pull towards the front that D-SDS targets) and,
+  among those, the share in which the judge sees the smile.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import torch
 from torch import Tensor
 
 from .data import VIEW_PHRASES, WorldBias, make_samples, statistics
-from .world import KINDS, VIEWS
+from .world import ATTRIBUTES, KINDS, VIEWS
 
 FRONT_CAMERA_SHARE = 90.0 / 360.0  # threestudio's uniform azimuth: |azimuth| < 45 degrees
 
@@ -43,6 +46,14 @@ def check_prompts(kinds: Sequence[str] = KINDS) -> List[Tuple[str, str, Optional
             for phrase in VIEW_PHRASES[view]:
                 prompts.append((f"a {kind}, {phrase}", kind, view))
     return prompts
+
+
+def attribute_prompts(kinds: Sequence[str] = KINDS, attributes: Sequence[str] = ("smiling",)
+                      ) -> List[Tuple[str, str, str]]:
+    """(prompt, kind, attribute) without a view phrase: 'a smiling bear'."""
+    from .data import caption_for
+
+    return [(caption_for(kind, [a]), kind, a) for a in attributes for kind in kinds]
 
 
 def wilson(successes: int, n: int, z: float = 1.96) -> Tuple[float, float]:
@@ -70,11 +81,14 @@ def sample(sampler, encode, prompts, settings: CheckSettings, log=print) -> Dict
     return images
 
 
-def judge_samples(judge, images: Dict[str, Tensor], prompts, log=print):
+def judge_samples(judge, images: Dict[str, Tensor], prompts, log=print, attribute_prompts=()):
+    """Judge the samples of ``prompts`` ((prompt, kind, view)) and of ``attribute_prompts``
+    ((prompt, kind, attribute), no view phrase)."""
     results = []
-    for prompt, kind, view in prompts:
+    rows = [(p, k, v, None) for p, k, v in prompts] + [(p, k, None, a) for p, k, a in attribute_prompts]
+    for prompt, kind, view, attribute in rows:
         verdict = judge(images[prompt])
-        results.append({"prompt": prompt, "kind": kind, "view": view, "images": images[prompt],
+        results.append({"prompt": prompt, "kind": kind, "view": view, "attribute": attribute, "images": images[prompt],
                         "judged_view": verdict["view"], "judged_kind": verdict["kind"],
                         "judged_attributes": verdict["attributes"]})
         log(f"  {prompt!r}: judged " + " ".join(f"{v} {int((verdict['view'] == i).sum())}" for i, v in enumerate(VIEWS))
@@ -84,7 +98,7 @@ def judge_samples(judge, images: Dict[str, Tensor], prompts, log=print):
 
 def summarise(results, bias: WorldBias = WorldBias(), data_front_share: Optional[float] = None) -> Dict[str, object]:
     """The figures of the check from judged samples."""
-    plain = [r for r in results if r["view"] is None]
+    plain = [r for r in results if r["view"] is None and r.get("attribute") is None]
     n_plain = sum(len(r["judged_view"]) for r in plain)
     front = VIEWS.index("front")
     front_plain = sum(int((r["judged_view"] == front).sum()) for r in plain)
@@ -113,6 +127,29 @@ def summarise(results, bias: WorldBias = WorldBias(), data_front_share: Optional
     figures["kind_accuracy"] = right / n_all
     figures["kind_accuracy_ci95"] = wilson(right, n_all)
     figures["n_images"] = n_all
+    figures["no_phrase_views_per_kind"] = {
+        k: {v: sum(int((r["judged_view"] == i).sum()) for r in plain if r["kind"] == k) for i, v in enumerate(VIEWS)}
+        for k in KINDS if any(r["kind"] == k for r in plain)}
+    # faces drawn: the judge's face verdict on the images it calls "front"
+    face = ATTRIBUTES.index("face")
+    judged_front = torch.cat([r["judged_view"] == front for r in results])
+    face_seen = torch.cat([r["judged_attributes"][:, face] for r in results])
+    n_front, n_face = int(judged_front.sum()), int((judged_front & face_seen).sum())
+    figures["face_given_judged_front"] = n_face / n_front if n_front else float("nan")
+    figures["face_given_judged_front_ci95"] = wilson(n_face, n_front)
+    figures["n_judged_front"] = n_front
+    for attribute in sorted({r["attribute"] for r in results if r.get("attribute")}):
+        rows = [r for r in results if r.get("attribute") == attribute]
+        n = sum(len(r["judged_view"]) for r in rows)
+        fronts = torch.cat([r["judged_view"] == front for r in rows])
+        shown = torch.cat([r["judged_attributes"][:, ATTRIBUTES.index(attribute)] for r in rows])
+        n_fronts, n_shown = int(fronts.sum()), int((fronts & shown).sum())
+        figures[f"prompt_{attribute}"] = {
+            "front_share": n_fronts / n, "front_share_ci95": wilson(n_fronts, n), "n": n,
+            "shown_given_judged_front": n_shown / n_fronts if n_fronts else float("nan"),
+            "shown_given_judged_front_ci95": wilson(n_shown, n_fronts),
+            "view_share": {v: int((torch.cat([r["judged_view"] for r in rows]) == i).sum()) / n
+                           for i, v in enumerate(VIEWS)}}
     return figures
 
 
@@ -133,6 +170,19 @@ def format_figures(figures: Dict[str, object]) -> str:
     lo, hi = figures["kind_accuracy_ci95"]
     lines.append(f"kind accuracy (judged kind = prompted kind): {figures['kind_accuracy']:.3f} "
                  f"(95% CI {lo:.3f}-{hi:.3f}) over {figures['n_images']} images")
+    if "no_phrase_views_per_kind" in figures:
+        lines.append("no-phrase judged views per kind: " + "; ".join(
+            f"{k} " + " ".join(f"{v} {c}" for v, c in row.items()) for k, row in figures["no_phrase_views_per_kind"].items()))
+    if "face_given_judged_front" in figures:
+        lo, hi = figures["face_given_judged_front_ci95"]
+        lines.append(f"faces: the judge sees the face in {figures['face_given_judged_front']:.3f} (95% CI {lo:.3f}-{hi:.3f}) "
+                     f"of the {figures['n_judged_front']} images it judges 'front'")
+    for key in sorted(k for k in figures if k.startswith("prompt_")):
+        row, attribute = figures[key], key[len("prompt_"):]
+        lo, hi = row["front_share_ci95"]
+        slo, shi = row["shown_given_judged_front_ci95"]
+        lines.append(f"'a {attribute} <kind>' (no view phrase): judged 'front' {row['front_share']:.3f} (95% CI {lo:.3f}-{hi:.3f}); "
+                     f"{attribute} seen in {row['shown_given_judged_front']:.3f} (95% CI {slo:.3f}-{shi:.3f}) of those")
     return "\n".join(lines)
 
 
@@ -152,7 +202,8 @@ def run_checks(prior: str, judge_folder: str, settings: CheckSettings = CheckSet
     from .models import sha256
 
     prompts = check_prompts()
-    key = {"settings": dataclasses.asdict(settings),
+    extra = attribute_prompts()
+    key = {"settings": dataclasses.asdict(settings), "prompts": [p for p, _, _ in prompts + extra],
            "unet": sha256(os.path.join(prior, "unet", "diffusion_pytorch_model.safetensors")),
            "text_encoder": sha256(os.path.join(prior, "text_encoder", "model.safetensors"))}
     images = None
@@ -165,10 +216,10 @@ def run_checks(prior: str, judge_folder: str, settings: CheckSettings = CheckSet
         from ..prompting.dnp import load_sampler
 
         sampler, encode = load_sampler(prior, device, half_precision=False)
-        images = sample(sampler, encode, prompts, settings, log)
+        images = sample(sampler, encode, prompts + extra, settings, log)
         if cache:
             os.makedirs(os.path.dirname(os.path.abspath(cache)), exist_ok=True)
             torch.save({"key": key, "images": images}, cache)
     judge = Judge.load(judge_folder, device)
-    results = judge_samples(judge, images, prompts, log)
+    results = judge_samples(judge, images, prompts, log, attribute_prompts=extra)
     return results, summarise(results, data_front_share=data_front_share())

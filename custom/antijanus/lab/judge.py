@@ -22,7 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from .world import ATTRIBUTES, KINDS, VIEWS, Creature, render_batched
+from .world import ATTRIBUTES, KINDS, VIEWS, Creature, render_batched, view_region, wrap_azimuth
 
 WEIGHTS, CONFIG = "judge.safetensors", "judge.json"
 
@@ -34,7 +34,7 @@ class JudgeSettings:
     width: int = 24  # channels of the first stage (x2, x4 after)
     n_train: int = 30000  # rendered training images
     n_test: int = 4000  # held-out images (another seed)
-    steps: int = 6000
+    steps: int = 8000
     batch: int = 64
     lr: float = 2e-3
     # cameras: threestudio's training ranges (uniform azimuth, elevation -10..90)
@@ -59,7 +59,7 @@ class JudgeNet(nn.Module):
     attributes (4, logits of independent yes/no), and an auxiliary camera regression
     (cos / sin azimuth, elevation / 90) that sharpens the view boundaries."""
 
-    def __init__(self, width: int = 32) -> None:
+    def __init__(self, width: int = 32, n_attributes: int = len(ATTRIBUTES)) -> None:
         super().__init__()
         w = width
 
@@ -72,7 +72,7 @@ class JudgeNet(nn.Module):
         self.hidden = nn.Sequential(nn.Flatten(), nn.Linear(4 * w * 16, 256), nn.ReLU())
         self.view = nn.Linear(256, len(VIEWS))
         self.kind = nn.Linear(256, len(KINDS))
-        self.attributes = nn.Linear(256, len(ATTRIBUTES))
+        self.attributes = nn.Linear(256, n_attributes)
         self.camera = nn.Linear(256, 3)
 
     def forward(self, images: Tensor) -> Dict[str, Tensor]:
@@ -103,7 +103,7 @@ def render_labelled(settings: JudgeSettings, n: int, seed: int, chunk: int = 256
     background = torch.where((torch.rand(n, 1, generator=g) < 0.5), torch.ones(n, 3), torch.rand(n, 3, generator=g))
     out = render_batched(creatures, elevation, azimuth, distance, fovy, chunk=chunk, light_jitter=light,
                          background=background)
-    present = torch.stack([torch.ones(n, dtype=torch.bool), flags[:, 0], flags[:, 1], flags[:, 2]], -1)
+    present = torch.tensor([[c.has(a) for a in ATTRIBUTES] for c in creatures], dtype=torch.bool).reshape(n, len(ATTRIBUTES))
     return {"image": (out["image"] * 255).round().to(torch.uint8), "view": out["view"], "kind": kinds,
             "attributes": (out["visible"] & present).float(), "elevation": elevation, "azimuth": azimuth}
 
@@ -164,12 +164,17 @@ def judge_loss(out: Dict[str, Tensor], batch: Dict[str, Tensor]) -> Tensor:
             + F.mse_loss(out["camera"], camera))
 
 
+def camera_angles(camera: Tensor) -> Tuple[Tensor, Tensor]:
+    """The camera head's (cos az, sin az, el / 90) -> azimuth, elevation in degrees."""
+    return torch.rad2deg(torch.atan2(camera[:, 1], camera[:, 0])), camera[:, 2] * 90.0
+
+
 @torch.no_grad()
 def accuracy(net: JudgeNet, data: Dict[str, Tensor], images: Optional[Tensor] = None, batch: int = 500) -> Dict[str, float]:
     """View, kind and per-attribute accuracy on labelled data (images in [0, 1] or uint8)."""
     net.eval()
     images = data["image"] if images is None else images
-    preds = {"view": [], "kind": [], "attributes": []}
+    preds = {"view": [], "kind": [], "attributes": [], "camera": []}
     for i in range(0, images.shape[0], batch):
         x = images[i:i + batch]
         x = x.float() / 255.0 if x.dtype == torch.uint8 else x
@@ -177,8 +182,14 @@ def accuracy(net: JudgeNet, data: Dict[str, Tensor], images: Optional[Tensor] = 
         preds["view"].append(out["view"].argmax(-1))
         preds["kind"].append(out["kind"].argmax(-1))
         preds["attributes"].append(out["attributes"] > 0)
-    view, kind, attrs = (torch.cat(preds[k]) for k in ("view", "kind", "attributes"))
+        preds["camera"].append(out["camera"])
+    view, kind, attrs, camera = (torch.cat(preds[k]) for k in ("view", "kind", "attributes", "camera"))
     result = {"view": float((view == data["view"]).float().mean()), "kind": float((kind == data["kind"]).float().mean())}
+    # the camera head: its azimuth / elevation errors, and the region they fall in
+    azimuth, elevation = camera_angles(camera)
+    result["azimuth_error_median_deg"] = float(wrap_azimuth(azimuth - data["azimuth"]).abs().median())
+    result["elevation_error_median_deg"] = float((elevation - data["elevation"]).abs().median())
+    result["view_from_camera_head"] = float((view_region(elevation, azimuth) == data["view"]).float().mean())
     for j, a in enumerate(ATTRIBUTES):
         result[f"attribute_{a}"] = float((attrs[:, j] == (data["attributes"][:, j] > 0.5)).float().mean())
     # view accuracy away from the region borders (|azimuth - border| > 5 deg, |elevation - 60| > 5)
@@ -250,7 +261,7 @@ class Judge:
 
         with open(os.path.join(folder, CONFIG)) as f:
             record = json.load(f)
-        net = JudgeNet(record["settings"]["width"])
+        net = JudgeNet(record["settings"]["width"], len(record.get("attributes", ATTRIBUTES)))
         state = {k: v.float() if v.is_floating_point() else v for k, v in load_file(os.path.join(folder, WEIGHTS)).items()}
         net.load_state_dict(state)
         return cls(net.to(device), record)
@@ -258,7 +269,7 @@ class Judge:
     @torch.no_grad()
     def __call__(self, images: Tensor) -> Dict[str, Tensor]:
         """Images [B, 3, H, W] in [0, 1] (resized to 32x32) -> ``view`` [B] (index into VIEWS),
-        ``kind`` [B] (index into KINDS), ``attributes`` [B, 4] (bool, ATTRIBUTES order), and the
+        ``kind`` [B] (index into KINDS), ``attributes`` [B, len(ATTRIBUTES)] (bool, ATTRIBUTES order), and the
         probabilities ``view_probs``, ``kind_probs``, ``attribute_probs``."""
         device = next(self.net.parameters()).device
         x = images.float().to(device)

@@ -59,13 +59,14 @@ class PriorSettings:
     # UNet
     unet_channels: Tuple[int, ...] = (32, 64, 64)  # cross-attention at 8x8 and 4x4 only
     unet_heads: int = 4
-    unet_steps: int = 3000
+    unet_steps: int = 12000  # ~65 min on one idle core of this CPU (see README)
     unet_batch: int = 32
     unet_lr: float = 1e-3
     unet_warmup: int = 200
     ema_decay: float = 0.999
     p_uncond: float = 0.1  # caption dropped -> "" (the unconditional of CFG)
     min_snr_gamma: float = 5.0  # min-SNR-gamma loss weighting (Hang et al. 2023); 0: plain MSE
+    snapshots: Tuple[int, ...] = ()  # steps after which the averaged weights are also saved (a study)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -143,9 +144,25 @@ def save_text_encoder(model, folder: str) -> None:
 
 
 def save_diffusers(model, folder: str) -> None:
-    """A diffusers model folder with fp16 weights (loaded as fp32 unless asked otherwise)."""
-    model.to(torch.float16).save_pretrained(folder, safe_serialization=True)
-    model.to(torch.float32)
+    """A diffusers model folder with fp16 weights (loaded as fp32 unless asked otherwise); the
+    model itself is left as it was."""
+    import copy
+
+    copy.deepcopy(model).to(torch.float16).save_pretrained(folder, safe_serialization=True)
+
+
+def save_prior(out: str, unet, vae, text_encoder, tokenizer_folder: Optional[str] = None) -> None:
+    """The Stable Diffusion folder (unet/, vae/, text_encoder/, scheduler/, model_index.json; the
+    tokenizer copied from ``tokenizer_folder`` when given)."""
+    import shutil
+
+    save_diffusers(unet, os.path.join(out, "unet"))
+    save_diffusers(vae, os.path.join(out, "vae"))
+    save_text_encoder(text_encoder, os.path.join(out, "text_encoder"))
+    write_scheduler(out)
+    write_model_index(out)
+    if tokenizer_folder is not None:
+        shutil.copytree(tokenizer_folder, os.path.join(out, "tokenizer"), dirs_exist_ok=True)
 
 
 def write_model_index(folder: str) -> None:
@@ -259,10 +276,28 @@ class EMA:
         for s, p in zip(self.shadow, self.params):
             p.copy_(s)
 
+    @torch.no_grad()
+    def swap(self) -> None:
+        """Exchange the model's weights and the averages (twice: back as before)."""
+        for s, p in zip(self.shadow, self.params):
+            tmp = p.detach().clone()
+            p.copy_(s)
+            s.copy_(tmp)
+
+
+def encode_unique(text_encoder, ids: Tensor) -> Tensor:
+    """The text encoder's hidden states for a batch of token ids, each distinct caption encoded
+    once (the world has a few hundred distinct captions; gradients flow to every use)."""
+    unique, inverse = torch.unique(ids, dim=0, return_inverse=True)
+    return text_encoder(unique)[0][inverse]
+
 
 def train_diffusion(unet, text_encoder, latents_mean: Tensor, latents_std: Tensor, token_ids: Tensor,
-                    empty_ids: Tensor, settings: PriorSettings, g: torch.Generator, log=print) -> Dict[str, float]:
-    """Epsilon-prediction training of the UNet and the text encoder on (scaled) latents."""
+                    empty_ids: Tensor, settings: PriorSettings, g: torch.Generator, log=print,
+                    snapshot: Optional[Callable[[int], None]] = None) -> Dict[str, float]:
+    """Epsilon-prediction training of the UNet and the text encoder on (scaled) latents.
+    ``snapshot(step)`` is called with the averaged weights in the models after each step in
+    ``settings.snapshots`` (a study of how the prior grows; not part of the committed run)."""
     from diffusers import DDPMScheduler
 
     scheduler = DDPMScheduler(**scheduler_config())
@@ -288,7 +323,7 @@ def train_diffusion(unet, text_encoder, latents_mean: Tensor, latents_std: Tenso
         noise = torch.randn(x0.shape, generator=g)
         a = abar[t].view(-1, 1, 1, 1)
         x_t = a.sqrt() * x0 + (1.0 - a).sqrt() * noise
-        context = text_encoder(ids)[0]
+        context = encode_unique(text_encoder, ids)
         eps = unet(x_t, t, encoder_hidden_states=context).sample
         per_sample = F.mse_loss(eps, noise, reduction="none").mean(dim=(1, 2, 3))
         if settings.min_snr_gamma > 0:  # min-SNR-gamma for epsilon prediction: min(SNR, gamma) / SNR
@@ -299,6 +334,10 @@ def train_diffusion(unet, text_encoder, latents_mean: Tensor, latents_std: Tenso
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         ema.update(step)
+        if snapshot is not None and step + 1 in settings.snapshots:
+            ema.swap()
+            snapshot(step + 1)
+            ema.swap()
         running = 0.98 * running + 0.02 * loss.item() if step else loss.item()
         tick(f"unet step {step}/{settings.unet_steps} loss {running:.4f} lr {optimizer.param_groups[0]['lr']:.2e}")
     ema.copy_to_model()
@@ -343,14 +382,16 @@ def train_prior(out: str, settings: PriorSettings = PriorSettings(), log=print) 
     unet = build_unet(settings, latent_size=images.shape[-1] // 2 ** (len(settings.vae_channels) - 1))
     text_encoder = build_text_encoder(settings, vocab_size=len(tokenizer))
     t0 = time.time()
+    tokenizer_folder = os.path.join(out, "tokenizer")
+
+    def snapshot(step: int) -> None:
+        save_prior(os.path.join(out, "snapshots", f"step-{step}"), unet, vae, text_encoder, tokenizer_folder)
+        log(f"snapshot of the averaged weights at step {step} ({time.time() - t0:.0f} s)")
+
     figures.update(train_diffusion(unet, text_encoder, mean * scaling, std * scaling, token_ids, empty_ids,
-                                   settings, g, log))
+                                   settings, g, log, snapshot=snapshot))
     timings["unet_s"] = time.time() - t0
-    save_diffusers(unet, os.path.join(out, "unet"))
-    save_diffusers(vae, os.path.join(out, "vae"))
-    save_text_encoder(text_encoder, os.path.join(out, "text_encoder"))
-    write_scheduler(out)
-    write_model_index(out)
+    save_prior(out, unet, vae, text_encoder)
     timings["total_s"] = time.time() - start
     record = {"settings": settings.to_dict(), "figures": figures, "timings": timings, "scaling_factor": scaling,
               "parameters": {"unet": sum(p.numel() for p in unet.parameters()),

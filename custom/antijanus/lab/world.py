@@ -8,12 +8,14 @@ down -z.
 
 A creature is a body of one of three kinds (shape and colour), with
 
-* a face (two eyes) on its front, always there: the front is where the face is;
+* a face (two large eyes) on its front, always there: the front is where the face is;
+* a tail (a pink ball) on its back, always there: the back is where the tail is;
 * ``smiling``: a mouth under the eyes (front only);
 * ``striped``: three bands across its back (back only);
 * ``hat``: a red hat on top (seen from everywhere).
 
-The face, mouth and stripes are decals on the body: a surface point belongs to a decal when its
+Face and tail are intrinsic (every creature has them; captions do not name them, as a captioner
+does not say "a bear with eyes"). The face, mouth and stripes are decals on the body: a surface point belongs to a decal when its
 direction from the body centre (azimuth, elevation in the body's frame) falls in the decal's
 region. The renderer returns RGB and, per image, which parts are visible (pixel counts), so
 captions and the judge's labels come from what the camera actually sees.
@@ -30,10 +32,13 @@ import torch.nn.functional as F
 from torch import Tensor
 
 KINDS: Tuple[str, ...] = ("bear", "robot", "frog")
-ATTRIBUTES: Tuple[str, ...] = ("face", "smiling", "striped", "hat")  # every visible-part label
+# every visible-part label ("tail" appended last: the first four keep their indices)
+ATTRIBUTES: Tuple[str, ...] = ("face", "smiling", "striped", "hat", "tail")
 OPTIONAL_ATTRIBUTES: Tuple[str, ...] = ("smiling", "striped", "hat")  # what an object may lack
+INTRINSIC: Tuple[str, ...] = ("face", "tail")  # what every creature has (never named in captions)
 FRONT_ONLY: Tuple[str, ...] = ("face", "smiling")
 BACK_ONLY: Tuple[str, ...] = ("striped",)
+BACK_AND_SIDES: Tuple[str, ...] = ("tail",)  # seen from behind and from the sides, never from the front
 EVERYWHERE: Tuple[str, ...] = ("hat",)
 
 # Views in threestudio's direction order (prompt processors: side, front, back, overhead).
@@ -53,7 +58,11 @@ BODY_SHAPES = {"bear": ("ellipsoid", (0.42, 0.42, 0.42)), "robot": ("box", (0.33
                "frog": ("ellipsoid", (0.40, 0.50, 0.29))}
 EYE_WHITE, PUPIL = (0.97, 0.97, 0.97), (0.05, 0.05, 0.05)
 MOUTH, STRIPE, HAT = (0.30, 0.02, 0.05), (0.98, 0.88, 0.25), (0.85, 0.12, 0.12)
-PART_IDS = {"background": 0, "body": 1, "ears": 2, "hat": 3, "face": 4, "smiling": 5, "striped": 6}
+TAIL = (0.95, 0.45, 0.80)  # pink: a colour no other part has
+PART_IDS = {"background": 0, "body": 1, "ears": 2, "hat": 3, "face": 4, "smiling": 5, "striped": 6, "tail": 7}
+TAIL_RADIUS = 0.12  # the tail ball; its centre sits on the back of the body, a little below the middle
+TAIL_ELEVATION = -15.0  # degrees, in the body's normalised frame
+TAIL_OUT = 0.06  # how far the tail's centre lies behind the body's surface
 
 
 @dataclass(frozen=True)
@@ -64,7 +73,7 @@ class Creature:
     hat: bool = False
 
     def has(self, attribute: str) -> bool:
-        return attribute == "face" or bool(getattr(self, attribute))
+        return attribute in INTRINSIC or bool(getattr(self, attribute))
 
 
 @dataclass(frozen=True)
@@ -205,7 +214,10 @@ def _angular_distance(az: Tensor, el: Tensor, az0: float, el0: float) -> Tensor:
     return torch.rad2deg(torch.acos(cos.clamp(-1.0, 1.0)))
 
 
-EYE_AZIMUTH, EYE_ELEVATION, EYE_RADIUS, PUPIL_RADIUS = 24.0, 12.0, 10.0, 5.0
+# Eyes large enough to survive the prior's 16x16 latents (an eye is about 4 output pixels wide, its
+# pupil about 2 at the default camera); the mouth a thick arc under them.
+EYE_AZIMUTH, EYE_ELEVATION, EYE_RADIUS, PUPIL_RADIUS = 28.0, 14.0, 15.0, 8.0
+MOUTH_HALF_WIDTH, MOUTH_HALF_THICKNESS = 30.0, 5.5  # degrees
 
 
 def decal_parts(azimuth: Tensor, elevation: Tensor, creatures: Sequence[Creature]) -> Tuple[Tensor, Tensor]:
@@ -217,8 +229,8 @@ def decal_parts(azimuth: Tensor, elevation: Tensor, creatures: Sequence[Creature
     smiling = torch.tensor([c.smiling for c in creatures])[:, None]
     striped = torch.tensor([c.striped for c in creatures])[:, None]
     # the mouth: a smile arc under the eyes, lowest in the middle
-    arc = -20.0 + 0.012 * azimuth ** 2
-    mouth = (azimuth.abs() < 26.0) & ((elevation - arc).abs() < 3.5) & smiling
+    arc = -22.0 + 0.010 * azimuth ** 2
+    mouth = (azimuth.abs() < MOUTH_HALF_WIDTH) & ((elevation - arc).abs() < MOUTH_HALF_THICKNESS) & smiling
     # three bands across the back
     back = azimuth.abs() > 140.0
     bands = ((elevation + 24.0).abs() < 5.0) | (elevation.abs() < 5.0) | ((elevation - 24.0).abs() < 5.0)
@@ -240,6 +252,17 @@ def _primitives(creatures: Sequence[Creature]):
     return body_centre, body_size, is_box, top, has_hat, has_ears
 
 
+def tail_centre(kind: str) -> Tuple[float, float, float]:
+    """The tail ball's centre: TAIL_OUT behind the body's surface straight behind it (-x),
+    TAIL_ELEVATION below the middle in the body's normalised frame (most of the ball sticks out,
+    so the side views see it on the silhouette)."""
+    shape, size = BODY_SHAPES[kind]
+    e = math.radians(TAIL_ELEVATION)
+    if shape == "box":  # the back face
+        return (-size[0] - TAIL_OUT, 0.0, size[2] * math.tan(e))
+    return (-size[0] * math.cos(e) - TAIL_OUT, 0.0, size[2] * math.sin(e))
+
+
 def ray_cast(origin: Tensor, directions: Tensor, creatures: Sequence[Creature]) -> Dict[str, Tensor]:
     """First hit of each ray: distance t [B,R], normal [B,R,3], part id [B,R] and pupil mask."""
     B, R = directions.shape[0], directions.shape[1]
@@ -259,6 +282,9 @@ def ray_cast(origin: Tensor, directions: Tensor, creatures: Sequence[Creature]) 
         centre = torch.stack([torch.zeros(B), torch.zeros(B), top - 0.03 + z0], -1)[:, None]
         t, n = _cylinder_hit(o, d, centre, radius, half)
         candidates.append((torch.where(has_hat[:, None], t, torch.full_like(t, math.inf)), n, PART_IDS["hat"]))
+    tail = torch.tensor([tail_centre(c.kind) for c in creatures])[:, None]
+    t, n = _ellipsoid_hit(o, d, tail, torch.full((B, 1, 3), TAIL_RADIUS))
+    candidates.append((t, n, PART_IDS["tail"]))
     ts = torch.stack([c[0] for c in candidates], 0)
     best = ts.argmin(0)  # [B, R]
     t = ts.gather(0, best[None])[0]
@@ -280,7 +306,7 @@ def shade(hit: Dict[str, Tensor], creatures: Sequence[Creature], directions: Ten
     B, R = hit["part"].shape
     body = torch.tensor([BODY_COLOURS[c.kind] for c in creatures])[:, None].expand(B, R, 3)
     colour = body.clone()
-    for part, rgb in (("face", EYE_WHITE), ("smiling", MOUTH), ("striped", STRIPE), ("hat", HAT)):
+    for part, rgb in (("face", EYE_WHITE), ("smiling", MOUTH), ("striped", STRIPE), ("hat", HAT), ("tail", TAIL)):
         colour[hit["part"] == PART_IDS[part]] = torch.tensor(rgb)
     colour[hit["pupil"]] = torch.tensor(PUPIL)
     lambert = (hit["normal"] * light[:, None, :]).sum(-1).clamp_min(0.0)
