@@ -117,12 +117,12 @@ def test_judge_classifies_hand_rendered_views(judge):
     verdict = judge(images)
     assert verdict["view"].tolist() == expected
     assert verdict["kind"].tolist() == kinds
-    face = ATTRIBUTES.index("face")
+    face, tail = ATTRIBUTES.index("face"), ATTRIBUTES.index("tail")
     for i, (e, a, view) in enumerate(cameras * len(KINDS)):
         if view == "front":
-            assert verdict["attributes"][i, face]
+            assert verdict["attributes"][i, face] and not verdict["attributes"][i, tail]
         if view == "back":
-            assert not verdict["attributes"][i, face]
+            assert not verdict["attributes"][i, face] and verdict["attributes"][i, tail]
     # a larger render is resized to the judge's 32x32
     big = render(creatures[:1], torch.tensor(el[:1]), torch.tensor(az[:1]), size=64, supersample=1)["image"]
     assert judge(big)["view"].tolist() == [VIEWS.index("front")]
@@ -134,10 +134,11 @@ def test_judge_reproduces_its_recorded_held_out_accuracy(judge):
 
     n = 300
     measured = accuracy(judge.net, render_labelled(JudgeSettings(), n, seed=12345))
-    for key in ("view", "kind", "attribute_face"):
+    for key in ("view", "kind", "attribute_face", "attribute_tail"):
         p = judge.record["held_out"][key]
         assert abs(measured[key] - p) <= 4 * math.sqrt(max(p * (1 - p), 0.01) / n), key
-    assert judge.record["held_out"]["view"] > 0.9
+    assert judge.record["held_out"]["view"] >= 0.95  # issue 14: >= 95 % held-out view-region accuracy
+    assert judge.record["settings"]["n_test"] >= 4000
 
 
 @pytest.mark.threestudio
