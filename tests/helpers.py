@@ -1,8 +1,11 @@
-"""Test helpers: a PromptProcessorOutput with threestudio's attributes and conventions."""
+"""Test helpers: a PromptProcessorOutput with threestudio's attributes and conventions, a fake
+threestudio system, a one-thread fixture."""
 
+import os
 from dataclasses import dataclass
 from typing import Callable, Dict, List
 
+import pytest
 import torch
 
 
@@ -52,3 +55,29 @@ def make_prompt_output(tokens=77, features=32, negative_equals_empty=True, seed=
         directions=directions,
         direction2idx={d.name: i for i, d in enumerate(directions)},
     )
+
+
+class FakeSystem:
+    """What the launcher gives a threestudio system: its save folder, <trial>/save."""
+
+    def __init__(self, trial):
+        self._save_dir = os.path.join(trial, "save")
+
+    def get_save_dir(self):
+        return self._save_dir
+
+    def on_fit_start(self, name, config):  # as threestudio's systems create their processor
+        import threestudio
+
+        self.prompt_processor = threestudio.find(name)(config)
+        return self.prompt_processor
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """The lab's small models run several times faster on one thread on the shared CPU (use
+    with ``pytestmark = pytest.mark.usefixtures("one_thread")`` or as an argument)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

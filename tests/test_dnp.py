@@ -13,6 +13,7 @@ from antijanus.prompting.captioning import BlipCaptioner
 from antijanus.prompting.dnp import SamplingSettings, StableDiffusionSampler, cached_dnp, cfg_noise, dns_noise
 from antijanus.utils.errors import ConfigError
 from antijanus.testing.tiny_models import make_blip
+from helpers import FakeSystem
 
 
 @pytest.fixture(scope="module")
@@ -257,20 +258,6 @@ def test_the_captioner_is_checked_before_any_dns_sampling(tiny_sd, tmp_path, mon
     with pytest.raises(ConfigError, match=message):
         threestudio.find("dnp-prompt-processor")(config)
     assert sampled == [] and not os.path.exists(tmp_path / ".threestudio_cache" / "dnp")
-
-
-class FakeSystem:
-    """What the launcher gives a threestudio system: its save folder, <trial>/save."""
-
-    def __init__(self, trial):
-        self._save_dir = os.path.join(trial, "save")
-
-    def get_save_dir(self):
-        return self._save_dir
-
-    def on_fit_start(self, name, config):  # as threestudio's systems create their processor
-        self.prompt_processor = threestudio.find(name)(config)
-        return self.prompt_processor
 
 
 def test_dns_sampling_and_captioning_are_logged_with_progress_and_land_in_the_trial(

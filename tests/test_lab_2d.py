@@ -14,17 +14,12 @@ from antijanus.lab.world import KINDS, VIEWS, Creature, render
 from antijanus.prompting.dnp import SamplingSettings
 from antijanus.tools.view2d import ViewExperiment, run_view_experiment, sample_with_negatives
 from antijanus.utils.errors import ConfigError
+from helpers import one_thread  # noqa: F401  (the fixture)
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """These small models run several times faster on one thread on the shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

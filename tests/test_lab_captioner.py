@@ -14,19 +14,14 @@ import torch
 
 from antijanus.prompting.captioning import PLUGIN_MARKER, captioner_plugin, check_captioner, load_captioner
 from antijanus.utils.errors import ConfigError
+from helpers import one_thread  # noqa: F401  (the fixture)
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 LAB_CAPTIONER = os.path.join(ROOT, "models", "janus-lab", "captioner")
 WORLD_CAPTION = re.compile(r"^a (smiling )?(striped )?(bear|robot|frog)( wearing a hat)?$")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The lab's small models run several times faster on one thread on the shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ----------------------------------------------------------------------------- the plugin hook

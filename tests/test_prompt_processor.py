@@ -15,6 +15,7 @@ import antijanus.adapters  # noqa: F401  (registers the modules)
 from antijanus.utils.errors import ConfigError
 from antijanus.core.guidance import ScoreDistillationConfig, ScoreDistillationGuidance
 from antijanus.testing.tiny_models import make_bert
+from helpers import FakeSystem
 
 VIEWS = ("side", "front", "back", "overhead")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -231,19 +232,6 @@ def test_a_view_phrase_that_cannot_fit_is_a_config_error_before_the_masked_lm_lo
     with pytest.raises(ConfigError, match="view_phrases.side.*'smiling'.*no room"):
         make({**processor_config, "view_phrases": {"side": "x" * 68}})
     assert SmilingScorer.instances == 0
-
-
-class FakeSystem:
-    """What the launcher gives a threestudio system: its save folder, <trial>/save."""
-
-    def __init__(self, trial):
-        self._save_dir = os.path.join(trial, "save")
-
-    def get_save_dir(self):
-        return self._save_dir
-
-    def on_fit_start(self, name, config):  # as threestudio's systems create their processor
-        self.prompt_processor = threestudio.find(name)(config)
 
 
 def test_the_report_lands_inside_the_trial_folder(processor_config, stand_in_bert, tmp_path):

@@ -22,8 +22,8 @@ import csv
 import json
 import os
 import time
-from dataclasses import asdict, dataclass, field
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+from dataclasses import asdict, dataclass
+from typing import Dict, List, Mapping, Sequence, Tuple
 
 import torch
 

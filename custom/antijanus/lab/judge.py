@@ -22,6 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from .prior import log_every
 from .world import ATTRIBUTES, KINDS, VIEWS, Creature, render_batched, view_region, wrap_azimuth
 
 WEIGHTS, CONFIG = "judge.safetensors", "judge.json"
@@ -212,7 +213,7 @@ def train_judge(out_dir: str, settings: JudgeSettings = JudgeSettings(), log=pri
     net = JudgeNet(settings.width)
     optimizer = torch.optim.AdamW(net.parameters(), lr=settings.lr, weight_decay=1e-4)
     t0 = time.time()
-    last = 0.0
+    tick = log_every(30.0, log)
     for step in range(settings.steps):
         lr = settings.lr * 0.5 * (1.0 + math.cos(math.pi * step / settings.steps))
         for group in optimizer.param_groups:
@@ -225,9 +226,7 @@ def train_judge(out_dir: str, settings: JudgeSettings = JudgeSettings(), log=pri
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        if time.time() - last > 30:
-            last = time.time()
-            log(f"judge step {step}/{settings.steps} loss {loss.item():.4f}")
+        tick(f"judge step {step}/{settings.steps} loss {loss.item():.4f}")
     train_s = time.time() - t0
     net.eval()
     clean = accuracy(net, test)

@@ -19,12 +19,13 @@ import json
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Tuple
 
 import torch
 import torch.nn.functional as F
 
 from .data import WorldBias, make_samples
+from .prior import log_every
 
 TEMPLATE = "This image is depicting a [MASK] view of {caption}"
 VIEW_WORDS: Dict[str, Tuple[str, ...]] = {"side": ("side",), "front": ("front",), "back": ("back",),
@@ -122,7 +123,7 @@ def train_mlm(out: str, settings: MLMSettings = MLMSettings(), log=print) -> Dic
     g = torch.Generator().manual_seed(settings.seed)
     special = torch.tensor(tokenizer.all_special_ids)
     model.train()
-    last = 0.0
+    tick = log_every(30.0, log)
     for step in range(settings.steps):
         lr = settings.lr * min(1.0, (step + 1) / 100) * (1.0 - step / settings.steps)
         for group in optimizer.param_groups:
@@ -140,9 +141,7 @@ def train_mlm(out: str, settings: MLMSettings = MLMSettings(), log=print) -> Dic
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        if time.time() - last > 30:
-            last = time.time()
-            log(f"mlm step {step}/{settings.steps} loss {loss.item():.4f}")
+        tick(f"mlm step {step}/{settings.steps} loss {loss.item():.4f}")
     model.eval()
     save_bert(model, vocab_folder, out)
     for name in os.listdir(vocab_folder):

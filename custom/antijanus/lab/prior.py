@@ -27,7 +27,7 @@ import math
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -200,23 +200,24 @@ def lr_at(step: int, total: int, peak: float, warmup: int) -> float:
     return peak * (0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * progress)))
 
 
-def log_every(seconds: float = 30.0) -> Callable[[str], None]:
+def log_every(seconds: float = 30.0, log: Callable[[str], None] = print) -> Callable[[str], None]:
+    """A progress logger that passes at most one message per ``seconds`` on to ``log``."""
     last = [0.0]
 
-    def log(message: str) -> None:
+    def tick(message: str) -> None:
         now = time.time()
         if now - last[0] >= seconds:
             last[0] = now
-            print(message, flush=True)
+            log(message)
 
-    return log
+    return tick
 
 
 def train_vae(vae, images: Tensor, settings: PriorSettings, g: torch.Generator, log=print) -> Dict[str, float]:
     """L1 + MSE reconstruction of [-1, 1] images plus a small KL term."""
     optimizer = torch.optim.AdamW(vae.parameters(), lr=settings.vae_lr, weight_decay=0.0)
     vae.train()
-    tick = log_every()
+    tick = log_every(30.0, log)
     for step in range(settings.vae_steps):
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, settings.vae_steps, settings.vae_lr, 100)
@@ -308,7 +309,7 @@ def train_diffusion(unet, text_encoder, latents_mean: Tensor, latents_std: Tenso
     ema = EMA([unet, text_encoder], settings.ema_decay)
     unet.train()
     text_encoder.train()
-    tick = log_every()
+    tick = log_every(30.0, log)
     n = latents_mean.shape[0]
     running = 0.0
     for step in range(settings.unet_steps):

@@ -11,30 +11,17 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Dict, Mapping, Optional
+from typing import Mapping, Optional
 
 import torch
 
-
-def _bytes_to_unicode() -> Dict[int, str]:
-    """GPT-2/CLIP byte-to-unicode table (the byte-level alphabet of the CLIP BPE)."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(
-        range(ord("®"), ord("ÿ") + 1)
-    )
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, (chr(c) for c in cs)))
+from ..lab.vocab import bytes_to_unicode  # the CLIP byte-level alphabet (one implementation)
 
 
 def write_clip_tokenizer(folder: str) -> int:
     """A valid CLIP BPE tokenizer with the byte alphabet only (no merges). Returns vocab size."""
     os.makedirs(folder, exist_ok=True)
-    alphabet = list(_bytes_to_unicode().values())
+    alphabet = list(bytes_to_unicode().values())
     tokens = alphabet + [a + "</w>" for a in alphabet] + ["<|startoftext|>", "<|endoftext|>"]
     vocab = {token: i for i, token in enumerate(tokens)}
     with open(os.path.join(folder, "vocab.json"), "w", encoding="utf-8") as f:
