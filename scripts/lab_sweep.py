@@ -113,7 +113,7 @@ def collect_lab(sweep, collect):
     extra = janus_metrics_of_orbit(classifier.judge, sweep.metrics.elevation_deg)
     models = MetricModels(sweep.metrics, view_classifier=classifier, extra_metrics=extra)
     forget_metrics_without(sweep, "janus")
-    paths = dict(collect(sweep, models=models, progress=False))
+    paths = {f"sweep_{key}": value for key, value in collect(sweep, models=models, progress=False).items()}
     results = launcher_results(sweep)
     folder = os.path.join(sweep.out, sweep.name)
     paths.update(write_tables(results, folder, list(sweep.variants), list(sweep.prompts)))

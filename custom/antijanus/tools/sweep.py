@@ -8,7 +8,7 @@ A sweep file (YAML)::
     out: outputs/sweeps                        # runs go to <out>/<name>/runs/<name>/<tag>
     overrides: [trainer.max_steps=10000]       # for every run
     variants:                                  # name -> overrides, optionally its own config
-      baseline: {overrides: [system.guidance.perp_neg=false]}
+      baseline: {overrides: [system.prompt_processor.use_perp_neg=false]}
       perp-neg: {}
       dsds: {config: configs/dsds-nerf-sd.yaml}
     prompts: ["a DSLR photo of a corgi", "a zoomed out DSLR photo of a lion"]
@@ -126,7 +126,7 @@ class Sweep:
         variants = data.get("variants") or {"default": {}}
         if not isinstance(variants, Mapping):
             raise ConfigError("variants", variants, "maps variant names to {config, overrides}, e.g. "
-                              "{baseline: {overrides: [system.guidance.perp_neg=false]}, perp-neg: {}}")
+                              "{baseline: {overrides: [system.prompt_processor.use_perp_neg=false]}, perp-neg: {}}")
         launch = data.get("launch") or ["python", "launch.py"]
         if isinstance(launch, str):
             launch = shlex.split(launch)  # one command line, split as a shell would
@@ -142,7 +142,7 @@ class Sweep:
         for vname, spec in variants.items():
             if spec is not None and not isinstance(spec, Mapping):
                 raise ConfigError(f"variants.{vname}", spec, "a variant is a mapping with `config` and/or "
-                                  "`overrides`, e.g. {overrides: [system.guidance.perp_neg=false]}")
+                                  "`overrides`, e.g. {overrides: [system.prompt_processor.use_perp_neg=false]}")
             spec = dict(spec or {})
             bad = sorted(set(spec) - {"config", "overrides"})
             if bad:
@@ -198,7 +198,7 @@ def string_list(key: str, value, example: str) -> List[str]:
 
 def override_list(key: str, value) -> List[str]:
     """threestudio command-line overrides, each ``dotted.key=value``."""
-    overrides = string_list(key, value, "e.g. [trainer.max_steps=10000, system.guidance.perp_neg=false]")
+    overrides = string_list(key, value, "e.g. [trainer.max_steps=10000, system.prompt_processor.use_perp_neg=false]")
     for override in overrides:
         if "=" not in override:
             raise ConfigError(key, override, "an override is `dotted.key=value`, e.g. trainer.max_steps=10000")
