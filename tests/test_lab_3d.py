@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from antijanus.lab import fast3d
-from antijanus.lab.experiment3d import (REPO_ROOT, VARIANTS, FastSettings, LabModels, Representation,
+from antijanus.lab.experiment3d import (REPO_ROOT, VARIANTS, Experiment, FastSettings, LabModels, Representation,
                                         block, guidance_config, kind_of, lab_prompts, load_config,
                                         variant_by_name)
 from antijanus.lab.models import model_path
@@ -349,3 +349,17 @@ def test_fast_path_command_smoke(tmp_path):
     # a second run finds every run done and only rewrites the table
     assert lab_experiment_3d.main(["--out", str(out), "--prompts", "a smiling bear", "--seeds", "0", "--steps", "3",
                                    "--orbit-views", "6", "--report-only"]) == 0
+
+
+def test_finished_runs_are_tied_to_the_models_weights_not_their_paths(tmp_path):
+    """A model retrained in place (same folder) must not let old results count as done."""
+    folders = {}
+    for name in ("prior", "mlm", "judge", "captioner"):
+        folders[name] = tmp_path / name
+        (folders[name] / "sub").mkdir(parents=True)
+        (folders[name] / "sub" / "weights.bin").write_bytes(name.encode())
+    models = LabModels(**{name: str(folder) for name, folder in folders.items()})
+    before = Experiment(str(tmp_path / "out"), models=models).key()
+    assert Experiment(str(tmp_path / "out"), models=models).key() == before
+    (folders["judge"] / "sub" / "weights.bin").write_bytes(b"retrained")
+    assert Experiment(str(tmp_path / "out"), models=models).key() != before

@@ -409,6 +409,7 @@ class Experiment:
     seeds: Sequence[int] = (0, 1, 2, 3, 4)
     settings: FastSettings = FastSettings()
     models: LabModels = field(default_factory=LabModels.default)
+    _key: Optional[str] = field(default=None, init=False, repr=False, compare=False)
 
     def specs(self) -> List[RunSpec]:
         """Seed-major order: every variant and prompt gets seed 0 before any gets seed 1."""
@@ -420,7 +421,13 @@ class Experiment:
     def key(self) -> str:
         from ..utils.cache import cache_key
 
-        return cache_key(settings=self.settings.to_dict(), models=dataclasses.asdict(self.models))
+        from .models import folder_fingerprint
+
+        if self._key is None:  # the models' weights, not only their paths: a retrained prior runs again
+            models = dataclasses.asdict(self.models)
+            self._key = cache_key(settings=self.settings.to_dict(), models=models,
+                                  weights={name: folder_fingerprint(path) for name, path in models.items()})
+        return self._key
 
     def done(self, spec: RunSpec) -> bool:
         from ..utils.cache import read_json

@@ -47,6 +47,19 @@ def file_checksums(root: str) -> Dict[str, str]:
     return dict(sorted(sums.items()))
 
 
+def folder_fingerprint(folder: str) -> str:
+    """One SHA-256 over every file of a model folder (names and contents): results computed with
+    a model are tied to its weights, not to its path."""
+    digest = hashlib.sha256()
+    for parent, dirs, files in sorted(os.walk(folder)):
+        dirs.sort()
+        for file in sorted(files):
+            path = os.path.join(parent, file)
+            digest.update(os.path.relpath(path, folder).replace(os.sep, "/").encode() + b"\0")
+            digest.update(sha256(path).encode())
+    return digest.hexdigest()
+
+
 def write_checksums(root: str) -> str:
     path = os.path.join(root, CHECKSUMS)
     with open(path, "w") as f:
