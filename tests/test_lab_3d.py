@@ -363,3 +363,19 @@ def test_finished_runs_are_tied_to_the_models_weights_not_their_paths(tmp_path):
     assert Experiment(str(tmp_path / "out"), models=models).key() == before
     (folders["judge"] / "sub" / "weights.bin").write_bytes(b"retrained")
     assert Experiment(str(tmp_path / "out"), models=models).key() != before
+
+
+def test_an_edited_variant_config_runs_again(tmp_path, monkeypatch):
+    import shutil
+
+    from antijanus.lab import experiment3d
+
+    configs = tmp_path / "configs"
+    shutil.copytree(experiment3d.CONFIG_DIR, configs)
+    monkeypatch.setattr(experiment3d, "CONFIG_DIR", str(configs))
+    experiment = Experiment(str(tmp_path / "out"))
+    before = {name: experiment.run_key(name) for name in ("baseline", "dsds-clip")}
+    with open(configs / "dsds-nerf-sd.yaml", "a") as f:
+        f.write("\n# edited\n")
+    assert experiment.run_key("dsds-clip") != before["dsds-clip"]
+    assert experiment.run_key("baseline") == before["baseline"]

@@ -64,9 +64,11 @@ VARIANTS: Tuple[Variant, ...] = (
             ("system.guidance.score_clipping=false", "system.prompt_processor.use_prompt_debiasing=false",
              "system.prompt_processor.front_threshold=45.0",
              "system.prompt_processor.view_phrases.overhead=overhead view"),
-            "SJC with view-dependent prompts (threestudio's view phrases and ranges)"),
+            "SJC's score with view-dependent prompts (threestudio's view phrases and ranges), on the fast "
+            "path's shared RGB volume (the launcher path runs SJC's own latent volume)"),
     Variant("sjc-dsds", "dsds-sjc-sd.yaml", (),
-            "SJC + D-SDS: clipping of SJC's score + prompt debiasing (the D-SDS paper's setting)"),
+            "SJC + D-SDS: clipping of SJC's score + prompt debiasing (the D-SDS paper's setting), on the "
+            "fast path's shared RGB volume"),
     Variant("dnp", "dnp-nerf-sd.yaml", (), "DNP in the paper's form, CFG(p, n*), n* from the lab captioner"),
 )
 VARIANT_NAMES = tuple(v.name for v in VARIANTS)
@@ -429,11 +431,23 @@ class Experiment:
                                   weights={name: folder_fingerprint(path) for name, path in models.items()})
         return self._key
 
+    def run_key(self, variant: str) -> str:
+        """What a finished run of ``variant`` depends on: the experiment key, the variant's
+        definition and the contents of its config and of the representation's config (an edited
+        config or override runs again)."""
+        from ..utils.cache import cache_key
+        from .models import sha256
+
+        spec = variant_by_name(variant)
+        files = {name: sha256(name if os.path.isabs(name) else os.path.join(CONFIG_DIR, name))
+                 for name in (spec.config, REPRESENTATION_CONFIG)}
+        return cache_key(experiment=self.key(), variant=dataclasses.asdict(spec), files=files)
+
     def done(self, spec: RunSpec) -> bool:
         from ..utils.cache import read_json
 
         result = read_json(os.path.join(self.run_dir(spec), RESULT))
-        return result is not None and result.get("key") == self.key()
+        return result is not None and result.get("key") == self.run_key(spec.variant)
 
     def tasks(self, log=print) -> List[RunTask]:
         """The runs still to do, their prompt outputs prepared here (debiasing, DNP) once."""
@@ -444,7 +458,9 @@ class Experiment:
             variant_by_name(name)
         for prompt in self.prompts:
             kind_of(prompt)
-        factory = PromptFactory(self.models, cache_dir=os.path.join(self.out, "cache"), log=log)
+        # prompt caches (debiased prompts, DNP's n*) per experiment key: the processors key them on
+        # the models' paths, the experiment key on their weights
+        factory = PromptFactory(self.models, cache_dir=os.path.join(self.out, "cache", self.key()), log=log)
         representation = Representation.from_config(self.settings.volume, self.settings.steps)
         outputs, guidances = {}, {}
         for spec in todo:
@@ -457,7 +473,8 @@ class Experiment:
                 outputs[(spec.variant, spec.prompt)] = output
                 self.write_prompt_record(spec, output)
         return [RunTask(spec, outputs[(spec.variant, spec.prompt)], guidances[spec.variant], representation,
-                        self.settings, self.models, self.run_dir(spec), self.key()) for spec in todo]
+                        self.settings, self.models, self.run_dir(spec), self.run_key(spec.variant))
+                for spec in todo]
 
     def write_prompt_record(self, spec: RunSpec, output) -> None:
         from ..utils.cache import write_json
@@ -491,7 +508,7 @@ class Experiment:
         found = []
         for spec in self.specs():
             result = read_json(os.path.join(self.run_dir(spec), RESULT))
-            if result is not None and result.get("key") == self.key():
+            if result is not None and result.get("key") == self.run_key(result["variant"]):
                 found.append(result)
         return found
 

@@ -278,7 +278,7 @@ def metrics_of(orbit: OrbitFrames, frames: Tensor, judge, min_segment_deg: float
         "face_in_back_frames": float(sum(face_back)),
         "front_frames": float(sum(front)),
         "view_accuracy": sum(int(orbit.judged_view[i]) == int(orbit.camera_view[i]) for i in order) / n,
-        "a_jfd": a_jfd(frames, judge),
+        "a_jfd": a_jfd(frames[torch.tensor(order)], judge),  # adjacent azimuths, a repeated end frame once
         "n_frames": float(n),
         "azimuth_step": step,
     }
@@ -287,7 +287,7 @@ def metrics_of(orbit: OrbitFrames, frames: Tensor, judge, min_segment_deg: float
     if lpips is not None:
         from ..tools.metrics import a_lpips
 
-        metrics["a_lpips"] = a_lpips(frames.to(next(lpips.parameters()).device), lpips)[0]
+        metrics["a_lpips"] = a_lpips(frames[torch.tensor(order)].to(next(lpips.parameters()).device), lpips)[0]
     return metrics
 
 
@@ -364,9 +364,11 @@ def wilson_rate(values: Sequence[float]) -> Tuple[float, Tuple[float, float]]:
     return (hits / n if n else math.nan), wilson(hits, n)
 
 
-def constructed_orbits_report(judge=None, n: int = 36, elevation: float = 15.0) -> str:
+def constructed_orbits_report(judge=None, n: int = 36, elevation: float = 15.0, distance: float = 1.5,
+                              fovy: float = 60.0) -> str:
     """The metric on constructed orbits (each kind, plain and with every attribute; the
-    ground-truth creature, a two-faced one and one turned around), as a Markdown table."""
+    ground-truth creature, a two-faced one and one turned around) seen from one orbit camera
+    (``distance``, ``fovy``), as a Markdown table."""
     from .judge import Judge
     from .models import model_path
 
@@ -377,15 +379,23 @@ def constructed_orbits_report(judge=None, n: int = 36, elevation: float = 15.0) 
     for kind in KINDS:
         for creature in (Creature(kind), Creature(kind, smiling=True, striped=True, hat=True)):
             name = " ".join([a for a in ("smiling", "striped", "hat") if getattr(creature, a)] + [kind])
-            for orbit, frames in (("ground truth", render_orbit(creature, azimuths, elevation)),
-                                  ("two-faced", render_orbit(creature, azimuths, elevation, two_faced=True)),
-                                  ("turned around", render_orbit(creature, azimuths + 180.0, elevation))):
+            camera = dict(elevation=elevation, distance=distance, fovy=fovy)
+            for orbit, frames in (("ground truth", render_orbit(creature, azimuths, **camera)),
+                                  ("two-faced", render_orbit(creature, azimuths, two_faced=True, **camera)),
+                                  ("turned around", render_orbit(creature, azimuths + 180.0, **camera))):
                 m = orbit_metrics(frames, azimuths, elevation, judge, kind=kind)
                 lines.append(f"| {name} | {orbit} | " + " | ".join(
                     f"{m[k]:.3f}" if k in ("view_accuracy", "a_jfd") else f"{m[k]:g}" for k in keys) + " |")
     return "\n".join(lines)
 
 
-if __name__ == "__main__":  # python -m antijanus.lab.janus
+if __name__ == "__main__":  # python -m antijanus.lab.janus [--distance 2.0 --fovy 70]
+    import argparse
+
+    parser = argparse.ArgumentParser(description="The Janus metric on constructed orbits (the committed judge).")
+    parser.add_argument("--elevation", type=float, default=15.0)
+    parser.add_argument("--distance", type=float, default=1.5, help="1.5: the world's cameras; 2.0: the 3D experiment's orbit")
+    parser.add_argument("--fovy", type=float, default=60.0, help="60: the world's cameras; 70: the 3D experiment's orbit")
+    cli = parser.parse_args()
     torch.set_num_threads(1)
-    print(constructed_orbits_report())
+    print(constructed_orbits_report(elevation=cli.elevation, distance=cli.distance, fovy=cli.fovy))
