@@ -44,7 +44,7 @@ class PriorSettings:
 
     seed: int = 0
     bias: WorldBias = field(default_factory=WorldBias)
-    threads: int = 1  # torch threads (fixed, for a reproducible run; 1 is fastest on a shared CPU)
+    threads: int = 2  # torch threads (fixed: a run is reproducible with the same count; the committed prior used 2)
     # text encoder (CLIP layout)
     text_width: int = 32
     text_layers: int = 2
@@ -59,7 +59,7 @@ class PriorSettings:
     # UNet
     unet_channels: Tuple[int, ...] = (32, 64, 64)  # cross-attention at 8x8 and 4x4 only
     unet_heads: int = 4
-    unet_steps: int = 12000  # ~65 min on one idle core of this CPU (see README)
+    unet_steps: int = 12000  # 56 min on this 2-core CPU with 2 threads (see README)
     unet_batch: int = 32
     unet_lr: float = 1e-3
     unet_warmup: int = 200
