@@ -379,3 +379,23 @@ def test_an_edited_variant_config_runs_again(tmp_path, monkeypatch):
         f.write("\n# edited\n")
     assert experiment.run_key("dsds-clip") != before["dsds-clip"]
     assert experiment.run_key("baseline") == before["baseline"]
+
+
+def test_calibration_shows_no_janus_verdicts(tmp_path, capsys):
+    """--calibrate runs the baseline alone and reports only what the methods do not target: its
+    progress lines and calibration.md name neither the Janus verdict nor the view accuracy."""
+    sys.path.insert(0, os.path.join(REPO_ROOT, "scripts"))
+    try:
+        import lab_experiment_3d
+    finally:
+        sys.path.pop(0)
+    out = tmp_path / "calibration"
+    code = lab_experiment_3d.main(["--out", str(out), "--calibrate", "--steps-options", "2", "--lr-options", "0.1",
+                                   "--prompts", "a frog", "--seeds", "0", "--orbit-views", "4", "--jobs", "1"])
+    assert code == 0
+    printed = capsys.readouterr().out.lower()
+    table = (out / "calibration.md").read_text().lower()
+    assert "kind accuracy" in printed and "| 2 | 0.1 | 1 |" in table
+    for text in (printed, table):
+        assert "janus" not in text and "view accuracy" not in text
+    assert os.listdir(out / "steps2-lr0.1" / "runs") == ["baseline"]

@@ -366,15 +366,18 @@ def _init_worker(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def run_tasks(tasks: Sequence[RunTask], jobs: int = 1, log=print) -> List[Dict[str, Any]]:
+def run_tasks(tasks: Sequence[RunTask], jobs: int = 1, log=print, verdicts: bool = True) -> List[Dict[str, Any]]:
     """Run the tasks, ``jobs`` at a time in worker processes (1: in this process). A failed run
-    is reported and the others go on; the failures are raised at the end."""
+    is reported and the others go on; the failures are raised at the end. ``verdicts=False``: the
+    progress lines leave out the Janus verdict and view accuracy (the calibration)."""
     results, failures = [], []
 
     def report(task, result):
         results.append(result)
-        log(f"[{len(results) + len(failures)}/{len(tasks)}] {task.spec.tag}: janus {result['metrics']['janus']:.0f} "
-            f"view accuracy {result['metrics']['view_accuracy']:.2f} ({result['train_s']:.0f} s)")
+        metrics = result["metrics"]
+        shown = (f"janus {metrics['janus']:.0f} view accuracy {metrics['view_accuracy']:.2f}" if verdicts
+                 else f"kind accuracy {metrics.get('kind_accuracy', math.nan):.2f} coverage {metrics['coverage']:.3f}")
+        log(f"[{len(results) + len(failures)}/{len(tasks)}] {task.spec.tag}: {shown} ({result['train_s']:.0f} s)")
 
     if jobs <= 1:
         for task in tasks:
@@ -481,7 +484,7 @@ class Experiment:
 
         write_json(os.path.join(self.out, "prompts", f"{spec.variant}--{slug(spec.prompt)}.json"), output.summary())
 
-    def run(self, jobs: int = 1, log=print, report: bool = True) -> Dict[str, str]:
+    def run(self, jobs: int = 1, log=print, report: bool = True, verdicts: bool = True) -> Dict[str, str]:
         from ..utils.cache import write_json
 
         os.makedirs(self.out, exist_ok=True)
@@ -494,7 +497,7 @@ class Experiment:
         log(f"{len(tasks)} run(s) to do, {len(self.specs()) - len(tasks)} done before ({jobs} at a time)")
         error = None
         try:
-            run_tasks(tasks, jobs, log)
+            run_tasks(tasks, jobs, log, verdicts=verdicts)
         except RuntimeError as failed:
             error = failed
         paths = self.report() if report else {}
@@ -696,7 +699,7 @@ def calibrate(out: str, steps_options: Sequence[int], lr_options: Sequence[float
                                     prompts=prompts, seeds=tuple(seeds),
                                     settings=dataclasses.replace(settings, steps=int(steps), lr=float(lr)),
                                     models=models)
-            experiment.run(jobs, log, report=False)
+            experiment.run(jobs, log, report=False, verdicts=False)
             experiment.report(tables=False)
             row = summarise(experiment.results())
             lines.append(f"| {steps} | {lr:g} | {row['runs']} | {_mean(row['kind_accuracy'])} | "
