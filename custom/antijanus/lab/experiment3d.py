@@ -484,7 +484,9 @@ class Experiment:
 
         write_json(os.path.join(self.out, "prompts", f"{spec.variant}--{slug(spec.prompt)}.json"), output.summary())
 
-    def run(self, jobs: int = 1, log=print, report: bool = True, verdicts: bool = True) -> Dict[str, str]:
+    def run(self, jobs: int = 1, log=print, verdicts: bool = True) -> Dict[str, str]:
+        """Every run not done yet, then the report (``verdicts=False``: progress lines and grids
+        without the judge's verdicts, and no tables: the calibration)."""
         from ..utils.cache import write_json
 
         os.makedirs(self.out, exist_ok=True)
@@ -500,7 +502,7 @@ class Experiment:
             run_tasks(tasks, jobs, log, verdicts=verdicts)
         except RuntimeError as failed:
             error = failed
-        paths = self.report() if report else {}
+        paths = self.report(tables=verdicts)
         if error is not None:
             raise error
         return paths
@@ -699,8 +701,7 @@ def calibrate(out: str, steps_options: Sequence[int], lr_options: Sequence[float
                                     prompts=prompts, seeds=tuple(seeds),
                                     settings=dataclasses.replace(settings, steps=int(steps), lr=float(lr)),
                                     models=models)
-            experiment.run(jobs, log, report=False, verdicts=False)
-            experiment.report(tables=False)
+            experiment.run(jobs, log, verdicts=False)
             row = summarise(experiment.results())
             lines.append(f"| {steps} | {lr:g} | {row['runs']} | {_mean(row['kind_accuracy'])} | "
                          f"{_mean(row['coverage'])} | {row['train_s']:.0f} |")

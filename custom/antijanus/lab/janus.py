@@ -270,6 +270,7 @@ def metrics_of(orbit: OrbitFrames, frames: Tensor, judge, min_segment_deg: float
     front_runs = robust_runs(front, step, circular, min_segment_deg, min_gap_deg)
     face_runs = robust_runs(face_back, step, circular, min_segment_deg, min_gap_deg)
     n = len(order)
+    ordered = frames[torch.tensor(order)]  # adjacent azimuths, a repeated end frame once
     metrics = {
         "janus": float(bool(face_runs) or len(front_runs) >= 2),
         "face_in_back": float(bool(face_runs)),
@@ -278,7 +279,7 @@ def metrics_of(orbit: OrbitFrames, frames: Tensor, judge, min_segment_deg: float
         "face_in_back_frames": float(sum(face_back)),
         "front_frames": float(sum(front)),
         "view_accuracy": sum(int(orbit.judged_view[i]) == int(orbit.camera_view[i]) for i in order) / n,
-        "a_jfd": a_jfd(frames[torch.tensor(order)], judge),  # adjacent azimuths, a repeated end frame once
+        "a_jfd": a_jfd(ordered, judge),
         "n_frames": float(n),
         "azimuth_step": step,
     }
@@ -287,7 +288,7 @@ def metrics_of(orbit: OrbitFrames, frames: Tensor, judge, min_segment_deg: float
     if lpips is not None:
         from ..tools.metrics import a_lpips
 
-        metrics["a_lpips"] = a_lpips(frames[torch.tensor(order)].to(next(lpips.parameters()).device), lpips)[0]
+        metrics["a_lpips"] = a_lpips(ordered.to(next(lpips.parameters()).device), lpips)[0]
     return metrics
 
 

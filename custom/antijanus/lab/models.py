@@ -36,27 +36,28 @@ def sha256(path: str) -> str:
     return digest.hexdigest()
 
 
+def folder_checksums(folder: str) -> Dict[str, str]:
+    """SHA-256 of every file under ``folder``, by path relative to it ('/'-separated), sorted."""
+    sums = {}
+    for parent, _, files in os.walk(folder):
+        for file in files:
+            path = os.path.join(parent, file)
+            sums[os.path.relpath(path, folder).replace(os.sep, "/")] = sha256(path)
+    return dict(sorted(sums.items()))
+
+
 def file_checksums(root: str) -> Dict[str, str]:
     """SHA-256 of every file under the model folders, by path relative to ``root``."""
-    sums = {}
-    for name in MODELS:
-        for folder, _, files in os.walk(os.path.join(root, name)):
-            for file in files:
-                path = os.path.join(folder, file)
-                sums[os.path.relpath(path, root).replace(os.sep, "/")] = sha256(path)
-    return dict(sorted(sums.items()))
+    return dict(sorted((f"{name}/{path}", digest) for name in MODELS
+                       for path, digest in folder_checksums(os.path.join(root, name)).items()))
 
 
 def folder_fingerprint(folder: str) -> str:
     """One SHA-256 over every file of a model folder (names and contents): results computed with
     a model are tied to its weights, not to its path."""
     digest = hashlib.sha256()
-    for parent, dirs, files in sorted(os.walk(folder)):
-        dirs.sort()
-        for file in sorted(files):
-            path = os.path.join(parent, file)
-            digest.update(os.path.relpath(path, folder).replace(os.sep, "/").encode() + b"\0")
-            digest.update(sha256(path).encode())
+    for path, file_digest in folder_checksums(folder).items():
+        digest.update(path.encode() + b"\0" + file_digest.encode())
     return digest.hexdigest()
 
 
