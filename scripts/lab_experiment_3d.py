@@ -6,7 +6,7 @@ intervals, view accuracy, a_jfd) and one orbit grid per variant.
     python scripts/lab_experiment_3d.py --out outputs/lab-3d --jobs 2
     python scripts/lab_experiment_3d.py --out outputs/lab-3d --report-only      # table from finished runs
     python scripts/lab_experiment_3d.py --out outputs/lab-3d-calibration --calibrate \
-        --steps-options 300 600 1000 --lr-options 0.03 0.1                       # the baseline alone
+        --steps-options 300 600 --lr-options 0.03 0.1                            # the baseline alone
 
 Finished runs are kept (re-running continues where it stopped). See README, "The 3D experiment".
 """
@@ -37,7 +37,7 @@ def main(argv=None) -> int:
                         help="DNP captioner: a captioner plugin folder (default: the lab's) or a BLIP folder")
     parser.add_argument("--report-only", action="store_true", help="only write the table and grids")
     parser.add_argument("--calibrate", action="store_true", help="the baseline at each --steps-options x --lr-options")
-    parser.add_argument("--steps-options", nargs="+", type=int, default=[300, 600, 1000])
+    parser.add_argument("--steps-options", nargs="+", type=int, default=[300, 600])
     parser.add_argument("--lr-options", nargs="+", type=float, default=[0.03, 0.1])
     args = parser.parse_args(argv)
     settings = FastSettings(steps=args.steps, lr=args.lr, orbit_views=args.orbit_views)

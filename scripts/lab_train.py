@@ -65,7 +65,7 @@ def main() -> None:
         out = os.path.join(args.out, name) if args.model == "all" else args.out
         start = time.time()
         record = jobs[name](out)
-        shown = {k: record[k] for k in ("figures", "held_out", "held_out_augmented", "timings") if k in record}
+        shown = {k: record[k] for k in ("figures", "held_out", "held_out_augmented", "held_out_faceless", "timings") if k in record}
         print(f"{name}: wrote {out} in {time.time() - start:.0f} s\n{json.dumps(shown, indent=2)}", flush=True)
 
 

@@ -395,7 +395,30 @@ def test_calibration_shows_no_janus_verdicts(tmp_path, capsys):
     assert code == 0
     printed = capsys.readouterr().out.lower()
     table = (out / "calibration.md").read_text().lower()
-    assert "kind accuracy" in printed and "| 2 | 0.1 | 1 |" in table
+    assert "kind accuracy" in printed and "face in front" in printed and "| 2 | 0.1 | 1 |" in table
+    assert "rule (face in front >= 0.5" in table and "**2 steps, lr 0.1**" in table
     for text in (printed, table):
         assert "janus" not in text and "view accuracy" not in text
     assert os.listdir(out / "steps2-lr0.1" / "runs") == ["baseline"]
+
+
+def test_calibration_rule_needs_a_face_then_prefers_kind_accuracy_and_fewer_steps():
+    """The pre-written rule: settings whose baseline shows no face in front are not eligible even
+    with the best kind accuracy; among eligible ones kind accuracy within 0.05 ties, fewer steps
+    win; when none is eligible the most face wins and the rule says so."""
+    from antijanus.lab.experiment3d import choose_calibration
+
+    rows = [{"steps": 300, "lr": 0.1, "kind_accuracy": 1.00, "face_in_front": 0.2},
+            {"steps": 600, "lr": 0.1, "kind_accuracy": 0.90, "face_in_front": 0.6},
+            {"steps": 300, "lr": 0.03, "kind_accuracy": 0.86, "face_in_front": 0.9},
+            {"steps": 600, "lr": 0.03, "kind_accuracy": 0.70, "face_in_front": 1.0}]
+    chosen, measures = choose_calibration(rows)
+    assert measures and (chosen["steps"], chosen["lr"]) == (300, 0.03)
+    rows[2]["kind_accuracy"] = 0.80  # out of the tie: the better kind accuracy wins despite more steps
+    chosen, measures = choose_calibration(rows)
+    assert measures and (chosen["steps"], chosen["lr"]) == (600, 0.1)
+    faceless = [{**r, "face_in_front": f} for r, f in zip(rows, (0.1, float("nan"), 0.3, 0.2))]
+    chosen, measures = choose_calibration(faceless)
+    assert not measures and (chosen["steps"], chosen["lr"]) == (300, 0.03)
+    with pytest.raises(ValueError):
+        choose_calibration([])

@@ -108,6 +108,18 @@ def test_scripted_faithful_orbit():
     m = scripted_metrics(views, faces, az)
     assert all(k in m for k in CONTRACT)
     assert (m["janus"], m["face_in_back"], m["front_segments"], m["view_accuracy"]) == (0.0, 0.0, 1.0, 1.0)
+    assert m["face_in_front"] == 1.0
+
+
+def test_scripted_face_in_front_is_the_share_of_front_region_frames_with_the_face():
+    az, views, faces = script()
+    front = [i for i, a in enumerate(((az + 180) % 360 - 180).abs().tolist()) if a < 45]
+    for i in front[: len(front) // 2]:
+        faces[i] = False
+    m = scripted_metrics(views, faces, az)
+    assert m["face_in_front"] == pytest.approx(1 - (len(front) // 2) / len(front))
+    m = scripted_metrics(views, [False] * len(az), az)  # no face anywhere: not Janus, and no face in front
+    assert (m["janus"], m["face_in_front"]) == (0.0, 0.0)
 
 
 def test_scripted_single_misjudged_frames_are_not_janus_but_two_are():
@@ -173,8 +185,18 @@ def test_ground_truth_orbits_are_not_janus_and_mostly_judged_right(judge, orbits
         m = orbit_metrics(frames[creature][0], az, 15.0, judge, kind=creature.kind)
         assert (m["janus"], m["face_in_back"], m["front_segments"]) == (0.0, 0.0, 1.0), creature
         assert m["kind_accuracy"] >= 0.9 and m["view_accuracy"] >= 0.7, (creature, m)
+        assert m["face_in_front"] >= 0.9, (creature, m)
         accuracies.append(m["view_accuracy"])
     assert sum(accuracies) / len(accuracies) >= 0.85
+
+
+def test_the_judge_sees_no_face_on_a_faceless_creature(judge):
+    """The judge decides "face" from the face, not from the pose: the same creature without its
+    face has no face in front and is never Janus, from any side."""
+    az = orbit_azimuths(36)
+    for kind in KINDS:
+        m = orbit_metrics(render_orbit(Creature(kind, face=False), az), az, 15.0, judge, kind=kind)
+        assert m["face_in_front"] <= 0.1 and m["face_in_back"] == 0.0, (kind, m)
 
 
 def test_two_faced_orbits_are_janus(judge, orbits):

@@ -68,6 +68,24 @@ def test_absent_attributes_are_never_visible_and_kinds_differ():
     assert (images[0] - images[1]).abs().mean() > 0.05 and (images[1] - images[2]).abs().mean() > 0.05
 
 
+def test_the_judges_faceless_and_tailless_creatures_lack_exactly_that_part():
+    """Creature(face=False) / (tail=False), used only in the judge's training images: the part is
+    never visible and never 'had', everything else renders as before."""
+    az = torch.tensor([0.0, 90.0, 180.0, -90.0])
+    el = torch.full((4,), 10.0)
+    for kind in KINDS:
+        full = render([Creature(kind, smiling=True)] * 4, el, az)
+        for part in ("face", "tail"):
+            lacking = Creature(kind, smiling=True, **{part: False})
+            result = render([lacking] * 4, el, az)
+            j = ATTRIBUTES.index(part)
+            assert not lacking.has(part) and not result["visible"][:, j].any()
+            assert full["visible"][:, j].any()  # the full creature shows it from some side
+            others = [k for k in range(len(ATTRIBUTES)) if k != j]
+            assert torch.equal(result["visible"][:, others], full["visible"][:, others])
+            assert (result["image"] - full["image"]).abs().sum() > 0
+
+
 def test_the_face_turns_with_the_azimuth():
     """Camera at azimuth +90 sees the creature's +y flank; the face (at +x) is then at the image's
     left or right edge, mirrored for -90."""

@@ -24,6 +24,9 @@ conditioning, not two faces; ``janus_two_fronts`` (``front_segments >= 2``) tell
 
 Also:
 
+* ``face_in_front``: share of the frames whose camera lies in the front region (|azimuth| < 45)
+  in which a front-only attribute is judged visible: whether the result has a face where it
+  should. Janus 0 with ``face_in_front`` near 0 is a result without a face, not a cure;
 * ``view_accuracy``: share of frames whose judged view region equals the camera's region
   (threestudio's default ranges, ``world.view_region``);
 * ``a_jfd``: the adjacent judge-feature distance, a stand-in for A-LPIPS. Real LPIPS needs
@@ -270,6 +273,7 @@ def metrics_of(orbit: OrbitFrames, frames: Tensor, judge, min_segment_deg: float
     front_runs = robust_runs(front, step, circular, min_segment_deg, min_gap_deg)
     face_runs = robust_runs(face_back, step, circular, min_segment_deg, min_gap_deg)
     n = len(order)
+    in_front = [i for i in order if int(orbit.camera_view[i]) == FRONT]
     ordered = frames[torch.tensor(order)]  # adjacent azimuths, a repeated end frame once
     metrics = {
         "janus": float(bool(face_runs) or len(front_runs) >= 2),
@@ -278,6 +282,8 @@ def metrics_of(orbit: OrbitFrames, frames: Tensor, judge, min_segment_deg: float
         "front_segments": float(len(front_runs)),
         "face_in_back_frames": float(sum(face_back)),
         "front_frames": float(sum(front)),
+        "face_in_front": (sum(bool(orbit.front_only_visible[i]) for i in in_front) / len(in_front)
+                          if in_front else math.nan),
         "view_accuracy": sum(int(orbit.judged_view[i]) == int(orbit.camera_view[i]) for i in order) / n,
         "a_jfd": a_jfd(ordered, judge),
         "n_frames": float(n),

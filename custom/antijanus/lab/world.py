@@ -8,14 +8,19 @@ down -z.
 
 A creature is a body of one of three kinds (shape and colour), with
 
-* a face (two large eyes) on its front, always there: the front is where the face is;
+* a face (a large white disk with two black pupils) on its front, always there: the front is
+  where the face is. It is large on purpose (world v3): score distillation reproduces a
+  creature's silhouette and colours but not a feature a few pixels wide, so the v2 eyes never
+  appeared in a 3D result; a face covering most of the front hemisphere can;
 * a tail (a pink ball) on its back, always there: the back is where the tail is;
 * ``smiling``: a mouth under the eyes (front only);
 * ``striped``: three bands across its back (back only);
 * ``hat``: a red hat on top (seen from everywhere).
 
-Face and tail are intrinsic (every creature has them; captions do not name them, as a captioner
-does not say "a bear with eyes"). The face, mouth and stripes are decals on the body: a surface point belongs to a decal when its
+Face and tail are intrinsic (every creature of the data set has them; captions do not name them,
+as a captioner does not say "a bear with eyes"); only the judge's training images also show
+creatures without one of them (``Creature(face=False)``), so that it decides "face" from the face
+itself and not from the pose. The face, mouth and stripes are decals on the body: a surface point belongs to a decal when its
 direction from the body centre (azimuth, elevation in the body's frame) falls in the decal's
 region. The renderer returns RGB and, per image, which parts are visible (pixel counts), so
 captions and the judge's labels come from what the camera actually sees.
@@ -56,7 +61,7 @@ MIN_VISIBLE_SUBPIXELS = 8  # a part is visible when it covers >= 2 output pixels
 BODY_COLOURS = {"bear": (0.55, 0.35, 0.20), "robot": (0.52, 0.58, 0.72), "frog": (0.33, 0.66, 0.28)}
 BODY_SHAPES = {"bear": ("ellipsoid", (0.42, 0.42, 0.42)), "robot": ("box", (0.33, 0.33, 0.40)),
                "frog": ("ellipsoid", (0.40, 0.50, 0.29))}
-EYE_WHITE, PUPIL = (0.97, 0.97, 0.97), (0.05, 0.05, 0.05)
+FACE, PUPIL = (0.97, 0.97, 0.97), (0.05, 0.05, 0.05)
 MOUTH, STRIPE, HAT = (0.30, 0.02, 0.05), (0.98, 0.88, 0.25), (0.85, 0.12, 0.12)
 TAIL = (0.95, 0.45, 0.80)  # pink: a colour no other part has
 PART_IDS = {"background": 0, "body": 1, "ears": 2, "hat": 3, "face": 4, "smiling": 5, "striped": 6, "tail": 7}
@@ -71,9 +76,11 @@ class Creature:
     smiling: bool = False
     striped: bool = False
     hat: bool = False
+    face: bool = True  # intrinsic: False only in the judge's training images
+    tail: bool = True
 
     def has(self, attribute: str) -> bool:
-        return attribute in INTRINSIC or bool(getattr(self, attribute))
+        return bool(getattr(self, attribute))
 
 
 @dataclass(frozen=True)
@@ -214,9 +221,11 @@ def _angular_distance(az: Tensor, el: Tensor, az0: float, el0: float) -> Tensor:
     return torch.rad2deg(torch.acos(cos.clamp(-1.0, 1.0)))
 
 
-# Eyes large enough to survive the prior's 16x16 latents (an eye is about 4 output pixels wide, its
-# pupil about 2 at the default camera); the mouth a thick arc under them.
-EYE_AZIMUTH, EYE_ELEVATION, EYE_RADIUS, PUPIL_RADIUS = 28.0, 14.0, 15.0, 8.0
+# The face: a white disk around the front (FACE_RADIUS degrees of the body's normalised frame)
+# with two black pupils; about 10 output pixels wide, its pupils about 3, at the default camera.
+# The mouth is a thick dark arc on the lower half of the disk.
+FACE_ELEVATION, FACE_RADIUS = 0.0, 40.0
+PUPIL_AZIMUTH, PUPIL_ELEVATION, PUPIL_RADIUS = 17.0, 14.0, 9.0
 MOUTH_HALF_WIDTH, MOUTH_HALF_THICKNESS = 30.0, 5.5  # degrees
 
 
@@ -224,8 +233,10 @@ def decal_parts(azimuth: Tensor, elevation: Tensor, creatures: Sequence[Creature
     """Part id of each body point (face, smiling or striped decal; else body) and whether a
     face point is a pupil. azimuth / elevation [B, R] in the body frame."""
     part = torch.full(azimuth.shape, PART_IDS["body"], dtype=torch.long)
-    eye_distance = torch.minimum(_angular_distance(azimuth, elevation, EYE_AZIMUTH, EYE_ELEVATION),
-                                 _angular_distance(azimuth, elevation, -EYE_AZIMUTH, EYE_ELEVATION))
+    has_face = torch.tensor([c.face for c in creatures])[:, None]
+    face = (_angular_distance(azimuth, elevation, 0.0, FACE_ELEVATION) < FACE_RADIUS) & has_face
+    pupil_distance = torch.minimum(_angular_distance(azimuth, elevation, PUPIL_AZIMUTH, PUPIL_ELEVATION),
+                                   _angular_distance(azimuth, elevation, -PUPIL_AZIMUTH, PUPIL_ELEVATION))
     smiling = torch.tensor([c.smiling for c in creatures])[:, None]
     striped = torch.tensor([c.striped for c in creatures])[:, None]
     # the mouth: a smile arc under the eyes, lowest in the middle
@@ -234,10 +245,10 @@ def decal_parts(azimuth: Tensor, elevation: Tensor, creatures: Sequence[Creature
     # three bands across the back
     back = azimuth.abs() > 140.0
     bands = ((elevation + 24.0).abs() < 5.0) | (elevation.abs() < 5.0) | ((elevation - 24.0).abs() < 5.0)
-    part[mouth] = PART_IDS["smiling"]
+    part[face] = PART_IDS["face"]
     part[back & bands & striped] = PART_IDS["striped"]
-    part[eye_distance < EYE_RADIUS] = PART_IDS["face"]
-    return part, eye_distance < PUPIL_RADIUS
+    part[mouth] = PART_IDS["smiling"]
+    return part, face & (pupil_distance < PUPIL_RADIUS)
 
 
 def _primitives(creatures: Sequence[Creature]):
@@ -284,7 +295,8 @@ def ray_cast(origin: Tensor, directions: Tensor, creatures: Sequence[Creature]) 
         candidates.append((torch.where(has_hat[:, None], t, torch.full_like(t, math.inf)), n, PART_IDS["hat"]))
     tail = torch.tensor([tail_centre(c.kind) for c in creatures])[:, None]
     t, n = _ellipsoid_hit(o, d, tail, torch.full((B, 1, 3), TAIL_RADIUS))
-    candidates.append((t, n, PART_IDS["tail"]))
+    has_tail = torch.tensor([c.tail for c in creatures])
+    candidates.append((torch.where(has_tail[:, None], t, torch.full_like(t, math.inf)), n, PART_IDS["tail"]))
     ts = torch.stack([c[0] for c in candidates], 0)
     best = ts.argmin(0)  # [B, R]
     t = ts.gather(0, best[None])[0]
@@ -306,7 +318,7 @@ def shade(hit: Dict[str, Tensor], creatures: Sequence[Creature], directions: Ten
     B, R = hit["part"].shape
     body = torch.tensor([BODY_COLOURS[c.kind] for c in creatures])[:, None].expand(B, R, 3)
     colour = body.clone()
-    for part, rgb in (("face", EYE_WHITE), ("smiling", MOUTH), ("striped", STRIPE), ("hat", HAT), ("tail", TAIL)):
+    for part, rgb in (("face", FACE), ("smiling", MOUTH), ("striped", STRIPE), ("hat", HAT), ("tail", TAIL)):
         colour[hit["part"] == PART_IDS[part]] = torch.tensor(rgb)
     colour[hit["pupil"]] = torch.tensor(PUPIL)
     lambert = (hit["normal"] * light[:, None, :]).sum(-1).clamp_min(0.0)
