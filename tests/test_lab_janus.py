@@ -253,3 +253,36 @@ def test_orbit_metrics_checks_its_input(judge):
         orbit_metrics(torch.rand(3, 3, 32, 32), torch.tensor([0.0, 90.0]), 15.0, judge)
     with pytest.raises(ValueError, match="unknown kind"):
         orbit_metrics(torch.rand(4, 3, 32, 32), orbit_azimuths(4), 15.0, judge, kind="cat")
+
+
+def test_scrambling_shuffles_the_object_pixels_and_keeps_the_background():
+    from antijanus.lab.janus import scramble_object_pixels
+
+    frames = render_orbit(Creature("bear", smiling=True), orbit_azimuths(4))
+    scrambled = scramble_object_pixels(frames, torch.Generator().manual_seed(0))
+    background = (frames - frames[:, :, :1, :1]).abs().sum(1, keepdim=True) <= 0.1
+    assert torch.equal(scrambled * background, frames * background)
+    for i in range(frames.shape[0]):  # the same colours, in another order
+        a, b = frames[i].reshape(3, -1), scrambled[i].reshape(3, -1)
+        assert torch.equal(a.sum(1), b.sum(1)) or torch.allclose(a.sum(1), b.sum(1), atol=1e-4)
+        assert sorted(map(tuple, a.T.tolist())) == sorted(map(tuple, b.T.tolist()))
+    assert not torch.equal(scrambled, frames)
+
+
+def test_face_scrambled_is_reported_as_a_share_of_frames():
+    """The control is judged on scrambled frames: a judge that sees a face only where the frame
+    is unchanged gives 0 on scrambled frames, one that answers "face" everywhere gives 1."""
+    az, views, faces = script()
+    frames = render_orbit(Creature("frog"), az)
+
+    class ExactFaceJudge(ScriptedJudge):
+        def __call__(self, images):
+            out = super().__call__(images)
+            same = torch.tensor([bool((images[i] - frames[i]).abs().max() == 0) for i in range(images.shape[0])])
+            out["attribute_probs"] = out["attribute_probs"] * same[:, None].float()
+            return out
+
+    m = orbit_metrics(frames, az, 15.0, ExactFaceJudge(views, faces))
+    assert m["face_in_front"] == 1.0 and m["face_scrambled"] == 0.0
+    m = orbit_metrics(frames, az, 15.0, ScriptedJudge(views, [True] * len(az)))
+    assert m["face_scrambled"] == 1.0

@@ -516,7 +516,22 @@ class Experiment:
             result = read_json(os.path.join(self.run_dir(spec), RESULT))
             if result is not None and result.get("key") == self.run_key(result["variant"]):
                 found.append(result)
+        self._add_late_metrics(found)
         return found
+
+    def _add_late_metrics(self, results: List[Dict[str, Any]]) -> None:
+        """Metrics added after a run finished (``face_scrambled``) from its saved orbit."""
+        from .janus import face_scrambled
+
+        missing = [r for r in results if "face_scrambled" not in r["metrics"]]
+        if not missing:
+            return
+        from .judge import Judge
+
+        judge = Judge.load(self.models.judge)
+        for r in missing:
+            spec = RunSpec(r["variant"], r["prompt"], r["seed"])
+            r["metrics"]["face_scrambled"] = face_scrambled(load_orbit_frames(self.run_dir(spec)), judge)
 
     def report(self, tables: bool = True) -> Dict[str, str]:
         """table.md / table.csv / table.json and one orbit grid per variant, from the finished
@@ -534,8 +549,8 @@ class Experiment:
 
 # ----------------------------------------------------------------------------- the table
 
-METRICS = ("face_in_front", "view_accuracy", "a_jfd", "kind_accuracy", "coverage")
-METRIC_LABELS = {"face_in_front": "face in front", "view_accuracy": "view accuracy", "a_jfd": "a_jfd",
+METRICS = ("face_in_front", "face_scrambled", "view_accuracy", "a_jfd", "kind_accuracy", "coverage")
+METRIC_LABELS = {"face_in_front": "face in front", "face_scrambled": "face on scrambled (control)", "view_accuracy": "view accuracy", "a_jfd": "a_jfd",
                  "kind_accuracy": "kind accuracy", "coverage": "coverage"}
 
 

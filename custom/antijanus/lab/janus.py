@@ -27,6 +27,11 @@ Also:
 * ``face_in_front``: share of the frames whose camera lies in the front region (|azimuth| < 45)
   in which a front-only attribute is judged visible: whether the result has a face where it
   should. Janus 0 with ``face_in_front`` near 0 is a result without a face, not a cure;
+* ``face_scrambled``: a control for the judge, not a property of the result: the share of frames
+  judged to show a face after the object's pixels (those that differ from the frame's corner,
+  the background) are shuffled within the frame (``scramble_object_pixels``, seed 0): the same
+  colours without any structure. High values mean the judge's face verdicts on this kind of
+  image are not evidence (it answers from colours, not from a face);
 * ``view_accuracy``: share of frames whose judged view region equals the camera's region
   (threestudio's default ranges, ``world.view_region``);
 * ``a_jfd``: the adjacent judge-feature distance, a stand-in for A-LPIPS. Real LPIPS needs
@@ -284,6 +289,7 @@ def metrics_of(orbit: OrbitFrames, frames: Tensor, judge, min_segment_deg: float
         "front_frames": float(sum(front)),
         "face_in_front": (sum(bool(orbit.front_only_visible[i]) for i in in_front) / len(in_front)
                           if in_front else math.nan),
+        "face_scrambled": face_scrambled(frames, judge, counted=orbit.counted),
         "view_accuracy": sum(int(orbit.judged_view[i]) == int(orbit.camera_view[i]) for i in order) / n,
         "a_jfd": a_jfd(ordered, judge),
         "n_frames": float(n),
@@ -296,6 +302,29 @@ def metrics_of(orbit: OrbitFrames, frames: Tensor, judge, min_segment_deg: float
 
         metrics["a_lpips"] = a_lpips(ordered.to(next(lpips.parameters()).device), lpips)[0]
     return metrics
+
+
+def scramble_object_pixels(frames: Tensor, generator: torch.Generator, tolerance: float = 0.1) -> Tensor:
+    """Each frame with its object pixels (colour differing from the top-left corner's by more than
+    ``tolerance``, summed over channels) shuffled among themselves; the background is untouched."""
+    out = frames.clone()
+    n, c = frames.shape[:2]
+    flat_in, flat_out = frames.reshape(n, c, -1), out.reshape(n, c, -1)
+    for i in range(n):
+        index = ((flat_in[i] - flat_in[i, :, :1]).abs().sum(0) > tolerance).nonzero().flatten()
+        flat_out[i, :, index] = flat_in[i, :, index[torch.randperm(index.numel(), generator=generator)]]
+    return out
+
+
+def face_scrambled(frames: Tensor, judge, seed: int = 0, attribute_threshold: float = ATTRIBUTE_THRESHOLD,
+                   counted: Optional[Tensor] = None) -> float:
+    """Share of ``frames`` (those ``counted``, default all) judged to show a front-only attribute
+    after ``scramble_object_pixels``."""
+    scrambled = scramble_object_pixels(frames.float(), torch.Generator().manual_seed(seed))
+    probs = judge(scrambled)["attribute_probs"].float().cpu()
+    front_only = [ATTRIBUTES.index(a) for a in FRONT_ONLY]
+    seen = (probs[:, front_only] > attribute_threshold).any(dim=1)
+    return float(seen[counted if counted is not None else slice(None)].float().mean())
 
 
 # ----------------------------------------------------------------------------- constructed orbits
