@@ -180,3 +180,16 @@ def test_mlm_loads_through_threestudios_prompt_debiasing(tmp_path, monkeypatch):
          "use_prompt_debiasing": True, "pretrained_model_name_or_path_prompt_debiasing": MLM})
     prompts = processor.get_debiased_prompt("a smiling striped bear")
     assert len(prompts) == 4 and all(p for p in prompts)
+
+
+def test_judge_settings_reject_impossible_missing_part_shares():
+    """p_faceless / p_tailless are probabilities of exclusive cases: a bad value is a ConfigError
+    naming the key, before any image is rendered."""
+    from antijanus.lab.judge import JudgeSettings
+    from antijanus.utils.errors import ConfigError
+
+    JudgeSettings(p_faceless=1.0, p_tailless=0.0)  # the held-out faceless set
+    for bad, key in ((dict(p_faceless=-0.1), "p_faceless"), (dict(p_tailless=1.5), "p_tailless"),
+                     (dict(p_faceless=0.7, p_tailless=0.4), "p_tailless")):
+        with pytest.raises(ConfigError, match=key):
+            JudgeSettings(**bad)

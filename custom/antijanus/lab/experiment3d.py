@@ -550,8 +550,9 @@ class Experiment:
 # ----------------------------------------------------------------------------- the table
 
 METRICS = ("face_in_front", "face_scrambled", "view_accuracy", "a_jfd", "kind_accuracy", "coverage")
-METRIC_LABELS = {"face_in_front": "face in front", "face_scrambled": "face on scrambled (control)", "view_accuracy": "view accuracy", "a_jfd": "a_jfd",
-                 "kind_accuracy": "kind accuracy", "coverage": "coverage"}
+METRIC_LABELS = {"face_in_front": "face in front", "face_scrambled": "face on scrambled (control)",
+                 "view_accuracy": "view accuracy", "a_jfd": "a_jfd", "kind_accuracy": "kind accuracy",
+                 "coverage": "coverage"}
 
 
 def summarise(results: Sequence[Mapping[str, Any]]) -> Dict[str, Any]:

@@ -40,7 +40,6 @@ KINDS: Tuple[str, ...] = ("bear", "robot", "frog")
 # every visible-part label ("tail" appended last: the first four keep their indices)
 ATTRIBUTES: Tuple[str, ...] = ("face", "smiling", "striped", "hat", "tail")
 OPTIONAL_ATTRIBUTES: Tuple[str, ...] = ("smiling", "striped", "hat")  # what an object may lack
-INTRINSIC: Tuple[str, ...] = ("face", "tail")  # what every creature has (never named in captions)
 FRONT_ONLY: Tuple[str, ...] = ("face", "smiling")
 BACK_ONLY: Tuple[str, ...] = ("striped",)
 BACK_AND_SIDES: Tuple[str, ...] = ("tail",)  # seen from behind and from the sides, never from the front
