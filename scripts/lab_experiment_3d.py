@@ -6,7 +6,8 @@ intervals, view accuracy, a_jfd) and one orbit grid per variant.
     python scripts/lab_experiment_3d.py --out outputs/lab-3d --jobs 2
     python scripts/lab_experiment_3d.py --out outputs/lab-3d --report-only      # table from finished runs
     python scripts/lab_experiment_3d.py --out outputs/lab-3d-calibration --calibrate \
-        --steps-options 300 600 --lr-options 0.03 0.1                            # the baseline alone
+        --volume-options grid48 grid24 pyramid --steps-options 300 600 --lr-options 0.03 0.1
+                                                                  # the baseline alone
 
 Finished runs are kept (re-running continues where it stopped). See README, "The 3D experiment".
 """
@@ -18,8 +19,8 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "custom"))
 
-from antijanus.lab.experiment3d import (VARIANT_NAMES, Experiment, FastSettings, LabModels,  # noqa: E402
-                                        calibrate, lab_prompts)
+from antijanus.lab.experiment3d import (CALIBRATION_VOLUMES, VARIANT_NAMES, Experiment,  # noqa: E402
+                                        FastSettings, LabModels, calibrate, lab_prompts)
 
 
 def main(argv=None) -> int:
@@ -32,6 +33,11 @@ def main(argv=None) -> int:
     parser.add_argument("--jobs", type=int, default=2, help="runs in parallel (one torch thread each)")
     parser.add_argument("--steps", type=int, default=defaults.steps)
     parser.add_argument("--lr", type=float, default=defaults.lr)
+    parser.add_argument("--volume", choices=sorted(CALIBRATION_VOLUMES), default=None,
+                        help="the representation (default: FastSettings' own, the calibration's choice)")
+    parser.add_argument("--guidance-scale", type=float, default=defaults.guidance_scale,
+                        help="every variant's guidance scale (default: FastSettings', the calibration's choice; "
+                             "none there: each config's own)")
     parser.add_argument("--orbit-views", type=int, default=defaults.orbit_views)
     parser.add_argument("--captioner", default=LabModels.default().captioner,
                         help="DNP captioner: a captioner plugin folder (default: the lab's) or a BLIP folder")
@@ -39,14 +45,20 @@ def main(argv=None) -> int:
     parser.add_argument("--calibrate", action="store_true", help="the baseline at each --steps-options x --lr-options")
     parser.add_argument("--steps-options", nargs="+", type=int, default=[300, 600])
     parser.add_argument("--lr-options", nargs="+", type=float, default=[0.03, 0.1])
+    parser.add_argument("--guidance-scale-options", nargs="+", type=float, default=None,
+                        help="calibration: the shared guidance scales compared (default: --guidance-scale only)")
+    parser.add_argument("--volume-options", nargs="+", choices=sorted(CALIBRATION_VOLUMES), default=None,
+                        help="calibration: the representations compared (default: --volume only)")
     args = parser.parse_args(argv)
-    settings = FastSettings(steps=args.steps, lr=args.lr, orbit_views=args.orbit_views)
+    settings = FastSettings(steps=args.steps, lr=args.lr, orbit_views=args.orbit_views,
+                            guidance_scale=args.guidance_scale,
+                            **({"volume": CALIBRATION_VOLUMES[args.volume]} if args.volume else {}))
     models = LabModels(**{**LabModels.default().__dict__, "captioner": args.captioner})
     start = time.time()
     if args.calibrate:
         prompts = args.prompts if "--prompts" in (argv or sys.argv) else None
         path = calibrate(args.out, args.steps_options, args.lr_options, prompts, args.seeds, settings, models,
-                         args.jobs)
+                         args.jobs, volumes=args.volume_options, guidance_scales=args.guidance_scale_options)
         print(open(path).read())
         print(f"calibration: {path} ({time.time() - start:.0f} s)")
         return 0

@@ -109,9 +109,13 @@ def collect_lab(sweep, collect):
     from antijanus.lab.experiment3d import janus_metrics_of_orbit
     from antijanus.tools.evaluate import MetricModels
 
+    from antijanus.lab.models import folder_fingerprint, model_path
+
     classifier = JudgeViewClassifier.load()
     extra = janus_metrics_of_orbit(classifier.judge, sweep.metrics.elevation_deg)
-    models = MetricModels(sweep.metrics, view_classifier=classifier, extra_metrics=extra)
+    # runs judged by another judge (retrained in place) are judged again
+    models = MetricModels(sweep.metrics, view_classifier=classifier, extra_metrics=extra,
+                          identity=f"lab-judge {folder_fingerprint(model_path('judge'))}")
     forget_metrics_without(sweep, "janus")
     paths = {f"sweep_{key}": value for key, value in collect(sweep, models=models, progress=False).items()}
     results = launcher_results(sweep)

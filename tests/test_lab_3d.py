@@ -19,6 +19,7 @@ from antijanus.lab.experiment3d import (REPO_ROOT, VARIANTS, Experiment, FastSet
 from antijanus.lab.models import model_path
 from antijanus.lab.prompt_output import (DIRECTION_ORDER, PromptEncoder, build_prompt_output,
                                          processor_settings)
+from antijanus.utils.errors import ConfigError
 
 PRIOR = model_path("prior")
 SWEEP = os.path.join(REPO_ROOT, "configs", "lab", "janus-3d-sweep.yaml")
@@ -109,6 +110,38 @@ def test_blob_renders_its_albedo_in_front_of_the_background_with_outward_normals
     # outward normals face the camera where the weights are: a small orientation penalty (only
     # the little weight left on the blob's far side, whose normals point away)
     assert 0.0 < fast3d.orientation_loss(out).item() < 0.02
+
+
+def test_coarse_levels_add_upsampled_grids_that_train_low_frequencies():
+    """The pyramid volume: the sampled logits are the finest grid plus each coarse level
+    trilinearly upsampled; a constant coarse level shifts every point by its value; the coarse
+    levels get gradients of their own; bad levels are a ConfigError naming the key."""
+    settings = fast3d.VolumeSettings(resolution=12, coarse_levels=(3, 6), samples=8)
+    volume = fast3d.VoxelVolume(settings)
+    assert [tuple(p.shape) for p in volume.parameters()] == [(1, 4, 12, 12, 12), (1, 4, 3, 3, 3), (1, 4, 6, 6, 6)]
+    points = torch.rand(50, 3) * 1.6 - 0.8
+    before = volume(points)
+    with torch.no_grad():
+        volume.coarse[0][:, 1] = 2.0  # a constant red logit on the 3^3 level
+        volume.grid[:, 1] = -0.5
+    after = volume(points)
+    assert torch.allclose(after["albedo"][:, 0], torch.sigmoid(torch.tensor(1.5)).expand(50), atol=1e-5)
+    assert torch.allclose(after["density"], before["density"])  # density untouched
+    with torch.no_grad():  # a linear density ramp on the 6^3 level: its trilinear upsampling is the same ramp
+        z = torch.linspace(-1, 1, 6)
+        volume.coarse[1][:, 0] = z[:, None, None].expand(6, 6, 6)
+    composed = volume.composed()[0, 0]
+    assert torch.allclose(composed[:, 5, 5], torch.linspace(-1, 1, 12), atol=1e-5)
+    loss = volume(points)["density"].sum()
+    loss.backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in volume.parameters())
+    # the coarse levels collect the gradient of every fine voxel they cover
+    assert volume.coarse[0].grad[:, 0].abs().max() > volume.grid.grad[:, 0].abs().max()
+    for bad in ((12,), (1,), (13,)):
+        with pytest.raises(ConfigError, match="volume.coarse_levels"):
+            fast3d.VolumeSettings(resolution=12, coarse_levels=bad)
+    with pytest.raises(ConfigError, match="volume.resolution"):
+        fast3d.VolumeSettings(resolution=1)
 
 
 def test_orbit_of_an_empty_volume_is_the_background_and_shading_follows_the_material():
@@ -395,11 +428,20 @@ def test_calibration_shows_no_janus_verdicts(tmp_path, capsys):
     assert code == 0
     printed = capsys.readouterr().out.lower()
     table = (out / "calibration.md").read_text().lower()
-    assert "kind accuracy" in printed and "face in front" in printed and "| 2 | 0.1 | 1 |" in table
-    assert "rule (face in front >= 0.5" in table and "**2 steps, lr 0.1**" in table
+    assert "kind accuracy" in printed and "face in front" in printed and "| grid48 | configs' | 2 | 0.1 | 1 |" in table
+    assert "face scrambled (control)" in table
+    assert "rule (face in front >= 0.5 and face scrambled <= 0.2" in table and "**grid48, 2 steps, lr 0.1**" in table
     for text in (printed, table):
         assert "janus" not in text and "view accuracy" not in text
-    assert os.listdir(out / "steps2-lr0.1" / "runs") == ["baseline"]
+    assert os.listdir(out / "grid48-steps2-lr0.1" / "runs") == ["baseline"]
+    # the shared guidance scale and the volume as calibration options
+    code = lab_experiment_3d.main(["--out", str(out), "--calibrate", "--steps-options", "2", "--lr-options", "0.1",
+                                   "--guidance-scale-options", "20", "--volume-options", "grid24", "--prompts", "a frog",
+                                   "--seeds", "0", "--orbit-views", "4", "--jobs", "1"])
+    table = (out / "calibration.md").read_text()
+    assert code == 0 and "| grid24 | 20 | 2 | 0.1 | 1 |" in table and "**grid24, guidance scale 20, 2 steps" in table
+    experiment = json.loads((out / "grid24-steps2-lr0.1-cfg20" / "experiment.json").read_text())
+    assert experiment["settings"]["guidance_scale"] == 20.0 and experiment["settings"]["volume"]["resolution"] == 24
 
 
 def test_calibration_rule_needs_a_face_then_prefers_kind_accuracy_and_fewer_steps():
@@ -422,3 +464,56 @@ def test_calibration_rule_needs_a_face_then_prefers_kind_accuracy_and_fewer_step
     assert not measures and (chosen["steps"], chosen["lr"]) == (300, 0.03)
     with pytest.raises(ValueError):
         choose_calibration([])
+
+
+def test_calibration_rule_needs_faces_that_scrambling_removes_and_breaks_ties_by_listed_volume():
+    """The v4 gate: a setting whose baseline's faces survive scrambling its pixels (the judge
+    reads colours, not a face) is not eligible, however good; full ties go to the volume listed first."""
+    from antijanus.lab.experiment3d import choose_calibration
+
+    rows = [{"volume": "grid48", "steps": 300, "lr": 0.1, "kind_accuracy": 1.0, "face_in_front": 1.0, "face_scrambled": 0.9},
+            {"volume": "grid24", "steps": 300, "lr": 0.1, "kind_accuracy": 0.7, "face_in_front": 0.8, "face_scrambled": 0.1},
+            {"volume": "pyramid", "steps": 300, "lr": 0.1, "kind_accuracy": 0.7, "face_in_front": 0.8, "face_scrambled": 0.0}]
+    chosen, measures = choose_calibration(rows)
+    assert measures and chosen["volume"] == "grid24"
+    rows[1]["face_scrambled"] = float("nan")  # an unmeasured control does not pass
+    chosen, measures = choose_calibration(rows)
+    assert measures and chosen["volume"] == "pyramid"
+    for row in rows:
+        row["face_scrambled"] = 0.5
+    chosen, measures = choose_calibration(rows)
+    assert not measures and chosen["volume"] == "grid48"  # none eligible: most face in front, then listed order
+
+
+def test_calibration_rejects_an_unknown_volume(tmp_path):
+    from antijanus.lab.experiment3d import calibrate
+    from antijanus.utils.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="volumes"):
+        calibrate(str(tmp_path), [2], [0.1], volumes=["grid12"])
+
+
+def test_a_shared_guidance_scale_reaches_every_variant_and_is_validated(tmp_path):
+    """FastSettings.guidance_scale replaces each config's scale for every variant alike (None keeps
+    the configs' own, SD's 100); a bad scale is a ConfigError naming the key."""
+    variants = ("baseline", "perp-neg", "sjc")
+    own = Experiment(str(tmp_path / "own"), variants=variants, prompts=("a bear",), seeds=(0,)).tasks(log=lambda m: None)
+    assert {t.spec.variant: t.guidance.guidance_scale for t in own} == {v: 100.0 for v in variants}
+    shared = Experiment(str(tmp_path / "shared"), variants=variants, prompts=("a bear",), seeds=(0,),
+                        settings=FastSettings(guidance_scale=20.0)).tasks(log=lambda m: None)
+    assert {t.spec.variant: t.guidance.guidance_scale for t in shared} == {v: 20.0 for v in variants}
+    assert all(a.key != b.key for a, b in zip(own, shared))  # a finished run at another scale runs again
+    for bad in (0.0, -1.0, float("nan")):
+        with pytest.raises(ConfigError, match="guidance_scale"):
+            FastSettings(guidance_scale=bad)
+
+
+def test_calibration_tie_goes_to_the_larger_guidance_scale():
+    from antijanus.lab.experiment3d import choose_calibration
+
+    rows = [{"volume": "grid48", "guidance_scale": scale, "steps": 300, "lr": 0.1, "kind_accuracy": 0.9,
+             "face_in_front": face, "face_scrambled": 0.0} for scale, face in ((7.5, 1.0), (20.0, 0.6), (None, 0.4))]
+    chosen, measures = choose_calibration(rows)
+    assert measures and chosen["guidance_scale"] == 20.0  # the configs' own is not eligible (no face)
+    rows[2]["face_in_front"] = 0.5
+    assert choose_calibration(rows)[0]["guidance_scale"] is None

@@ -303,6 +303,13 @@ def test_sweep_renders_each_orbit_from_the_checkpoint_and_tabulates_the_metrics(
     assert evaluate_runs(sweep, progress=False) == [r.tag for r in sweep.runs()]
     header = open(os.path.join(run.run_dir, "clip_per_azimuth.csv")).readline().strip()
     assert header == "azimuth,front,back"
+    # Other models (a retrained judge: another identity) -> evaluated again, then kept.
+    from antijanus.tools.evaluate import MetricModels
+
+    retrained = MetricModels(sweep.metrics, identity="judge weights v2")
+    assert evaluate_runs(sweep, progress=False, models=retrained) == [r.tag for r in sweep.runs()]
+    assert evaluate_runs(sweep, progress=False, models=retrained) == []
+    assert evaluate_runs(sweep, progress=False) == [r.tag for r in sweep.runs()]  # the default models again
 
 
 def test_a_resumed_checkpoint_invalidates_the_rendered_orbit(sweep_file, tiny_clip):

@@ -131,9 +131,17 @@ class FastSettings:
     steps: int = 300  # the calibration (README): every setting drew the kind, the fewest steps won the tie
     lr: float = 0.1  # the voxel grid's Adam learning rate (the background keeps the config's 0.001)
     volume: VolumeSettings = VolumeSettings(resolution=48)
+    # the guidance scale of every variant alike (None: each config's own, SD's recipe 100); a
+    # property of the lab prior, chosen by the calibration from the baseline alone
+    guidance_scale: Optional[float] = None
     orbit_views: int = 36  # azimuths 0, 10, ..., 350
     orbit_elevation: float = 15.0  # threestudio's eval_elevation_deg default (the NeRF configs keep it)
     threads: int = 1  # torch threads per run (runs go in parallel with --jobs)
+
+    def __post_init__(self) -> None:
+        if self.guidance_scale is not None and not (isinstance(self.guidance_scale, (int, float))
+                                                    and math.isfinite(self.guidance_scale) and self.guidance_scale > 0):
+            raise ConfigError("guidance_scale", self.guidance_scale, "a finite scale > 0, or None for each config's own")
 
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)
@@ -470,8 +478,11 @@ class Experiment:
         for spec in todo:
             if spec.variant not in guidances:
                 variant = variant_by_name(spec.variant)
-                guidances[spec.variant] = guidance_config(
-                    load_config(variant.config, variant.overrides, self.settings.steps), self.models.prior)
+                config = guidance_config(load_config(variant.config, variant.overrides, self.settings.steps),
+                                         self.models.prior)
+                if self.settings.guidance_scale is not None:
+                    config = dataclasses.replace(config, guidance_scale=float(self.settings.guidance_scale))
+                guidances[spec.variant] = config
             if (spec.variant, spec.prompt) not in outputs:
                 output = factory(variant_by_name(spec.variant), spec.prompt, self.settings.steps)
                 outputs[(spec.variant, spec.prompt)] = output
@@ -704,62 +715,110 @@ def launcher_results(sweep) -> List[Dict[str, Any]]:
 
 
 CALIBRATION_MIN_FACE_IN_FRONT = 0.5  # the rule below, written down before any world-v3 3D run
+CALIBRATION_MAX_FACE_SCRAMBLED = 0.2  # added before any world-v3 run with the judge trained on scrambled negatives
 CALIBRATION_TIE = 0.05
+# the representations the calibration compares (listed order breaks the last tie): one 48^3 grid,
+# one 24^3 grid, and the 48^3 grid with 12^3 and 24^3 levels added (hash-grid-like levels)
+CALIBRATION_VOLUMES: Dict[str, VolumeSettings] = {
+    "grid48": VolumeSettings(resolution=48),
+    "grid24": VolumeSettings(resolution=24),
+    "pyramid": VolumeSettings(resolution=48, coarse_levels=(12, 24)),
+}
 
 
 def choose_calibration(rows: Sequence[Mapping[str, float]], min_face_in_front: float = CALIBRATION_MIN_FACE_IN_FRONT,
+                       max_face_scrambled: float = CALIBRATION_MAX_FACE_SCRAMBLED,
                        tie: float = CALIBRATION_TIE) -> Tuple[Mapping[str, float], bool]:
-    """The calibration's pre-written rule. ``rows``: one per setting with ``steps``, ``lr``, the
-    baseline's mean ``kind_accuracy`` and ``face_in_front``. Eligible: face_in_front >=
-    ``min_face_in_front`` (the baseline draws the face where it belongs). Among them the highest
-    kind accuracy, settings within ``tie`` of it tie -> fewer steps, then more face_in_front.
-    None eligible: the most face_in_front, and ``False`` (the table would not measure Janus)."""
+    """The calibration's pre-written rule. ``rows``: one per setting, in the listed order, with
+    ``steps``, ``lr``, the baseline's mean ``kind_accuracy``, ``face_in_front`` and
+    ``face_scrambled``. Eligible: face_in_front >= ``min_face_in_front`` (the baseline draws the
+    face where it belongs) and face_scrambled <= ``max_face_scrambled`` (the judge's faces need
+    the face's structure; a row without it is not checked). Among them the highest kind accuracy,
+    settings within ``tie`` of it tie -> fewer steps, then the larger ``guidance_scale`` (nearer
+    SD's recipe; absent or None: the configs' own, the largest), then more face_in_front, then
+    the listed order. None eligible: the most face_in_front, and ``False`` (the table would not measure Janus)."""
     if not rows:
         raise ValueError("the calibration has no settings")
 
     def number(value: float) -> float:
         return -math.inf if math.isnan(value) else value
 
-    eligible = [r for r in rows if number(r["face_in_front"]) >= min_face_in_front]
+    def control_passes(row: Mapping[str, float]) -> bool:
+        value = row.get("face_scrambled")
+        return value is None or (not math.isnan(value) and value <= max_face_scrambled)
+
+    order = {id(r): i for i, r in enumerate(rows)}
+    eligible = [r for r in rows if number(r["face_in_front"]) >= min_face_in_front and control_passes(r)]
     if not eligible:
-        return max(rows, key=lambda r: (number(r["face_in_front"]), -r["steps"])), False
+        return max(rows, key=lambda r: (number(r["face_in_front"]), -r["steps"], -order[id(r)])), False
     best = max(number(r["kind_accuracy"]) for r in eligible)
     tied = [r for r in eligible if number(r["kind_accuracy"]) >= best - tie]
-    return min(tied, key=lambda r: (r["steps"], -number(r["face_in_front"]))), True
+    def scale(row: Mapping[str, float]) -> float:
+        value = row.get("guidance_scale")
+        return math.inf if value is None else float(value)
+
+    return min(tied, key=lambda r: (r["steps"], -scale(r), -number(r["face_in_front"]), order[id(r)])), True
 
 
 def calibrate(out: str, steps_options: Sequence[int], lr_options: Sequence[float],
               prompts: Optional[Sequence[str]] = None, seeds: Sequence[int] = (0,),
               settings: FastSettings = FastSettings(), models: Optional[LabModels] = None, jobs: int = 1,
-              log=print) -> str:
-    """The baseline alone at each (steps, lr): does it form an object at all (the judge's kind
-    accuracy, the orbit's coverage, the grids)? The one choice of the representation's run
-    settings is made from this, before any method is compared. Writes calibration.md."""
+              log=print, volumes: Optional[Sequence[str]] = None,
+              guidance_scales: Optional[Sequence[Optional[float]]] = None) -> str:
+    """The baseline alone at each (volume, steps, lr): does it form an object at all (the judge's
+    kind accuracy, the face where it belongs, the scrambled control, the orbit's coverage, the
+    grids)? The one choice of the representation and its run settings is made from this, before
+    any method is compared. ``volumes``: names in CALIBRATION_VOLUMES (default: the settings'
+    own volume only); ``guidance_scales``: the shared guidance scales tried (default: the
+    settings' own; None stands for each config's own). Writes calibration.md."""
     prompts = list(prompts or [p for p in lab_prompts() if "smiling" not in p])
     models = models or LabModels.default()
+    for name in volumes or ():
+        if name not in CALIBRATION_VOLUMES:
+            raise ConfigError("volumes", name, "a calibration volume", sorted(CALIBRATION_VOLUMES))
+    if volumes:
+        options = [(name, CALIBRATION_VOLUMES[name]) for name in volumes]
+    else:
+        own = [name for name, volume in CALIBRATION_VOLUMES.items() if volume == settings.volume]
+        options = [(own[0] if own else "custom", settings.volume)]
     # No Janus rate or view accuracy here: the choice must not look at what the methods change.
-    lines = ["| steps | lr | runs | kind accuracy | face in front | coverage (opacity > 0.5) | s/run |",
-             "|" + " --- |" * 7]
+    scales = list(guidance_scales) if guidance_scales else [settings.guidance_scale]
+    lines = ["| volume | guidance scale | steps | lr | runs | kind accuracy | face in front | "
+             "face scrambled (control) | coverage (opacity > 0.5) | s/run |", "|" + " --- |" * 10]
     chosen_from = []
-    for steps in steps_options:
-        for lr in lr_options:
-            experiment = Experiment(os.path.join(out, f"steps{steps}-lr{lr:g}"), variants=("baseline",),
-                                    prompts=prompts, seeds=tuple(seeds),
-                                    settings=dataclasses.replace(settings, steps=int(steps), lr=float(lr)),
-                                    models=models)
-            experiment.run(jobs, log, verdicts=False)
-            row = summarise(experiment.results())
-            lines.append(f"| {steps} | {lr:g} | {row['runs']} | {_mean(row['kind_accuracy'])} | "
-                         f"{_mean(row['face_in_front'])} | {_mean(row['coverage'])} | {row['train_s']:.0f} |")
-            chosen_from.append({"steps": int(steps), "lr": float(lr), "kind_accuracy": row["kind_accuracy"]["mean"],
-                                "face_in_front": row["face_in_front"]["mean"]})
+    for name, volume in options:
+        for scale in scales:
+            scale_name = "configs'" if scale is None else f"{scale:g}"
+            for steps in steps_options:
+                for lr in lr_options:
+                    folder = f"{name}-steps{steps}-lr{lr:g}" + ("" if scale is None else f"-cfg{scale:g}")
+                    experiment = Experiment(
+                        os.path.join(out, folder), variants=("baseline",), prompts=prompts, seeds=tuple(seeds),
+                        settings=dataclasses.replace(settings, steps=int(steps), lr=float(lr), volume=volume,
+                                                     guidance_scale=scale),
+                        models=models)
+                    experiment.run(jobs, log, verdicts=False)
+                    row = summarise(experiment.results())
+                    lines.append(f"| {name} | {scale_name} | {steps} | {lr:g} | {row['runs']} | "
+                                 f"{_mean(row['kind_accuracy'])} | {_mean(row['face_in_front'])} | "
+                                 f"{_mean(row['face_scrambled'])} | {_mean(row['coverage'])} | {row['train_s']:.0f} |")
+                    chosen_from.append({"volume": name, "guidance_scale": scale, "steps": int(steps),
+                                        "lr": float(lr), "kind_accuracy": row["kind_accuracy"]["mean"],
+                                        "face_in_front": row["face_in_front"]["mean"],
+                                        "face_scrambled": row["face_scrambled"]["mean"]})
     chosen, measures = choose_calibration(chosen_from)
+    scale = chosen.get("guidance_scale")
     lines.append("")
-    lines.append(f"Rule (face in front >= {CALIBRATION_MIN_FACE_IN_FRONT:g}, then the highest kind accuracy, "
-                 f"ties within {CALIBRATION_TIE:g} -> fewer steps, then more face in front): "
-                 f"**{chosen['steps']} steps, lr {chosen['lr']:g}**"
-                 + ("." if measures else ". No setting reaches the face threshold: the baseline draws no "
-                    "face, so a 3D table at these settings measures nothing about faces."))
+    lines.append(f"Rule (face in front >= {CALIBRATION_MIN_FACE_IN_FRONT:g} and face scrambled <= "
+                 f"{CALIBRATION_MAX_FACE_SCRAMBLED:g}, then the highest kind accuracy, ties within "
+                 f"{CALIBRATION_TIE:g} -> fewer steps, then the larger guidance scale, then more face in "
+                 f"front, then the listed volume): **{chosen['volume']}, "
+                 + ("" if scale is None else f"guidance scale {scale:g}, ")
+                 + f"{chosen['steps']} steps, lr {chosen['lr']:g}**"
+                 + ("." if measures else
+                    f". No setting passes (the best face in front {chosen['face_in_front']:.2f}): the baseline "
+                    "draws no face the judge can tell from scrambled pixels, so a 3D table at these settings "
+                    "measures nothing about faces."))
     path = os.path.join(out, "calibration.md")
     with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")

@@ -190,10 +190,21 @@ class VolumeSettings:
     """The fast path's representation (chosen once, for every method; see README)."""
 
     resolution: int = 64  # voxels per side
+    # coarser grids added to it, each trilinearly upsampled (the levels of threestudio's hash-grid
+    # encoding, dense at this size): low frequencies get parameters of their own, () = one grid
+    coarse_levels: Tuple[int, ...] = ()
     radius: float = 1.0  # the ball rendered (the grid spans [-radius, radius]^3)
     samples: int = 64  # points per ray
     density_blob_scale: float = 10.0  # threestudio's blob_magic3d (the NeRF configs' values)
     density_blob_std: float = 0.5
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.resolution, int) or self.resolution < 2:
+            raise ConfigError("volume.resolution", self.resolution, "voxels per side, an integer >= 2")
+        for level in self.coarse_levels:
+            if not isinstance(level, int) or not 2 <= level < self.resolution:
+                raise ConfigError("volume.coarse_levels", self.coarse_levels,
+                                  f"integers >= 2 and below volume.resolution ({self.resolution})")
 
 
 def sh_basis(directions: Tensor) -> Tensor:
@@ -226,13 +237,23 @@ class EnvironmentBackground(nn.Module):
 
 class VoxelVolume(nn.Module):
     """Density and albedo logits on a grid, sampled trilinearly; threestudio's blob_magic3d bias
-    density = softplus(raw + scale (1 - |x| / std)); albedo = sigmoid(logits)."""
+    density = softplus(raw + scale (1 - |x| / std)); albedo = sigmoid(logits). With
+    ``coarse_levels`` the grid is the sum of the finest one and the coarser ones upsampled."""
 
     def __init__(self, settings: VolumeSettings) -> None:
         super().__init__()
         self.settings = settings
         g = settings.resolution
         self.grid = nn.Parameter(torch.zeros(1, 4, g, g, g))  # [density, r, g, b], axes z, y, x
+        self.coarse = nn.ParameterList([nn.Parameter(torch.zeros(1, 4, r, r, r)) for r in settings.coarse_levels])
+
+    def composed(self) -> Tensor:
+        """The finest grid plus every coarse level, trilinearly upsampled to it [1, 4, g, g, g]."""
+        g = self.settings.resolution
+        volume = self.grid
+        for level in self.coarse:
+            volume = volume + F.interpolate(level, size=(g, g, g), mode="trilinear", align_corners=True)
+        return volume
 
     def _sample(self, volume: Tensor, points: Tensor) -> Tensor:
         """volume [1, C, D, H, W], points [P, 3] (world) -> [P, C]."""
@@ -249,10 +270,10 @@ class VoxelVolume(nn.Module):
         return bias[..., 0], gradient
 
     def forward(self, points: Tensor, with_normal: bool = True) -> Dict[str, Tensor]:
-        volume = self.grid
+        volume = grid = self.composed()
         if with_normal:  # the density logits' gradient (central differences), sampled with the rest
             spacing = 2.0 * self.settings.radius / (self.settings.resolution - 1)
-            dz, dy, dx = torch.gradient(self.grid[:, :1], spacing=spacing, dim=(2, 3, 4))
+            dz, dy, dx = torch.gradient(grid[:, :1], spacing=spacing, dim=(2, 3, 4))
             volume = torch.cat([volume, dx, dy, dz], 1)
         values = self._sample(volume, points)
         bias, bias_gradient = self.blob(points)

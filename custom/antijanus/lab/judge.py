@@ -48,6 +48,15 @@ class JudgeSettings:
     # part itself, not the pose that usually shows it (a faceless blob is not a face)
     p_faceless: float = 0.25
     p_tailless: float = 0.15
+    # scrambled negatives: the object region shuffled in patches (side 1: pixels, the face_scrambled
+    # control's transform) or refilled with smooth colour noise, with no attribute visible (view /
+    # kind / camera not trained on them), so that a face means the face's structure, not the
+    # colours that make one (README: a judge trained without pixel shuffles still saw faces on
+    # the shuffled SDS orbits, 0.32 of frames). The SDS orbits themselves are never trained on.
+    p_scrambled: float = 0.2
+    scramble_patches: Tuple[int, ...] = (1, 2, 4)  # patch sides (pixels) of the patch shuffle
+    p_noise_fill: float = 1.0 / 3.0  # share of the negatives refilled with noise (the rest patch-shuffled)
+    scramble_noise_sigma: float = 2.0  # the noise refill is blurred with sigma uniform in [0, this]
     # augmentations
     blur_sigma: float = 0.8  # Gaussian blur, sigma uniform in [0, blur_sigma] pixels
     noise_std: float = 0.05  # pixel noise, std uniform in [0, noise_std]
@@ -57,12 +66,17 @@ class JudgeSettings:
     p_augment: float = 0.6
 
     def __post_init__(self) -> None:
-        for key in ("p_faceless", "p_tailless"):
+        for key in ("p_faceless", "p_tailless", "p_scrambled", "p_noise_fill"):
             if not 0.0 <= getattr(self, key) <= 1.0:
                 raise ConfigError(key, getattr(self, key), "a probability in [0, 1]")
         if self.p_faceless + self.p_tailless > 1.0:
             raise ConfigError("p_tailless", self.p_tailless,
                               f"p_faceless + p_tailless must be <= 1 (a creature lacks at most one; p_faceless {self.p_faceless})")
+        if not self.scramble_patches or any(not isinstance(p, int) or p < 1 or 32 % p for p in self.scramble_patches):
+            raise ConfigError("scramble_patches", self.scramble_patches,
+                              "patch sides that divide the 32-pixel image", [1, 2, 4, 8, 16])
+        if self.scramble_noise_sigma < 0:
+            raise ConfigError("scramble_noise_sigma", self.scramble_noise_sigma, "a blur sigma >= 0 (pixels)")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -171,15 +185,62 @@ def augment(images: Tensor, settings: JudgeSettings, g: torch.Generator) -> Tens
     return x.clamp(0.0, 1.0)
 
 
+def object_mask(images: Tensor, tolerance: float = 0.1) -> Tensor:
+    """[B, 1, H, W]: pixels whose colour differs from the top-left corner's by more than
+    ``tolerance`` (summed over channels), the object on a plain background."""
+    return (images - images[:, :, :1, :1]).abs().sum(1, keepdim=True) > tolerance
+
+
+def patch_shuffle(image: Tensor, mask: Tensor, patch: int, g: torch.Generator) -> Tensor:
+    """One image [3, H, W] with its patches (``patch`` x ``patch``) that touch the object
+    (``mask`` [1, H, W]) permuted among themselves."""
+    C, H, W = image.shape
+    tiles = image.reshape(C, H // patch, patch, W // patch, patch).permute(1, 3, 0, 2, 4).reshape(-1, C, patch, patch)
+    touched = mask.reshape(H // patch, patch, W // patch, patch).any(3).any(1).flatten().nonzero().flatten()
+    tiles = tiles.clone()
+    tiles[touched] = tiles[touched[torch.randperm(touched.numel(), generator=g)]]
+    return tiles.reshape(H // patch, W // patch, C, patch, patch).permute(2, 0, 3, 1, 4).reshape(C, H, W)
+
+
+def scrambled_negatives(images: Tensor, settings: JudgeSettings, g: torch.Generator) -> Tensor:
+    """Images [B, 3, H, W] in [0, 1] -> the same with the object region destroyed: a share
+    ``p_noise_fill`` refilled with smooth random colour noise (the object's silhouette kept), the
+    rest patch-shuffled (a patch side from ``scramble_patches``; 1: its pixels). No face, tail or
+    other attribute stays recognisable."""
+    mask = object_mask(images)
+    out = images.clone()
+    B = images.shape[0]
+    noise_fill = torch.rand(B, generator=g) < settings.p_noise_fill
+    sigma = torch.rand(B, generator=g) * settings.scramble_noise_sigma
+    noise = gaussian_blur(torch.rand(images.shape, generator=g), sigma)
+    # the blur flattens the noise: stretch each image's back to the full range
+    low = noise.amin(dim=(1, 2, 3), keepdim=True)
+    high = noise.amax(dim=(1, 2, 3), keepdim=True)
+    noise = (noise - low) / (high - low).clamp_min(1e-6)
+    for i in range(B):
+        if noise_fill[i]:
+            out[i] = torch.where(mask[i], noise[i], images[i])
+        else:
+            patch = settings.scramble_patches[int(torch.randint(len(settings.scramble_patches), (), generator=g))]
+            out[i] = patch_shuffle(images[i], mask[i], patch, g)
+    return out
+
+
 # ----------------------------------------------------------------------------- training
 
 
-def judge_loss(out: Dict[str, Tensor], batch: Dict[str, Tensor]) -> Tensor:
+def judge_loss(out: Dict[str, Tensor], batch: Dict[str, Tensor], real: Optional[Tensor] = None) -> Tensor:
+    """Cross-entropy of view and kind, the attributes' binary cross-entropy and the camera
+    regression; ``real`` [B] bool: the images with a view and a kind (scrambled negatives only
+    train the attributes, all absent)."""
     azimuth = torch.deg2rad(batch["azimuth"])
     camera = torch.stack([torch.cos(azimuth), torch.sin(azimuth), batch["elevation"] / 90.0], -1)
-    return (F.cross_entropy(out["view"], batch["view"]) + F.cross_entropy(out["kind"], batch["kind"])
-            + F.binary_cross_entropy_with_logits(out["attributes"], batch["attributes"])
-            + F.mse_loss(out["camera"], camera))
+    real = torch.ones_like(batch["kind"], dtype=torch.bool) if real is None else real
+    weight = real.float() / real.float().sum().clamp_min(1.0)
+    view = (F.cross_entropy(out["view"], batch["view"], reduction="none") * weight).sum()
+    kind = (F.cross_entropy(out["kind"], batch["kind"], reduction="none") * weight).sum()
+    camera_loss = (((out["camera"] - camera) ** 2).mean(-1) * weight).sum()
+    return view + kind + F.binary_cross_entropy_with_logits(out["attributes"], batch["attributes"]) + camera_loss
 
 
 def camera_angles(camera: Tensor) -> Tuple[Tensor, Tensor]:
@@ -217,6 +278,24 @@ def accuracy(net: JudgeNet, data: Dict[str, Tensor], images: Optional[Tensor] = 
     return result
 
 
+@torch.no_grad()
+def held_out_scrambled(net: JudgeNet, data: Dict[str, Tensor], seed: int = 0) -> Dict[str, float]:
+    """The face_scrambled control (``lab.janus.scramble_object_pixels``; the judge trains on such
+    shuffles of other renders) on held-out renders whose face is visible: the share still judged
+    to show a face (the face-visible rate on the same renders unscrambled beside it)."""
+    from .janus import scramble_object_pixels
+
+    net.eval()
+    face = ATTRIBUTES.index("face")
+    shown = data["attributes"][:, face] > 0.5
+    images = data["image"][shown].float() / 255.0
+    scrambled = scramble_object_pixels(images, torch.Generator().manual_seed(seed))
+    seen = torch.sigmoid(net(scrambled)["attributes"][:, face]) > 0.5
+    seen_clean = torch.sigmoid(net(images)["attributes"][:, face]) > 0.5
+    return {"face_seen": float(seen.float().mean()), "face_seen_unscrambled": float(seen_clean.float().mean()),
+            "images": int(shown.sum())}
+
+
 def train_judge(out_dir: str, settings: JudgeSettings = JudgeSettings(), log=print) -> Dict[str, object]:
     from safetensors.torch import save_file
 
@@ -242,9 +321,14 @@ def train_judge(out_dir: str, settings: JudgeSettings = JudgeSettings(), log=pri
             group["lr"] = lr
         index = torch.randint(0, settings.n_train, (settings.batch,), generator=g)
         batch = {k: v[index] for k, v in train.items()}
+        images = batch["image"].float() / 255.0
+        scrambled = torch.rand(settings.batch, generator=g) < settings.p_scrambled
+        if scrambled.any():
+            images[scrambled] = scrambled_negatives(images[scrambled], settings, g)
+            batch["attributes"] = batch["attributes"] * (~scrambled).float()[:, None]
         net.train()
-        out = net(augment(batch["image"].float() / 255.0, settings, g))
-        loss = judge_loss(out, batch)
+        out = net(augment(images, settings, g))
+        loss = judge_loss(out, batch, real=~scrambled)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -255,12 +339,14 @@ def train_judge(out_dir: str, settings: JudgeSettings = JudgeSettings(), log=pri
     g_test = torch.Generator().manual_seed(settings.seed + 2)
     augmented = accuracy(net, test, augment(test["image"].float() / 255.0, dataclasses.replace(settings, p_augment=1.0), g_test))
     without_face = accuracy(net, faceless)
+    scrambled = held_out_scrambled(net, test)
     os.makedirs(out_dir, exist_ok=True)
     save_file({k: v.detach().to(torch.float16).contiguous() if v.is_floating_point() else v.contiguous()
                for k, v in net.state_dict().items()}, os.path.join(out_dir, WEIGHTS))
     record = {"settings": settings.to_dict(), "views": list(VIEWS), "kinds": list(KINDS),
               "attributes": list(ATTRIBUTES), "held_out": clean, "held_out_augmented": augmented,
               "held_out_faceless": {"view": without_face["view"], "attribute_face": without_face["attribute_face"]},
+              "held_out_scrambled": scrambled,
               "parameters": sum(p.numel() for p in net.parameters()),
               "timings": {"train_s": train_s, "total_s": time.time() - start}, "torch": torch.__version__}
     with open(os.path.join(out_dir, CONFIG), "w") as f:

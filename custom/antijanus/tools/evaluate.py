@@ -223,12 +223,17 @@ class MetricModels:
     needed (the default classifier, R-precision)."""
 
     def __init__(self, settings: MetricSettings, view_classifier: Optional[ViewClassifier] = None,
-                 extra_metrics: Optional[Callable[[Any, Any, str], Mapping[str, float]]] = None):
+                 extra_metrics: Optional[Callable[[Any, Any, str], Mapping[str, float]]] = None,
+                 identity: Optional[str] = None):
         """``extra_metrics(frames [N, 3, H, W], azimuths [N], prompt) -> {name: value}``: more
-        per-run metrics of the orbit (e.g. a Janus metric), merged into each run's metrics."""
+        per-run metrics of the orbit (e.g. a Janus metric), merged into each run's metrics.
+        ``identity``: what a given classifier / extra metrics are (e.g. their weights'
+        fingerprint); part of the sweep's metrics cache key, so that runs evaluated with other
+        models are evaluated again (the settings alone name only the default models)."""
         import torch
 
         self.settings = settings
+        self.identity = identity
         self.extra_metrics = extra_metrics
         self.device = settings.device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.lpips = LPIPS(settings.lpips_net, settings.lpips_backbone, settings.lpips_lin,

@@ -365,12 +365,14 @@ def submit_slurm(sweep: Sweep, slurm: Mapping, cwd: Optional[str] = None, cluste
 
 def evaluate_runs(sweep: Sweep, progress: bool = True, models: Optional[MetricModels] = None) -> List[str]:
     """Compute the metrics of every finished run that has none for the sweep's current metric
-    settings (recomputed when the settings change). Returns the run tags evaluated. ``models``:
-    already loaded models (e.g. with another view classifier); default: the settings' ones."""
+    settings (recomputed when the settings change, or the given models' ``identity``). Returns
+    the run tags evaluated. ``models``: already loaded models (e.g. with another view
+    classifier); default: the settings' ones."""
     settings = sweep.metrics
     if settings is None:
         return []
-    key = cache_key(**settings.to_dict())
+    identity = getattr(models, "identity", None)
+    key = cache_key(**settings.to_dict(), **({"models": identity} if identity else {}))
     todo = []
     for run in sweep.runs():
         if not run.done:
