@@ -4,6 +4,7 @@ outputs as the processors make them, the variants as the shipped configs set the
 run of the whole command on the committed lab models. The processors' outputs are compared
 with threestudio's real processors in the threestudio tier."""
 
+import dataclasses
 import json
 import math
 import os
@@ -384,6 +385,15 @@ def test_fast_path_command_smoke(tmp_path):
                                    "--orbit-views", "6", "--report-only"]) == 0
 
 
+def test_nothing_left_to_run_is_no_error_with_parallel_jobs():
+    """A resumed experiment whose runs all finished before has no tasks: with --jobs 2 that is
+    an empty result, not a crash while starting the worker pool."""
+    from antijanus.lab.experiment3d import run_tasks
+
+    assert run_tasks([], jobs=2, log=lambda m: None) == []
+    assert run_tasks([], jobs=1, log=lambda m: None) == []
+
+
 def test_finished_runs_are_tied_to_the_models_weights_not_their_paths(tmp_path):
     """A model retrained in place (same folder) must not let old results count as done."""
     folders = {}
@@ -431,6 +441,7 @@ def test_calibration_shows_no_janus_verdicts(tmp_path, capsys):
     assert "kind accuracy" in printed and "face in front" in printed and "| grid48 | configs' | 2 | 0.1 | 1 |" in table
     assert "face scrambled (control)" in table
     assert "rule (face in front >= 0.5 and face scrambled <= 0.2" in table and "**grid48, 2 steps, lr 0.1**" in table
+    assert "no setting passes: in none does the baseline draw a face where it belongs" in table  # 2 steps: a blob
     for text in (printed, table):
         assert "janus" not in text and "view accuracy" not in text
     assert os.listdir(out / "grid48-steps2-lr0.1" / "runs") == ["baseline"]
@@ -517,3 +528,29 @@ def test_calibration_tie_goes_to_the_larger_guidance_scale():
     assert measures and chosen["guidance_scale"] == 20.0  # the configs' own is not eligible (no face)
     rows[2]["face_in_front"] = 0.5
     assert choose_calibration(rows)[0]["guidance_scale"] is None
+
+
+def test_sds_2d_optimises_one_image_in_pixels_or_latents_and_validates_its_settings(tmp_path):
+    """The 2D diagnostic: the baseline's guidance moves the image away from its grey start, in
+    pixels (any resolution, judged at 32x32) and in latents (decoded); bad settings name their key."""
+    from antijanus.core.guidance import ScoreDistillationGuidance
+    from antijanus.lab.experiment3d import _worker_models
+    from antijanus.lab.sds2d import SDS2DSettings, optimise_image
+
+    experiment = Experiment(str(tmp_path), variants=("baseline",), prompts=("a bear",), seeds=(0,),
+                            settings=FastSettings(steps=3))
+    task = experiment.tasks(log=lambda m: None)[0]
+    backbone, _ = _worker_models(experiment.models, 1)
+    for settings in (SDS2DSettings("pixels", 16, steps=3), SDS2DSettings("latents", steps=3)):
+        images = []
+        for lr in (settings.lr, 1e-9):  # the guidance's steps move the image; a vanishing lr does not
+            guidance = ScoreDistillationGuidance(task.guidance, "cpu", backbone=backbone)
+            out = optimise_image(guidance, task.prompt_output, dataclasses.replace(settings, lr=lr))
+            assert out["image"].shape == (3, 32, 32) and out["loss_sds"].shape == (3,)
+            assert torch.isfinite(out["loss_sds"]).all()
+            images.append(out["image"])
+        assert (images[0] - images[1]).abs().mean() > 1e-3
+    for bad, key in ((dict(parameterisation="voxels"), "parameterisation"), (dict(resolution=1), "resolution"),
+                     (dict(steps=0), "steps"), (dict(lr=0.0), "lr")):
+        with pytest.raises(ConfigError, match=key):
+            SDS2DSettings(**bad)

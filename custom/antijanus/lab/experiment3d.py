@@ -395,7 +395,7 @@ def run_tasks(tasks: Sequence[RunTask], jobs: int = 1, log=print, verdicts: bool
             except Exception as error:  # noqa: BLE001 - reported, the sweep goes on
                 failures.append(f"{task.spec.tag}: {type(error).__name__}: {error}")
                 log(f"error: {failures[-1]}")
-    else:
+    elif tasks:  # nothing to do (every run finished before): no pool
         import multiprocessing as mp
 
         context = mp.get_context("spawn")
@@ -760,6 +760,18 @@ def choose_calibration(rows: Sequence[Mapping[str, float]], min_face_in_front: f
     return min(tied, key=lambda r: (r["steps"], -scale(r), -number(r["face_in_front"]), order[id(r)])), True
 
 
+def _no_setting_passes(rows: Sequence[Mapping[str, Any]], best: Mapping[str, Any]) -> str:
+    """Why the calibration found no eligible setting, in words."""
+    with_face = [r for r in rows if not math.isnan(r["face_in_front"]) and r["face_in_front"] >= CALIBRATION_MIN_FACE_IN_FRONT]
+    if not with_face:
+        return (f"No setting passes: in none does the baseline draw a face where it belongs (the best face in "
+                f"front {best['face_in_front']:.2f} < {CALIBRATION_MIN_FACE_IN_FRONT:g}), so a 3D table at these "
+                "settings measures nothing about faces.")
+    return (f"No setting passes: where the baseline's front shows a face, the judge also sees one on "
+            f"scrambled pixels (face scrambled > {CALIBRATION_MAX_FACE_SCRAMBLED:g}), so its face verdicts there "
+            "are not evidence and a 3D table at these settings measures nothing about faces.")
+
+
 def calibrate(out: str, steps_options: Sequence[int], lr_options: Sequence[float],
               prompts: Optional[Sequence[str]] = None, seeds: Sequence[int] = (0,),
               settings: FastSettings = FastSettings(), models: Optional[LabModels] = None, jobs: int = 1,
@@ -815,10 +827,7 @@ def calibrate(out: str, steps_options: Sequence[int], lr_options: Sequence[float
                  f"front, then the listed volume): **{chosen['volume']}, "
                  + ("" if scale is None else f"guidance scale {scale:g}, ")
                  + f"{chosen['steps']} steps, lr {chosen['lr']:g}**"
-                 + ("." if measures else
-                    f". No setting passes (the best face in front {chosen['face_in_front']:.2f}): the baseline "
-                    "draws no face the judge can tell from scrambled pixels, so a 3D table at these settings "
-                    "measures nothing about faces."))
+                 + ("." if measures else ". " + _no_setting_passes(chosen_from, chosen)))
     path = os.path.join(out, "calibration.md")
     with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")
