@@ -438,13 +438,13 @@ def test_calibration_shows_no_janus_verdicts(tmp_path, capsys):
     assert code == 0
     printed = capsys.readouterr().out.lower()
     table = (out / "calibration.md").read_text().lower()
-    assert "kind accuracy" in printed and "face in front" in printed and "| grid48 | configs' | 2 | 0.1 | 1 |" in table
+    assert "kind accuracy" in printed and "face in front" in printed and "| latent24 | configs' | 2 | 0.1 | 1 |" in table
     assert "face scrambled (control)" in table
-    assert "rule (face in front >= 0.5 and face scrambled <= 0.2" in table and "**grid48, 2 steps, lr 0.1**" in table
+    assert "rule (face in front >= 0.5 and face scrambled <= 0.2" in table and "**latent24, 2 steps, lr 0.1**" in table
     assert "no setting passes: in none does the baseline draw a face where it belongs" in table  # 2 steps: a blob
     for text in (printed, table):
         assert "janus" not in text and "view accuracy" not in text
-    assert os.listdir(out / "grid48-steps2-lr0.1" / "runs") == ["baseline"]
+    assert os.listdir(out / "latent24-steps2-lr0.1" / "runs") == ["baseline"]
     # the shared guidance scale and the volume as calibration options
     code = lab_experiment_3d.main(["--out", str(out), "--calibrate", "--steps-options", "2", "--lr-options", "0.1",
                                    "--guidance-scale-options", "20", "--volume-options", "grid24", "--prompts", "a frog",
@@ -554,3 +554,51 @@ def test_sds_2d_optimises_one_image_in_pixels_or_latents_and_validates_its_setti
                      (dict(steps=0), "steps"), (dict(lr=0.0), "lr")):
         with pytest.raises(ConfigError, match=key):
             SDS2DSettings(**bad)
+
+
+def test_a_latent_volume_is_threestudios_latent_nerf_at_the_priors_latent_size():
+    """features="latent": the prior's 4 latent channels, unbounded (no sigmoid, no material), a
+    4-output background without activation, rendered at 16x16; training hands the renders to the
+    guidance as latents; the orbit is decoded into images; a bad value names its key."""
+    settings = fast3d.VolumeSettings(resolution=8, samples=8, features="latent")
+    scene = fast3d.make_scene(settings, seed=0)
+    assert scene.volume.grid.shape == (1, 5, 8, 8, 8)
+    with torch.no_grad():
+        scene.volume.grid[:, 1:] = 3.0  # beyond a sigmoid's range: kept as it is
+    assert torch.allclose(scene.volume(torch.zeros(4, 3), with_normal=False)["albedo"], torch.full((4, 4), 3.0))
+    with torch.no_grad():
+        scene.background.mlp[-1].weight.fill_(5.0)
+    assert scene.background(torch.tensor([[0.0, 0.0, 1.0]])).max() > 1.0  # no activation
+    rep = Representation.from_config(settings, max_steps=10)
+    assert (rep.cameras.height, rep.cameras.width) == (16, 16)
+    assert Representation.from_config(fast3d.VolumeSettings(resolution=8), max_steps=10).cameras.height == 32
+
+    calls = []
+
+    class RecordingGuidance:
+        def set_run_max_steps(self, steps):
+            pass
+
+        def update_step(self, epoch, step):
+            pass
+
+        def __call__(self, rgb, prompt_utils, elevation, azimuth, distances, **kwargs):
+            calls.append((tuple(rgb.shape), kwargs))
+            return {"loss_sds": rgb.square().mean()}
+
+    fast3d.train(RecordingGuidance(), None, scene, rep.cameras, rep.system, rep.material, steps=2, seed=0)
+    assert calls == [((1, 16, 16, 4), {"rgb_as_latents": True})] * 2
+    azimuths = torch.tensor([0.0, 90.0])
+    with pytest.raises(ValueError, match="decode"):
+        fast3d.render_orbit(scene, azimuths, 15.0, 2.0, 70.0, rep.material, 2, resolution=16)
+    decoded = []
+
+    def decode(latents):
+        decoded.append(tuple(latents.shape))
+        return torch.sigmoid(latents[:, :3]).repeat_interleave(2, -1).repeat_interleave(2, -2)
+
+    frames, opacity = fast3d.render_orbit(scene, azimuths, 15.0, 2.0, 70.0, rep.material, 2, resolution=16,
+                                          decode=decode)
+    assert decoded == [(2, 4, 16, 16)] and frames.shape == (2, 3, 32, 32) and opacity.shape == (2, 1, 16, 16)
+    with pytest.raises(ConfigError, match="volume.features"):
+        fast3d.VolumeSettings(features="rgba")

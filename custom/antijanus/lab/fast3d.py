@@ -34,7 +34,7 @@ from __future__ import annotations
 import math
 import random as _random
 from dataclasses import dataclass, field, fields
-from typing import Any, Dict, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -45,6 +45,7 @@ from ..core.sds import scalar_schedule
 from ..utils.errors import ConfigError
 
 LAB_RESOLUTION = 32
+LAB_LATENT_RESOLUTION = 16  # the lab prior's latent size (its VAE halves 32x32): a latent volume renders at it
 
 
 # ----------------------------------------------------------------------------- cameras
@@ -193,6 +194,11 @@ class VolumeSettings:
     # coarser grids added to it, each trilinearly upsampled (the levels of threestudio's hash-grid
     # encoding, dense at this size): low frequencies get parameters of their own, () = one grid
     coarse_levels: Tuple[int, ...] = ()
+    # what the volume's colour is: "rgb" (albedo, sigmoid, threestudio's NeRF systems) or "latent"
+    # (the prior's latent channels, no activation, no material: threestudio's Latent-NeRF system,
+    # rendered at the latent size and given to the guidance with rgb_as_latents=True)
+    features: str = "rgb"
+    latent_channels: int = 4
     radius: float = 1.0  # the ball rendered (the grid spans [-radius, radius]^3)
     samples: int = 64  # points per ray
     density_blob_scale: float = 10.0  # threestudio's blob_magic3d (the NeRF configs' values)
@@ -201,10 +207,17 @@ class VolumeSettings:
     def __post_init__(self) -> None:
         if not isinstance(self.resolution, int) or self.resolution < 2:
             raise ConfigError("volume.resolution", self.resolution, "voxels per side, an integer >= 2")
+        if self.features not in ("rgb", "latent"):
+            raise ConfigError("volume.features", self.features, "the volume's colour", ["rgb", "latent"])
         for level in self.coarse_levels:
             if not isinstance(level, int) or not 2 <= level < self.resolution:
                 raise ConfigError("volume.coarse_levels", self.coarse_levels,
                                   f"integers >= 2 and below volume.resolution ({self.resolution})")
+
+
+def colour_channels(settings: VolumeSettings) -> int:
+    """3 for RGB albedo, the prior's latent channels for a latent volume."""
+    return 3 if settings.features == "rgb" else settings.latent_channels
 
 
 def sh_basis(directions: Tensor) -> Tensor:
@@ -223,16 +236,18 @@ def sh_basis(directions: Tensor) -> Tensor:
 class EnvironmentBackground(nn.Module):
     """threestudio's neural-environment-map-background: colour = sigmoid(MLP(SH(direction)))."""
 
-    def __init__(self, neurons: int = 16, hidden_layers: int = 2) -> None:
+    def __init__(self, neurons: int = 16, hidden_layers: int = 2, outputs: int = 3, activation: str = "sigmoid") -> None:
         super().__init__()
         layers = [nn.Linear(9, neurons, bias=False), nn.ReLU()]
         for _ in range(hidden_layers - 1):
             layers += [nn.Linear(neurons, neurons, bias=False), nn.ReLU()]
-        layers.append(nn.Linear(neurons, 3, bias=False))
+        layers.append(nn.Linear(neurons, outputs, bias=False))
         self.mlp = nn.Sequential(*layers)
+        self.activation = activation  # "sigmoid" (RGB) or "none" (latents, threestudio's Latent-NeRF)
 
     def forward(self, directions: Tensor) -> Tensor:
-        return torch.sigmoid(self.mlp(sh_basis(directions)))
+        out = self.mlp(sh_basis(directions))
+        return torch.sigmoid(out) if self.activation == "sigmoid" else out
 
 
 class VoxelVolume(nn.Module):
@@ -244,11 +259,12 @@ class VoxelVolume(nn.Module):
         super().__init__()
         self.settings = settings
         g = settings.resolution
-        self.grid = nn.Parameter(torch.zeros(1, 4, g, g, g))  # [density, r, g, b], axes z, y, x
-        self.coarse = nn.ParameterList([nn.Parameter(torch.zeros(1, 4, r, r, r)) for r in settings.coarse_levels])
+        c = 1 + colour_channels(settings)  # [density, r, g, b] or [density, latent...], axes z, y, x
+        self.grid = nn.Parameter(torch.zeros(1, c, g, g, g))
+        self.coarse = nn.ParameterList([nn.Parameter(torch.zeros(1, c, r, r, r)) for r in settings.coarse_levels])
 
     def composed(self) -> Tensor:
-        """The finest grid plus every coarse level, trilinearly upsampled to it [1, 4, g, g, g]."""
+        """The finest grid plus every coarse level, trilinearly upsampled to it [1, C, g, g, g]."""
         g = self.settings.resolution
         volume = self.grid
         for level in self.coarse:
@@ -277,9 +293,12 @@ class VoxelVolume(nn.Module):
             volume = torch.cat([volume, dx, dy, dz], 1)
         values = self._sample(volume, points)
         bias, bias_gradient = self.blob(points)
-        out = {"density": F.softplus(values[:, 0] + bias), "albedo": torch.sigmoid(values[:, 1:4])}
+        c = 1 + colour_channels(self.settings)
+        colour = values[:, 1:c]
+        out = {"density": F.softplus(values[:, 0] + bias),
+               "albedo": torch.sigmoid(colour) if self.settings.features == "rgb" else colour}
         if with_normal:
-            out["normal"] = -F.normalize(values[:, 4:7] + bias_gradient, dim=-1)  # "analytic": -grad density
+            out["normal"] = -F.normalize(values[:, c:c + 3] + bias_gradient, dim=-1)  # "analytic": -grad density
         return out
 
 
@@ -355,12 +374,13 @@ def render(volume: VoxelVolume, background: EnvironmentBackground, cameras: Came
     transmittance = torch.cumprod(torch.cat([torch.ones(R, 1), 1.0 - alpha + 1e-10], 1), 1)[:, :-1]
     weights = alpha * transmittance  # [R, N]
     normal = field_out["normal"].reshape(R, N, 3) if need_normal else None
-    colour = material.shade(shading, field_out["albedo"].reshape(R, N, 3), normal, points,
-                            light[:, None].expand(R, N, 3)).reshape(R, N, 3)
+    C = field_out["albedo"].shape[-1]
+    colour = material.shade(shading, field_out["albedo"].reshape(R, N, C), normal, points,
+                            light[:, None].expand(R, N, 3)).reshape(R, N, C)
     opacity = weights.sum(-1, keepdim=True)
     rgb = (weights[..., None] * colour).sum(1) + (1.0 - opacity) * background(rays_d)
     B, H, W = cameras.rays_d.shape[:3]
-    return {"comp_rgb": rgb.reshape(B, H, W, 3), "opacity": opacity.reshape(B, H, W, 1), "weights": weights,
+    return {"comp_rgb": rgb.reshape(B, H, W, C), "opacity": opacity.reshape(B, H, W, 1), "weights": weights,
             "normal": normal, "t_dirs": rays_d[:, None].expand(R, N, 3)}
 
 
@@ -428,7 +448,9 @@ class TrainResult:
 
 def make_scene(settings: VolumeSettings, seed: int) -> Scene:
     torch.manual_seed(seed)
-    return Scene(VoxelVolume(settings), EnvironmentBackground())
+    if settings.features == "rgb":
+        return Scene(VoxelVolume(settings), EnvironmentBackground())
+    return Scene(VoxelVolume(settings), EnvironmentBackground(outputs=settings.latent_channels, activation="none"))
 
 
 def train(guidance, prompt_utils, scene: Scene, cameras: CameraSettings, system: SystemSettings,
@@ -446,12 +468,14 @@ def train(guidance, prompt_utils, scene: Scene, cameras: CameraSettings, system:
               {"params": scene.background.parameters(), "lr": system.background_lr or system.lr}]
     optimizer = torch.optim.Adam(groups, lr=system.lr, betas=system.betas, eps=system.eps)
     history: Dict[str, list] = {}
+    latent = scene.volume.settings.features == "latent"  # Latent-NeRF: no material, latents to the guidance
     for step in range(steps):
         guidance.update_step(0, step)
         batch = sampler.sample(step)
-        shading = material.training_shading(step, shading_rng)
+        shading = "albedo" if latent else material.training_shading(step, shading_rng)
         out = render(scene.volume, scene.background, batch, material, shading, stratify)
-        guided = guidance(out["comp_rgb"], prompt_utils, batch.elevation, batch.azimuth, batch.camera_distances)
+        guided = guidance(out["comp_rgb"], prompt_utils, batch.elevation, batch.azimuth, batch.camera_distances,
+                          **({"rgb_as_latents": True} if latent else {}))
         terms = {"loss_sds": guided["loss_sds"] * scalar_schedule(system.lambda_sds, 0, step)}
         for name, fn, weight in (("loss_orient", orientation_loss, system.lambda_orient),
                                  ("loss_sparsity", sparsity_loss, system.lambda_sparsity),
@@ -478,16 +502,22 @@ def train(guidance, prompt_utils, scene: Scene, cameras: CameraSettings, system:
 
 @torch.no_grad()
 def render_orbit(scene: Scene, azimuths_deg: Tensor, elevation_deg: float, distance: float, fovy_deg: float,
-                 material: Material, global_step: int, resolution: int = LAB_RESOLUTION, chunk: int = 12
-                 ) -> Tuple[Tensor, Tensor]:
+                 material: Material, global_step: int, resolution: int = LAB_RESOLUTION, chunk: int = 12,
+                 decode: Optional[Callable[[Tensor], Tensor]] = None) -> Tuple[Tensor, Tensor]:
     """The test orbit (threestudio's test shading and cameras): frames [N, 3, H, W] in [0, 1]
-    and opacity [N, 1, H, W]."""
+    and opacity [N, 1, H, W]. A latent volume renders latents, which ``decode`` (the prior's
+    ``decode_latents``, [N, C, h, w] -> images) turns into frames, as threestudio's Latent-NeRF
+    system decodes its renders."""
+    latent = scene.volume.settings.features == "latent"
+    if latent and decode is None:
+        raise ValueError("a latent volume's orbit needs decode (the prior's decode_latents)")
     cameras = orbit_cameras(azimuths_deg, elevation_deg, distance, fovy_deg, resolution)
-    shading = material.test_shading(global_step)
+    shading = "albedo" if latent else material.test_shading(global_step)
     frames, opacity = [], []
     for i in range(0, azimuths_deg.shape[0], chunk):
         part = Cameras(*(getattr(cameras, f.name)[i:i + chunk] for f in fields(Cameras)))
         out = render(scene.volume, scene.background, part, material, shading, None, with_normal=shading != "albedo")
-        frames.append(out["comp_rgb"].permute(0, 3, 1, 2).clamp(0, 1))
+        rendered = out["comp_rgb"].permute(0, 3, 1, 2)
+        frames.append((decode(rendered) if latent else rendered).float().clamp(0, 1))
         opacity.append(out["opacity"].permute(0, 3, 1, 2))
     return torch.cat(frames), torch.cat(opacity)
