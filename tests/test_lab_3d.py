@@ -602,3 +602,27 @@ def test_a_latent_volume_is_threestudios_latent_nerf_at_the_priors_latent_size()
     assert decoded == [(2, 4, 16, 16)] and frames.shape == (2, 3, 32, 32) and opacity.shape == (2, 1, 16, 16)
     with pytest.raises(ConfigError, match="volume.features"):
         fast3d.VolumeSettings(features="rgba")
+
+
+def test_paired_comparison_against_the_baseline_counts_discordant_runs_and_its_exact_p():
+    """McNemar on the shared (prompt, seed) runs: only the discordant pairs count; 6 against 0 is
+    p = 2 / 2^6; balanced counts give 1; a variant without shared runs is left out."""
+    from antijanus.lab.experiment3d import paired_against_baseline
+    from antijanus.lab.janus import mcnemar_exact
+
+    assert mcnemar_exact(0, 0) == 1.0 and mcnemar_exact(3, 3) == 1.0
+    assert mcnemar_exact(6, 0) == mcnemar_exact(0, 6) == pytest.approx(2 / 64)
+    assert mcnemar_exact(8, 1) == pytest.approx(2 * (1 + 9) / 512)
+    with pytest.raises(ValueError):
+        mcnemar_exact(-1, 2)
+
+    def run(variant, seed, janus, face=0.0, prompt="a bear"):
+        return {"variant": variant, "prompt": prompt, "seed": seed, "metrics": {"janus": janus, "face_in_back": face}}
+
+    results = [run("baseline", s, 1.0, 1.0) for s in range(6)] + [run("perp-neg", s, 0.0, 1.0) for s in range(6)]
+    results += [run("perp-neg", 9, 1.0), run("dnp", 0, 1.0, prompt="a frog")]  # no baseline run to pair with
+    rows = paired_against_baseline(results, ["baseline", "perp-neg", "dnp"])
+    assert [r["variant"] for r in rows] == ["perp-neg"] and rows[0]["pairs"] == 6
+    assert rows[0]["janus"] == {"b": 6, "c": 0, "p": pytest.approx(2 / 64)}
+    assert rows[0]["face_in_back"] == {"b": 0, "c": 0, "p": 1.0}
+    assert paired_against_baseline(results, ["perp-neg"]) == []

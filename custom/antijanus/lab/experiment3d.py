@@ -624,6 +624,16 @@ def write_tables(results: Sequence[Mapping[str, Any]], out: str, variants: Seque
         lines.append(f"| {row['variant']} | {row['group']} | {row['runs']} | {_rate(row['janus'])} | "
                      f"{_rate(row['face_in_back'])} | {_rate(row['janus_two_fronts'])} | "
                      + " | ".join(_mean(row[k]) for k in METRICS) + " |")
+    paired = paired_against_baseline(results, variants)
+    if paired:
+        lines += ["", "Paired against the baseline (the same prompt and seed; b: runs where only the baseline "
+                  "has it, c: only the variant; exact McNemar p):", "",
+                  "| variant | pairs | Janus b / c | Janus p | face in back b / c | face in back p |",
+                  "|" + " --- |" * 6]
+        for row in paired:
+            lines.append(f"| {row['variant']} | {row['pairs']} | {row['janus']['b']} / {row['janus']['c']} | "
+                         f"{row['janus']['p']:.3f} | {row['face_in_back']['b']} / {row['face_in_back']['c']} | "
+                         f"{row['face_in_back']['p']:.3f} |")
     os.makedirs(out, exist_ok=True)
     md, csv_path, js = (os.path.join(out, name) for name in ("table.md", "table.csv", "table.json"))
     with open(md, "w") as f:
@@ -639,8 +649,36 @@ def write_tables(results: Sequence[Mapping[str, Any]], out: str, variants: Seque
             writer.writerow([row["variant"], row["group"], row["runs"], row["janus"]["rate"], *row["janus"]["ci"],
                              row["face_in_back"]["rate"], row["janus_two_fronts"]["rate"],
                              *[row[k]["mean"] for k in METRICS], *[row[k]["std"] for k in METRICS], row["train_s"]])
-    write_json(js, {"rows": rows})
+    write_json(js, {"rows": rows, "paired_against_baseline": paired})
     return {"markdown": md, "csv": csv_path, "json": js}
+
+
+def paired_against_baseline(results: Sequence[Mapping[str, Any]], variants: Sequence[str],
+                            keys: Sequence[str] = ("janus", "face_in_back"), reference: str = "baseline"
+                            ) -> List[Dict[str, Any]]:
+    """Each variant against ``reference`` on the runs both have (the same prompt and seed: the
+    same scene initialisation and camera / noise draws): discordant counts and the exact McNemar
+    p-value per key. Empty when the reference did not run."""
+    from .janus import mcnemar_exact
+
+    by_run = {(r["variant"], r["prompt"], r["seed"]): r["metrics"] for r in results}
+    if reference not in variants:
+        return []
+    rows = []
+    for variant in variants:
+        if variant == reference:
+            continue
+        pairs = [(by_run[(reference, p, s)], m) for (v, p, s), m in by_run.items()
+                 if v == variant and (reference, p, s) in by_run]
+        if not pairs:
+            continue
+        row: Dict[str, Any] = {"variant": variant, "pairs": len(pairs)}
+        for key in keys:
+            b = sum(1 for ref, m in pairs if ref[key] >= 0.5 and m[key] < 0.5)
+            c = sum(1 for ref, m in pairs if ref[key] < 0.5 and m[key] >= 0.5)
+            row[key] = {"b": b, "c": c, "p": mcnemar_exact(b, c)}
+        rows.append(row)
+    return rows
 
 
 def orbit_grid(results: Sequence[Mapping[str, Any]], out: str, variant: str,

@@ -400,6 +400,19 @@ def wilson_rate(values: Sequence[float]) -> Tuple[float, Tuple[float, float]]:
     return (hits / n if n else math.nan), wilson(hits, n)
 
 
+def mcnemar_exact(only_first: int, only_second: int) -> float:
+    """Two-sided exact McNemar p-value for paired yes/no outcomes: ``only_first`` pairs where only
+    the first is yes, ``only_second`` where only the second is; under the null each discordant pair
+    goes either way with probability 1/2 (a binomial test on the discordant pairs)."""
+    if only_first < 0 or only_second < 0:
+        raise ValueError("counts of discordant pairs must be >= 0")
+    n = only_first + only_second
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, k) for k in range(min(only_first, only_second) + 1)) / 2.0 ** n
+    return min(1.0, 2.0 * tail)
+
+
 def constructed_orbits_report(judge=None, n: int = 36, elevation: float = 15.0, distance: float = 1.5,
                               fovy: float = 60.0) -> str:
     """The metric on constructed orbits (each kind, plain and with every attribute; the
