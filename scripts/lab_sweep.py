@@ -1,6 +1,7 @@
 #!/usr/bin/env python
-"""The lab's 3D experiment, launcher path: every variant of configs/lab/janus-3d-sweep.yaml
-(shipped configs + method overrides + the lab's models) trained by threestudio's own launch.py
+"""The lab's 3D experiment, launcher path: every variant of configs/lab/janus-3d-sweep-latent.yaml
+(or, --representation rgb, janus-3d-sweep.yaml: shipped configs + method overrides + the lab's
+models; the latent one on threestudio's Latent-NeRF system) trained by threestudio's own launch.py
 through the CPU mode, each run's test orbit rendered from its checkpoint and judged by the lab
 judge; one table (Janus rate with 95 % Wilson intervals, view accuracy, a_jfd) and one orbit grid
 per variant, beside the sweep's own results.csv / results.md.
@@ -27,13 +28,21 @@ sys.path.insert(0, os.path.join(ROOT, "custom"))
 from antijanus.lab.experiment3d import VARIANT_NAMES, launcher_results, orbit_grid, write_tables  # noqa: E402
 from antijanus.lab.models import lab_root  # noqa: E402
 
-SWEEP = os.path.join(ROOT, "configs", "lab", "janus-3d-sweep.yaml")
+SWEEPS = {  # the representation -> its sweep file (same variants, README: "The launcher path")
+    "latent": os.path.join(ROOT, "configs", "lab", "janus-3d-sweep-latent.yaml"),  # Latent-NeRF, the calibrated one
+    "rgb": os.path.join(ROOT, "configs", "lab", "janus-3d-sweep.yaml"),  # threestudio's NeRF (DreamFusion) system
+}
+SWEEP = SWEEPS["latent"]
 RUNNER = os.path.join(ROOT, "scripts", "threestudio_cpu.py")
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sweep", default=SWEEP, help="the sweep file (default: configs/lab/janus-3d-sweep.yaml)")
+    parser.add_argument("--representation", choices=sorted(SWEEPS), default=None,
+                        help="latent (default): the NeRF variants on threestudio's Latent-NeRF system at the "
+                             "prior's latent size (configs/lab/janus-3d-sweep-latent.yaml, the fast path's "
+                             "calibrated choice); rgb: threestudio's NeRF system at 32x32 (janus-3d-sweep.yaml)")
+    parser.add_argument("--sweep", default=None, help="another sweep file (instead of --representation's)")
     parser.add_argument("--out", help="where the runs go (default: the sweep file's out, from here)")
     parser.add_argument("--variants", nargs="+", choices=VARIANT_NAMES, help="a subset of the variants")
     parser.add_argument("--prompts", nargs="+", help="a subset of the prompts")
@@ -46,6 +55,9 @@ def main(argv=None) -> int:
     parser.add_argument("--collect-only", action="store_true")
     parser.add_argument("--dry-run", action="store_true")
     args = parser.parse_args(argv)
+    if args.sweep and args.representation:
+        parser.error("--sweep and --representation both name the sweep file: give one")
+    args.sweep = args.sweep or SWEEPS[args.representation or "latent"]
 
     os.environ.setdefault("ANTIJANUS_LAB_MODELS", lab_root())
     os.environ.setdefault("HF_HUB_OFFLINE", "1")

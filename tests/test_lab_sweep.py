@@ -75,10 +75,13 @@ def test_fast_path_prompt_outputs_are_the_real_processors(variant, factory, tmp_
                        direction_indices(ours, elevation, azimuth, distance))
 
 
-def test_lab_sweep_smoke(tmp_path):
-    """scripts/lab_sweep.py: three variants (stock processor + Perp-Neg, SJC + prompt debiasing
-    with the lab masked LM at 16x16 latents, DNP with the lab captioner), 2 steps each, a 5-view
-    orbit rendered from each checkpoint with launch.py --test, judged; the lab table and grids."""
+@pytest.mark.parametrize("representation, variants", [("latent", ["perp-neg", "sjc-dsds", "dnp"]),
+                                                     ("rgb", ["baseline"])])
+def test_lab_sweep_smoke(tmp_path, representation, variants):
+    """scripts/lab_sweep.py: on the Latent-NeRF system (the default) three variants (stock
+    processor + Perp-Neg, SJC + prompt debiasing with the lab masked LM at 16x16 latents, DNP with
+    the lab captioner), on the RGB NeRF system the baseline; 2 steps each, a 5-view orbit
+    rendered from each checkpoint with launch.py --test, judged; the lab table and grids."""
     import threestudio
 
     work = tmp_path / "threestudio"
@@ -89,27 +92,40 @@ def test_lab_sweep_smoke(tmp_path):
         import lab_sweep
     finally:
         sys.path.pop(0)
-    variants = ["perp-neg", "sjc-dsds", "dnp"]
     cwd = os.getcwd()
     os.chdir(work)
     try:
         code = lab_sweep.main(["--out", str(tmp_path / "sweeps"), "--variants", *variants, "--prompts", "a smiling bear",
-                               "--set", "trainer.max_steps=2", "trainer.val_check_interval=2", "--n-views", "5"])
+                               "--set", "trainer.max_steps=2", "trainer.val_check_interval=2", "--n-views", "5"]
+                              + (["--representation", "rgb"] if representation == "rgb" else []))
     finally:
         os.chdir(cwd)
     assert code == 0
-    folder = tmp_path / "sweeps" / "janus-lab-3d"
+    name = "janus-lab-3d-latent" if representation == "latent" else "janus-lab-3d"
+    folder = tmp_path / "sweeps" / name
     table = (folder / "table.md").read_text()
+    from omegaconf import OmegaConf
+
     for variant in variants:
         assert f"| {variant} | all prompts | 1 |" in table
         assert (folder / "grids" / f"{variant}.png").exists()
-        run = folder / "runs" / "janus-lab-3d" / f"{variant}--a_smiling_bear--s0"
+        run = folder / "runs" / name / f"{variant}--a_smiling_bear--s0"
         metrics = json.loads((run / "metrics.json").read_text())
         assert {"janus", "face_in_back", "front_segments", "view_accuracy", "a_jfd", "judge_front_in_region"} <= set(metrics)
         assert metrics["n_frames"] == 4  # linspace(0, 360, 5): the last frame repeats the first
-        parsed = (run / "configs" / "parsed.yaml").read_text()
-        assert os.path.join(LabModels.default().prior) in parsed
-    dnp = json.loads((folder / "runs" / "janus-lab-3d" / "dnp--a_smiling_bear--s0" / "dnp" / "dnp.json").read_text())
-    assert dnp["negative_prompt"]  # n* from the lab captioner
-    assert (folder / "runs" / "janus-lab-3d" / "sjc-dsds--a_smiling_bear--s0" / "prompt-debiasing.json").exists()
+        parsed_text = (run / "configs" / "parsed.yaml").read_text()
+        assert os.path.join(LabModels.default().prior) in parsed_text
+        parsed = OmegaConf.load(run / "configs" / "parsed.yaml")
+        expected_system = {"sjc-dsds": "sjc-system"}.get(
+            variant, "latentnerf-system" if representation == "latent" else "dreamfusion-system")
+        assert parsed.system_type == expected_system
+        if expected_system == "latentnerf-system":  # the shipped material block replaced whole
+            assert parsed.system.material_type == "no-material" and parsed.system.geometry.n_feature_dims == 4
+            assert set(parsed.system.material) == {"n_output_dims", "color_activation", "requires_normal"}
+            assert parsed.data.width == 16
+    if "dnp" in variants:
+        dnp = json.loads((folder / "runs" / name / "dnp--a_smiling_bear--s0" / "dnp" / "dnp.json").read_text())
+        assert dnp["negative_prompt"]  # n* from the lab captioner
+    if "sjc-dsds" in variants:
+        assert (folder / "runs" / name / "sjc-dsds--a_smiling_bear--s0" / "prompt-debiasing.json").exists()
     assert (folder / "results.csv").exists()  # the sweep's own collection too

@@ -218,6 +218,10 @@ def test_dry_run_prints_shell_quoted_commands(sweep_file):
          "`metrics.distractors` = 'a cat': must be a list"),
         ({"name": "x", "config": "a.yaml", "prompts": ["p"], "metrics": {"n_views": "100"}},
          "`metrics.n_views`.*must be an integer"),
+        ({"name": "x", "config": "a.yaml", "prompts": ["p"], "replace": ["system.material={}"]},
+         "`replace`.*maps dotted config keys"),
+        ({"name": "x", "config": "a.yaml", "prompts": ["p"], "variants": {"v": {"replace": {"nmae": 1}}}},
+         "`variants.v.replace.nmae`.*a.yaml does not have.*'name'"),
     ],
 )
 def test_bad_sweep_files(tmp_path, data, message):
@@ -404,3 +408,43 @@ def test_launch_as_one_string_is_split_as_a_shell_would(sweep_file, tmp_path):
         f"launch: \"'{sys.executable}' '{folder / 'launch.py'}' --small\"")
     sweep_file.write_text(text)
     assert Sweep.load(str(sweep_file)).launch == [sys.executable, str(folder / "launch.py"), "--small"]
+
+
+def test_replace_swaps_a_block_whole_in_a_derived_config(tmp_path):
+    """A command-line override merges into a block (the shipped material's keys would stay);
+    ``replace`` swaps the block whole: the variant runs from a derived config that has the new
+    block and only it, interpolations kept, the other variants from their own configs."""
+    from omegaconf import OmegaConf
+
+    (tmp_path / "nerf.yaml").write_text(textwrap.dedent("""
+        name: nerf
+        system:
+          material_type: diffuse-with-point-light-material
+          material: {ambient_only_steps: 2001, albedo_activation: sigmoid}
+          renderer:
+            radius: ${system.geometry.radius}
+          geometry:
+            radius: 2.0
+    """))
+    sweep = Sweep.from_dict({
+        "name": "latent", "config": "nerf.yaml", "prompts": ["a bear"], "out": str(tmp_path / "out"),
+        "variants": {"rgb": {}, "latent": {"overrides": ["system.material_type=no-material"],
+                                           "replace": {"system.material": {"n_output_dims": 4,
+                                                                           "color_activation": "none"}}}},
+    }, str(tmp_path))
+    run_sweep(sweep, dry_run=True)
+    configs = {run.variant: run.config for run in sweep.runs()}
+    assert configs["rgb"] == str(tmp_path / "nerf.yaml")
+    assert configs["latent"] == str(tmp_path / "out" / "latent" / "configs" / "latent.yaml")
+    derived = OmegaConf.load(configs["latent"])
+    assert OmegaConf.to_container(derived.system.material) == {"n_output_dims": 4, "color_activation": "none"}
+    assert derived.system.renderer.radius == 2.0 and "${system.geometry.radius}" in open(configs["latent"]).read()
+    command = sweep.runs()[1].command(sweep.launch, sweep.name, sweep.exp_root)
+    assert command[command.index("--config") + 1] == configs["latent"]
+    assert oct(os.stat(configs["latent"]).st_mode & 0o777) == oct(0o666 & ~_umask())
+
+
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

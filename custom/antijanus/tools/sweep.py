@@ -11,6 +11,9 @@ A sweep file (YAML)::
       baseline: {overrides: [system.prompt_processor.use_perp_neg=false]}
       perp-neg: {}
       dsds: {config: configs/dsds-nerf-sd.yaml}
+      latent:                                  # replace: a block swapped whole (an override merges)
+        overrides: [system_type=latentnerf-system]
+        replace: {system.material: {n_output_dims: 4, color_activation: none}}
     prompts: ["a DSLR photo of a corgi", "a zoomed out DSLR photo of a lion"]
     seeds: [0, 1, 2]
     metrics:                                   # optional: view-consistency metrics of every run
@@ -30,6 +33,11 @@ metrics (threestudio's CSV logs) and its ``metrics.json``, and writes one CSV (e
 a Markdown table of mean +- std over seeds per variant and prompt and one figure of bar charts,
 both of the view-consistency metrics and the training losses that differ between runs. A failed
 run does not stop the others; each failure is reported with the log that says why.
+
+``replace`` (sweep-wide or per variant) maps a config key to a value that replaces the key's whole
+value, where a command-line override would merge into it (a material block of other keys, say).
+A variant with replacements runs from its derived config, ``<out>/<name>/configs/<variant>.yaml``
+(the variant's config with the blocks replaced, interpolations kept), written before the runs.
 """
 
 from __future__ import annotations
@@ -46,7 +54,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from typing import Dict, Iterable, List, Mapping, Optional, Sequence
 
-from ..utils.cache import cache_key, read_json
+from ..utils.cache import atomic_write, cache_key, read_json
 from ..utils.errors import ConfigError
 from .evaluate import (
     MetricModels, MetricSettings, evaluate_folder, newest_test_folder, orbit_folder, render_orbit, write_results,
@@ -97,6 +105,7 @@ class Sweep:
     prompts: List[str] = field(default_factory=list)
     seeds: List[int] = field(default_factory=lambda: [0])
     metrics: Optional[MetricSettings] = None
+    replace: Dict[str, object] = field(default_factory=dict)
 
     @classmethod
     def load(cls, path: str) -> "Sweep":
@@ -110,7 +119,7 @@ class Sweep:
     def from_dict(cls, data: Mapping, base_dir: str = ".") -> "Sweep":
         if not isinstance(data, Mapping):
             raise ConfigError("sweep", data, "a sweep file is a mapping of keys (name, config, variants, ...)")
-        known = {"name", "config", "launch", "out", "overrides", "variants", "prompts", "seeds", "metrics"}
+        known = {"name", "config", "launch", "out", "overrides", "variants", "prompts", "seeds", "metrics", "replace"}
         unknown = sorted(set(data) - known)
         if unknown:
             raise ConfigError(unknown[0], data[unknown[0]], "unknown sweep key", sorted(known))
@@ -144,9 +153,10 @@ class Sweep:
                 raise ConfigError(f"variants.{vname}", spec, "a variant is a mapping with `config` and/or "
                                   "`overrides`, e.g. {overrides: [system.prompt_processor.use_perp_neg=false]}")
             spec = dict(spec or {})
-            bad = sorted(set(spec) - {"config", "overrides"})
+            bad = sorted(set(spec) - {"config", "overrides", "replace"})
             if bad:
-                raise ConfigError(f"variants.{vname}.{bad[0]}", spec[bad[0]], "unknown variant key", ["config", "overrides"])
+                raise ConfigError(f"variants.{vname}.{bad[0]}", spec[bad[0]], "unknown variant key",
+                                  ["config", "overrides", "replace"])
             if not re.fullmatch(r"[\w.-]+", str(vname)):
                 raise ConfigError(f"variants.{vname}", vname, "variant names use letters, digits, '.', '_', '-'")
             if spec.get("config") is not None and not isinstance(spec["config"], str):
@@ -156,8 +166,11 @@ class Sweep:
                 raise ConfigError(f"variants.{vname}.config", None, "no config for this variant (set `config`)")
             if not os.path.exists(vconfig):
                 raise ConfigError(f"variants.{vname}.config", vconfig, "config file does not exist")
+            replace = {**replacement_map("replace", data.get("replace")),
+                       **replacement_map(f"variants.{vname}.replace", spec.get("replace"))}
+            check_replacements(f"variants.{vname}", vconfig, replace)
             checked[str(vname)] = {"config": vconfig, "overrides": override_list(
-                f"variants.{vname}.overrides", spec.get("overrides"))}
+                f"variants.{vname}.overrides", spec.get("overrides")), "replace": replace}
         metrics = data.get("metrics")
         if metrics is not None and not isinstance(metrics, Mapping):
             raise ConfigError("metrics", metrics, "a mapping of metrics keys (n_views, distractors, ...)")
@@ -165,7 +178,8 @@ class Sweep:
                    out=resolve(data.get("out") or "outputs/sweeps"),
                    overrides=override_list("overrides", data.get("overrides")),
                    variants=checked, prompts=prompts, seeds=seeds,
-                   metrics=None if metrics is None else MetricSettings.from_dict(metrics))
+                   metrics=None if metrics is None else MetricSettings.from_dict(metrics),
+                   replace=replacement_map("replace", data.get("replace")))
 
     @property
     def exp_root(self) -> str:
@@ -178,10 +192,63 @@ class Sweep:
             for prompt in self.prompts:
                 for seed in self.seeds:
                     tag = f"{variant}--{slug(prompt)}--s{seed}"
-                    runs.append(Run(variant, prompt, seed, spec["config"],
+                    config = self.derived_config(variant) if spec.get("replace") else spec["config"]
+                    runs.append(Run(variant, prompt, seed, config,
                                     tuple(self.overrides + spec["overrides"]), tag,
                                     os.path.join(self.exp_root, self.name, tag)))
         return runs
+
+
+    def derived_config(self, variant: str) -> str:
+        """Where a variant with replacements gets its config (written by write_derived_configs)."""
+        return os.path.join(self.out, self.name, "configs", f"{variant}.yaml")
+
+    def write_derived_configs(self) -> List[str]:
+        """Each variant with replacements: its config with those keys' values replaced whole
+        (interpolations kept, comments dropped), written atomically where its runs read it."""
+        from omegaconf import OmegaConf
+
+        written = []
+        for variant, spec in self.variants.items():
+            if not spec.get("replace"):
+                continue
+            cfg = OmegaConf.load(spec["config"])
+            for key, value in spec["replace"].items():
+                OmegaConf.update(cfg, key, value, merge=False)
+            path = self.derived_config(variant)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            text = f"# {spec['config']} with {', '.join(spec['replace'])} replaced (sweep {self.name})\n"
+            text += OmegaConf.to_yaml(cfg)
+            atomic_write(path, lambda f: f.write(text))
+            written.append(path)
+        return written
+
+
+def replacement_map(key: str, value) -> Dict[str, object]:
+    """``replace``: {dotted config key: the value that replaces it whole}."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping) or not all(isinstance(k, str) and re.fullmatch(r"\w+(\.\w+)*", k) for k in value):
+        raise ConfigError(key, value, "maps dotted config keys to the values that replace them whole, e.g. "
+                          "{system.material: {n_output_dims: 4, color_activation: none}}")
+    return dict(value)
+
+
+def check_replacements(key: str, config: str, replace: Mapping[str, object]) -> None:
+    """Each replaced key exists in the variant's config (a replacement of nothing is a typo)."""
+    if not replace:
+        return
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.load(config)
+    missing = object()
+    for name in replace:
+        if OmegaConf.select(cfg, name, default=missing, throw_on_missing=False) is missing:
+            raise ConfigError(f"{key}.replace.{name}", replace[name],
+                              f"replaces a key that {os.path.basename(config)} does not have",
+                              sorted(str(k) for k in cfg.get(name.rsplit('.', 1)[0], cfg).keys())
+                              if "." in name and isinstance(OmegaConf.select(cfg, name.rsplit('.', 1)[0]), Mapping)
+                              else sorted(str(k) for k in cfg.keys()))
 
 
 def string_list(key: str, value, example: str) -> List[str]:
@@ -303,6 +370,7 @@ def run_sweep(sweep: Sweep, gpus: Optional[Sequence[str]] = None, dry_run: bool 
     """Launch the runs that are not done: one after the other, or one at a time on each local
     GPU (``gpus=["0", "1"]``) in parallel. Returns the runs launched (or that would be). A failed
     run does not stop the others; at the end ``SweepFailed`` lists every failure with its log."""
+    sweep.write_derived_configs()
     todo = [run for run in sweep.runs() if needs_work(sweep, run)]
     if dry_run:
         return todo
