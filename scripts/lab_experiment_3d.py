@@ -41,7 +41,11 @@ def main(argv=None) -> int:
     parser.add_argument("--orbit-views", type=int, default=defaults.orbit_views)
     parser.add_argument("--captioner", default=LabModels.default().captioner,
                         help="DNP captioner: a captioner plugin folder (default: the lab's) or a BLIP folder")
+    parser.add_argument("--judge", default=LabModels.default().judge,
+                        help="the judge folder (default: the lab's); finished runs judged by other weights are "
+                             "judged again from their saved orbits, nothing is trained again")
     parser.add_argument("--report-only", action="store_true", help="only write the table and grids")
+    parser.add_argument("--report-dir", default=None, help="where the table and grids go (default: --out)")
     parser.add_argument("--calibrate", action="store_true", help="the baseline at each --steps-options x --lr-options")
     parser.add_argument("--steps-options", nargs="+", type=int, default=[300, 600])
     parser.add_argument("--lr-options", nargs="+", type=float, default=[0.03, 0.1])
@@ -50,10 +54,12 @@ def main(argv=None) -> int:
     parser.add_argument("--volume-options", nargs="+", choices=sorted(CALIBRATION_VOLUMES), default=None,
                         help="calibration: the representations compared (default: --volume only)")
     args = parser.parse_args(argv)
+    if args.report_dir and not args.report_only:
+        parser.error("--report-dir goes with --report-only (a run writes its table into --out)")
     settings = FastSettings(steps=args.steps, lr=args.lr, orbit_views=args.orbit_views,
                             guidance_scale=args.guidance_scale,
                             **({"volume": CALIBRATION_VOLUMES[args.volume]} if args.volume else {}))
-    models = LabModels(**{**LabModels.default().__dict__, "captioner": args.captioner})
+    models = LabModels(**{**LabModels.default().__dict__, "captioner": args.captioner, "judge": args.judge})
     start = time.time()
     if args.calibrate:
         prompts = args.prompts if "--prompts" in (argv or sys.argv) else None
@@ -63,7 +69,7 @@ def main(argv=None) -> int:
         print(f"calibration: {path} ({time.time() - start:.0f} s)")
         return 0
     experiment = Experiment(args.out, args.variants, args.prompts, tuple(args.seeds), settings, models)
-    paths = experiment.report() if args.report_only else experiment.run(args.jobs)
+    paths = experiment.report(out=args.report_dir) if args.report_only else experiment.run(args.jobs)
     print(open(paths["markdown"]).read())
     for key, path in paths.items():
         print(f"{key}: {path}")

@@ -286,20 +286,34 @@ def test_every_variant_runs_its_shipped_config_with_the_method_it_names(encode):
     assert sjc.directions[1].condition.ranges.front_half_width == 45.0
 
 
-def test_the_sweep_file_has_the_fast_paths_variants():
-    """configs/lab/janus-3d-sweep.yaml = the same configs and method overrides; it adds only the
-    lab's models, resolution and test camera."""
+@pytest.mark.parametrize("representation", ["rgb", "latent"])
+def test_the_sweep_file_has_the_fast_paths_variants(representation):
+    """configs/lab/janus-3d-sweep.yaml (and -latent.yaml) = the same configs and method
+    overrides; they add only the lab's models, resolution and test camera, and the latent one
+    puts every NeRF variant on threestudio's Latent-NeRF system at the prior's latent size (the
+    material block replaced whole), SJC's own latent volume unchanged."""
     from antijanus.tools.sweep import Sweep
 
     os.environ.setdefault("ANTIJANUS_LAB_MODELS", os.path.dirname(PRIOR))
-    sweep = Sweep.load(SWEEP)
+    sweep = Sweep.load(SWEEP if representation == "rgb" else SWEEP.replace(".yaml", "-latent.yaml"))
     assert list(sweep.variants) == [v.name for v in VARIANTS]
     lab_keys = ("data.", "system.prompt_processor.debias_model=", "system.prompt_processor.captioner=")
+    latent_keys = ["system_type=latentnerf-system", "system.geometry.n_feature_dims=4",
+                   "system.material_type=no-material", "system.background.n_output_dims=4",
+                   "system.background.color_activation=none"]
     for variant in VARIANTS:
         spec = sweep.variants[variant.name]
         assert os.path.basename(spec["config"]) == variant.config
-        method = [o for o in spec["overrides"] if not o.startswith(lab_keys)]
+        method = [o for o in spec["overrides"] if not o.startswith(lab_keys) and o not in latent_keys]
         assert method == list(variant.overrides), variant.name
+        size = 16 if representation == "latent" or variant.name.startswith("sjc") else 32
+        assert f"data.width={size}" in spec["overrides"] and f"data.eval_height={size}" in spec["overrides"]
+        nerf_latent = representation == "latent" and not variant.name.startswith("sjc")
+        assert all((key in spec["overrides"]) == nerf_latent for key in latent_keys), variant.name
+        assert spec["replace"] == ({"system.material": {"n_output_dims": 4, "color_activation": "none",
+                                                        "requires_normal": True}}
+                                   if nerf_latent else {}), variant.name
+    assert fast3d.LAB_LATENT_RESOLUTION == 16
     assert sweep.prompts == lab_prompts() and sweep.seeds == [0]
     models = os.environ["ANTIJANUS_LAB_MODELS"]
     assert f"system.guidance.pretrained_model_name_or_path={models}/prior" in sweep.overrides
@@ -395,7 +409,8 @@ def test_nothing_left_to_run_is_no_error_with_parallel_jobs():
 
 
 def test_finished_runs_are_tied_to_the_models_weights_not_their_paths(tmp_path):
-    """A model retrained in place (same folder) must not let old results count as done."""
+    """A model that takes part in training, retrained in place (same folder), must not let old
+    results count as done; the judge only judges, so a retrained judge trains nothing again."""
     folders = {}
     for name in ("prior", "mlm", "judge", "captioner"):
         folders[name] = tmp_path / name
@@ -405,7 +420,54 @@ def test_finished_runs_are_tied_to_the_models_weights_not_their_paths(tmp_path):
     before = Experiment(str(tmp_path / "out"), models=models).key()
     assert Experiment(str(tmp_path / "out"), models=models).key() == before
     (folders["judge"] / "sub" / "weights.bin").write_bytes(b"retrained")
-    assert Experiment(str(tmp_path / "out"), models=models).key() != before
+    assert Experiment(str(tmp_path / "out"), models=models).key() == before
+    for name in ("prior", "mlm", "captioner"):
+        (folders[name] / "sub" / "weights.bin").write_bytes(b"retrained")
+        assert Experiment(str(tmp_path / "out"), models=models).key() != before, name
+        before = Experiment(str(tmp_path / "out"), models=models).key()
+
+
+def test_a_run_judged_by_other_weights_is_judged_again_from_its_orbit(tmp_path):
+    """results(): a finished run whose metrics came from another judge gets the current judge's
+    metrics, computed from its saved orbit (coverage, a property of the volume, kept) and cached
+    beside it; it is not trained again. A run keyed the old way (the key covered the judge's
+    folder and the variant's description) still counts as finished and is rewritten."""
+    import glob
+
+    from antijanus.lab.experiment3d import (RESULT, RunSpec, _LEGACY_DESCRIPTIONS, load_orbit_frames, orbit_azimuths,
+                                            save_orbit)
+    from antijanus.lab.janus import orbit_metrics
+    from antijanus.lab.judge import Judge
+    from antijanus.lab.world import Creature, render
+
+    experiment = Experiment(str(tmp_path / "out"), variants=("baseline", "sjc"), prompts=("a bear",), seeds=(0,))
+    azimuths = orbit_azimuths(36)
+    frames = render([Creature("bear")] * 36, torch.full((36,), 15.0), azimuths, 2.0, 70.0)["image"]
+    stale = {"janus": 1.0, "view_accuracy": 0.0, "face_scrambled": 1.0, "coverage": 0.25}
+    for variant, key in (("baseline", experiment.run_key("baseline")), ("sjc", experiment._legacy_run_key("sjc"))):
+        spec = RunSpec(variant, "a bear", 0)
+        os.makedirs(experiment.run_dir(spec))
+        save_orbit(experiment.run_dir(spec), frames)
+        record = {"variant": variant, "prompt": "a bear", "seed": 0, "key": key, "metrics": dict(stale),
+                  "train_s": 1.0}
+        if variant == "baseline":
+            record["judge"] = "another judge"
+        with open(os.path.join(experiment.run_dir(spec), RESULT), "w") as f:
+            json.dump(record, f)
+    assert "sjc" in _LEGACY_DESCRIPTIONS and experiment._legacy_run_key("sjc") != experiment.run_key("sjc")
+    assert experiment.tasks(log=lambda m: None) == []  # both finished: nothing to train
+    results = {r["variant"]: r for r in experiment.results()}
+    judge = Judge.load(LabModels.default().judge)
+    expected = orbit_metrics(load_orbit_frames(experiment.run_dir(RunSpec("baseline", "a bear", 0))), azimuths, 15.0,
+                             judge, kind="bear")
+    rejudged = results["baseline"]["metrics"]
+    assert rejudged["view_accuracy"] == pytest.approx(expected["view_accuracy"]) and rejudged["view_accuracy"] > 0.8
+    assert rejudged["janus"] == 0.0 and rejudged["face_scrambled"] < 0.5 and rejudged["coverage"] == 0.25
+    assert glob.glob(os.path.join(experiment.run_dir(RunSpec("baseline", "a bear", 0)), "metrics-judge-*.json"))
+    # the legacy run was judged by the judge in place when it ran: migrated, its metrics kept
+    assert results["sjc"]["metrics"]["janus"] == 1.0
+    migrated = json.load(open(os.path.join(experiment.run_dir(RunSpec("sjc", "a bear", 0)), RESULT)))
+    assert migrated["key"] == experiment.run_key("sjc") and migrated["judge"] == experiment.judge_identity()
 
 
 def test_an_edited_variant_config_runs_again(tmp_path, monkeypatch):
@@ -613,6 +675,7 @@ def test_paired_comparison_against_the_baseline_counts_discordant_runs_and_its_e
     assert mcnemar_exact(0, 0) == 1.0 and mcnemar_exact(3, 3) == 1.0
     assert mcnemar_exact(6, 0) == mcnemar_exact(0, 6) == pytest.approx(2 / 64)
     assert mcnemar_exact(8, 1) == pytest.approx(2 * (1 + 9) / 512)
+    assert mcnemar_exact(600, 500) == pytest.approx(0.00282, abs=5e-5)  # n > 1023: no float overflow
     with pytest.raises(ValueError):
         mcnemar_exact(-1, 2)
 

@@ -65,13 +65,20 @@ VARIANTS: Tuple[Variant, ...] = (
              "system.prompt_processor.front_threshold=45.0",
              "system.prompt_processor.view_phrases.overhead=overhead view"),
             "SJC's score with view-dependent prompts (threestudio's view phrases and ranges), on the fast "
-            "path's shared RGB volume (the launcher path runs SJC's own latent volume)"),
+            "path's shared volume (the launcher path runs SJC's own latent volume)"),
     Variant("sjc-dsds", "dsds-sjc-sd.yaml", (),
             "SJC + D-SDS: clipping of SJC's score + prompt debiasing (the D-SDS paper's setting), on the "
-            "fast path's shared RGB volume"),
+            "fast path's shared volume"),
     Variant("dnp", "dnp-nerf-sd.yaml", (), "DNP in the paper's form, CFG(p, n*), n* from the lab captioner"),
 )
 VARIANT_NAMES = tuple(v.name for v in VARIANTS)
+# descriptions as they were when a run's key still covered them (Experiment._legacy_run_key)
+_LEGACY_DESCRIPTIONS = {
+    "sjc": "SJC's score with view-dependent prompts (threestudio's view phrases and ranges), on the fast "
+           "path's shared RGB volume (the launcher path runs SJC's own latent volume)",
+    "sjc-dsds": "SJC + D-SDS: clipping of SJC's score + prompt debiasing (the D-SDS paper's setting), on the "
+                "fast path's shared RGB volume",
+}
 
 
 def lab_prompts(kinds: Sequence[str] = KINDS) -> List[str]:
@@ -353,7 +360,11 @@ def run_one(task: RunTask) -> Dict[str, Any]:
     metrics["coverage"] = float((opacity > 0.5).float().mean())
     os.makedirs(task.run_dir, exist_ok=True)
     save_orbit(task.run_dir, frames)
+    from .judge import WEIGHTS
+    from .models import sha256
+
     result = {"variant": task.spec.variant, "prompt": task.spec.prompt, "seed": task.spec.seed, "key": task.key,
+              "judge": sha256(os.path.join(task.models.judge, WEIGHTS)),
               "metrics": metrics, "train_s": train_s, "total_s": time.time() - start,
               "final": {k: v[-1] for k, v in trained.history.items()}, "history": trained.history,
               "guidance_log": messages, "prompts": task.prompt_output.summary()}
@@ -438,33 +449,79 @@ class Experiment:
         return os.path.join(self.out, "runs", spec.tag)
 
     def key(self) -> str:
+        """What training depends on: the settings and the weights of the models that take part
+        (prior, masked LM, captioner), not only their paths (a retrained prior runs again). The
+        judge only judges: a run judged by other weights is judged again from its saved orbit."""
         from ..utils.cache import cache_key
 
         from .models import folder_fingerprint
 
-        if self._key is None:  # the models' weights, not only their paths: a retrained prior runs again
-            models = dataclasses.asdict(self.models)
+        if self._key is None:
+            models = {k: v for k, v in dataclasses.asdict(self.models).items() if k != "judge"}
             self._key = cache_key(settings=self.settings.to_dict(), models=models,
                                   weights={name: folder_fingerprint(path) for name, path in models.items()})
         return self._key
 
-    def run_key(self, variant: str) -> str:
-        """What a finished run of ``variant`` depends on: the experiment key, the variant's
-        definition and the contents of its config and of the representation's config (an edited
-        config or override runs again)."""
+    def _legacy_key(self) -> str:
+        """The key of runs finished before the judge left it (it also covered the judge's folder)."""
         from ..utils.cache import cache_key
+
+        from .models import folder_fingerprint
+
+        models = dataclasses.asdict(self.models)
+        return cache_key(settings=self.settings.to_dict(), models=models,
+                         weights={name: folder_fingerprint(path) for name, path in models.items()})
+
+    def _config_files(self, spec: Variant) -> Dict[str, str]:
         from .models import sha256
 
+        return {name: sha256(name if os.path.isabs(name) else os.path.join(CONFIG_DIR, name))
+                for name in (spec.config, REPRESENTATION_CONFIG)}
+
+    def run_key(self, variant: str) -> str:
+        """What a finished run of ``variant`` depends on: the experiment key, the variant's
+        definition (its config and overrides; not its description) and the contents of its config
+        and of the representation's config (an edited config or override runs again)."""
+        from ..utils.cache import cache_key
+
         spec = variant_by_name(variant)
-        files = {name: sha256(name if os.path.isabs(name) else os.path.join(CONFIG_DIR, name))
-                 for name in (spec.config, REPRESENTATION_CONFIG)}
-        return cache_key(experiment=self.key(), variant=dataclasses.asdict(spec), files=files)
+        return cache_key(experiment=self.key(), variant={"name": spec.name, "config": spec.config,
+                                                         "overrides": list(spec.overrides)},
+                         files=self._config_files(spec))
+
+    def _legacy_run_key(self, variant: str) -> str:
+        from ..utils.cache import cache_key
+
+        spec = variant_by_name(variant)
+        definition = dict(dataclasses.asdict(spec), description=_LEGACY_DESCRIPTIONS.get(variant, spec.description))
+        return cache_key(experiment=self._legacy_key(), variant=definition, files=self._config_files(spec))
+
+    def judge_identity(self) -> str:
+        """The judge's weights (its folder's other files, e.g. timings, do not change a verdict)."""
+        from .judge import WEIGHTS
+        from .models import sha256
+
+        return sha256(os.path.join(self.models.judge, WEIGHTS))
+
+    def _finished(self, spec: RunSpec) -> Optional[Dict[str, Any]]:
+        """The run's result when it finished at this key. A run keyed the old way (with the
+        judge, by the judge now in place) is rewritten with the new key and its judge."""
+        from ..utils.cache import read_json, write_json
+
+        path = os.path.join(self.run_dir(spec), RESULT)
+        result = read_json(path)
+        if result is None or result.get("variant") != spec.variant:
+            return None
+        if result.get("key") == self.run_key(spec.variant):
+            return result
+        if result.get("key") == self._legacy_run_key(spec.variant):
+            result.update(key=self.run_key(spec.variant), judge=self.judge_identity())
+            write_json(path, result)
+            return result
+        return None
 
     def done(self, spec: RunSpec) -> bool:
-        from ..utils.cache import read_json
-
-        result = read_json(os.path.join(self.run_dir(spec), RESULT))
-        return result is not None and result.get("key") == self.run_key(spec.variant)
+        return self._finished(spec) is not None
 
     def tasks(self, log=print) -> List[RunTask]:
         """The runs still to do, their prompt outputs prepared here (debiasing, DNP) once."""
@@ -525,15 +582,39 @@ class Experiment:
         return paths
 
     def results(self) -> List[Dict[str, Any]]:
-        from ..utils.cache import read_json
-
-        found = []
-        for spec in self.specs():
-            result = read_json(os.path.join(self.run_dir(spec), RESULT))
-            if result is not None and result.get("key") == self.run_key(result["variant"]):
-                found.append(result)
+        """The finished runs, each with the metrics of the judge now in place (a run judged by
+        other weights is judged again from its saved orbit, cached beside it per judge)."""
+        found = [r for r in (self._finished(spec) for spec in self.specs()) if r is not None]
+        self._judge_again(found)
         self._add_late_metrics(found)
         return found
+
+    def _judge_again(self, results: List[Dict[str, Any]]) -> None:
+        from ..utils.cache import read_json, write_json
+        from .janus import face_scrambled, orbit_metrics
+
+        identity = self.judge_identity()
+        judge = None
+        for r in results:
+            if r.get("judge") == identity:
+                continue
+            spec = RunSpec(r["variant"], r["prompt"], r["seed"])
+            path = os.path.join(self.run_dir(spec), f"metrics-judge-{identity[:16]}.json")
+            metrics = read_json(path)
+            if metrics is None:
+                if judge is None:
+                    from .judge import Judge
+
+                    judge = Judge.load(self.models.judge)
+                frames = load_orbit_frames(self.run_dir(spec))
+                s = self.settings
+                metrics = orbit_metrics(frames, orbit_azimuths(s.orbit_views), s.orbit_elevation, judge,
+                                        kind=kind_of(spec.prompt))
+                metrics["face_scrambled"] = face_scrambled(frames, judge)
+                metrics["coverage"] = r["metrics"]["coverage"]  # the volume's, not the judge's
+                write_json(path, metrics)
+            r["metrics"] = metrics
+            r["judge"] = identity
 
     def _add_late_metrics(self, results: List[Dict[str, Any]]) -> None:
         """Metrics added after a run finished (``face_scrambled``) from its saved orbit."""
@@ -549,13 +630,15 @@ class Experiment:
             spec = RunSpec(r["variant"], r["prompt"], r["seed"])
             r["metrics"]["face_scrambled"] = face_scrambled(load_orbit_frames(self.run_dir(spec)), judge)
 
-    def report(self, tables: bool = True) -> Dict[str, str]:
+    def report(self, tables: bool = True, out: Optional[str] = None) -> Dict[str, str]:
         """table.md / table.csv / table.json and one orbit grid per variant, from the finished
-        runs (``tables=False``: the grids alone, without the judge's verdicts)."""
+        runs, into ``out`` (default: the experiment's folder; ``tables=False``: the grids alone,
+        without the judge's verdicts)."""
+        out = out or self.out
         results = self.results()
-        paths = write_tables(results, self.out, list(self.variants), list(self.prompts)) if tables else {}
+        paths = write_tables(results, out, list(self.variants), list(self.prompts)) if tables else {}
         for variant in self.variants:
-            grid = orbit_grid([r for r in results if r["variant"] == variant], self.out, variant,
+            grid = orbit_grid([r for r in results if r["variant"] == variant], out, variant,
                               lambda r: load_orbit_frames(self.run_dir(RunSpec(r["variant"], r["prompt"], r["seed"]))),
                               verdicts=tables)
             if grid:

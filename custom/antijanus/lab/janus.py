@@ -409,7 +409,7 @@ def mcnemar_exact(only_first: int, only_second: int) -> float:
     n = only_first + only_second
     if n == 0:
         return 1.0
-    tail = sum(math.comb(n, k) for k in range(min(only_first, only_second) + 1)) / 2.0 ** n
+    tail = sum(math.comb(n, k) for k in range(min(only_first, only_second) + 1)) / 2 ** n  # exact ints: no overflow
     return min(1.0, 2.0 * tail)
 
 
