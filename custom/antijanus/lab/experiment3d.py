@@ -591,7 +591,7 @@ class Experiment:
 
     def _judge_again(self, results: List[Dict[str, Any]]) -> None:
         from ..utils.cache import read_json, write_json
-        from .janus import face_scrambled, orbit_metrics
+        from .janus import orbit_metrics
 
         identity = self.judge_identity()
         judge = None
@@ -610,7 +610,6 @@ class Experiment:
                 s = self.settings
                 metrics = orbit_metrics(frames, orbit_azimuths(s.orbit_views), s.orbit_elevation, judge,
                                         kind=kind_of(spec.prompt))
-                metrics["face_scrambled"] = face_scrambled(frames, judge)
                 metrics["coverage"] = r["metrics"]["coverage"]  # the volume's, not the judge's
                 write_json(path, metrics)
             r["metrics"] = metrics
