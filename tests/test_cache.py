@@ -131,3 +131,24 @@ def test_a_corrupt_debiasing_cache_is_recomputed(tmp_path, caplog, monkeypatch):
     assert path2 == path and not hit and computed == ["a corgi"] * 2 and result.view_prompts == {"front": "a corgi"}
     assert len(caplog.records) == 1 and path in caplog.text
     assert debias.cached_debias("a corgi", settings, "bert", str(tmp_path), lambda: None)[2]  # rewritten: a hit
+
+
+def test_saved_safetensors_are_atomic_and_follow_the_umask(tmp_path):
+    """Model weights (the lab's judge, prior, masked LM) are written with the umask's mode, not
+    safetensors' own 0600, and read back equal."""
+    import os
+
+    import torch
+    from safetensors.torch import load_file
+
+    from antijanus.utils.cache import save_safetensors
+
+    old = os.umask(0o022)
+    try:
+        path = tmp_path / "w.safetensors"
+        save_safetensors({"a": torch.arange(6.0).reshape(2, 3)}, str(path), metadata={"format": "pt"})
+        assert os.stat(path).st_mode & 0o777 == 0o644
+        assert torch.equal(load_file(str(path))["a"], torch.arange(6.0).reshape(2, 3))
+        assert [p.name for p in tmp_path.iterdir()] == ["w.safetensors"]  # no temporary left
+    finally:
+        os.umask(old)

@@ -689,3 +689,17 @@ def test_paired_comparison_against_the_baseline_counts_discordant_runs_and_its_e
     assert rows[0]["janus"] == {"b": 6, "c": 0, "p": pytest.approx(2 / 64)}
     assert rows[0]["face_in_back"] == {"b": 0, "c": 0, "p": 1.0}
     assert paired_against_baseline(results, ["perp-neg"]) == []
+
+
+def test_calibration_says_which_gate_no_setting_passed():
+    """The message names the failed condition: no face in front, faces also on scrambled pixels,
+    or a control that was never measured (NaN), never a '> 0.2' it did not see."""
+    from antijanus.lab.experiment3d import _no_setting_passes, choose_calibration
+
+    row = lambda face, scrambled: {"steps": 300, "lr": 0.1, "kind_accuracy": 0.9, "face_in_front": face,
+                                   "face_scrambled": scrambled}
+    for rows, words in (([row(0.1, 0.0)], "none does the baseline draw a face"),
+                        ([row(0.8, 0.5)], "also sees one on scrambled pixels"),
+                        ([row(0.8, math.nan)], "was not measured")):
+        best, eligible = choose_calibration(rows)
+        assert not eligible and words in _no_setting_passes(rows, best)

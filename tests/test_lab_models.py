@@ -196,6 +196,7 @@ def test_judge_settings_reject_impossible_missing_part_shares():
             JudgeSettings(**bad)
     for bad, key in ((dict(p_scrambled=1.2), "p_scrambled"), (dict(scramble_patches=(0,)), "scramble_patches"),
                      (dict(scramble_patches=(3,)), "scramble_patches"), (dict(scramble_patches=()), "scramble_patches"),
+                     (dict(scramble_patches=(True,)), "scramble_patches"),
                      (dict(scramble_noise_sigma=-1.0), "scramble_noise_sigma"), (dict(p_noise_fill=2.0), "p_noise_fill")):
         with pytest.raises(ConfigError, match=key):
             JudgeSettings(**bad)
@@ -226,6 +227,26 @@ def test_scrambled_negatives_destroy_the_object_and_keep_the_background():
         assert out.min() >= 0 and out.max() <= 1
 
 
+def test_training_scrambles_the_rendered_silhouette_which_covers_a_white_face_on_white():
+    """The corner-colour mask misses the white face on a white background; the silhouette the
+    world renders (and training passes as the scramble mask) covers it, so a scrambled negative
+    keeps no face outline."""
+    from antijanus.lab.judge import JudgeSettings, object_mask, render_labelled, scrambled_negatives
+
+    out = render([Creature("bear"), Creature("frog")], torch.tensor([10.0, 10.0]), torch.tensor([0.0, 0.0]),
+                 background=torch.ones(3))
+    silhouette = out["silhouette"] > 0
+    assert (silhouette & ~object_mask(out["image"])).sum() > 10  # the corner mask misses part of the creature
+    assert not (object_mask(out["image"]) & ~silhouette).any()
+    filled = scrambled_negatives(out["image"], JudgeSettings(p_noise_fill=1.0), torch.Generator().manual_seed(0),
+                                 mask=silhouette)
+    inside = silhouette.expand_as(filled)
+    assert torch.equal(filled[~inside], out["image"][~inside])  # the background untouched
+    assert ((filled - out["image"]).abs()[inside] > 1e-3).float().mean() > 0.9  # the whole creature refilled
+    data = render_labelled(JudgeSettings(), 8, seed=0)
+    assert data["silhouette"].shape == (8, 1, 32, 32) and data["silhouette"].dtype == torch.bool
+
+
 def test_judge_loss_trains_only_the_attributes_on_scrambled_negatives():
     from antijanus.lab.judge import JudgeNet, judge_loss
 
@@ -244,12 +265,15 @@ def test_judge_loss_trains_only_the_attributes_on_scrambled_negatives():
 
 
 def test_committed_judge_sees_no_face_in_pixel_shuffled_renders(judge):
-    """The face_scrambled control, held out from training: shuffling the object's pixels of
-    renders that show a face leaves at most 20 % judged 'face' (pre-registered gate), while the
-    unshuffled renders are judged 'face' (recorded in judge.json, re-measured here)."""
+    """The face_scrambled control, held out from training (renders and transform: the judge's
+    scrambled negatives use 2- and 4-pixel patches, the control shuffles single pixels):
+    shuffling the object's pixels of renders that show a face leaves at most 20 % judged 'face'
+    (pre-registered gate), while the unshuffled renders are judged 'face' (recorded in
+    judge.json, re-measured here)."""
     from antijanus.lab.judge import JudgeSettings, held_out_scrambled, render_labelled
 
     record = judge.record["held_out_scrambled"]
+    assert 1 not in judge.record["settings"]["scramble_patches"] and record["transform_trained_on"] is False
     assert record["face_seen"] <= 0.2 and record["face_seen_unscrambled"] >= 0.9 and record["images"] >= 1000
     measured = held_out_scrambled(judge.net, render_labelled(JudgeSettings(p_faceless=0.0, p_tailless=0.0), 400,
                                                              seed=777))

@@ -896,6 +896,9 @@ def _no_setting_passes(rows: Sequence[Mapping[str, Any]], best: Mapping[str, Any
         return (f"No setting passes: in none does the baseline draw a face where it belongs (the best face in "
                 f"front {best['face_in_front']:.2f} < {CALIBRATION_MIN_FACE_IN_FRONT:g}), so a 3D table at these "
                 "settings measures nothing about faces.")
+    if all(r.get("face_scrambled") is not None and math.isnan(r["face_scrambled"]) for r in with_face):
+        return ("No setting passes: where the baseline's front shows a face, the scrambled control was not "
+                "measured (face scrambled is NaN), so its face verdicts there are not evidence.")
     return (f"No setting passes: where the baseline's front shows a face, the judge also sees one on "
             f"scrambled pixels (face scrambled > {CALIBRATION_MAX_FACE_SCRAMBLED:g}), so its face verdicts there "
             "are not evidence and a 3D table at these settings measures nothing about faces.")

@@ -24,7 +24,7 @@ from torch import Tensor
 
 from ..utils.errors import ConfigError
 from .prior import log_every
-from .world import ATTRIBUTES, KINDS, VIEWS, Creature, render_batched, view_region, wrap_azimuth
+from .world import ATTRIBUTES, IMAGE_SIZE, KINDS, VIEWS, Creature, render_batched, view_region, wrap_azimuth
 
 WEIGHTS, CONFIG = "judge.safetensors", "judge.json"
 
@@ -48,13 +48,15 @@ class JudgeSettings:
     # part itself, not the pose that usually shows it (a faceless blob is not a face)
     p_faceless: float = 0.25
     p_tailless: float = 0.15
-    # scrambled negatives: the object region shuffled in patches (side 1: pixels, the face_scrambled
-    # control's transform) or refilled with smooth colour noise, with no attribute visible (view /
-    # kind / camera not trained on them), so that a face means the face's structure, not the
-    # colours that make one (README: a judge trained without pixel shuffles still saw faces on
-    # the shuffled SDS orbits, 0.32 of frames). The SDS orbits themselves are never trained on.
+    # scrambled negatives: the creature (its silhouette, as rendered) shuffled in patches or
+    # refilled with smooth colour noise, with no attribute visible (view / kind / camera not
+    # trained on them), so that a face means the face's structure, not the colours that make one
+    # (README: a judge trained without such negatives still saw faces on shuffled SDS orbits).
+    # Patch side 1 (a pixel shuffle) is the face_scrambled control's transform
+    # (lab.janus.scramble_object_pixels) and is left out, so that the control stays held out
+    # (judge v5 trained on it: its control passed by construction). SDS orbits are never trained on.
     p_scrambled: float = 0.2
-    scramble_patches: Tuple[int, ...] = (1, 2, 4)  # patch sides (pixels) of the patch shuffle
+    scramble_patches: Tuple[int, ...] = (2, 4)  # patch sides (pixels) of the patch shuffle
     p_noise_fill: float = 1.0 / 3.0  # share of the negatives refilled with noise (the rest patch-shuffled)
     scramble_noise_sigma: float = 2.0  # the noise refill is blurred with sigma uniform in [0, this]
     # augmentations
@@ -72,9 +74,10 @@ class JudgeSettings:
         if self.p_faceless + self.p_tailless > 1.0:
             raise ConfigError("p_tailless", self.p_tailless,
                               f"p_faceless + p_tailless must be <= 1 (a creature lacks at most one; p_faceless {self.p_faceless})")
-        if not self.scramble_patches or any(not isinstance(p, int) or p < 1 or 32 % p for p in self.scramble_patches):
+        sides = [p for p in range(1, IMAGE_SIZE + 1) if IMAGE_SIZE % p == 0]
+        if not self.scramble_patches or any(isinstance(p, bool) or p not in sides for p in self.scramble_patches):
             raise ConfigError("scramble_patches", self.scramble_patches,
-                              "patch sides that divide the 32-pixel image", [1, 2, 4, 8, 16])
+                              f"patch sides that divide the {IMAGE_SIZE}-pixel image", sides)
         if self.scramble_noise_sigma < 0:
             raise ConfigError("scramble_noise_sigma", self.scramble_noise_sigma, "a blur sigma >= 0 (pixels)")
 
@@ -136,7 +139,8 @@ def render_labelled(settings: JudgeSettings, n: int, seed: int, chunk: int = 256
     out = render_batched(creatures, elevation, azimuth, distance, fovy, chunk=chunk, light_jitter=light,
                          background=background)
     present = torch.tensor([[c.has(a) for a in ATTRIBUTES] for c in creatures], dtype=torch.bool).reshape(n, len(ATTRIBUTES))
-    return {"image": (out["image"] * 255).round().to(torch.uint8), "view": out["view"], "kind": kinds,
+    return {"image": (out["image"] * 255).round().to(torch.uint8), "silhouette": out["silhouette"] > 0,
+            "view": out["view"], "kind": kinds,
             "attributes": (out["visible"] & present).float(), "elevation": elevation, "azimuth": azimuth}
 
 
@@ -202,12 +206,14 @@ def patch_shuffle(image: Tensor, mask: Tensor, patch: int, g: torch.Generator) -
     return tiles.reshape(H // patch, W // patch, C, patch, patch).permute(2, 0, 3, 1, 4).reshape(C, H, W)
 
 
-def scrambled_negatives(images: Tensor, settings: JudgeSettings, g: torch.Generator) -> Tensor:
-    """Images [B, 3, H, W] in [0, 1] -> the same with the object region destroyed: a share
-    ``p_noise_fill`` refilled with smooth random colour noise (the object's silhouette kept), the
-    rest patch-shuffled (a patch side from ``scramble_patches``; 1: its pixels). No face, tail or
-    other attribute stays recognisable."""
-    mask = object_mask(images)
+def scrambled_negatives(images: Tensor, settings: JudgeSettings, g: torch.Generator,
+                        mask: Optional[Tensor] = None) -> Tensor:
+    """Images [B, 3, H, W] in [0, 1] -> the same with the object region ``mask`` [B, 1, H, W]
+    (default ``object_mask``; training passes the rendered silhouette, which also covers a white
+    face on a white background) destroyed: a share ``p_noise_fill`` refilled with smooth random
+    colour noise (the silhouette kept), the rest patch-shuffled (a patch side from
+    ``scramble_patches``). No face, tail or other attribute stays recognisable."""
+    mask = object_mask(images) if mask is None else mask.bool()
     out = images.clone()
     B = images.shape[0]
     noise_fill = torch.rand(B, generator=g) < settings.p_noise_fill
@@ -280,9 +286,10 @@ def accuracy(net: JudgeNet, data: Dict[str, Tensor], images: Optional[Tensor] = 
 
 @torch.no_grad()
 def held_out_scrambled(net: JudgeNet, data: Dict[str, Tensor], seed: int = 0) -> Dict[str, float]:
-    """The face_scrambled control (``lab.janus.scramble_object_pixels``; the judge trains on such
-    shuffles of other renders) on held-out renders whose face is visible: the share still judged
-    to show a face (the face-visible rate on the same renders unscrambled beside it)."""
+    """The face_scrambled control (``lab.janus.scramble_object_pixels``, a pixel shuffle: a
+    transform the judge does not train on unless ``scramble_patches`` holds 1) on held-out
+    renders whose face is visible: the share still judged to show a face (the face-visible rate
+    on the same renders unscrambled beside it)."""
     from .janus import scramble_object_pixels
 
     net.eval()
@@ -297,7 +304,7 @@ def held_out_scrambled(net: JudgeNet, data: Dict[str, Tensor], seed: int = 0) ->
 
 
 def train_judge(out_dir: str, settings: JudgeSettings = JudgeSettings(), log=print) -> Dict[str, object]:
-    from safetensors.torch import save_file
+    from ..utils.cache import save_safetensors
 
     torch.set_num_threads(settings.threads)
     torch.manual_seed(settings.seed)
@@ -324,7 +331,7 @@ def train_judge(out_dir: str, settings: JudgeSettings = JudgeSettings(), log=pri
         images = batch["image"].float() / 255.0
         scrambled = torch.rand(settings.batch, generator=g) < settings.p_scrambled
         if scrambled.any():
-            images[scrambled] = scrambled_negatives(images[scrambled], settings, g)
+            images[scrambled] = scrambled_negatives(images[scrambled], settings, g, mask=batch["silhouette"][scrambled])
             batch["attributes"] = batch["attributes"] * (~scrambled).float()[:, None]
         net.train()
         out = net(augment(images, settings, g))
@@ -341,12 +348,12 @@ def train_judge(out_dir: str, settings: JudgeSettings = JudgeSettings(), log=pri
     without_face = accuracy(net, faceless)
     scrambled = held_out_scrambled(net, test)
     os.makedirs(out_dir, exist_ok=True)
-    save_file({k: v.detach().to(torch.float16).contiguous() if v.is_floating_point() else v.contiguous()
+    save_safetensors({k: v.detach().to(torch.float16).contiguous() if v.is_floating_point() else v.contiguous()
                for k, v in net.state_dict().items()}, os.path.join(out_dir, WEIGHTS))
     record = {"settings": settings.to_dict(), "views": list(VIEWS), "kinds": list(KINDS),
               "attributes": list(ATTRIBUTES), "held_out": clean, "held_out_augmented": augmented,
               "held_out_faceless": {"view": without_face["view"], "attribute_face": without_face["attribute_face"]},
-              "held_out_scrambled": scrambled,
+              "held_out_scrambled": {**scrambled, "transform_trained_on": 1 in settings.scramble_patches},
               "parameters": sum(p.numel() for p in net.parameters()),
               "timings": {"train_s": train_s, "total_s": time.time() - start}, "torch": torch.__version__}
     with open(os.path.join(out_dir, CONFIG), "w") as f:

@@ -63,7 +63,7 @@ def view_sentences(samples) -> List[Tuple[str, str]]:
 def save_bert(model, tokenizer_folder: str, folder: str) -> None:
     """BertForMaskedLM with fp16 tensors (tied decoder stored once) and a float32 config, in the
     key layout every transformers version reads."""
-    from safetensors.torch import save_file
+    from ..utils.cache import save_safetensors
 
     os.makedirs(folder, exist_ok=True)
     config = model.config.to_dict()
@@ -72,7 +72,7 @@ def save_bert(model, tokenizer_folder: str, folder: str) -> None:
         json.dump(config, f, indent=2, sort_keys=True)
     state = {k: v.detach().to(torch.float16).contiguous() for k, v in model.state_dict().items()
              if v.is_floating_point() and k != "cls.predictions.decoder.weight"}
-    save_file(state, os.path.join(folder, "model.safetensors"), metadata={"format": "pt"})
+    save_safetensors(state, os.path.join(folder, "model.safetensors"), metadata={"format": "pt"})
     for name in os.listdir(tokenizer_folder):
         with open(os.path.join(tokenizer_folder, name), "rb") as src, open(os.path.join(folder, name), "wb") as dst:
             dst.write(src.read())

@@ -131,7 +131,7 @@ def _fp16_state(module: torch.nn.Module, prefix: str = "") -> Dict[str, Tensor]:
 def save_text_encoder(model, folder: str) -> None:
     """CLIPTextModel in the layout every transformers version reads: keys prefixed
     ``text_model.`` (transformers 4.28 needs them), fp16 tensors, a config that says float32."""
-    from safetensors.torch import save_file
+    from ..utils.cache import save_safetensors
 
     os.makedirs(folder, exist_ok=True)
     config = model.config.to_dict()
@@ -140,7 +140,7 @@ def save_text_encoder(model, folder: str) -> None:
         json.dump(config, f, indent=2, sort_keys=True)
     state = _fp16_state(model)
     state = {(k if k.startswith("text_model.") else "text_model." + k): v for k, v in state.items()}
-    save_file(state, os.path.join(folder, "model.safetensors"), metadata={"format": "pt"})
+    save_safetensors(state, os.path.join(folder, "model.safetensors"), metadata={"format": "pt"})
 
 
 def save_diffusers(model, folder: str) -> None:

@@ -338,7 +338,8 @@ def render(creatures: Sequence[Creature], elevation, azimuth, distance=1.5, fovy
            background=BACKGROUND) -> Dict[str, Tensor]:
     """Render creatures (one per camera) as RGB [B, 3, size, size] in [0, 1].
 
-    Returns ``image``, ``visible`` [B, len(ATTRIBUTES)] (bool: the part covers at least
+    Returns ``image``, ``silhouette`` [B, 1, size, size] (the share of each pixel the creature
+    covers), ``visible`` [B, len(ATTRIBUTES)] (bool: the part covers at least
     MIN_VISIBLE_SUBPIXELS supersampled pixels), ``pixels`` (the counts, in output pixels),
     ``view`` [B] (index into VIEWS), and the cameras' ``elevation``/``azimuth``."""
     B = len(creatures)
@@ -359,7 +360,9 @@ def render(creatures: Sequence[Creature], elevation, azimuth, distance=1.5, fovy
     image = rgb.reshape(B, fine, fine, 3).permute(0, 3, 1, 2)
     image = F.avg_pool2d(image, supersample) if supersample > 1 else image
     counts = torch.stack([(hit["part"] == PART_IDS[a]).sum(-1) for a in ATTRIBUTES], -1)
-    return {"image": image.clamp(0.0, 1.0), "visible": counts >= MIN_VISIBLE_SUBPIXELS,
+    covered = (hit["part"] != PART_IDS["background"]).float().reshape(B, 1, fine, fine)
+    silhouette = F.avg_pool2d(covered, supersample) if supersample > 1 else covered
+    return {"image": image.clamp(0.0, 1.0), "silhouette": silhouette, "visible": counts >= MIN_VISIBLE_SUBPIXELS,
             "pixels": counts.float() / supersample ** 2, "view": view_region(elevation, azimuth),
             "elevation": elevation, "azimuth": azimuth}
 

@@ -95,6 +95,15 @@ def atomic_write(path: str, write: Callable[[Any], None], binary: bool = False) 
         raise
 
 
+def save_safetensors(tensors: Dict[str, torch.Tensor], path: str, metadata: Optional[Dict[str, str]] = None) -> None:
+    """``safetensors.torch.save_file`` written atomically and with the umask's mode (save_file
+    itself creates the file 0600: another user of a shared model folder could not read it)."""
+    from safetensors.torch import save
+
+    data = save(tensors, metadata=metadata)
+    atomic_write(path, lambda f: f.write(data), binary=True)
+
+
 def _chmod(fd: int, path: str, mode: int) -> None:
     if hasattr(os, "fchmod"):
         os.fchmod(fd, mode)
