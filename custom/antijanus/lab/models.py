@@ -15,6 +15,9 @@ from typing import Dict, List
 
 CHECKSUMS = "checksums.json"
 MODELS = ("prior", "mlm", "judge")
+# earlier models kept beside the current ones, for the figures made with them (README): in the
+# checksums where present, never loaded by default
+ARCHIVED_MODELS = ("judge-v5",)
 
 
 def lab_root() -> str:
@@ -48,7 +51,8 @@ def folder_checksums(folder: str) -> Dict[str, str]:
 
 def file_checksums(root: str) -> Dict[str, str]:
     """SHA-256 of every file under the model folders, by path relative to ``root``."""
-    return dict(sorted((f"{name}/{path}", digest) for name in MODELS
+    names = MODELS + tuple(a for a in ARCHIVED_MODELS if os.path.isdir(os.path.join(root, a)))
+    return dict(sorted((f"{name}/{path}", digest) for name in names
                        for path, digest in folder_checksums(os.path.join(root, name)).items()))
 
 
