@@ -32,7 +32,6 @@ SWEEPS = {  # the representation -> its sweep file (same variants, README: "The 
     "latent": os.path.join(ROOT, "configs", "lab", "janus-3d-sweep-latent.yaml"),  # Latent-NeRF, the calibrated one
     "rgb": os.path.join(ROOT, "configs", "lab", "janus-3d-sweep.yaml"),  # threestudio's NeRF (DreamFusion) system
 }
-SWEEP = SWEEPS["latent"]
 RUNNER = os.path.join(ROOT, "scripts", "threestudio_cpu.py")
 
 

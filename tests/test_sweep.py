@@ -222,10 +222,12 @@ def test_dry_run_prints_shell_quoted_commands(sweep_file):
          "`replace`.*maps dotted config keys"),
         ({"name": "x", "config": "a.yaml", "prompts": ["p"], "variants": {"v": {"replace": {"nmae": 1}}}},
          "`variants.v.replace.nmae`.*a.yaml does not have.*'name'"),
+        ({"name": "x", "config": "a.yaml", "prompts": ["p"], "replace": {"system.material.n_outptu_dims": 4}},
+         "`variants.default.replace.system.material.n_outptu_dims`.*a.yaml does not have.*'n_output_dims'"),
     ],
 )
 def test_bad_sweep_files(tmp_path, data, message):
-    (tmp_path / "a.yaml").write_text("name: x\n")
+    (tmp_path / "a.yaml").write_text("name: x\nsystem: {material: {n_output_dims: 3}, material_type: m}\n")
     with pytest.raises(ConfigError, match=message):
         Sweep.from_dict(data, str(tmp_path))
 

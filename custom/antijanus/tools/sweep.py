@@ -105,7 +105,6 @@ class Sweep:
     prompts: List[str] = field(default_factory=list)
     seeds: List[int] = field(default_factory=lambda: [0])
     metrics: Optional[MetricSettings] = None
-    replace: Dict[str, object] = field(default_factory=dict)
 
     @classmethod
     def load(cls, path: str) -> "Sweep":
@@ -178,8 +177,7 @@ class Sweep:
                    out=resolve(data.get("out") or "outputs/sweeps"),
                    overrides=override_list("overrides", data.get("overrides")),
                    variants=checked, prompts=prompts, seeds=seeds,
-                   metrics=None if metrics is None else MetricSettings.from_dict(metrics),
-                   replace=replacement_map("replace", data.get("replace")))
+                   metrics=None if metrics is None else MetricSettings.from_dict(metrics))
 
     @property
     def exp_root(self) -> str:
@@ -197,7 +195,6 @@ class Sweep:
                                     tuple(self.overrides + spec["overrides"]), tag,
                                     os.path.join(self.exp_root, self.name, tag)))
         return runs
-
 
     def derived_config(self, variant: str) -> str:
         """Where a variant with replacements gets its config (written by write_derived_configs)."""
@@ -244,11 +241,11 @@ def check_replacements(key: str, config: str, replace: Mapping[str, object]) -> 
     missing = object()
     for name in replace:
         if OmegaConf.select(cfg, name, default=missing, throw_on_missing=False) is missing:
+            parent = OmegaConf.select(cfg, name.rpartition(".")[0]) if "." in name else cfg
+            siblings = parent if isinstance(parent, Mapping) else cfg  # the keys beside the missing one
             raise ConfigError(f"{key}.replace.{name}", replace[name],
                               f"replaces a key that {os.path.basename(config)} does not have",
-                              sorted(str(k) for k in cfg.get(name.rsplit('.', 1)[0], cfg).keys())
-                              if "." in name and isinstance(OmegaConf.select(cfg, name.rsplit('.', 1)[0]), Mapping)
-                              else sorted(str(k) for k in cfg.keys()))
+                              sorted(str(k) for k in siblings.keys()))
 
 
 def string_list(key: str, value, example: str) -> List[str]:
@@ -420,6 +417,7 @@ def submit_slurm(sweep: Sweep, slurm: Mapping, cwd: Optional[str] = None, cluste
         import submitit
     except ImportError:
         raise ConfigError("slurm", dict(slurm), "needs the `submitit` package (pip install submitit)") from None
+    sweep.write_derived_configs()
     todo = [run for run in sweep.runs() if needs_work(sweep, run)]
     executor = submitit.AutoExecutor(folder=os.path.join(sweep.out, sweep.name, "slurm"), cluster=cluster)
     try:
