@@ -337,10 +337,24 @@ def _worker_models(models: LabModels, threads: int):
     return _WORKER["backbone"], _WORKER["judge"]
 
 
-def run_one(task: RunTask) -> Dict[str, Any]:
-    """Train one run, render and judge its orbit; writes orbit.png, orbit.pt and result.json."""
+def judge_identity(folder: str) -> str:
+    """A judge's weights (its folder's other files, e.g. timings, do not change a verdict)."""
+    from .judge import WEIGHTS
+    from .models import sha256
+
+    return sha256(os.path.join(folder, WEIGHTS))
+
+
+def judge_run_orbit(frames: torch.Tensor, judge, prompt: str, settings: FastSettings) -> Dict[str, float]:
+    """The Janus metric of a run's orbit (``settings``' azimuths and elevation, the prompt's kind)."""
     from .janus import orbit_metrics
 
+    return orbit_metrics(frames, orbit_azimuths(settings.orbit_views), settings.orbit_elevation, judge,
+                         kind=kind_of(prompt))
+
+
+def run_one(task: RunTask) -> Dict[str, Any]:
+    """Train one run, render and judge its orbit; writes orbit.png, orbit.pt and result.json."""
     backbone, judge = _worker_models(task.models, task.settings.threads)
     s, rep = task.settings, task.representation
     messages: List[str] = []
@@ -356,15 +370,12 @@ def run_one(task: RunTask) -> Dict[str, Any]:
     decode = backbone.decode_latents if s.volume.features == "latent" else None
     frames, opacity = render_orbit(scene, azimuths, s.orbit_elevation, rep.orbit_distance, rep.orbit_fovy,
                                    rep.material, s.steps, resolution=rep.cameras.height, decode=decode)
-    metrics = orbit_metrics(frames, azimuths, s.orbit_elevation, judge, kind=kind_of(task.spec.prompt))
+    metrics = judge_run_orbit(frames, judge, task.spec.prompt, s)
     metrics["coverage"] = float((opacity > 0.5).float().mean())
     os.makedirs(task.run_dir, exist_ok=True)
     save_orbit(task.run_dir, frames)
-    from .judge import WEIGHTS
-    from .models import sha256
-
     result = {"variant": task.spec.variant, "prompt": task.spec.prompt, "seed": task.spec.seed, "key": task.key,
-              "judge": sha256(os.path.join(task.models.judge, WEIGHTS)),
+              "judge": judge_identity(task.models.judge),
               "metrics": metrics, "train_s": train_s, "total_s": time.time() - start,
               "final": {k: v[-1] for k, v in trained.history.items()}, "history": trained.history,
               "guidance_log": messages, "prompts": task.prompt_output.summary()}
@@ -452,23 +463,18 @@ class Experiment:
         """What training depends on: the settings and the weights of the models that take part
         (prior, masked LM, captioner), not only their paths (a retrained prior runs again). The
         judge only judges: a run judged by other weights is judged again from its saved orbit."""
-        from ..utils.cache import cache_key
-
-        from .models import folder_fingerprint
-
         if self._key is None:
-            models = {k: v for k, v in dataclasses.asdict(self.models).items() if k != "judge"}
-            self._key = cache_key(settings=self.settings.to_dict(), models=models,
-                                  weights={name: folder_fingerprint(path) for name, path in models.items()})
+            self._key = self._models_key(with_judge=False)
         return self._key
 
-    def _legacy_key(self) -> str:
-        """The key of runs finished before the judge left it (it also covered the judge's folder)."""
+    def _models_key(self, with_judge: bool) -> str:
+        """The settings and the models' paths and weights (``with_judge``: the judge's too, as the
+        key of runs finished before the judge left it covered)."""
         from ..utils.cache import cache_key
 
         from .models import folder_fingerprint
 
-        models = dataclasses.asdict(self.models)
+        models = {k: v for k, v in dataclasses.asdict(self.models).items() if with_judge or k != "judge"}
         return cache_key(settings=self.settings.to_dict(), models=models,
                          weights={name: folder_fingerprint(path) for name, path in models.items()})
 
@@ -494,14 +500,11 @@ class Experiment:
 
         spec = variant_by_name(variant)
         definition = dict(dataclasses.asdict(spec), description=_LEGACY_DESCRIPTIONS.get(variant, spec.description))
-        return cache_key(experiment=self._legacy_key(), variant=definition, files=self._config_files(spec))
+        return cache_key(experiment=self._models_key(with_judge=True), variant=definition,
+                         files=self._config_files(spec))
 
     def judge_identity(self) -> str:
-        """The judge's weights (its folder's other files, e.g. timings, do not change a verdict)."""
-        from .judge import WEIGHTS
-        from .models import sha256
-
-        return sha256(os.path.join(self.models.judge, WEIGHTS))
+        return judge_identity(self.models.judge)
 
     def _finished(self, spec: RunSpec) -> Optional[Dict[str, Any]]:
         """The run's result when it finished at this key. A run keyed the old way (with the
@@ -591,7 +594,6 @@ class Experiment:
 
     def _judge_again(self, results: List[Dict[str, Any]]) -> None:
         from ..utils.cache import read_json, write_json
-        from .janus import orbit_metrics
 
         identity = self.judge_identity()
         judge = None
@@ -606,10 +608,7 @@ class Experiment:
                     from .judge import Judge
 
                     judge = Judge.load(self.models.judge)
-                frames = load_orbit_frames(self.run_dir(spec))
-                s = self.settings
-                metrics = orbit_metrics(frames, orbit_azimuths(s.orbit_views), s.orbit_elevation, judge,
-                                        kind=kind_of(spec.prompt))
+                metrics = judge_run_orbit(load_orbit_frames(self.run_dir(spec)), judge, spec.prompt, self.settings)
                 metrics["coverage"] = r["metrics"]["coverage"]  # the volume's, not the judge's
                 write_json(path, metrics)
             r["metrics"] = metrics
