@@ -19,8 +19,8 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "custom"))
 
-from antijanus.lab.experiment3d import (CALIBRATION_VOLUMES, VARIANT_NAMES, Experiment,  # noqa: E402
-                                        FastSettings, LabModels, calibrate, lab_prompts)
+from antijanus.lab.experiment3d import (CALIBRATION_VOLUMES, CAMERA_PRESETS, VARIANT_NAMES,  # noqa: E402
+                                        Experiment, FastSettings, LabModels, calibrate, lab_prompts)
 
 
 def main(argv=None) -> int:
@@ -53,18 +53,27 @@ def main(argv=None) -> int:
                         help="calibration: the shared guidance scales compared (default: --guidance-scale only)")
     parser.add_argument("--volume-options", nargs="+", choices=sorted(CALIBRATION_VOLUMES), default=None,
                         help="calibration: the representations compared (default: --volume only)")
+    parser.add_argument("--cameras", choices=CAMERA_PRESETS, default=defaults.cameras,
+                        help="the training and test cameras: threestudio's from the configs, or framed as the "
+                             "prior's world photographs (README)")
+    parser.add_argument("--camera-options", nargs="+", choices=CAMERA_PRESETS, default=None,
+                        help="calibration: the camera presets compared (default: --cameras only)")
+    parser.add_argument("--reconstruction-control", action="store_true",
+                        help="calibration: the judge on known creatures fitted into the same representation "
+                             "(lab.reconstruction); a failed control makes its settings ineligible")
     args = parser.parse_args(argv)
     if args.report_dir and not args.report_only:
         parser.error("--report-dir goes with --report-only (a run writes its table into --out)")
     settings = FastSettings(steps=args.steps, lr=args.lr, orbit_views=args.orbit_views,
-                            guidance_scale=args.guidance_scale,
+                            guidance_scale=args.guidance_scale, cameras=args.cameras,
                             **({"volume": CALIBRATION_VOLUMES[args.volume]} if args.volume else {}))
     models = LabModels(**{**LabModels.default().__dict__, "captioner": args.captioner, "judge": args.judge})
     start = time.time()
     if args.calibrate:
         prompts = args.prompts if "--prompts" in (argv or sys.argv) else None
         path = calibrate(args.out, args.steps_options, args.lr_options, prompts, args.seeds, settings, models,
-                         args.jobs, volumes=args.volume_options, guidance_scales=args.guidance_scale_options)
+                         args.jobs, volumes=args.volume_options, guidance_scales=args.guidance_scale_options,
+                         camera_options=args.camera_options, reconstruction=args.reconstruction_control)
         print(open(path).read())
         print(f"calibration: {path} ({time.time() - start:.0f} s)")
         return 0

@@ -48,6 +48,9 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds", nargs="+", type=int, help="seeds (default: the sweep file's)")
     parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
                         help="more threestudio overrides for every run (e.g. trainer.max_steps=2 for a smoke run)")
+    parser.add_argument("--cameras", choices=("configs", "prior"), default="configs",
+                        help="the training and test cameras: the configs' (threestudio's) or framed as the prior's "
+                             "world photographs (the fast path's FastSettings.cameras, README)")
     parser.add_argument("--n-views", type=int, help="orbit views (default: the sweep file's metrics.n_views)")
     parser.add_argument("--jobs", type=int, default=1, help="runs at a time (one torch thread each when > 1)")
     parser.add_argument("--launch", nargs="+", help="the launch command (default: this python + the CPU runner)")
@@ -72,6 +75,10 @@ def main(argv=None) -> int:
         sweep.prompts = list(args.prompts)
     if args.seeds:
         sweep.seeds = list(args.seeds)
+    if args.cameras == "prior":
+        from antijanus.lab.experiment3d import prior_camera_overrides
+
+        sweep.overrides = sweep.overrides + prior_camera_overrides()
     sweep.overrides = sweep.overrides + list(args.set)
     if args.n_views:
         sweep.metrics.n_views = args.n_views

@@ -500,9 +500,9 @@ def test_calibration_shows_no_janus_verdicts(tmp_path, capsys):
     assert code == 0
     printed = capsys.readouterr().out.lower()
     table = (out / "calibration.md").read_text().lower()
-    assert "kind accuracy" in printed and "face in front" in printed and "| latent24 | configs' | 2 | 0.1 | 1 |" in table
+    assert "kind accuracy" in printed and "face in front" in printed and "| configs | latent24 | configs' | 2 | 0.1 | 1 |" in table
     assert "face scrambled (control)" in table
-    assert "rule (face in front >= 0.5 and face scrambled <= 0.2" in table and "**latent24, 2 steps, lr 0.1**" in table
+    assert "rule (face in front >= 0.5 and face scrambled <= 0.2" in table and "**configs cameras, latent24, 2 steps, lr 0.1**" in table
     assert "no setting passes: in none does the baseline draw a face where it belongs" in table  # 2 steps: a blob
     for text in (printed, table):
         assert "janus" not in text and "view accuracy" not in text
@@ -512,7 +512,7 @@ def test_calibration_shows_no_janus_verdicts(tmp_path, capsys):
                                    "--guidance-scale-options", "20", "--volume-options", "grid24", "--prompts", "a frog",
                                    "--seeds", "0", "--orbit-views", "4", "--jobs", "1"])
     table = (out / "calibration.md").read_text()
-    assert code == 0 and "| grid24 | 20 | 2 | 0.1 | 1 |" in table and "**grid24, guidance scale 20, 2 steps" in table
+    assert code == 0 and "| configs | grid24 | 20 | 2 | 0.1 | 1 |" in table and "**configs cameras, grid24, guidance scale 20, 2 steps" in table
     experiment = json.loads((out / "grid24-steps2-lr0.1-cfg20" / "experiment.json").read_text())
     assert experiment["settings"]["guidance_scale"] == 20.0 and experiment["settings"]["volume"]["resolution"] == 24
 
@@ -700,6 +700,75 @@ def test_calibration_says_which_gate_no_setting_passed():
                                    "face_scrambled": scrambled}
     for rows, words in (([row(0.1, 0.0)], "none does the baseline draw a face"),
                         ([row(0.8, 0.5)], "also sees one on scrambled pixels"),
-                        ([row(0.8, math.nan)], "was not measured")):
+                        ([row(0.8, math.nan)], "was not measured"),
+                        ([{**row(0.8, 0.0), "reconstruction_passed": False}], "fails the reconstruction control")):
         best, eligible = choose_calibration(rows)
         assert not eligible and words in _no_setting_passes(rows, best)
+
+
+def test_the_reconstruction_control_makes_a_setting_ineligible_only_when_it_failed():
+    """A setting whose judge failed the reconstruction control is not eligible however good its
+    baseline looks; an unmeasured control (None, e.g. an RGB volume) does not exclude it."""
+    from antijanus.lab.experiment3d import choose_calibration
+
+    rows = [{"cameras": c, "volume": "latent24", "steps": 600, "lr": 0.1, "kind_accuracy": k, "face_in_front": 0.9,
+             "face_scrambled": 0.0, "reconstruction_passed": p}
+            for c, k, p in (("configs", 1.0, False), ("prior", 0.8, True))]
+    chosen, measures = choose_calibration(rows)
+    assert measures and chosen["cameras"] == "prior"
+    rows[0]["reconstruction_passed"] = None
+    assert choose_calibration(rows)[0]["cameras"] == "configs"
+    rows[0]["reconstruction_passed"] = rows[1]["reconstruction_passed"] = False
+    assert not choose_calibration(rows)[1]
+
+
+def test_camera_presets_frame_the_runs_as_the_priors_world_and_keep_old_keys(tmp_path):
+    """``cameras="prior"``: the world's distance and fovy ranges, centred cameras, the test orbit at
+    the ranges' middle, the rest from the config; the default leaves the experiment key as it was
+    before the field existed; an unknown preset is a ConfigError naming the key."""
+    from antijanus.lab.data import WorldBias
+    from antijanus.lab.experiment3d import CAMERA_PRESETS, calibrate, prior_framed
+
+    volume = fast3d.VolumeSettings(resolution=24, features="latent")
+    configs = Representation.from_config(volume, max_steps=100)
+    prior = Representation.from_config(volume, max_steps=100, preset="prior")
+    bias = WorldBias()
+    assert prior.cameras.camera_distance_range == tuple(bias.distance_range)
+    assert prior.cameras.fovy_range == tuple(bias.fovy_range)
+    assert prior.cameras.camera_perturb == prior.cameras.center_perturb == prior.cameras.up_perturb == 0.0
+    assert (prior.orbit_distance, prior.orbit_fovy) == pytest.approx((sum(bias.distance_range) / 2, sum(bias.fovy_range) / 2))
+    assert configs.cameras.center_perturb > 0 and (configs.orbit_distance, configs.orbit_fovy) == (2.0, 70.0)
+    for name in ("elevation_range", "azimuth_range", "light_distance_range", "height"):
+        assert getattr(prior.cameras, name) == getattr(configs.cameras, name)
+    assert prior_framed(configs.cameras) == prior.cameras
+    # sampled training cameras: inside the world's ranges, looking at the origin
+    sampler = fast3d.CameraSampler(prior.cameras, torch.Generator().manual_seed(0))
+    for step in range(20):
+        cams = sampler.sample(step)
+        assert bias.distance_range[0] <= float(cams.positions.norm(dim=-1)) <= bias.distance_range[1]
+        centre_ray = cams.rays_d[0, 7:9, 7:9].mean((0, 1))
+        assert torch.allclose(torch.nn.functional.normalize(centre_ray, dim=0),
+                              -torch.nn.functional.normalize(cams.positions[0], dim=0), atol=0.05)
+    assert "cameras" not in FastSettings().to_dict() and FastSettings(cameras="prior").to_dict()["cameras"] == "prior"
+    a = Experiment(str(tmp_path / "a"), variants=("baseline",), prompts=("a bear",), seeds=(0,))
+    b = Experiment(str(tmp_path / "b"), variants=("baseline",), prompts=("a bear",), seeds=(0,),
+                   settings=FastSettings(cameras="prior"))
+    assert a.key() != b.key()
+    assert b.tasks(log=lambda m: None)[0].representation.cameras == prior.cameras
+    assert CAMERA_PRESETS == ("configs", "prior")
+    # the same cameras as threestudio overrides (the launcher path's --cameras prior)
+    from omegaconf import OmegaConf
+
+    from antijanus.lab.experiment3d import prior_camera_overrides
+
+    data = OmegaConf.to_container(OmegaConf.from_dotlist(prior_camera_overrides()))["data"]
+    assert fast3d.CameraSettings.from_data_block(data, 16) == dataclasses.replace(
+        prior_framed(fast3d.CameraSettings()), height=16, width=16)
+    with pytest.raises(ConfigError, match="cameras"):
+        FastSettings(cameras="world")
+    with pytest.raises(ConfigError, match="cameras"):
+        Representation.from_config(volume, max_steps=100, preset="world")
+    with pytest.raises(ConfigError, match="camera_options"):
+        calibrate(str(tmp_path), [2], [0.1], camera_options=["world"])
+    with pytest.raises(ConfigError, match="latent"):
+        calibrate(str(tmp_path), [2], [0.1], volumes=["grid24"], reconstruction=True)

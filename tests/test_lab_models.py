@@ -197,9 +197,34 @@ def test_judge_settings_reject_impossible_missing_part_shares():
     for bad, key in ((dict(p_scrambled=1.2), "p_scrambled"), (dict(scramble_patches=(0,)), "scramble_patches"),
                      (dict(scramble_patches=(3,)), "scramble_patches"), (dict(scramble_patches=()), "scramble_patches"),
                      (dict(scramble_patches=(True,)), "scramble_patches"),
-                     (dict(scramble_noise_sigma=-1.0), "scramble_noise_sigma"), (dict(p_noise_fill=2.0), "p_noise_fill")):
+                     (dict(scramble_noise_sigma=-1.0), "scramble_noise_sigma"), (dict(p_noise_fill=2.0), "p_noise_fill"),
+                     (dict(p_lowres=-0.5), "p_lowres"), (dict(lowres_sides=(20, 10)), "lowres_sides"),
+                     (dict(lowres_sides=(1, 8)), "lowres_sides"), (dict(lowres_sides=(8, 40)), "lowres_sides"),
+                     (dict(lowres_sides=(8.0, 16)), "lowres_sides"), (dict(lowres_sides=(8,)), "lowres_sides")):
         with pytest.raises(ConfigError, match=key):
             JudgeSettings(**bad)
+
+
+def test_lower_resolution_keeps_the_size_and_removes_detail_from_the_chosen_share():
+    """at_resolution: the same 32x32 picture with ``side`` pixels of detail (a one-pixel checker
+    becomes flat grey, a plain colour stays); lower_resolution degrades a p_lowres share, each
+    at a side within lowres_sides, and nothing at p_lowres 0."""
+    from antijanus.lab.judge import JudgeSettings, at_resolution, lower_resolution
+
+    checker = ((torch.arange(32)[:, None] + torch.arange(32)[None]) % 2).float().expand(2, 3, 32, 32).clone()
+    flat = at_resolution(checker, 8)
+    assert flat.shape == checker.shape and (flat - 0.5).abs().max() < 0.02
+    plain = torch.full((1, 3, 32, 32), 0.3)
+    assert torch.allclose(at_resolution(plain, 12), plain, atol=1e-6)
+    images = render([Creature("bear")] * 64, torch.full((64,), 10.0), torch.zeros(64))["image"]
+    g = torch.Generator().manual_seed(0)
+    out = lower_resolution(images, JudgeSettings(p_lowres=0.5, lowres_sides=(10, 12)), g)
+    changed = (out - images).abs().flatten(1).amax(-1) > 1e-4
+    assert 16 < int(changed.sum()) < 48
+    sides = {s: at_resolution(images[:1], s) for s in (10, 11, 12)}
+    for i in changed.nonzero().flatten().tolist():
+        assert any(torch.allclose(out[i:i + 1], x, atol=1e-5) for x in sides.values())
+    assert torch.equal(lower_resolution(images, JudgeSettings(p_lowres=0.0), g), images)
 
 
 def test_scrambled_negatives_destroy_the_object_and_keep_the_background():

@@ -143,6 +143,9 @@ class FastSettings:
     # the guidance scale of every variant alike (None: each config's own, SD's recipe 100); a
     # property of the lab prior, chosen by the calibration from the baseline alone
     guidance_scale: Optional[float] = None
+    # the training and test cameras: "configs" (threestudio's, from the representation config) or
+    # "prior" (the framing of the prior's world photos, ``prior_framed``; pre-registration 2)
+    cameras: str = "configs"
     orbit_views: int = 36  # azimuths 0, 10, ..., 350
     orbit_elevation: float = 15.0  # threestudio's eval_elevation_deg default (the NeRF configs keep it)
     threads: int = 1  # torch threads per run (runs go in parallel with --jobs)
@@ -151,9 +154,46 @@ class FastSettings:
         if self.guidance_scale is not None and not (isinstance(self.guidance_scale, (int, float))
                                                     and math.isfinite(self.guidance_scale) and self.guidance_scale > 0):
             raise ConfigError("guidance_scale", self.guidance_scale, "a finite scale > 0, or None for each config's own")
+        if self.cameras not in CAMERA_PRESETS:
+            raise ConfigError("cameras", self.cameras, "the 3D runs' cameras", list(CAMERA_PRESETS))
 
     def to_dict(self) -> Dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The settings (the experiment key): fields added later appear only when set away from
+        their default, so that runs finished before they existed keep their key."""
+        values = dataclasses.asdict(self)
+        for name, default in _LATER_FIELDS.items():
+            if values[name] == default:
+                del values[name]
+        return values
+
+
+CAMERA_PRESETS = ("configs", "prior")
+_LATER_FIELDS = {"cameras": "configs"}
+
+
+def prior_camera_overrides() -> List[str]:
+    """``prior_framed`` as threestudio ``data`` overrides (the launcher path's ``--cameras prior``)."""
+    framed = prior_framed(CameraSettings())
+    return [f"data.camera_distance_range=[{framed.camera_distance_range[0]:g},{framed.camera_distance_range[1]:g}]",
+            f"data.fovy_range=[{framed.fovy_range[0]:g},{framed.fovy_range[1]:g}]",
+            "data.camera_perturb=0.0", "data.center_perturb=0.0", "data.up_perturb=0.0",
+            f"data.eval_camera_distance={framed.eval_camera_distance:g}",
+            f"data.eval_fovy_deg={framed.eval_fovy_deg:g}"]
+
+
+def prior_framed(cameras: CameraSettings) -> CameraSettings:
+    """The cameras framed as the prior's world photographs its creatures (``WorldBias``' distance
+    and fovy ranges, looking at the centre: no camera, centre or up perturbation), the test orbit
+    at the middle of those ranges; elevation, azimuth, light and size kept. threestudio's configs
+    do the same for their priors (zero123.yaml: its distance and fovy; gradio/sjc.yaml,
+    prolificdreamer-*.yaml: perturbations off)."""
+    from .data import WorldBias
+
+    bias = WorldBias()
+    return dataclasses.replace(
+        cameras, camera_distance_range=tuple(bias.distance_range), fovy_range=tuple(bias.fovy_range),
+        camera_perturb=0.0, center_perturb=0.0, up_perturb=0.0,
+        eval_camera_distance=round(sum(bias.distance_range) / 2.0, 6), eval_fovy_deg=round(sum(bias.fovy_range) / 2.0, 6))
 
 
 @dataclass
@@ -168,8 +208,8 @@ class Representation:
     orbit_fovy: float
 
     @classmethod
-    def from_config(cls, volume: VolumeSettings, max_steps: int, config: str = REPRESENTATION_CONFIG
-                    ) -> "Representation":
+    def from_config(cls, volume: VolumeSettings, max_steps: int, config: str = REPRESENTATION_CONFIG,
+                    preset: str = "configs") -> "Representation":
         cfg = load_config(config, max_steps=max_steps)
         geometry = block(cfg, "system.geometry")
         if geometry.get("density_bias") != "blob_magic3d":
@@ -180,6 +220,10 @@ class Representation:
         # a latent volume renders at the prior's latent size (threestudio's Latent-NeRF renders 64x64 for SD)
         cameras = CameraSettings.from_data_block(
             block(cfg, "data"), LAB_LATENT_RESOLUTION if volume.features == "latent" else LAB_RESOLUTION)
+        if preset not in CAMERA_PRESETS:
+            raise ConfigError("cameras", preset, "the 3D runs' cameras", list(CAMERA_PRESETS))
+        if preset == "prior":
+            cameras = prior_framed(cameras)
         return cls(cameras=cameras, system=SystemSettings.from_blocks(block(cfg, "system.loss"),
                                                                       block(cfg, "system.optimizer")),
                    material=Material.from_block(block(cfg, "system.material")), volume=volume,
@@ -538,7 +582,8 @@ class Experiment:
         # prompt caches (debiased prompts, DNP's n*) per experiment key: the processors key them on
         # the models' paths, the experiment key on their weights
         factory = PromptFactory(self.models, cache_dir=os.path.join(self.out, "cache", self.key()), log=log)
-        representation = Representation.from_config(self.settings.volume, self.settings.steps)
+        representation = Representation.from_config(self.settings.volume, self.settings.steps,
+                                                     preset=self.settings.cameras)
         outputs, guidances = {}, {}
         for spec in todo:
             if spec.variant not in guidances:
@@ -873,7 +918,8 @@ def choose_calibration(rows: Sequence[Mapping[str, float]], min_face_in_front: f
 
     def control_passes(row: Mapping[str, float]) -> bool:
         value = row.get("face_scrambled")
-        return value is None or (not math.isnan(value) and value <= max_face_scrambled)
+        reconstruction = row.get("reconstruction_passed")  # None: not measured
+        return (value is None or (not math.isnan(value) and value <= max_face_scrambled)) and reconstruction is not False
 
     order = {id(r): i for i, r in enumerate(rows)}
     eligible = [r for r in rows if number(r["face_in_front"]) >= min_face_in_front and control_passes(r)]
@@ -895,6 +941,10 @@ def _no_setting_passes(rows: Sequence[Mapping[str, Any]], best: Mapping[str, Any
         return (f"No setting passes: in none does the baseline draw a face where it belongs (the best face in "
                 f"front {best['face_in_front']:.2f} < {CALIBRATION_MIN_FACE_IN_FRONT:g}), so a 3D table at these "
                 "settings measures nothing about faces.")
+    if all(r.get("reconstruction_passed") is False for r in with_face):
+        return ("No setting passes: where the baseline's front shows a face, the judge fails the reconstruction "
+                "control (it misjudges known creatures through the same representation and cameras), so its face "
+                "verdicts there are not evidence and a 3D table at these settings measures nothing about faces.")
     if all(r.get("face_scrambled") is not None and math.isnan(r["face_scrambled"]) for r in with_face):
         return ("No setting passes: where the baseline's front shows a face, the scrambled control was not "
                 "measured (face scrambled is NaN), so its face verdicts there are not evidence.")
@@ -903,17 +953,66 @@ def _no_setting_passes(rows: Sequence[Mapping[str, Any]], best: Mapping[str, Any
             "are not evidence and a 3D table at these settings measures nothing about faces.")
 
 
+def reconstruction_for(out: str, settings: FastSettings, models: LabModels, log=print) -> Dict[str, Any]:
+    """The reconstruction control (``lab.reconstruction``) at ``settings``' cameras, volume, steps
+    and lr, judged by ``models.judge``. The fitted orbits are kept in ``out`` (keyed on those
+    settings and the prior's weights) and judged again by another judge without fitting again;
+    writes ``reconstruction.json`` and ``reconstruction.png`` there."""
+    from ..utils.cache import cache_key, read_json, write_json
+    from ..utils.imaging import to_pil
+    from .judge import Judge
+    from .models import folder_fingerprint
+    from .reconstruction import FORMS, ReconstructionSettings, passes, reconstruction_control
+
+    control = ReconstructionSettings()
+    key = cache_key(volume=dataclasses.asdict(settings.volume), steps=settings.steps, lr=settings.lr,
+                    cameras=settings.cameras, orbit_views=settings.orbit_views,
+                    orbit_elevation=settings.orbit_elevation, control=dataclasses.asdict(control),
+                    prior=folder_fingerprint(models.prior))
+    os.makedirs(out, exist_ok=True)
+    orbits_path = os.path.join(out, "orbits.pt")
+    judge = Judge.load(models.judge)
+    saved = torch.load(orbits_path) if os.path.exists(orbits_path) else None
+    if saved is not None and saved.get("key") == key:
+        rows = []
+        for (kind, form), frames in saved["frames"].items():
+            metrics = judge_run_orbit(frames.float() / 255.0, judge, f"a {kind}", settings)
+            rows.append({"kind": kind, "form": form, **metrics, "coverage": saved["coverage"][(kind, form)]})
+        result = {"rows": rows, "verdict": passes(rows)}
+    else:
+        representation = Representation.from_config(settings.volume, settings.steps, preset=settings.cameras)
+        torch.set_num_threads(settings.threads)
+        result = reconstruction_control(load_backbone(models.prior), judge, settings, representation,
+                                        control=control, log=log)
+        frames = {k: (v * 255).round().to(torch.uint8) for k, v in result.pop("frames").items()}
+        tmp = orbits_path + ".tmp"
+        torch.save({"key": key, "frames": frames,
+                    "coverage": {(r["kind"], r["form"]): r["coverage"] for r in result["rows"]}}, tmp)
+        os.replace(tmp, orbits_path)
+    saved = torch.load(orbits_path)
+    strips = [torch.cat(list(saved["frames"][(kind, form)].float() / 255.0), dim=2)
+              for kind in KINDS for form in FORMS if (kind, form) in saved["frames"]]
+    to_pil(torch.cat(strips, dim=1)).save(os.path.join(out, "reconstruction.png"))
+    result["judge"] = judge_identity(models.judge)
+    write_json(os.path.join(out, "reconstruction.json"), result)
+    return result
+
+
 def calibrate(out: str, steps_options: Sequence[int], lr_options: Sequence[float],
               prompts: Optional[Sequence[str]] = None, seeds: Sequence[int] = (0,),
               settings: FastSettings = FastSettings(), models: Optional[LabModels] = None, jobs: int = 1,
               log=print, volumes: Optional[Sequence[str]] = None,
-              guidance_scales: Optional[Sequence[Optional[float]]] = None) -> str:
+              guidance_scales: Optional[Sequence[Optional[float]]] = None,
+              camera_options: Optional[Sequence[str]] = None, reconstruction: bool = False) -> str:
     """The baseline alone at each (volume, steps, lr): does it form an object at all (the judge's
     kind accuracy, the face where it belongs, the scrambled control, the orbit's coverage, the
     grids)? The one choice of the representation and its run settings is made from this, before
     any method is compared. ``volumes``: names in CALIBRATION_VOLUMES (default: the settings'
     own volume only); ``guidance_scales``: the shared guidance scales tried (default: the
-    settings' own; None stands for each config's own). Writes calibration.md."""
+    settings' own; None stands for each config's own); ``camera_options``: camera presets
+    (CAMERA_PRESETS; default the settings' own); ``reconstruction``: the reconstruction control
+    at each (cameras, volume, steps, lr), a failed one makes its settings ineligible (latent
+    volumes only). Writes calibration.md."""
     prompts = list(prompts or [p for p in lab_prompts() if "smiling" not in p])
     models = models or LabModels.default()
     for name in volumes or ():
@@ -926,36 +1025,64 @@ def calibrate(out: str, steps_options: Sequence[int], lr_options: Sequence[float
         options = [(own[0] if own else "custom", settings.volume)]
     # No Janus rate or view accuracy here: the choice must not look at what the methods change.
     scales = list(guidance_scales) if guidance_scales else [settings.guidance_scale]
-    lines = ["| volume | guidance scale | steps | lr | runs | kind accuracy | face in front | "
-             "face scrambled (control) | coverage (opacity > 0.5) | s/run |", "|" + " --- |" * 10]
+    presets = list(camera_options) if camera_options else [settings.cameras]
+    for preset in presets:
+        if preset not in CAMERA_PRESETS:
+            raise ConfigError("camera_options", preset, "camera presets", list(CAMERA_PRESETS))
+    if reconstruction:
+        for name, volume in options:
+            if volume.features != "latent":
+                raise ConfigError("volumes", name, "the reconstruction control fits latent volumes",
+                                  [n for n, v in CALIBRATION_VOLUMES.items() if v.features == "latent"])
+    lines = ["| cameras | volume | guidance scale | steps | lr | runs | kind accuracy | face in front | "
+             "face scrambled (control) | reconstruction control | coverage (opacity > 0.5) | s/run |",
+             "|" + " --- |" * 12]
     chosen_from = []
-    for name, volume in options:
-        for scale in scales:
-            scale_name = "configs'" if scale is None else f"{scale:g}"
-            for steps in steps_options:
-                for lr in lr_options:
-                    folder = f"{name}-steps{steps}-lr{lr:g}" + ("" if scale is None else f"-cfg{scale:g}")
-                    experiment = Experiment(
-                        os.path.join(out, folder), variants=("baseline",), prompts=prompts, seeds=tuple(seeds),
-                        settings=dataclasses.replace(settings, steps=int(steps), lr=float(lr), volume=volume,
-                                                     guidance_scale=scale),
-                        models=models)
-                    experiment.run(jobs, log, verdicts=False)
-                    row = summarise(experiment.results())
-                    lines.append(f"| {name} | {scale_name} | {steps} | {lr:g} | {row['runs']} | "
-                                 f"{_mean(row['kind_accuracy'])} | {_mean(row['face_in_front'])} | "
-                                 f"{_mean(row['face_scrambled'])} | {_mean(row['coverage'])} | {row['train_s']:.0f} |")
-                    chosen_from.append({"volume": name, "guidance_scale": scale, "steps": int(steps),
-                                        "lr": float(lr), "kind_accuracy": row["kind_accuracy"]["mean"],
-                                        "face_in_front": row["face_in_front"]["mean"],
-                                        "face_scrambled": row["face_scrambled"]["mean"]})
+    controls: Dict[str, Dict[str, Any]] = {}
+    for preset in presets:
+        for name, volume in options:
+            for scale in scales:
+                scale_name = "configs'" if scale is None else f"{scale:g}"
+                for steps in steps_options:
+                    for lr in lr_options:
+                        run_settings = dataclasses.replace(settings, steps=int(steps), lr=float(lr), volume=volume,
+                                                           guidance_scale=scale, cameras=preset)
+                        base = ("" if preset == "configs" else f"cam-{preset}-") + f"{name}-steps{steps}-lr{lr:g}"
+                        folder = base + ("" if scale is None else f"-cfg{scale:g}")
+                        control_text, passed = "-", None
+                        if reconstruction:
+                            if base not in controls:
+                                controls[base] = reconstruction_for(os.path.join(out, "reconstruction", base),
+                                                                    run_settings, models, log)
+                            verdict = controls[base]["verdict"]
+                            passed = bool(verdict["passed"])
+                            control_text = (("passed" if passed else "failed") +
+                                            f" (face {verdict['face_in_front_face']:.2f}, Janus {verdict['janus_face']}/3;"
+                                            f" faceless {verdict['face_in_front_faceless']:.2f};"
+                                            f" two-faced Janus {verdict['janus_two_faced']}/3)")
+                        experiment = Experiment(os.path.join(out, folder), variants=("baseline",), prompts=prompts,
+                                                seeds=tuple(seeds), settings=run_settings, models=models)
+                        experiment.run(jobs, log, verdicts=False)
+                        row = summarise(experiment.results())
+                        lines.append(f"| {preset} | {name} | {scale_name} | {steps} | {lr:g} | {row['runs']} | "
+                                     f"{_mean(row['kind_accuracy'])} | {_mean(row['face_in_front'])} | "
+                                     f"{_mean(row['face_scrambled'])} | {control_text} | {_mean(row['coverage'])} | "
+                                     f"{row['train_s']:.0f} |")
+                        chosen_from.append({"cameras": preset, "volume": name, "guidance_scale": scale,
+                                            "steps": int(steps), "lr": float(lr),
+                                            "kind_accuracy": row["kind_accuracy"]["mean"],
+                                            "face_in_front": row["face_in_front"]["mean"],
+                                            "face_scrambled": row["face_scrambled"]["mean"],
+                                            "reconstruction_passed": passed})
     chosen, measures = choose_calibration(chosen_from)
     scale = chosen.get("guidance_scale")
     lines.append("")
     lines.append(f"Rule (face in front >= {CALIBRATION_MIN_FACE_IN_FRONT:g} and face scrambled <= "
                  f"{CALIBRATION_MAX_FACE_SCRAMBLED:g}, then the highest kind accuracy, ties within "
                  f"{CALIBRATION_TIE:g} -> fewer steps, then the larger guidance scale, then more face in "
-                 f"front, then the listed volume): **{chosen['volume']}, "
+                 f"front, then the listed setting"
+                 + (", and where measured the reconstruction control passed" if reconstruction else "")
+                 + f"): **{chosen['cameras']} cameras, {chosen['volume']}, "
                  + ("" if scale is None else f"guidance scale {scale:g}, ")
                  + f"{chosen['steps']} steps, lr {chosen['lr']:g}**"
                  + ("." if measures else ". " + _no_setting_passes(chosen_from, chosen)))

@@ -1,0 +1,183 @@
+"""The reconstruction control: known creatures through the fast path's own representation.
+
+The judge is reliable on the world's renders; a 3D run's orbit is something else (a coarse volume,
+16x16 latents decoded by the prior's VAE, the test camera's framing). Here the fast path's volume is
+fitted, without any guidance, to the world's renders of a creature whose answer is known, and its
+orbit is rendered and judged exactly as a run's (``experiment3d.judge_run_orbit``):
+
+* ``face``: the world's creature (one face, in front): not Janus, the face seen in front;
+* ``faceless``: the same without its face: no face in front;
+* ``two_faced``: its front decals mirrored onto its back (``janus.render_orbit(two_faced=True)``):
+  Janus.
+
+The fit: the volume's latents (and its background) by Adam on the L2 distance between its renders
+and the VAE latents (posterior means) of world renders from random cameras of the setting's
+distance / fovy ranges (uniform azimuth, the cameras' elevation range, looking at the centre), the
+run settings' steps and learning rate. A setting (camera preset, volume, judge) passes when the
+pre-registered rule holds (``passes``; docs/janus-lab-preregistration.md, second entry).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any, Dict, List, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..utils.errors import ConfigError
+from .fast3d import CameraSettings, Cameras, Material, Scene, look_at_rays, make_scene, render, render_orbit, spherical
+from .world import KINDS, Creature, render as render_world
+
+FORMS = ("face", "faceless", "two_faced")
+# the pre-registered rule (docs/janus-lab-preregistration.md, second entry)
+MIN_FACE_IN_FRONT = 0.8  # with the face: mean face_in_front at least this
+MAX_JANUS_WITH_FACE = 1  # ... and at most this many kinds Janus
+MAX_FACE_IN_FRONT_FACELESS = 0.2  # faceless: mean face_in_front at most this
+MIN_JANUS_TWO_FACED = 2  # two-faced: at least this many kinds Janus
+
+
+@dataclass(frozen=True)
+class ReconstructionSettings:
+    views: int = 48  # world renders the volume is fitted to
+    batch: int = 4  # views per step
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for key in ("views", "batch"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(key, value, "an integer >= 1")
+
+
+def world_views(kind: str, form: str, cameras: CameraSettings, n: int, generator: torch.Generator
+                ) -> Dict[str, Tensor]:
+    """``n`` world renders [n, 3, 32, 32] of one creature in one form, from random centred cameras
+    (uniform azimuth, elevation / distance / fovy uniform in the cameras' ranges)."""
+    if form not in FORMS:
+        raise ConfigError("form", form, "a reconstruction form", list(FORMS))
+
+    def uniform(low: float, high: float) -> Tensor:
+        return torch.rand(n, generator=generator) * (high - low) + low
+
+    azimuth = uniform(-180.0, 180.0)
+    elevation = uniform(*cameras.elevation_range)
+    distance = uniform(*cameras.camera_distance_range)
+    fovy = uniform(*cameras.fovy_range)
+    creature = Creature(kind, face=form != "faceless")
+    if form == "two_faced":
+        from .janus import _render_mirrored_decals
+
+        images = torch.cat([_render_mirrored_decals([creature], azimuth[i:i + 1], float(elevation[i]),
+                                                    float(distance[i]), float(fovy[i]), 32) for i in range(n)])
+    else:
+        images = render_world([creature] * n, elevation, azimuth, distance, fovy)["image"]
+    return {"image": images, "azimuth": azimuth, "elevation": elevation, "distance": distance, "fovy": fovy}
+
+
+def centred_cameras(elevation: Tensor, azimuth: Tensor, distance: Tensor, fovy: Tensor, size: int) -> Cameras:
+    """Cameras looking at the origin, z up (the world's), ``size`` x ``size`` rays."""
+    position = spherical(elevation, azimuth, distance)
+    B = position.shape[0]
+    up = torch.tensor([0.0, 0.0, 1.0]).expand(B, 3)
+    rays_o, rays_d = look_at_rays(position, torch.zeros(B, 3), up, fovy, size, size)
+    return Cameras(rays_o, rays_d, position, position, elevation, azimuth, distance)
+
+
+def fit_volume(views: Dict[str, Tensor], encode, volume_settings, steps: int, lr: float, background_lr: float,
+               size: int, settings: ReconstructionSettings = ReconstructionSettings()) -> Scene:
+    """The fast path's latent volume fitted to ``views`` (``world_views``): L2 between its renders
+    at the views' cameras and ``encode(images)`` (the views' latents [n, C, size, size])."""
+    if volume_settings.features != "latent":
+        raise ConfigError("volume.features", volume_settings.features, "the reconstruction control fits latent volumes",
+                          ["latent"])
+    torch.manual_seed(settings.seed)
+    with torch.no_grad():
+        targets = encode(views["image"]).permute(0, 2, 3, 1)  # [n, size, size, C]
+    if targets.shape[1:3] != (size, size):
+        raise ValueError(f"the latents are {tuple(targets.shape[1:3])}, the renders {size}x{size}")
+    cameras = centred_cameras(views["elevation"], views["azimuth"], views["distance"], views["fovy"], size)
+    scene = make_scene(volume_settings, settings.seed)
+    optimizer = torch.optim.Adam([{"params": scene.volume.parameters(), "lr": lr},
+                                  {"params": scene.background.parameters(), "lr": background_lr}],
+                                 betas=(0.9, 0.99), eps=1e-15)
+    g = torch.Generator().manual_seed(settings.seed)
+    stratify = torch.Generator().manual_seed(settings.seed + 1)
+    n = targets.shape[0]
+    material = Material()
+    for _ in range(steps):
+        pick = torch.randperm(n, generator=g)[:settings.batch]
+        part = Cameras(*(getattr(cameras, f.name)[pick] for f in dataclasses.fields(Cameras)))
+        out = render(scene.volume, scene.background, part, material, "albedo", stratify, with_normal=False)
+        loss = F.mse_loss(out["comp_rgb"], targets[pick])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return scene
+
+
+def passes(rows: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
+    """The pre-registered rule over the rows of one setting (one per kind and form, with the
+    orbit's ``janus`` and ``face_in_front``): per form its verdict, and ``passed`` (all three)."""
+    by_form = {form: [r for r in rows if r["form"] == form] for form in FORMS}
+    if any(not cell for cell in by_form.values()):
+        raise ValueError("the rule needs every form")
+
+    def mean(cell, key):
+        values = [r[key] for r in cell if not math.isnan(r[key])]
+        return sum(values) / len(values) if values else math.nan
+
+    def janus_count(cell):
+        return sum(int(r["janus"] >= 0.5) for r in cell)
+
+    face, faceless, two = by_form["face"], by_form["faceless"], by_form["two_faced"]
+    verdict = {
+        "face": mean(face, "face_in_front") >= MIN_FACE_IN_FRONT and janus_count(face) <= MAX_JANUS_WITH_FACE,
+        "faceless": mean(faceless, "face_in_front") <= MAX_FACE_IN_FRONT_FACELESS,
+        "two_faced": janus_count(two) >= MIN_JANUS_TWO_FACED,
+    }
+    summary = {"face_in_front_face": mean(face, "face_in_front"), "janus_face": janus_count(face),
+               "face_in_front_faceless": mean(faceless, "face_in_front"), "janus_two_faced": janus_count(two)}
+    return {**summary, **{f"passed_{k}": v for k, v in verdict.items()}, "passed": all(verdict.values())}
+
+
+def reconstruction_control(backbone, judge, settings, representation, kinds: Sequence[str] = KINDS,
+                           control: ReconstructionSettings = ReconstructionSettings(), log=print) -> Dict[str, Any]:
+    """Every kind in every form fitted, its orbit rendered and judged as a run's (``settings``: the
+    run's ``FastSettings``; ``representation``: its ``Representation``). Returns the rows, the
+    rule's verdict (``passes``) and the orbits' frames."""
+    from .experiment3d import judge_run_orbit, orbit_azimuths
+
+    encode = _latent_means(backbone)
+    rows: List[Dict[str, Any]] = []
+    frames = {}
+    size = representation.cameras.height
+    background_lr = representation.system.background_lr or representation.system.lr
+    for kind in kinds:
+        for form in FORMS:
+            g = torch.Generator().manual_seed(control.seed * 1000 + KINDS.index(kind) * 10 + FORMS.index(form))
+            views = world_views(kind, form, representation.cameras, control.views, g)
+            scene = fit_volume(views, encode, settings.volume, settings.steps, settings.lr, background_lr, size, control)
+            orbit, opacity = render_orbit(scene, orbit_azimuths(settings.orbit_views), settings.orbit_elevation,
+                                          representation.orbit_distance, representation.orbit_fovy,
+                                          representation.material, settings.steps, resolution=size,
+                                          decode=backbone.decode_latents)
+            metrics = judge_run_orbit(orbit, judge, f"a {kind}", settings)
+            rows.append({"kind": kind, "form": form, **metrics, "coverage": float((opacity > 0.5).float().mean())})
+            frames[(kind, form)] = orbit
+            log(f"reconstruction {kind} {form}: janus {metrics['janus']:.0f} face in front "
+                f"{metrics['face_in_front']:.2f} view accuracy {metrics['view_accuracy']:.2f}")
+    return {"rows": rows, "verdict": passes(rows), "frames": frames}
+
+
+def _latent_means(backbone):
+    """Images [B, 3, H, W] in [0, 1] -> the VAE posterior means, scaled as the guidance's latents."""
+    def encode(images: Tensor) -> Tensor:
+        vae = backbone.vae
+        posterior = vae.encode((images * 2.0 - 1.0).to(next(vae.parameters()).dtype)).latent_dist
+        return (posterior.mean * backbone.scaling_factor).float()
+
+    return encode
