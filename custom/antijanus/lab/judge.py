@@ -46,7 +46,7 @@ class JudgeSettings:
     light_jitter: float = 45.0
     # creatures without their face or their tail (never both): the face / tail heads learn the
     # part itself, not the pose that usually shows it (a faceless blob is not a face)
-    p_faceless: float = 0.25
+    p_faceless: float = 0.35  # judge v8 (v5-v7: 0.25; v7 answered "no face" on 89.8 % of faceless creatures)
     p_tailless: float = 0.15
     # scrambled negatives: the creature (its silhouette, as rendered) shuffled in patches or
     # refilled with smooth colour noise, with no attribute visible (view / kind / camera not
@@ -69,7 +69,7 @@ class JudgeSettings:
     # low effective resolution: a share of the training images is shrunk (antialiased) to a side
     # drawn from ``lowres_sides`` and enlarged back (bilinear), what a 3D run's orbit is (16x16
     # latents decoded, small objects). The v5 / v6 judges never saw it and invert the face there
-    # (README: a faceless bear shrunk to 12 pixels is "face" 0.84 / 0.99). Judge v7; v5 / v6: 0.
+    # (README: a faceless bear shrunk to 12 pixels is "face" 0.84 / 0.99). Judges v7, v8; v5 / v6: 0.
     p_lowres: float = 0.3
     lowres_sides: Tuple[int, int] = (10, 20)  # the smallest and largest side, pixels (inclusive)
 
