@@ -11,6 +11,7 @@ sds2d.png (a row of images per setting). See README, "The 3D experiment".
 """
 
 import argparse
+import dataclasses
 import itertools
 import os
 import sys
@@ -20,7 +21,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
 
 import torch  # noqa: E402
 
-from antijanus.lab.experiment3d import Experiment, FastSettings, _worker_models, lab_prompts  # noqa: E402
+from antijanus.lab.experiment3d import Experiment, FastSettings, LabModels, _worker_models, lab_prompts  # noqa: E402
 from antijanus.lab.sds2d import PARAMETERISATIONS, SDS2DSettings, optimise_image  # noqa: E402
 from antijanus.lab.world import ATTRIBUTES, KINDS, VIEWS  # noqa: E402
 
@@ -36,6 +37,7 @@ def main(argv=None) -> int:
     parser.add_argument("--guidance-scale", type=float, default=None, help="default: the baseline config's (100)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--judge", default=None, help="the judge folder (default: the lab's)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     start = time.time()
@@ -45,7 +47,8 @@ def main(argv=None) -> int:
     # the baseline variant's guidance config and prompt outputs, as the fast path builds them
     experiment = Experiment(os.path.join(args.out, "prompts"), variants=("baseline",), prompts=tuple(args.prompts),
                             seeds=(args.seed,), settings=FastSettings(steps=args.steps,
-                                                                      guidance_scale=args.guidance_scale))
+                                                                      guidance_scale=args.guidance_scale),
+                            models=dataclasses.replace(LabModels.default(), **({"judge": args.judge} if args.judge else {})))
     tasks = experiment.tasks(log=lambda m: None)
     backbone, judge = _worker_models(experiment.models, args.threads)
     settings = []

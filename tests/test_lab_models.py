@@ -326,3 +326,18 @@ def test_committed_judge_sees_faces_and_their_absence_at_a_3d_orbits_resolution(
     v6 = held_out_lowres(Judge.load(os.path.join(lab_root(), "judge-v6")).net, with_face,
                          faceless, sides=(12,))
     assert v6["12"]["faceless_no_face_front"] < measured["12"]["faceless_no_face_front"]
+
+
+def test_judge_check_script_prints_each_judges_low_resolution_rows_and_the_vae_probe(capsys):
+    import sys
+
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts"))
+    try:
+        import lab_judge_check
+    finally:
+        sys.path.pop(0)
+    assert lab_judge_check.main(["--n", "40", "--sides", "16", "--judges", JUDGE,
+                                 os.path.join(lab_root(), "judge-v6")]) == 0
+    printed = capsys.readouterr().out
+    assert "| judge | 16 |" in printed and "| judge-v6 | 16 |" in printed
+    assert "VAE round trip" in printed and "judge-v6: bear with its face" in printed

@@ -1,0 +1,84 @@
+#!/usr/bin/env python
+"""The lab judges at a 3D orbit's effective resolution, on ground truth.
+
+For each judge folder: ``judge.held_out_lowres`` on the training recipe's held-out renders (the
+world's creatures and creatures without their face, the seeds ``train_judge`` holds out), shrunk
+to each ``--sides`` and enlarged back; and the probe that showed the problem: a bear seen from the
+front (azimuths -20..20, distance 1.55, fovy 60), with and without its face, shrunk to 12 pixels
+and passed through the prior's VAE (encode, decode), its mean face probability, and the VAE's
+round-trip error on those views sharp and shrunk.
+
+    python scripts/lab_judge_check.py --judges models/janus-lab/judge models/janus-lab/judge-v6 models/janus-lab/judge-v5
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "custom"))
+
+import torch  # noqa: E402
+
+
+def main(argv=None) -> int:
+    from antijanus.lab.experiment3d import load_backbone
+    from antijanus.lab.janus import render_orbit
+    from antijanus.lab.judge import Judge, JudgeSettings, at_resolution, held_out_lowres, render_labelled
+    from antijanus.lab.models import model_path
+    from antijanus.lab.world import Creature
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--judges", nargs="+", default=[model_path("judge")])
+    parser.add_argument("--sides", nargs="+", type=int, default=[12, 16, 32])
+    parser.add_argument("--n", type=int, default=None, help="held-out renders (default: the recipe's n_test)")
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    start = time.time()
+    recipe = JudgeSettings()
+    n = args.n or recipe.n_test
+    with_face = render_labelled(dataclasses.replace(recipe, p_faceless=0.0, p_tailless=0.0), n, recipe.seed + 1)
+    faceless = render_labelled(dataclasses.replace(recipe, p_faceless=1.0, p_tailless=0.0), n // 4, recipe.seed + 3)
+    backbone = load_backbone(model_path("prior"))
+    azimuths = torch.tensor([-20.0, -10.0, 0.0, 10.0, 20.0])
+    torch.manual_seed(0)  # the VAE encoder samples its posterior
+    probe, vae_error = {}, {}
+    with torch.no_grad():
+        for face in (True, False):
+            sharp = render_orbit(Creature("bear", face=face), azimuths, 15.0, 1.55, 60.0)
+            for side in (32, 12):
+                image = at_resolution(sharp, side) if side < 32 else sharp
+                decoded = backbone.decode_latents(backbone.encode_images(image)).float()
+                creature = ((sharp - 1.0).abs().sum(1, keepdim=True) > 0.1).expand_as(sharp)  # not the white ground
+                vae_error[(face, side)] = float((decoded - image).abs()[creature].mean())
+                if side == 12:
+                    probe[face] = decoded
+    print(f"held-out renders: {n} with the face, {n // 4} without (seeds {recipe.seed + 1}, {recipe.seed + 3})")
+    print("| judge | side | view | face recall | face recall, front | no face on faceless | no face on faceless fronts |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    probes = []
+    for folder in args.judges:
+        judge = Judge.load(folder)
+        name = os.path.basename(os.path.normpath(folder))
+        for side, row in held_out_lowres(judge.net, with_face, faceless, sides=tuple(args.sides)).items():
+            print(f"| {name} | {side} | {row['view']:.3f} | {row['face_recall']:.3f} | {row['face_recall_front']:.3f} "
+                  f"| {row['faceless_no_face']:.3f} | {row['faceless_no_face_front']:.3f} |")
+        face_p = {face: float(judge(images)["attribute_probs"][:, 0].mean()) for face, images in probe.items()}
+        probes.append(f"{name}: bear with its face {face_p[True]:.2f}, without {face_p[False]:.2f}")
+    print("the prior's VAE round trip (encode, decode) of those front views, mean absolute error per channel "
+          "on the creature's pixels: "
+          + ", ".join(f"{'with' if face else 'without'} its face at {side} pixels {error:.3f}"
+                      for (face, side), error in vae_error.items()))
+    print("front views of a bear at 12 pixels through the VAE, mean face probability:")
+    for line in probes:
+        print("  " + line)
+    print(f"({time.time() - start:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
