@@ -64,6 +64,10 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.report_dir and not args.report_only:
         parser.error("--report-dir goes with --report-only (a run writes its table into --out)")
+    for option, given in (("--camera-options", args.camera_options),
+                          ("--reconstruction-control", args.reconstruction_control)):
+        if given and not args.calibrate:
+            parser.error(f"{option} goes with --calibrate")
     settings = FastSettings(steps=args.steps, lr=args.lr, orbit_views=args.orbit_views,
                             guidance_scale=args.guidance_scale, cameras=args.cameras,
                             **({"volume": CALIBRATION_VOLUMES[args.volume]} if args.volume else {}))

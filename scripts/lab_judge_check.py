@@ -29,7 +29,7 @@ def main(argv=None) -> int:
     from antijanus.lab.janus import render_orbit
     from antijanus.lab.judge import Judge, JudgeSettings, at_resolution, held_out_lowres, render_labelled
     from antijanus.lab.models import model_path
-    from antijanus.lab.world import Creature
+    from antijanus.lab.world import ATTRIBUTES, Creature
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--judges", nargs="+", default=[model_path("judge")])
@@ -37,10 +37,14 @@ def main(argv=None) -> int:
     parser.add_argument("--n", type=int, default=None, help="held-out renders (default: the recipe's n_test)")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
+    if args.n is not None and args.n < 8:
+        parser.error("--n: at least 8 held-out renders (a quarter of them without the face)")
+    if any(not 2 <= side <= 32 for side in args.sides):
+        parser.error(f"--sides: pixels per side between 2 and 32, not {args.sides}")
     torch.set_num_threads(args.threads)
     start = time.time()
     recipe = JudgeSettings()
-    n = args.n or recipe.n_test
+    n = recipe.n_test if args.n is None else args.n
     with_face = render_labelled(dataclasses.replace(recipe, p_faceless=0.0, p_tailless=0.0), n, recipe.seed + 1)
     faceless = render_labelled(dataclasses.replace(recipe, p_faceless=1.0, p_tailless=0.0), n // 4, recipe.seed + 3)
     backbone = load_backbone(model_path("prior"))
@@ -67,7 +71,8 @@ def main(argv=None) -> int:
         for side, row in held_out_lowres(judge.net, with_face, faceless, sides=tuple(args.sides)).items():
             print(f"| {name} | {side} | {row['view']:.3f} | {row['face_recall']:.3f} | {row['face_recall_front']:.3f} "
                   f"| {row['faceless_no_face']:.3f} | {row['faceless_no_face_front']:.3f} |")
-        face_p = {face: float(judge(images)["attribute_probs"][:, 0].mean()) for face, images in probe.items()}
+        face_p = {face: float(judge(images)["attribute_probs"][:, ATTRIBUTES.index("face")].mean())
+                  for face, images in probe.items()}
         probes.append(f"{name}: bear with its face {face_p[True]:.2f}, without {face_p[False]:.2f}")
     print("the prior's VAE round trip (encode, decode) of those front views, mean absolute error per channel "
           "on the creature's pixels: "

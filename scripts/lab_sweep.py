@@ -78,6 +78,9 @@ def main(argv=None) -> int:
     if args.cameras == "prior":
         from antijanus.lab.experiment3d import prior_camera_overrides
 
+        # its own sweep name: a run's folder and done-marker do not depend on the overrides, so runs
+        # with the configs' cameras must not be taken for these
+        sweep.name = f"{sweep.name}-cam-prior"
         sweep.overrides = sweep.overrides + prior_camera_overrides()
     sweep.overrides = sweep.overrides + list(args.set)
     if args.n_views:

@@ -30,8 +30,14 @@ def settings_with(cls, overrides):
         key, _, value = item.partition("=")
         if key not in fields:
             continue
-        values[key] = type(getattr(cls(), key))(json.loads(value)) if not isinstance(getattr(cls(), key), tuple) \
-            else tuple(json.loads(value))
+        try:
+            parsed = json.loads(value)
+            default = getattr(cls(), key)
+            values[key] = tuple(parsed) if isinstance(default, tuple) else type(default)(parsed)
+        except (ValueError, TypeError) as error:
+            from antijanus.utils.errors import ConfigError
+
+            raise ConfigError(key, value, f"a JSON value of the setting's type ({type(getattr(cls(), key)).__name__}): {error}")
     return cls(**values)
 
 
@@ -53,18 +59,23 @@ def main() -> None:
     unknown = [s for s in args.set if s.partition("=")[0] not in known]
     if unknown:
         parser.error(f"unknown setting(s) {unknown}; known: {sorted(known)}")
-    bias = settings_with(WorldBias, [s[len("bias."):] for s in args.set if s.startswith("bias.")])
+    from antijanus.utils.errors import ConfigError
+
     plain = [s for s in args.set if not s.startswith("bias.")]
-    jobs = {
-        "prior": lambda out: train_prior(out, dataclasses.replace(settings_with(PriorSettings, plain), bias=bias)),
-        "mlm": lambda out: train_mlm(out, dataclasses.replace(settings_with(MLMSettings, plain), bias=bias)),
-        "judge": lambda out: train_judge(out, settings_with(JudgeSettings, plain)),
-    }
-    names = list(jobs) if args.model == "all" else [args.model]
+    names = ["prior", "mlm", "judge"] if args.model == "all" else [args.model]
+    try:  # every setting checked before anything trains
+        bias = settings_with(WorldBias, [s[len("bias."):] for s in args.set if s.startswith("bias.")])
+        settings = {"prior": lambda: dataclasses.replace(settings_with(PriorSettings, plain), bias=bias),
+                    "mlm": lambda: dataclasses.replace(settings_with(MLMSettings, plain), bias=bias),
+                    "judge": lambda: settings_with(JudgeSettings, plain)}
+        chosen = {name: settings[name]() for name in names}
+    except ConfigError as error:
+        parser.error(str(error))
+    jobs = {"prior": train_prior, "mlm": train_mlm, "judge": train_judge}
     for name in names:
         out = os.path.join(args.out, name) if args.model == "all" else args.out
         start = time.time()
-        record = jobs[name](out)
+        record = jobs[name](out, chosen[name])
         shown = {k: record[k] for k in ("figures", "held_out", "held_out_augmented", "held_out_faceless", "timings") if k in record}
         print(f"{name}: wrote {out} in {time.time() - start:.0f} s\n{json.dumps(shown, indent=2)}", flush=True)
 

@@ -704,6 +704,29 @@ def test_calibration_says_which_gate_no_setting_passed():
                         ([{**row(0.8, 0.0), "reconstruction_passed": False}], "fails the reconstruction control")):
         best, eligible = choose_calibration(rows)
         assert not eligible and words in _no_setting_passes(rows, best)
+    mixed = [{**row(0.8, 0.0), "reconstruction_passed": False}, {**row(0.9, 0.5), "reconstruction_passed": True}]
+    best, eligible = choose_calibration(mixed)
+    message = _no_setting_passes(mixed, best)
+    assert not eligible and "reconstruction control" in message and "scrambled pixels" in message
+
+
+def test_lab_sweep_with_the_priors_cameras_is_its_own_sweep(tmp_path, capsys):
+    """--cameras prior: the fast path's prior framing as data overrides, in a sweep of its own name
+    (its runs are never taken for runs with the configs' cameras)."""
+    sys.path.insert(0, os.path.join(REPO_ROOT, "scripts"))
+    try:
+        import lab_sweep
+    finally:
+        sys.path.pop(0)
+    from antijanus.lab.experiment3d import prior_camera_overrides
+
+    args = ["--dry-run", "--variants", "baseline", "--prompts", "a bear", "--seeds", "0", "--out", str(tmp_path)]
+    assert lab_sweep.main(args) == 0
+    default = capsys.readouterr().out
+    assert lab_sweep.main(args + ["--cameras", "prior"]) == 0
+    prior = capsys.readouterr().out
+    assert "-cam-prior" in prior and "-cam-prior" not in default
+    assert all(o.split("=")[0] in prior for o in prior_camera_overrides()) and "center_perturb=0.0" not in default
 
 
 def test_the_reconstruction_control_makes_a_setting_ineligible_only_when_it_failed():

@@ -341,3 +341,27 @@ def test_judge_check_script_prints_each_judges_low_resolution_rows_and_the_vae_p
     printed = capsys.readouterr().out
     assert "| judge | 16 |" in printed and "| judge-v6 | 16 |" in printed
     assert "VAE round trip" in printed and "judge-v6: bear with its face" in printed
+
+
+def test_prior_settings_for_a_vae_trained_at_lower_resolution_are_checked_and_train():
+    """vae_p_lowres (off for the committed prior): a bad value is a ConfigError naming the key; on,
+    the VAE trains on a share of its images shrunk and enlarged back (the generator draws more)."""
+    from antijanus.lab.prior import PriorSettings, build_vae, train_vae
+    from antijanus.utils.errors import ConfigError
+
+    assert PriorSettings().vae_p_lowres == 0.0
+    for bad, key in ((dict(vae_p_lowres=1.5), "vae_p_lowres"), (dict(vae_p_lowres="0.3"), "vae_p_lowres"),
+                     (dict(vae_lowres_sides=(1, 8)), "vae_lowres_sides"), (dict(vae_lowres_sides=12), "vae_lowres_sides"),
+                     (dict(vae_lowres_sides=(16, 8)), "vae_lowres_sides")):
+        with pytest.raises(ConfigError, match=key):
+            PriorSettings(**bad)
+    images = (torch.rand(8, 3, 32, 32) * 255).to(torch.uint8)
+    states = []
+    for p in (0.0, 1.0):
+        settings = PriorSettings(vae_channels=(16, 16), vae_steps=2, vae_batch=4, vae_p_lowres=p)
+        torch.manual_seed(0)
+        g = torch.Generator().manual_seed(0)
+        record = train_vae(build_vae(settings), images, settings, g, log=lambda m: None)
+        assert math.isfinite(record["vae_final_loss"])
+        states.append(g.get_state())
+    assert not torch.equal(states[0], states[1])  # on: the share and the sides are drawn

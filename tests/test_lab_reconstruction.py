@@ -87,7 +87,7 @@ def test_fitting_brings_the_volumes_renders_to_the_targets():
         ReconstructionSettings(views=0)
 
 
-def test_the_control_keeps_its_orbits_and_judges_them_again_for_another_judge(tmp_path, monkeypatch):
+def test_the_control_keeps_its_orbits_and_judges_them_again_for_another_judge(tmp_path, monkeypatch, caplog):
     """reconstruction_for fits once per setting (orbits.pt, keyed on the settings and the prior's
     weights) and writes the verdict and a grid; another judge re-judges the kept orbits."""
     from antijanus.lab import experiment3d, reconstruction
@@ -102,13 +102,29 @@ def test_the_control_keeps_its_orbits_and_judges_them_again_for_another_judge(tm
     assert {(r["kind"], r["form"]) for r in first["rows"]} == {(k, f) for k in ("bear", "robot", "frog") for f in FORMS}
     assert set(first["verdict"]) >= {"passed", "passed_face", "passed_faceless", "passed_two_faced"}
     assert (out / "orbits.pt").exists() and (out / "reconstruction.png").exists() and (out / "reconstruction.json").exists()
+    assert oct(os.stat(out / "orbits.pt").st_mode & 0o777) == oct(0o666 & ~_umask())
 
     def no_fit(*args, **kwargs):
         raise AssertionError("fitted again")
 
     monkeypatch.setattr(reconstruction, "reconstruction_control", no_fit)
+    same = experiment3d.reconstruction_for(str(out), settings, models, log=lambda m: None)
+    assert same["rows"] == first["rows"]  # the first call judged the kept (uint8) frames too
     other = dataclasses.replace(models, judge=os.path.join(os.path.dirname(model_path("judge")), "judge-v5"))
     again = experiment3d.reconstruction_for(str(out), settings, other, log=lambda m: None)
     assert again["judge"] != first["judge"] and len(again["rows"]) == 9
     with pytest.raises(AssertionError, match="fitted again"):  # other settings: fitted anew
         experiment3d.reconstruction_for(str(out), dataclasses.replace(settings, steps=3), models, log=lambda m: None)
+    with pytest.raises(AssertionError, match="fitted again"):  # other cameras from the config: fitted anew
+        experiment3d.reconstruction_for(str(out), dataclasses.replace(settings, cameras="configs"), models,
+                                        log=lambda m: None)
+    (out / "orbits.pt").write_bytes(b"not a torch file")
+    with pytest.raises(AssertionError, match="fitted again"):
+        experiment3d.reconstruction_for(str(out), settings, models, log=lambda m: None)
+    assert "orbits.pt is unreadable" in caplog.text
+
+
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

@@ -406,7 +406,7 @@ def run_one(task: RunTask) -> Dict[str, Any]:
     guidance.info = guidance.warn = messages.append
     system = dataclasses.replace(rep.system, geometry_lr=s.lr)
     start = time.time()
-    scene = make_scene(s.volume, task.spec.seed)
+    scene = make_scene(rep.volume, task.spec.seed)  # settings' volume with the config's density blob
     trained = train(guidance, task.prompt_output, scene, rep.cameras, system, rep.material, s.steps,
                     task.spec.seed, log_every=max(1, s.steps // 20))
     train_s = time.time() - start
@@ -941,59 +941,77 @@ def _no_setting_passes(rows: Sequence[Mapping[str, Any]], best: Mapping[str, Any
         return (f"No setting passes: in none does the baseline draw a face where it belongs (the best face in "
                 f"front {best['face_in_front']:.2f} < {CALIBRATION_MIN_FACE_IN_FRONT:g}), so a 3D table at these "
                 "settings measures nothing about faces.")
-    if all(r.get("reconstruction_passed") is False for r in with_face):
-        return ("No setting passes: where the baseline's front shows a face, the judge fails the reconstruction "
-                "control (it misjudges known creatures through the same representation and cameras), so its face "
-                "verdicts there are not evidence and a 3D table at these settings measures nothing about faces.")
-    if all(r.get("face_scrambled") is not None and math.isnan(r["face_scrambled"]) for r in with_face):
-        return ("No setting passes: where the baseline's front shows a face, the scrambled control was not "
-                "measured (face scrambled is NaN), so its face verdicts there are not evidence.")
-    return (f"No setting passes: where the baseline's front shows a face, the judge also sees one on "
-            f"scrambled pixels (face scrambled > {CALIBRATION_MAX_FACE_SCRAMBLED:g}), so its face verdicts there "
-            "are not evidence and a 3D table at these settings measures nothing about faces.")
+    causes = []
+    if any(r.get("reconstruction_passed") is False for r in with_face):
+        causes.append("the judge fails the reconstruction control (it misjudges known creatures through the same "
+                      "representation and cameras)")
+    scrambled = [r.get("face_scrambled") for r in with_face]
+    if any(v is not None and math.isnan(v) for v in scrambled):
+        causes.append("the scrambled control was not measured (face scrambled is NaN)")
+    if any(v is not None and not math.isnan(v) and v > CALIBRATION_MAX_FACE_SCRAMBLED for v in scrambled):
+        causes.append(f"the judge also sees one on scrambled pixels (face scrambled > {CALIBRATION_MAX_FACE_SCRAMBLED:g})")
+    return ("No setting passes: where the baseline's front shows a face, " + "; or ".join(causes)
+            + ", so its face verdicts there are not evidence and a 3D table at these settings measures nothing "
+            "about faces.")
 
 
 def reconstruction_for(out: str, settings: FastSettings, models: LabModels, log=print) -> Dict[str, Any]:
     """The reconstruction control (``lab.reconstruction``) at ``settings``' cameras, volume, steps
-    and lr, judged by ``models.judge``. The fitted orbits are kept in ``out`` (keyed on those
-    settings and the prior's weights) and judged again by another judge without fitting again;
-    writes ``reconstruction.json`` and ``reconstruction.png`` there."""
-    from ..utils.cache import cache_key, read_json, write_json
+    and lr, judged by ``models.judge``. The fitted orbits are kept in ``out`` as uint8 frames (keyed
+    on everything the fit reads: those settings, the representation built from the config, the
+    control's settings and the prior's weights) and always judged from those kept frames, so a
+    judge gives the same verdict on the first call as on later ones, and another judge re-judges
+    without fitting again; an unreadable kept file is fitted again. Writes ``reconstruction.json``
+    and ``reconstruction.png`` there."""
+    import io
+
+    from ..utils.cache import _unreadable, atomic_write, cache_key, write_json
     from ..utils.imaging import to_pil
     from .judge import Judge
     from .models import folder_fingerprint
     from .reconstruction import FORMS, ReconstructionSettings, passes, reconstruction_control
 
     control = ReconstructionSettings()
+    representation = Representation.from_config(settings.volume, settings.steps, preset=settings.cameras)
     key = cache_key(volume=dataclasses.asdict(settings.volume), steps=settings.steps, lr=settings.lr,
                     cameras=settings.cameras, orbit_views=settings.orbit_views,
                     orbit_elevation=settings.orbit_elevation, control=dataclasses.asdict(control),
-                    prior=folder_fingerprint(models.prior))
-    os.makedirs(out, exist_ok=True)
+                    representation=dataclasses.asdict(representation), prior=folder_fingerprint(models.prior))
     orbits_path = os.path.join(out, "orbits.pt")
-    judge = Judge.load(models.judge)
-    saved = torch.load(orbits_path) if os.path.exists(orbits_path) else None
-    if saved is not None and saved.get("key") == key:
-        rows = []
-        for (kind, form), frames in saved["frames"].items():
-            metrics = judge_run_orbit(frames.float() / 255.0, judge, f"a {kind}", settings)
-            rows.append({"kind": kind, "form": form, **metrics, "coverage": saved["coverage"][(kind, form)]})
-        result = {"rows": rows, "verdict": passes(rows)}
-    else:
-        representation = Representation.from_config(settings.volume, settings.steps, preset=settings.cameras)
+
+    def kept() -> Optional[Dict[str, Any]]:
+        if not os.path.exists(orbits_path):
+            return None
+        try:
+            saved = torch.load(orbits_path)
+            if not isinstance(saved, dict) or not {"key", "frames", "coverage"} <= set(saved):
+                raise ValueError("not a kept reconstruction")
+        except Exception as error:  # a truncated or foreign file: fitted again
+            _unreadable(orbits_path, error)
+            return None
+        return saved if saved["key"] == key else None
+
+    saved = kept()
+    if saved is None:
         torch.set_num_threads(settings.threads)
-        result = reconstruction_control(load_backbone(models.prior), judge, settings, representation,
+        fitted = reconstruction_control(load_backbone(models.prior), Judge.load(models.judge), settings, representation,
                                         control=control, log=log)
-        frames = {k: (v * 255).round().to(torch.uint8) for k, v in result.pop("frames").items()}
-        tmp = orbits_path + ".tmp"
-        torch.save({"key": key, "frames": frames,
-                    "coverage": {(r["kind"], r["form"]): r["coverage"] for r in result["rows"]}}, tmp)
-        os.replace(tmp, orbits_path)
-    saved = torch.load(orbits_path)
+        saved = {"key": key, "frames": {k: (v * 255).round().to(torch.uint8) for k, v in fitted["frames"].items()},
+                 "coverage": {(r["kind"], r["form"]): r["coverage"] for r in fitted["rows"]}}
+        buffer = io.BytesIO()
+        torch.save(saved, buffer)
+        atomic_write(orbits_path, lambda f: f.write(buffer.getvalue()), binary=True)
+    judge = Judge.load(models.judge)
+    rows = []
+    for (kind, form), frames in saved["frames"].items():
+        metrics = judge_run_orbit(frames.float() / 255.0, judge, f"a {kind}", settings)
+        rows.append({"kind": kind, "form": form, **metrics, "coverage": saved["coverage"][(kind, form)]})
+    result = {"rows": rows, "verdict": passes(rows), "judge": judge_identity(models.judge)}
     strips = [torch.cat(list(saved["frames"][(kind, form)].float() / 255.0), dim=2)
               for kind in KINDS for form in FORMS if (kind, form) in saved["frames"]]
-    to_pil(torch.cat(strips, dim=1)).save(os.path.join(out, "reconstruction.png"))
-    result["judge"] = judge_identity(models.judge)
+    image = io.BytesIO()
+    to_pil(torch.cat(strips, dim=1)).save(image, format="PNG")
+    atomic_write(os.path.join(out, "reconstruction.png"), lambda f: f.write(image.getvalue()), binary=True)
     write_json(os.path.join(out, "reconstruction.json"), result)
     return result
 
@@ -1032,7 +1050,7 @@ def calibrate(out: str, steps_options: Sequence[int], lr_options: Sequence[float
     if reconstruction:
         for name, volume in options:
             if volume.features != "latent":
-                raise ConfigError("volumes", name, "the reconstruction control fits latent volumes",
+                raise ConfigError("volumes" if volumes else "volume", name, "the reconstruction control fits latent volumes",
                                   [n for n, v in CALIBRATION_VOLUMES.items() if v.features == "latent"])
     lines = ["| cameras | volume | guidance scale | steps | lr | runs | kind accuracy | face in front | "
              "face scrambled (control) | reconstruction control | coverage (opacity > 0.5) | s/run |",
@@ -1078,11 +1096,11 @@ def calibrate(out: str, steps_options: Sequence[int], lr_options: Sequence[float
     scale = chosen.get("guidance_scale")
     lines.append("")
     lines.append(f"Rule (face in front >= {CALIBRATION_MIN_FACE_IN_FRONT:g} and face scrambled <= "
-                 f"{CALIBRATION_MAX_FACE_SCRAMBLED:g}, then the highest kind accuracy, ties within "
+                 f"{CALIBRATION_MAX_FACE_SCRAMBLED:g}"
+                 + (" and the reconstruction control passed" if reconstruction else "")
+                 + f", then the highest kind accuracy, ties within "
                  f"{CALIBRATION_TIE:g} -> fewer steps, then the larger guidance scale, then more face in "
-                 f"front, then the listed setting"
-                 + (", and where measured the reconstruction control passed" if reconstruction else "")
-                 + f"): **{chosen['cameras']} cameras, {chosen['volume']}, "
+                 f"front, then the listed setting): **{chosen['cameras']} cameras, {chosen['volume']}, "
                  + ("" if scale is None else f"guidance scale {scale:g}, ")
                  + f"{chosen['steps']} steps, lr {chosen['lr']:g}**"
                  + ("." if measures else ". " + _no_setting_passes(chosen_from, chosen)))

@@ -56,6 +56,12 @@ class PriorSettings:
     vae_batch: int = 32
     vae_lr: float = 1e-3
     vae_kl_weight: float = 1e-6
+    # a share of the VAE's training images at a lower effective resolution (shrunk to a side in
+    # ``vae_lowres_sides`` and enlarged back), reconstructed as they are: a 3D run's latent volume
+    # renders smooth latents, which the committed VAE (0: off) decodes in false colours (README,
+    # "The 3D measurement examined on known objects"). Not yet used for a committed prior.
+    vae_p_lowres: float = 0.0
+    vae_lowres_sides: Tuple[int, int] = (8, 16)
     # UNet
     unet_channels: Tuple[int, ...] = (32, 64, 64)  # cross-attention at 8x8 and 4x4 only
     unet_heads: int = 4
@@ -67,6 +73,17 @@ class PriorSettings:
     p_uncond: float = 0.1  # caption dropped -> "" (the unconditional of CFG)
     min_snr_gamma: float = 5.0  # min-SNR-gamma loss weighting (Hang et al. 2023); 0: plain MSE
     snapshots: Tuple[int, ...] = ()  # steps after which the averaged weights are also saved (a study)
+
+    def __post_init__(self) -> None:
+        from ..utils.errors import ConfigError
+
+        p = self.vae_p_lowres
+        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p <= 1.0:
+            raise ConfigError("vae_p_lowres", p, "a probability in [0, 1]")
+        low = self.vae_lowres_sides
+        if (not isinstance(low, (tuple, list)) or len(low) != 2
+                or any(isinstance(v, bool) or not isinstance(v, int) for v in low) or not 2 <= low[0] <= low[1]):
+            raise ConfigError("vae_lowres_sides", low, "(smallest, largest) integer sides, 2 <= smallest <= largest")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -214,7 +231,8 @@ def log_every(seconds: float = 30.0, log: Callable[[str], None] = print) -> Call
 
 
 def train_vae(vae, images: Tensor, settings: PriorSettings, g: torch.Generator, log=print) -> Dict[str, float]:
-    """L1 + MSE reconstruction of [-1, 1] images plus a small KL term."""
+    """L1 + MSE reconstruction of [-1, 1] images plus a small KL term; with ``vae_p_lowres`` a
+    share of them at a lower effective resolution (``utils.imaging.lower_resolution``)."""
     optimizer = torch.optim.AdamW(vae.parameters(), lr=settings.vae_lr, weight_decay=0.0)
     vae.train()
     tick = log_every(30.0, log)
@@ -223,6 +241,10 @@ def train_vae(vae, images: Tensor, settings: PriorSettings, g: torch.Generator, 
             group["lr"] = lr_at(step, settings.vae_steps, settings.vae_lr, 100)
         index = torch.randint(0, images.shape[0], (settings.vae_batch,), generator=g)
         x = images[index].float() / 127.5 - 1.0
+        if settings.vae_p_lowres > 0:  # (off: the committed prior's random draws unchanged)
+            from ..utils.imaging import lower_resolution
+
+            x = lower_resolution(x * 0.5 + 0.5, settings.vae_p_lowres, settings.vae_lowres_sides, g) * 2.0 - 1.0
         posterior = vae.encode(x).latent_dist
         z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=g)
         recon = vae.decode(z).sample

@@ -22,7 +22,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, List, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -88,9 +88,11 @@ def centred_cameras(elevation: Tensor, azimuth: Tensor, distance: Tensor, fovy: 
 
 
 def fit_volume(views: Dict[str, Tensor], encode, volume_settings, steps: int, lr: float, background_lr: float,
-               size: int, settings: ReconstructionSettings = ReconstructionSettings()) -> Scene:
+               size: int, settings: ReconstructionSettings = ReconstructionSettings(),
+               betas: Tuple[float, float] = (0.9, 0.99), eps: float = 1e-15) -> Scene:
     """The fast path's latent volume fitted to ``views`` (``world_views``): L2 between its renders
-    at the views' cameras and ``encode(images)`` (the views' latents [n, C, size, size])."""
+    at the views' cameras and ``encode(images)`` (the views' latents [n, C, size, size]); Adam with
+    the runs' ``betas`` and ``eps`` (the config's optimizer)."""
     if volume_settings.features != "latent":
         raise ConfigError("volume.features", volume_settings.features, "the reconstruction control fits latent volumes",
                           ["latent"])
@@ -103,7 +105,7 @@ def fit_volume(views: Dict[str, Tensor], encode, volume_settings, steps: int, lr
     scene = make_scene(volume_settings, settings.seed)
     optimizer = torch.optim.Adam([{"params": scene.volume.parameters(), "lr": lr},
                                   {"params": scene.background.parameters(), "lr": background_lr}],
-                                 betas=(0.9, 0.99), eps=1e-15)
+                                 betas=tuple(betas), eps=eps)
     g = torch.Generator().manual_seed(settings.seed)
     stratify = torch.Generator().manual_seed(settings.seed + 1)
     n = targets.shape[0]
@@ -160,7 +162,8 @@ def reconstruction_control(backbone, judge, settings, representation, kinds: Seq
         for form in FORMS:
             g = torch.Generator().manual_seed(control.seed * 1000 + KINDS.index(kind) * 10 + FORMS.index(form))
             views = world_views(kind, form, representation.cameras, control.views, g)
-            scene = fit_volume(views, encode, settings.volume, settings.steps, settings.lr, background_lr, size, control)
+            scene = fit_volume(views, encode, representation.volume, settings.steps, settings.lr, background_lr, size,
+                               control, betas=representation.system.betas, eps=representation.system.eps)
             orbit, opacity = render_orbit(scene, orbit_azimuths(settings.orbit_views), settings.orbit_elevation,
                                           representation.orbit_distance, representation.orbit_fovy,
                                           representation.material, settings.steps, resolution=size,

@@ -1,4 +1,4 @@
-"""Image helpers for the 2D tools: tensors to PIL, labelled grids."""
+"""Image helpers for the 2D tools: tensors to PIL, labelled grids, lower effective resolution."""
 
 from __future__ import annotations
 
@@ -6,6 +6,33 @@ import textwrap
 from typing import Optional, Sequence
 
 from torch import Tensor
+
+
+def at_resolution(images: Tensor, side: int) -> Tensor:
+    """Images [B, C, H, W] in [0, 1] shrunk to ``side`` x ``side`` (antialiased) and enlarged back to
+    H x W (bilinear): the same picture with ``side`` pixels of detail."""
+    import torch.nn.functional as F
+
+    H, W = images.shape[-2:]
+    small = F.interpolate(images, (side, side), mode="bilinear", align_corners=False, antialias=True)
+    return F.interpolate(small, (H, W), mode="bilinear", align_corners=False).clamp(0.0, 1.0)
+
+
+def lower_resolution(images: Tensor, p: float, sides, generator) -> Tensor:
+    """A share ``p`` of the images [B, C, H, W] in [0, 1] ``at_resolution`` of a side uniform in
+    ``sides`` (smallest, largest; inclusive); the draws: which images, then every image's side."""
+    import torch
+
+    B = images.shape[0]
+    chosen = torch.rand(B, generator=generator) < p
+    drawn = torch.randint(sides[0], sides[1] + 1, (B,), generator=generator)
+    if not chosen.any():
+        return images
+    out = images.clone()
+    for side in drawn[chosen].unique().tolist():
+        pick = chosen & (drawn == side)
+        out[pick] = at_resolution(images[pick], side)
+    return out
 
 
 def to_pil(image: Tensor):
