@@ -34,6 +34,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--judges", nargs="+", default=[model_path("judge")])
     parser.add_argument("--sides", nargs="+", type=int, default=[12, 16, 32])
+    parser.add_argument("--prior", default=model_path("prior"), help="the prior whose VAE the probe uses")
     parser.add_argument("--n", type=int, default=None, help="held-out renders (default: the recipe's n_test)")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
@@ -47,7 +48,7 @@ def main(argv=None) -> int:
     n = recipe.n_test if args.n is None else args.n
     with_face = render_labelled(dataclasses.replace(recipe, p_faceless=0.0, p_tailless=0.0), n, recipe.seed + 1)
     faceless = render_labelled(dataclasses.replace(recipe, p_faceless=1.0, p_tailless=0.0), n // 4, recipe.seed + 3)
-    backbone = load_backbone(model_path("prior"))
+    backbone = load_backbone(args.prior)
     azimuths = torch.tensor([-20.0, -10.0, 0.0, 10.0, 20.0])
     torch.manual_seed(0)  # the VAE encoder samples its posterior
     probe, vae_error = {}, {}
