@@ -107,7 +107,7 @@ def test_the_control_keeps_its_orbits_and_judges_them_again_for_another_judge(tm
     def no_fit(*args, **kwargs):
         raise AssertionError("fitted again")
 
-    monkeypatch.setattr(reconstruction, "reconstruction_control", no_fit)
+    monkeypatch.setattr(reconstruction, "fit_orbits", no_fit)
     same = experiment3d.reconstruction_for(str(out), settings, models, log=lambda m: None)
     assert same["rows"] == first["rows"]  # the first call judged the kept (uint8) frames too
     other = dataclasses.replace(models, judge=os.path.join(os.path.dirname(model_path("judge")), "judge-v5"))

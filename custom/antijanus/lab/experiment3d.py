@@ -429,16 +429,25 @@ def run_one(task: RunTask) -> Dict[str, Any]:
     return result
 
 
+def frames_to_uint8(frames: torch.Tensor) -> torch.Tensor:
+    """Orbit frames in [0, 1] as kept on disk (and judged again from)."""
+    return (frames * 255).round().to(torch.uint8)
+
+
+def frames_from_uint8(frames: torch.Tensor) -> torch.Tensor:
+    return frames.float() / 255.0
+
+
 def save_orbit(run_dir: str, frames: torch.Tensor) -> None:
     from ..utils.imaging import to_pil
 
-    torch.save((frames * 255).round().to(torch.uint8), os.path.join(run_dir, "orbit.pt"))
+    torch.save(frames_to_uint8(frames), os.path.join(run_dir, "orbit.pt"))
     strip = torch.cat(list(frames), dim=2)  # [3, H, N * W]
     to_pil(strip).save(os.path.join(run_dir, "orbit.png"))
 
 
 def load_orbit_frames(run_dir: str) -> torch.Tensor:
-    return torch.load(os.path.join(run_dir, "orbit.pt")).float() / 255.0
+    return frames_from_uint8(torch.load(os.path.join(run_dir, "orbit.pt")))
 
 
 def _init_worker(threads: int) -> None:
@@ -957,19 +966,18 @@ def _no_setting_passes(rows: Sequence[Mapping[str, Any]], best: Mapping[str, Any
 
 def reconstruction_for(out: str, settings: FastSettings, models: LabModels, log=print) -> Dict[str, Any]:
     """The reconstruction control (``lab.reconstruction``) at ``settings``' cameras, volume, steps
-    and lr, judged by ``models.judge``. The fitted orbits are kept in ``out`` as uint8 frames (keyed
+    and lr, judged by ``models.judge``. The fitted orbits are kept in ``out`` (``orbits.pt``, keyed
     on everything the fit reads: those settings, the representation built from the config, the
-    control's settings and the prior's weights) and always judged from those kept frames, so a
-    judge gives the same verdict on the first call as on later ones, and another judge re-judges
-    without fitting again; an unreadable kept file is fitted again. Writes ``reconstruction.json``
-    and ``reconstruction.png`` there."""
+    control's settings and the prior's weights) and judged from the kept frames, on the first call
+    as on later ones; another judge re-judges without fitting again; an unreadable kept file is
+    fitted again. Writes ``reconstruction.json`` and ``reconstruction.png`` there."""
     import io
 
-    from ..utils.cache import _unreadable, atomic_write, cache_key, write_json
+    from ..utils.cache import atomic_write, cache_key, load_torch, write_json
     from ..utils.imaging import to_pil
     from .judge import Judge
     from .models import folder_fingerprint
-    from .reconstruction import FORMS, ReconstructionSettings, passes, reconstruction_control
+    from .reconstruction import FORMS, ReconstructionSettings, fit_orbits, judge_orbits
 
     control = ReconstructionSettings()
     representation = Representation.from_config(settings.volume, settings.steps, preset=settings.cameras)
@@ -978,37 +986,19 @@ def reconstruction_for(out: str, settings: FastSettings, models: LabModels, log=
                     orbit_elevation=settings.orbit_elevation, control=dataclasses.asdict(control),
                     representation=dataclasses.asdict(representation), prior=folder_fingerprint(models.prior))
     orbits_path = os.path.join(out, "orbits.pt")
-
-    def kept() -> Optional[Dict[str, Any]]:
-        if not os.path.exists(orbits_path):
-            return None
-        try:
-            saved = torch.load(orbits_path)
-            if not isinstance(saved, dict) or not {"key", "frames", "coverage"} <= set(saved):
-                raise ValueError("not a kept reconstruction")
-        except Exception as error:  # a truncated or foreign file: fitted again
-            _unreadable(orbits_path, error)
-            return None
-        return saved if saved["key"] == key else None
-
-    saved = kept()
-    if saved is None:
+    kept = load_torch(orbits_path, lambda value: isinstance(value, dict) and {"key", "orbits"} <= set(value),
+                      "a kept reconstruction")
+    if kept is None or kept["key"] != key:
         torch.set_num_threads(settings.threads)
-        fitted = reconstruction_control(load_backbone(models.prior), Judge.load(models.judge), settings, representation,
-                                        control=control, log=log)
-        saved = {"key": key, "frames": {k: (v * 255).round().to(torch.uint8) for k, v in fitted["frames"].items()},
-                 "coverage": {(r["kind"], r["form"]): r["coverage"] for r in fitted["rows"]}}
+        kept = {"key": key, "orbits": fit_orbits(load_backbone(models.prior), settings, representation,
+                                                 control=control, log=log)}
         buffer = io.BytesIO()
-        torch.save(saved, buffer)
+        torch.save(kept, buffer)
         atomic_write(orbits_path, lambda f: f.write(buffer.getvalue()), binary=True)
-    judge = Judge.load(models.judge)
-    rows = []
-    for (kind, form), frames in saved["frames"].items():
-        metrics = judge_run_orbit(frames.float() / 255.0, judge, f"a {kind}", settings)
-        rows.append({"kind": kind, "form": form, **metrics, "coverage": saved["coverage"][(kind, form)]})
-    result = {"rows": rows, "verdict": passes(rows), "judge": judge_identity(models.judge)}
-    strips = [torch.cat(list(saved["frames"][(kind, form)].float() / 255.0), dim=2)
-              for kind in KINDS for form in FORMS if (kind, form) in saved["frames"]]
+    orbits = kept["orbits"]
+    result = {**judge_orbits(orbits, Judge.load(models.judge), settings), "judge": judge_identity(models.judge)}
+    strips = [torch.cat(list(frames_from_uint8(orbits[(kind, form)]["frames"])), dim=2)
+              for kind in KINDS for form in FORMS if (kind, form) in orbits]
     image = io.BytesIO()
     to_pil(torch.cat(strips, dim=1)).save(image, format="PNG")
     atomic_write(os.path.join(out, "reconstruction.png"), lambda f: f.write(image.getvalue()), binary=True)

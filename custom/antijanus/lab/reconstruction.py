@@ -22,7 +22,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Dict, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -146,16 +146,15 @@ def passes(rows: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
     return {**summary, **{f"passed_{k}": v for k, v in verdict.items()}, "passed": all(verdict.values())}
 
 
-def reconstruction_control(backbone, judge, settings, representation, kinds: Sequence[str] = KINDS,
-                           control: ReconstructionSettings = ReconstructionSettings(), log=print) -> Dict[str, Any]:
-    """Every kind in every form fitted, its orbit rendered and judged as a run's (``settings``: the
-    run's ``FastSettings``; ``representation``: its ``Representation``). Returns the rows, the
-    rule's verdict (``passes``) and the orbits' frames."""
-    from .experiment3d import judge_run_orbit, orbit_azimuths
+def fit_orbits(backbone, settings, representation, kinds: Sequence[str] = KINDS,
+               control: ReconstructionSettings = ReconstructionSettings(), log=print) -> Dict[Tuple[str, str], Dict[str, Any]]:
+    """Every kind in every form fitted and its orbit rendered as a run's (``settings``: the run's
+    ``FastSettings``; ``representation``: its ``Representation``): per (kind, form) the orbit's
+    ``frames`` as a run keeps them (uint8, ``experiment3d.frames_to_uint8``) and its ``coverage``."""
+    from .experiment3d import frames_to_uint8, orbit_azimuths
 
     encode = _latent_means(backbone)
-    rows: List[Dict[str, Any]] = []
-    frames = {}
+    orbits = {}
     size = representation.cameras.height
     background_lr = representation.system.background_lr or representation.system.lr
     for kind in kinds:
@@ -168,12 +167,20 @@ def reconstruction_control(backbone, judge, settings, representation, kinds: Seq
                                           representation.orbit_distance, representation.orbit_fovy,
                                           representation.material, settings.steps, resolution=size,
                                           decode=backbone.decode_latents)
-            metrics = judge_run_orbit(orbit, judge, f"a {kind}", settings)
-            rows.append({"kind": kind, "form": form, **metrics, "coverage": float((opacity > 0.5).float().mean())})
-            frames[(kind, form)] = orbit
-            log(f"reconstruction {kind} {form}: janus {metrics['janus']:.0f} face in front "
-                f"{metrics['face_in_front']:.2f} view accuracy {metrics['view_accuracy']:.2f}")
-    return {"rows": rows, "verdict": passes(rows), "frames": frames}
+            coverage = float((opacity > 0.5).float().mean())
+            orbits[(kind, form)] = {"frames": frames_to_uint8(orbit), "coverage": coverage}
+            log(f"reconstruction {kind} {form}: fitted, coverage {coverage:.3f}")
+    return orbits
+
+
+def judge_orbits(orbits: Dict[Tuple[str, str], Dict[str, Any]], judge, settings) -> Dict[str, Any]:
+    """``fit_orbits``' orbits judged exactly as runs' (``experiment3d.judge_run_orbit``): one row per
+    kind and form, and the rule's verdict (``passes``)."""
+    from .experiment3d import frames_from_uint8, judge_run_orbit
+
+    rows = [{"kind": kind, "form": form, **judge_run_orbit(frames_from_uint8(orbit["frames"]), judge, f"a {kind}", settings),
+             "coverage": orbit["coverage"]} for (kind, form), orbit in orbits.items()]
+    return {"rows": rows, "verdict": passes(rows)}
 
 
 def _latent_means(backbone):

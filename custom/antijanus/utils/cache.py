@@ -142,23 +142,29 @@ def save_tensor(path: str, tensor: torch.Tensor) -> None:
     atomic_write(path, lambda f: torch.save(tensor, f), binary=True)
 
 
-def load_tensor(path: str, map_location=None) -> Optional[torch.Tensor]:
-    """The tensor in ``path``; None when there is no file, or (with one warning naming the file)
-    when it cannot be loaded as a tensor. An unreadable file is also removed, so that code which
-    only checks whether the file exists (threestudio's prompt processors) computes it again."""
+def load_torch(path: str, is_valid: Callable[[Any], bool], description: str, map_location=None) -> Any:
+    """The object ``torch.save`` wrote to ``path``; None when there is no file, or (with one warning
+    naming the file) when it cannot be loaded or ``is_valid`` rejects it (``description`` says what
+    was expected). An unreadable file is also removed, so that code which only checks whether the
+    file exists (threestudio's prompt processors) computes it again."""
     if not os.path.exists(path):
         return None
     try:
-        tensor = torch.load(path, map_location=map_location)
+        value = torch.load(path, map_location=map_location)
     except Exception as error:  # torch.load raises many kinds: RuntimeError, EOFError, UnpicklingError...
         _unreadable(path, error)
         _remove_quietly(path)
         return None
-    if not isinstance(tensor, torch.Tensor):
-        _unreadable(path, ValueError(f"holds a {type(tensor).__name__}, not a tensor"))
+    if not is_valid(value):
+        _unreadable(path, ValueError(f"holds a {type(value).__name__}, not {description}"))
         _remove_quietly(path)
         return None
-    return tensor
+    return value
+
+
+def load_tensor(path: str, map_location=None) -> Optional[torch.Tensor]:
+    """The tensor in ``path`` (``load_torch``)."""
+    return load_torch(path, lambda value: isinstance(value, torch.Tensor), "a tensor", map_location)
 
 
 def _remove_quietly(path: str) -> None:
