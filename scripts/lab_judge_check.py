@@ -55,10 +55,10 @@ def main(argv=None) -> int:
     with torch.no_grad():
         for face in (True, False):
             sharp = render_orbit(Creature("bear", face=face), azimuths, 15.0, 1.55, 60.0)
+            creature = ((sharp - 1.0).abs().sum(1, keepdim=True) > 0.1).expand_as(sharp)  # not the white ground
             for side in (32, 12):
                 image = at_resolution(sharp, side) if side < 32 else sharp
                 decoded = backbone.decode_latents(backbone.encode_images(image)).float()
-                creature = ((sharp - 1.0).abs().sum(1, keepdim=True) > 0.1).expand_as(sharp)  # not the white ground
                 vae_error[(face, side)] = float((decoded - image).abs()[creature].mean())
                 if side == 12:
                     probe[face] = decoded

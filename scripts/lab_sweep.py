@@ -25,7 +25,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, os.path.join(ROOT, "custom"))
 
-from antijanus.lab.experiment3d import VARIANT_NAMES, launcher_results, orbit_grid, write_tables  # noqa: E402
+from antijanus.lab.experiment3d import (CAMERA_PRESETS, VARIANT_NAMES, launcher_results, orbit_grid,  # noqa: E402
+                                        prior_camera_overrides, write_tables)
 from antijanus.lab.models import lab_root  # noqa: E402
 
 SWEEPS = {  # the representation -> its sweep file (same variants, README: "The launcher path")
@@ -48,7 +49,7 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds", nargs="+", type=int, help="seeds (default: the sweep file's)")
     parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
                         help="more threestudio overrides for every run (e.g. trainer.max_steps=2 for a smoke run)")
-    parser.add_argument("--cameras", choices=("configs", "prior"), default="configs",
+    parser.add_argument("--cameras", choices=CAMERA_PRESETS, default="configs",
                         help="the training and test cameras: the configs' (threestudio's) or framed as the prior's "
                              "world photographs (the fast path's FastSettings.cameras, README)")
     parser.add_argument("--n-views", type=int, help="orbit views (default: the sweep file's metrics.n_views)")
@@ -76,8 +77,6 @@ def main(argv=None) -> int:
     if args.seeds:
         sweep.seeds = list(args.seeds)
     if args.cameras == "prior":
-        from antijanus.lab.experiment3d import prior_camera_overrides
-
         # its own sweep name: a run's folder and done-marker do not depend on the overrides, so runs
         # with the configs' cameras must not be taken for these
         sweep.name = f"{sweep.name}-cam-prior"

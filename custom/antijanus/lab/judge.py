@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..utils.errors import ConfigError
-from ..utils.imaging import at_resolution  # noqa: F401 (the judge's low-resolution images; re-exported)
+from ..utils.imaging import at_resolution, check_lowres  # noqa: F401 (at_resolution re-exported)
 from .prior import log_every
 from .world import ATTRIBUTES, IMAGE_SIZE, KINDS, VIEWS, Creature, render_batched, view_region, wrap_azimuth
 
@@ -87,13 +87,7 @@ class JudgeSettings:
                               f"patch sides that divide the {IMAGE_SIZE}-pixel image", sides)
         if self.scramble_noise_sigma < 0:
             raise ConfigError("scramble_noise_sigma", self.scramble_noise_sigma, "a blur sigma >= 0 (pixels)")
-        if isinstance(self.p_lowres, bool) or not isinstance(self.p_lowres, (int, float)) or not 0.0 <= self.p_lowres <= 1.0:
-            raise ConfigError("p_lowres", self.p_lowres, "a probability in [0, 1]")
-        low = self.lowres_sides
-        if (not isinstance(low, (tuple, list)) or len(low) != 2
-                or any(isinstance(v, bool) or not isinstance(v, int) for v in low)
-                or not 2 <= low[0] <= low[1] <= IMAGE_SIZE):
-            raise ConfigError("lowres_sides", low, f"(smallest, largest) integer sides, 2 <= smallest <= largest <= {IMAGE_SIZE}")
+        check_lowres("p_lowres", self.p_lowres, "lowres_sides", self.lowres_sides, largest=IMAGE_SIZE)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -75,15 +75,9 @@ class PriorSettings:
     snapshots: Tuple[int, ...] = ()  # steps after which the averaged weights are also saved (a study)
 
     def __post_init__(self) -> None:
-        from ..utils.errors import ConfigError
+        from ..utils.imaging import check_lowres
 
-        p = self.vae_p_lowres
-        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p <= 1.0:
-            raise ConfigError("vae_p_lowres", p, "a probability in [0, 1]")
-        low = self.vae_lowres_sides
-        if (not isinstance(low, (tuple, list)) or len(low) != 2
-                or any(isinstance(v, bool) or not isinstance(v, int) for v in low) or not 2 <= low[0] <= low[1]):
-            raise ConfigError("vae_lowres_sides", low, "(smallest, largest) integer sides, 2 <= smallest <= largest")
+        check_lowres("vae_p_lowres", self.vae_p_lowres, "vae_lowres_sides", self.vae_lowres_sides)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

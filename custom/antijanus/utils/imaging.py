@@ -18,6 +18,20 @@ def at_resolution(images: Tensor, side: int) -> Tensor:
     return F.interpolate(small, (H, W), mode="bilinear", align_corners=False).clamp(0.0, 1.0)
 
 
+def check_lowres(p_key: str, p, sides_key: str, sides, largest: Optional[int] = None) -> None:
+    """A ConfigError naming the key unless ``p`` is a probability and ``sides`` two integer sides
+    (smallest, largest), 2 <= smallest <= largest (<= ``largest`` when given)."""
+    from .errors import ConfigError
+
+    if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p <= 1.0:
+        raise ConfigError(p_key, p, "a probability in [0, 1]")
+    bound = "" if largest is None else f" <= {largest}"
+    if (not isinstance(sides, (tuple, list)) or len(sides) != 2
+            or any(isinstance(v, bool) or not isinstance(v, int) for v in sides)
+            or not 2 <= sides[0] <= sides[1] <= (largest or sides[1])):
+        raise ConfigError(sides_key, sides, f"(smallest, largest) integer sides, 2 <= smallest <= largest{bound}")
+
+
 def lower_resolution(images: Tensor, p: float, sides, generator) -> Tensor:
     """A share ``p`` of the images [B, C, H, W] in [0, 1] ``at_resolution`` of a side uniform in
     ``sides`` (smallest, largest; inclusive); the draws: which images, then every image's side."""
