@@ -343,13 +343,25 @@ def test_judge_check_script_prints_each_judges_low_resolution_rows_and_the_vae_p
     assert "VAE round trip" in printed and "judge-v6: bear with its face" in printed
 
 
+def test_prior_settings_default_to_the_committed_priors_recipe():
+    """``lab_train.py prior`` without --set trains the committed prior's recipe (its lab_training.json)."""
+    import dataclasses
+    import json
+
+    from antijanus.lab.prior import PriorSettings
+
+    with open(os.path.join(PRIOR, "lab_training.json")) as f:
+        recorded = json.load(f)["settings"]
+    defaults = json.loads(json.dumps(dataclasses.asdict(PriorSettings())))
+    assert {k: v for k, v in defaults.items() if k in recorded} == recorded
+
+
 def test_prior_settings_for_a_vae_trained_at_lower_resolution_are_checked_and_train():
-    """vae_p_lowres (off for the committed prior): a bad value is a ConfigError naming the key; on,
-    the VAE trains on a share of its images shrunk and enlarged back (the generator draws more)."""
+    """vae_p_lowres (prior v4: 0.3): a bad value is a ConfigError naming the key; on, the VAE
+    trains on a share of its images shrunk and enlarged back (the generator draws more)."""
     from antijanus.lab.prior import PriorSettings, build_vae, train_vae
     from antijanus.utils.errors import ConfigError
 
-    assert PriorSettings().vae_p_lowres == 0.0
     for bad, key in ((dict(vae_p_lowres=1.5), "vae_p_lowres"), (dict(vae_p_lowres="0.3"), "vae_p_lowres"),
                      (dict(vae_lowres_sides=(1, 8)), "vae_lowres_sides"), (dict(vae_lowres_sides=12), "vae_lowres_sides"),
                      (dict(vae_lowres_sides=(16, 8)), "vae_lowres_sides")):
@@ -358,10 +370,48 @@ def test_prior_settings_for_a_vae_trained_at_lower_resolution_are_checked_and_tr
     images = (torch.rand(8, 3, 32, 32) * 255).to(torch.uint8)
     states = []
     for p in (0.0, 1.0):
-        settings = PriorSettings(vae_channels=(16, 16), vae_steps=2, vae_batch=4, vae_p_lowres=p)
+        settings = PriorSettings(vae_channels=(16, 16), vae_steps=2, vae_batch=4, vae_p_lowres=p,
+                                 vae_p_equivariance=0.0)
         torch.manual_seed(0)
         g = torch.Generator().manual_seed(0)
         record = train_vae(build_vae(settings), images, settings, g, log=lambda m: None)
         assert math.isfinite(record["vae_final_loss"])
         states.append(g.get_state())
     assert not torch.equal(states[0], states[1])  # on: the share and the sides are drawn
+
+
+def test_eq_vae_transforms_latents_and_images_alike_and_trains():
+    """EQ-VAE's tau (``equivariance_pair``): latents and images scaled to the same fraction and
+    turned the same way (a marked corner stays in the same corner of both); bad settings are
+    ConfigErrors naming the key; on, the VAE trains with it (the generator draws more)."""
+    from antijanus.lab.prior import PriorSettings, build_vae, equivariance_pair, train_vae
+    from antijanus.utils.errors import ConfigError
+
+    assert PriorSettings().vae_p_equivariance == 0.0  # prior v4: off
+    for bad, key in ((dict(vae_p_equivariance=-0.1), "vae_p_equivariance"), (dict(vae_p_equivariance=True), "vae_p_equivariance"),
+                     (dict(vae_equivariance_scales=(0.0, 1.0)), "vae_equivariance_scales"),
+                     (dict(vae_equivariance_scales=(0.8, 0.5)), "vae_equivariance_scales"),
+                     (dict(vae_equivariance_scales=(0.5, 1.5)), "vae_equivariance_scales")):
+        with pytest.raises(ConfigError, match=key):
+            PriorSettings(**bad)
+    z, x = torch.zeros(2, 4, 16, 16), torch.zeros(2, 3, 32, 32)
+    z[:, :, :8, :8], x[:, :, :16, :16] = 1.0, 1.0  # the top-left quadrant marked in both
+    turns = set()
+    for seed in range(12):
+        tz, tx = equivariance_pair(z, x, (0.5, 0.5), torch.Generator().manual_seed(seed))
+        assert tz.shape == (2, 4, 8, 8) and tx.shape == (2, 3, 16, 16)
+        corner_z = [float(tz[0, 0, r, c]) for r, c in ((1, 1), (1, 6), (6, 1), (6, 6))]
+        corner_x = [float(tx[0, 0, r, c]) for r, c in ((2, 2), (2, 13), (13, 2), (13, 13))]
+        assert max(range(4), key=corner_z.__getitem__) == max(range(4), key=corner_x.__getitem__)
+        turns.add(max(range(4), key=corner_z.__getitem__))
+    assert len(turns) > 1  # the turn is drawn
+    images = (torch.rand(8, 3, 32, 32) * 255).to(torch.uint8)
+    states = []
+    for p in (0.0, 1.0):
+        settings = PriorSettings(vae_channels=(16, 16), vae_steps=2, vae_batch=4, vae_p_lowres=0.0, vae_p_equivariance=p)
+        torch.manual_seed(0)
+        g = torch.Generator().manual_seed(0)
+        record = train_vae(build_vae(settings), images, settings, g, log=lambda m: None)
+        assert math.isfinite(record["vae_final_loss"])
+        states.append(g.get_state())
+    assert not torch.equal(states[0], states[1])

@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..utils.errors import ConfigError
 from .data import WorldBias, make_samples
 
 LATENT_CHANNELS = 4
@@ -52,16 +53,24 @@ class PriorSettings:
     text_ff: int = 128
     # VAE
     vae_channels: Tuple[int, ...] = (32, 32)  # len - 1 down-samplings: factor 2
-    vae_steps: int = 500
+    vae_steps: int = 2000  # prior v4 (v3: 500)
     vae_batch: int = 32
     vae_lr: float = 1e-3
     vae_kl_weight: float = 1e-6
     # a share of the VAE's training images at a lower effective resolution (shrunk to a side in
     # ``vae_lowres_sides`` and enlarged back), reconstructed as they are: a 3D run's latent volume
-    # renders smooth latents, which the committed VAE (0: off) decodes in false colours (README,
-    # "The 3D measurement examined on known objects"). Not yet used for a committed prior.
-    vae_p_lowres: float = 0.0
+    # renders smooth latents, which prior v3's VAE (0: off, 500 steps) decodes in false colours
+    # (README, "The 3D measurement examined on known objects"); prior v4: 0.3.
+    vae_p_lowres: float = 0.3
     vae_lowres_sides: Tuple[int, int] = (8, 16)
+    # EQ-VAE (Kouzelis et al., ICML 2025: "EQ-VAE: Equivariance Regularized Latent Space for Improved
+    # Generative Image Modeling"): with this probability a batch's latents are transformed before
+    # decoding, scaled by a factor uniform in ``vae_equivariance_scales`` (bilinear) and turned by a
+    # multiple of 90 degrees, and the decoder must give the images transformed the same way,
+    # D(tau(E(x))) = tau(x). A latent volume renders resampled latents; an unregularised latent
+    # space decodes them in false colours (README, "Third round: prior v4"). 0: off (priors up to v4).
+    vae_p_equivariance: float = 0.0
+    vae_equivariance_scales: Tuple[float, float] = (0.5, 1.0)
     # UNet
     unet_channels: Tuple[int, ...] = (32, 64, 64)  # cross-attention at 8x8 and 4x4 only
     unet_heads: int = 4
@@ -78,6 +87,14 @@ class PriorSettings:
         from ..utils.imaging import check_lowres
 
         check_lowres("vae_p_lowres", self.vae_p_lowres, "vae_lowres_sides", self.vae_lowres_sides)
+        p = self.vae_p_equivariance
+        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p <= 1.0:
+            raise ConfigError("vae_p_equivariance", p, "a probability in [0, 1]")
+        scales = self.vae_equivariance_scales
+        if (not isinstance(scales, (tuple, list)) or len(scales) != 2
+                or any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in scales)
+                or not 0.0 < scales[0] <= scales[1] <= 1.0):
+            raise ConfigError("vae_equivariance_scales", scales, "(smallest, largest) scale factors, 0 < smallest <= largest <= 1")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -241,6 +258,8 @@ def train_vae(vae, images: Tensor, settings: PriorSettings, g: torch.Generator, 
             x = lower_resolution(x * 0.5 + 0.5, settings.vae_p_lowres, settings.vae_lowres_sides, g) * 2.0 - 1.0
         posterior = vae.encode(x).latent_dist
         z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=g)
+        if settings.vae_p_equivariance > 0 and float(torch.rand((), generator=g)) < settings.vae_p_equivariance:
+            z, x = equivariance_pair(z, x, settings.vae_equivariance_scales, g)
         recon = vae.decode(z).sample
         kl = 0.5 * (posterior.mean ** 2 + posterior.var - 1.0 - posterior.logvar).mean()
         loss = F.l1_loss(recon, x) + F.mse_loss(recon, x) + settings.vae_kl_weight * kl
@@ -250,6 +269,20 @@ def train_vae(vae, images: Tensor, settings: PriorSettings, g: torch.Generator, 
         tick(f"vae step {step}/{settings.vae_steps} loss {loss.item():.4f} kl {kl.item():.1f}")
     vae.eval()
     return {"vae_final_loss": float(loss.item())}
+
+
+def equivariance_pair(z: Tensor, x: Tensor, scales: Tuple[float, float], g: torch.Generator) -> Tuple[Tensor, Tensor]:
+    """EQ-VAE's transform tau applied to latents ``z`` [B, C, h, w] and images ``x`` [B, 3, H, W]
+    alike: scaled by one factor uniform in ``scales`` (latent side rounded, at least 2; the images
+    to the same multiple of it, antialiased) and turned by k * 90 degrees, k uniform in 0..3."""
+    factor = scales[0] + (scales[1] - scales[0]) * float(torch.rand((), generator=g))
+    k = int(torch.randint(0, 4, (), generator=g))
+    side = max(2, round(z.shape[-1] * factor))
+    ratio = x.shape[-1] // z.shape[-1]
+    if side != z.shape[-1]:
+        z = F.interpolate(z, size=(side, side), mode="bilinear", align_corners=False)
+        x = F.interpolate(x, size=(side * ratio, side * ratio), mode="bilinear", align_corners=False, antialias=True)
+    return torch.rot90(z, k, dims=(-2, -1)), torch.rot90(x, k, dims=(-2, -1))
 
 
 @torch.no_grad()
