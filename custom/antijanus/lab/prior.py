@@ -69,6 +69,10 @@ class PriorSettings:
     # multiple of 90 degrees, and the decoder must give the images transformed the same way,
     # D(tau(E(x))) = tau(x). A latent volume renders resampled latents; an unregularised latent
     # space decodes them in false colours (README, "Third round: prior v4"). 0: off (priors up to v4).
+    # The authors' code (zelaki/eqvae, ldm/models/autoencoder.py) uses p 0.5, one scale from
+    # {8, ..., 31} / 32 and a turn of 1-3 quarters, both on every regularised batch; ours: a
+    # continuous scale (our 16x16 latents: 0.5 keeps 8x8) and 0-3 quarters (the scale alone a
+    # quarter of the time).
     vae_p_equivariance: float = 0.0
     vae_equivariance_scales: Tuple[float, float] = (0.5, 1.0)
     # UNet
