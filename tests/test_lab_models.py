@@ -388,7 +388,8 @@ def test_eq_vae_transforms_latents_and_images_alike_and_trains():
     from antijanus.utils.errors import ConfigError
 
     assert PriorSettings().vae_p_equivariance == 0.0  # prior v4: off
-    for bad, key in ((dict(vae_p_equivariance=-0.1), "vae_p_equivariance"), (dict(vae_p_equivariance=True), "vae_p_equivariance"),
+    for bad, key in ((dict(vae_p_equivariance=-0.1), "vae_p_equivariance"),
+                     (dict(vae_p_equivariance=True), "vae_p_equivariance"),
                      (dict(vae_equivariance_scales=(0.0, 1.0)), "vae_equivariance_scales"),
                      (dict(vae_equivariance_scales=(0.8, 0.5)), "vae_equivariance_scales"),
                      (dict(vae_equivariance_scales=(0.5, 1.5)), "vae_equivariance_scales")):
@@ -408,7 +409,8 @@ def test_eq_vae_transforms_latents_and_images_alike_and_trains():
     images = (torch.rand(8, 3, 32, 32) * 255).to(torch.uint8)
     states = []
     for p in (0.0, 1.0):
-        settings = PriorSettings(vae_channels=(16, 16), vae_steps=2, vae_batch=4, vae_p_lowres=0.0, vae_p_equivariance=p)
+        settings = PriorSettings(vae_channels=(16, 16), vae_steps=2, vae_batch=4, vae_p_lowres=0.0,
+                                 vae_p_equivariance=p)
         torch.manual_seed(0)
         g = torch.Generator().manual_seed(0)
         record = train_vae(build_vae(settings), images, settings, g, log=lambda m: None)

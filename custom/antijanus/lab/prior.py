@@ -98,7 +98,8 @@ class PriorSettings:
         if (not isinstance(scales, (tuple, list)) or len(scales) != 2
                 or any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in scales)
                 or not 0.0 < scales[0] <= scales[1] <= 1.0):
-            raise ConfigError("vae_equivariance_scales", scales, "(smallest, largest) scale factors, 0 < smallest <= largest <= 1")
+            raise ConfigError("vae_equivariance_scales", scales,
+                              "(smallest, largest) scale factors, 0 < smallest <= largest <= 1")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
