@@ -8,7 +8,14 @@ front (azimuths -20..20, distance 1.55, fovy 60), with and without its face, shr
 and passed through the prior's VAE (encode, decode), its mean face probability, and the VAE's
 round-trip error on those views sharp and shrunk.
 
+With ``--volume-probe`` also a bear with and without its face fitted into the fast path's latent
+volume exactly as the reconstruction control fits it (the prior-framed cameras,
+``lab.reconstruction.fit_creature``): how its renders at its training cameras decode
+(``fit_residual``: a latent space that decodes resampled latents in false colours shows a small
+latent residual and a large decoded error), and each judge's verdict on its orbit.
+
     python scripts/lab_judge_check.py --judges models/janus-lab/judge models/janus-lab/judge-v6 models/janus-lab/judge-v5
+    python scripts/lab_judge_check.py --prior models/janus-lab/prior-v3 --volume-probe
 """
 
 from __future__ import annotations
@@ -37,6 +44,8 @@ def main(argv=None) -> int:
     parser.add_argument("--prior", default=model_path("prior"), help="the prior whose VAE the probe uses")
     parser.add_argument("--n", type=int, default=None, help="held-out renders (default: the recipe's n_test)")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--volume-probe", action="store_true",
+                        help="also fit a bear with and without its face into the latent volume (README)")
     args = parser.parse_args(argv)
     if args.n is not None and args.n < 8:
         parser.error("--n: at least 8 held-out renders (a quarter of them without the face)")
@@ -82,8 +91,38 @@ def main(argv=None) -> int:
     print("front views of a bear at 12 pixels through the VAE, mean face probability:")
     for line in probes:
         print("  " + line)
+    if args.volume_probe:
+        volume_probe(backbone, args.judges)
     print(f"({time.time() - start:.0f} s)")
     return 0
+
+
+def volume_probe(backbone, judges) -> None:
+    from antijanus.lab.experiment3d import (FastSettings, Representation, frames_from_uint8, frames_to_uint8,
+                                            judge_run_orbit, orbit_azimuths)
+    from antijanus.lab.fast3d import render_orbit as render_volume_orbit
+    from antijanus.lab.judge import Judge
+    from antijanus.lab.reconstruction import ReconstructionSettings, fit_creature, fit_residual, latent_means
+
+    settings = FastSettings(cameras="prior")
+    representation = Representation.from_config(settings.volume, settings.steps, preset=settings.cameras)
+    encode, size = latent_means(backbone), representation.cameras.height
+    print("a bear fitted into the latent volume (prior-framed cameras, the reconstruction control's fit):")
+    for form in ("face", "faceless"):
+        scene, views = fit_creature("bear", form, encode, settings, representation, ReconstructionSettings())
+        fit = fit_residual(scene, views, encode, backbone.decode_latents, size)
+        with torch.no_grad():
+            orbit, _ = render_volume_orbit(scene, orbit_azimuths(settings.orbit_views), settings.orbit_elevation,
+                                           representation.orbit_distance, representation.orbit_fovy,
+                                           representation.material, settings.steps, resolution=size,
+                                           decode=backbone.decode_latents)
+        orbit = frames_from_uint8(frames_to_uint8(orbit))  # as a run keeps and judges it
+        print(f"  {form}: latent residual {fit['latent_residual']:.3f}, its training views decoded: error "
+              f"{fit['decoded_error']:.3f} on the creature's pixels (the VAE's round trip {fit['round_trip_error']:.3f})")
+        for folder in judges:
+            m = judge_run_orbit(orbit, Judge.load(folder), "a bear", settings)
+            print(f"    {os.path.basename(os.path.normpath(folder))}: orbit Janus {m['janus']:.0f}, face in front "
+                  f"{m['face_in_front']:.2f}, view accuracy {m['view_accuracy']:.2f}")
 
 
 if __name__ == "__main__":

@@ -341,6 +341,26 @@ def test_judge_check_script_prints_each_judges_low_resolution_rows_and_the_vae_p
     printed = capsys.readouterr().out
     assert "| judge | 16 |" in printed and "| judge-v6 | 16 |" in printed
     assert "VAE round trip" in printed and "judge-v6: bear with its face" in printed
+    assert "latent volume" not in printed  # the volume probe only when asked
+
+
+def test_judge_check_script_fits_the_volume_probe_as_the_control_fits(capsys):
+    """--volume-probe: a bear with and without its face fitted as the reconstruction control fits
+    it, with the fit's figures and each judge's verdict on its orbit."""
+    import re
+    import sys
+
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts"))
+    try:
+        import lab_judge_check
+    finally:
+        sys.path.pop(0)
+    assert lab_judge_check.main(["--n", "8", "--sides", "16", "--judges", JUDGE, "--volume-probe"]) == 0
+    printed = capsys.readouterr().out
+    for form in ("face", "faceless"):
+        found = re.search(rf"  {form}: latent residual ([0-9.]+), its training views decoded: error ([0-9.]+)", printed)
+        assert found and 0 < float(found.group(1)) < 1 and 0 < float(found.group(2)) < 1
+    assert len(re.findall(r"    judge: orbit Janus [01], face in front [0-9.]+, view accuracy [0-9.]+", printed)) == 2
 
 
 def test_prior_settings_default_to_the_committed_priors_recipe():

@@ -153,16 +153,12 @@ def fit_orbits(backbone, settings, representation, kinds: Sequence[str] = KINDS,
     ``frames`` as a run keeps them (uint8, ``experiment3d.frames_to_uint8``) and its ``coverage``."""
     from .experiment3d import frames_to_uint8, orbit_azimuths
 
-    encode = _latent_means(backbone)
+    encode = latent_means(backbone)
     orbits = {}
     size = representation.cameras.height
-    background_lr = representation.system.background_lr or representation.system.lr
     for kind in kinds:
         for form in FORMS:
-            g = torch.Generator().manual_seed(control.seed * 1000 + KINDS.index(kind) * 10 + FORMS.index(form))
-            views = world_views(kind, form, representation.cameras, control.views, g)
-            scene = fit_volume(views, encode, representation.volume, settings.steps, settings.lr, background_lr, size,
-                               control, betas=representation.system.betas, eps=representation.system.eps)
+            scene, _ = fit_creature(kind, form, encode, settings, representation, control)
             orbit, opacity = render_orbit(scene, orbit_azimuths(settings.orbit_views), settings.orbit_elevation,
                                           representation.orbit_distance, representation.orbit_fovy,
                                           representation.material, settings.steps, resolution=size,
@@ -171,6 +167,39 @@ def fit_orbits(backbone, settings, representation, kinds: Sequence[str] = KINDS,
             orbits[(kind, form)] = {"frames": frames_to_uint8(orbit), "coverage": coverage}
             log(f"reconstruction {kind} {form}: fitted, coverage {coverage:.3f}")
     return orbits
+
+
+def fit_creature(kind: str, form: str, encode, settings, representation, control: ReconstructionSettings
+                 ) -> Tuple[Scene, Dict[str, Tensor]]:
+    """One creature in one form fitted as ``fit_orbits`` fits it (the same views and seed): the
+    scene and its training views."""
+    g = torch.Generator().manual_seed(control.seed * 1000 + KINDS.index(kind) * 10 + FORMS.index(form))
+    views = world_views(kind, form, representation.cameras, control.views, g)
+    background_lr = representation.system.background_lr or representation.system.lr
+    scene = fit_volume(views, encode, representation.volume, settings.steps, settings.lr, background_lr,
+                       representation.cameras.height, control, betas=representation.system.betas,
+                       eps=representation.system.eps)
+    return scene, views
+
+
+@torch.no_grad()
+def fit_residual(scene: Scene, views: Dict[str, Tensor], encode, decode, size: int, n: int = 12) -> Dict[str, float]:
+    """How a fitted latent volume holds its first ``n`` training views: ``latent_residual``, the
+    squared error of its renders at their cameras relative to the latents' mean square; and on the
+    creature's pixels (those unlike the white ground), the mean absolute error per channel of those
+    renders decoded (``decoded_error``) beside the VAE's own round trip of the views
+    (``round_trip_error``). A latent space that decodes resampled latents in false colours shows a
+    small residual and a large decoded error."""
+    images = views["image"][:n]
+    cameras = centred_cameras(views["elevation"][:n], views["azimuth"][:n], views["distance"][:n], views["fovy"][:n],
+                              size)
+    rendered = render(scene.volume, scene.background, cameras, Material(), "albedo", None,
+                      with_normal=False)["comp_rgb"].permute(0, 3, 1, 2)
+    target = encode(images)
+    creature = ((images - 1.0).abs().sum(1, keepdim=True) > 0.1).expand_as(images)
+    return {"latent_residual": float((rendered - target).pow(2).mean() / target.pow(2).mean()),
+            "decoded_error": float((decode(rendered).float() - images).abs()[creature].mean()),
+            "round_trip_error": float((decode(target).float() - images).abs()[creature].mean())}
 
 
 def judge_orbits(orbits: Dict[Tuple[str, str], Dict[str, Any]], judge, settings) -> Dict[str, Any]:
@@ -183,7 +212,7 @@ def judge_orbits(orbits: Dict[Tuple[str, str], Dict[str, Any]], judge, settings)
     return {"rows": rows, "verdict": passes(rows)}
 
 
-def _latent_means(backbone):
+def latent_means(backbone):
     """Images [B, 3, H, W] in [0, 1] -> the VAE posterior means, scaled as the guidance's latents."""
     def encode(images: Tensor) -> Tensor:
         vae = backbone.vae
