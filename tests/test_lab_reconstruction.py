@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from antijanus.lab import fast3d
-from antijanus.lab.experiment3d import FastSettings, LabModels, Representation
+from antijanus.lab.experiment3d import FastSettings, LabModels
 from antijanus.lab.reconstruction import (FORMS, ReconstructionSettings, fit_volume, passes, world_views)
 from antijanus.utils.errors import ConfigError
 
