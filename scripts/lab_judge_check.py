@@ -34,7 +34,7 @@ import torch  # noqa: E402
 def main(argv=None) -> int:
     from antijanus.lab.experiment3d import load_backbone
     from antijanus.lab.janus import render_orbit
-    from antijanus.lab.judge import Judge, JudgeSettings, at_resolution, held_out_lowres, render_labelled
+    from antijanus.lab.judge import Judge, JudgeSettings, at_resolution, held_out_lowres, object_mask, render_labelled
     from antijanus.lab.models import model_path
     from antijanus.lab.world import ATTRIBUTES, Creature
 
@@ -64,7 +64,7 @@ def main(argv=None) -> int:
     with torch.no_grad():
         for face in (True, False):
             sharp = render_orbit(Creature("bear", face=face), azimuths, 15.0, 1.55, 60.0)
-            creature = ((sharp - 1.0).abs().sum(1, keepdim=True) > 0.1).expand_as(sharp)  # not the white ground
+            creature = object_mask(sharp).expand_as(sharp)  # not the plain ground
             for side in (32, 12):
                 image = at_resolution(sharp, side) if side < 32 else sharp
                 decoded = backbone.decode_latents(backbone.encode_images(image)).float()
@@ -75,9 +75,8 @@ def main(argv=None) -> int:
     print("| judge | side | view | face recall | face recall, front | no face on faceless | no face on faceless fronts |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     probes = []
-    for folder in args.judges:
-        judge = Judge.load(folder)
-        name = os.path.basename(os.path.normpath(folder))
+    judges = {os.path.basename(os.path.normpath(folder)): Judge.load(folder) for folder in args.judges}
+    for name, judge in judges.items():
         for side, row in held_out_lowres(judge.net, with_face, faceless, sides=tuple(args.sides)).items():
             print(f"| {name} | {side} | {row['view']:.3f} | {row['face_recall']:.3f} | {row['face_recall_front']:.3f} "
                   f"| {row['faceless_no_face']:.3f} | {row['faceless_no_face_front']:.3f} |")
@@ -92,16 +91,17 @@ def main(argv=None) -> int:
     for line in probes:
         print("  " + line)
     if args.volume_probe:
-        volume_probe(backbone, args.judges)
+        volume_probe(backbone, judges)
     print(f"({time.time() - start:.0f} s)")
     return 0
 
 
-def volume_probe(backbone, judges) -> None:
+def volume_probe(backbone, judges: dict) -> None:
+    """A bear with and without its face fitted as the reconstruction control fits it; ``judges``:
+    name -> loaded judge."""
     from antijanus.lab.experiment3d import (FastSettings, Representation, frames_from_uint8, frames_to_uint8,
                                             judge_run_orbit, orbit_azimuths)
     from antijanus.lab.fast3d import render_orbit as render_volume_orbit
-    from antijanus.lab.judge import Judge
     from antijanus.lab.reconstruction import ReconstructionSettings, fit_creature, fit_residual, latent_means
 
     settings = FastSettings(cameras="prior")
@@ -119,9 +119,9 @@ def volume_probe(backbone, judges) -> None:
         orbit = frames_from_uint8(frames_to_uint8(orbit))  # as a run keeps and judges it
         print(f"  {form}: latent residual {fit['latent_residual']:.3f}, its training views decoded: error "
               f"{fit['decoded_error']:.3f} on the creature's pixels (the VAE's round trip {fit['round_trip_error']:.3f})")
-        for folder in judges:
-            m = judge_run_orbit(orbit, Judge.load(folder), "a bear", settings)
-            print(f"    {os.path.basename(os.path.normpath(folder))}: orbit Janus {m['janus']:.0f}, face in front "
+        for name, judge in judges.items():
+            m = judge_run_orbit(orbit, judge, "a bear", settings)
+            print(f"    {name}: orbit Janus {m['janus']:.0f}, face in front "
                   f"{m['face_in_front']:.2f}, view accuracy {m['view_accuracy']:.2f}")
 
 

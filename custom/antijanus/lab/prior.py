@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..utils.errors import ConfigError
+from ..utils.errors import ConfigError, require_probability
 from .data import WorldBias, make_samples
 
 LATENT_CHANNELS = 4
@@ -91,9 +91,7 @@ class PriorSettings:
         from ..utils.imaging import check_lowres
 
         check_lowres("vae_p_lowres", self.vae_p_lowres, "vae_lowres_sides", self.vae_lowres_sides)
-        p = self.vae_p_equivariance
-        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p <= 1.0:
-            raise ConfigError("vae_p_equivariance", p, "a probability in [0, 1]")
+        require_probability("vae_p_equivariance", self.vae_p_equivariance)
         scales = self.vae_equivariance_scales
         if (not isinstance(scales, (tuple, list)) or len(scales) != 2
                 or any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in scales)

@@ -186,17 +186,19 @@ def fit_creature(kind: str, form: str, encode, settings, representation, control
 def fit_residual(scene: Scene, views: Dict[str, Tensor], encode, decode, size: int, n: int = 12) -> Dict[str, float]:
     """How a fitted latent volume holds its first ``n`` training views: ``latent_residual``, the
     squared error of its renders at their cameras relative to the latents' mean square; and on the
-    creature's pixels (those unlike the white ground), the mean absolute error per channel of those
-    renders decoded (``decoded_error``) beside the VAE's own round trip of the views
-    (``round_trip_error``). A latent space that decodes resampled latents in false colours shows a
+    creature's pixels (``judge.object_mask``: those unlike the plain ground), the mean absolute
+    error per channel of those renders decoded (``decoded_error``) beside the VAE's own round trip
+    of the views (``round_trip_error``). A latent space that decodes resampled latents in false colours shows a
     small residual and a large decoded error."""
     images = views["image"][:n]
     cameras = centred_cameras(views["elevation"][:n], views["azimuth"][:n], views["distance"][:n], views["fovy"][:n],
                               size)
     rendered = render(scene.volume, scene.background, cameras, Material(), "albedo", None,
                       with_normal=False)["comp_rgb"].permute(0, 3, 1, 2)
+    from .judge import object_mask
+
     target = encode(images)
-    creature = ((images - 1.0).abs().sum(1, keepdim=True) > 0.1).expand_as(images)
+    creature = object_mask(images).expand_as(images)
     return {"latent_residual": float((rendered - target).pow(2).mean() / target.pow(2).mean()),
             "decoded_error": float((decode(rendered).float() - images).abs()[creature].mean()),
             "round_trip_error": float((decode(target).float() - images).abs()[creature].mean())}

@@ -33,6 +33,12 @@ def require_choice(key: str, value: Any, allowed: Iterable[Any]) -> None:
         raise ConfigError(key, value, "is not allowed", allowed)
 
 
+def require_probability(key: str, value: Any) -> None:
+    """A number in [0, 1] (not a bool), else a ConfigError naming the key."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+        raise ConfigError(key, value, "a probability in [0, 1]")
+
+
 def require_non_negative(key: str, value: float) -> None:
     if not value >= 0:  # also rejects NaN
         raise ConfigError(key, value, "must be >= 0")

@@ -21,10 +21,9 @@ def at_resolution(images: Tensor, side: int) -> Tensor:
 def check_lowres(p_key: str, p, sides_key: str, sides, largest: Optional[int] = None) -> None:
     """A ConfigError naming the key unless ``p`` is a probability and ``sides`` two integer sides
     (smallest, largest), 2 <= smallest <= largest (<= ``largest`` when given)."""
-    from .errors import ConfigError
+    from .errors import ConfigError, require_probability
 
-    if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p <= 1.0:
-        raise ConfigError(p_key, p, "a probability in [0, 1]")
+    require_probability(p_key, p)
     bound = "" if largest is None else f" <= {largest}"
     if (not isinstance(sides, (tuple, list)) or len(sides) != 2
             or any(isinstance(v, bool) or not isinstance(v, int) for v in sides)
