@@ -191,7 +191,8 @@ def test_judge_settings_reject_impossible_missing_part_shares():
 
     JudgeSettings(p_faceless=1.0, p_tailless=0.0)  # the held-out faceless set
     for bad, key in ((dict(p_faceless=-0.1), "p_faceless"), (dict(p_tailless=1.5), "p_tailless"),
-                     (dict(p_faceless=0.7, p_tailless=0.4), "p_tailless")):
+                     (dict(p_faceless=0.7, p_tailless=0.4), "p_tailless"), (dict(p_faceless="0.3"), "p_faceless"),
+                     (dict(p_scrambled=True), "p_scrambled"), (dict(p_noise_fill=float("nan")), "p_noise_fill")):
         with pytest.raises(ConfigError, match=key):
             JudgeSettings(**bad)
     for bad, key in ((dict(p_scrambled=1.2), "p_scrambled"), (dict(scramble_patches=(0,)), "scramble_patches"),

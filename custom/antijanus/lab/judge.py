@@ -22,7 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..utils.errors import ConfigError
+from ..utils.errors import ConfigError, require_probability
 from ..utils.imaging import at_resolution, check_lowres  # noqa: F401 (at_resolution re-exported)
 from .prior import log_every
 from .world import ATTRIBUTES, IMAGE_SIZE, KINDS, VIEWS, Creature, render_batched, view_region, wrap_azimuth
@@ -76,8 +76,7 @@ class JudgeSettings:
 
     def __post_init__(self) -> None:
         for key in ("p_faceless", "p_tailless", "p_scrambled", "p_noise_fill"):
-            if not 0.0 <= getattr(self, key) <= 1.0:
-                raise ConfigError(key, getattr(self, key), "a probability in [0, 1]")
+            require_probability(key, getattr(self, key))
         if self.p_faceless + self.p_tailless > 1.0:
             raise ConfigError("p_tailless", self.p_tailless,
                               f"p_faceless + p_tailless must be <= 1 (a creature lacks at most one; p_faceless {self.p_faceless})")
