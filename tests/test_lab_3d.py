@@ -691,6 +691,38 @@ def test_paired_comparison_against_the_baseline_counts_discordant_runs_and_its_e
     assert paired_against_baseline(results, ["perp-neg"]) == []
 
 
+def test_registered_reading_needs_the_corrected_p_and_the_face_kept_in_front():
+    """The first entry's rule: significant only below 0.05 / comparisons; fewer Janus runs with the
+    face in front below 0.8 x the baseline's is "fewer faces, not a cure"; more Janus says so."""
+    from antijanus.lab.experiment3d import registered_reading, write_tables
+
+    assert registered_reading(12, 1, 0.003, 0.5, 0.5, 7) == "fewer Janus"
+    assert registered_reading(12, 1, 0.008, 0.5, 0.5, 7) == "not established"  # 0.008 > 0.05 / 7
+    assert registered_reading(12, 1, 0.008, 0.5, 0.5, 1) == "fewer Janus"
+    assert registered_reading(12, 1, 0.003, 0.39, 0.5, 7) == "fewer faces, not a cure"
+    assert registered_reading(12, 1, 0.003, 0.40, 0.5, 7) == "fewer Janus"
+    assert registered_reading(1, 12, 0.003, 0.5, 0.5, 7) == "more Janus"
+    assert registered_reading(12, 1, 0.003, float("nan"), 0.5, 7).startswith("fewer Janus (face in front not")
+    with pytest.raises(ValueError):
+        registered_reading(1, 1, 1.0, 0.5, 0.5, 0)
+
+    def run(variant, seed, janus, face_in_front):
+        metrics = {"janus": janus, "face_in_back": janus, "janus_two_fronts": 0.0, "face_in_front": face_in_front,
+                   "face_scrambled": 0.0, "view_accuracy": 0.5, "a_jfd": 0.1, "kind_accuracy": 1.0, "coverage": 0.1}
+        return {"variant": variant, "prompt": "a bear", "seed": seed, "metrics": metrics, "train_s": 1.0}
+
+    results = [run("baseline", s, 1.0, 0.6) for s in range(8)]
+    results += [run("dnp", s, 0.0, 0.1) for s in range(8)] + [run("perp-neg", s, 0.0, 0.6) for s in range(8)]
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as out:
+        table = open(write_tables(results, out, ["baseline", "perp-neg", "dnp"], ["a bear"])["markdown"]).read()
+    # 8 / 0: p = 2 / 256 < 0.05 / 2
+    assert "| perp-neg | 8 | 8 / 0 | 0.008 | 8 / 0 | 0.008 | fewer Janus |" in table
+    assert "| dnp | 8 | 8 / 0 | 0.008 | 8 / 0 | 0.008 | fewer faces, not a cure |" in table
+    assert "p < 0.05 / 2 (Bonferroni)" in table
+
+
 def test_calibration_says_which_gate_no_setting_passed():
     """The message names the failed condition: no face in front, faces also on scrambled pixels,
     or a control that was never measured (NaN), never a '> 0.2' it did not see."""

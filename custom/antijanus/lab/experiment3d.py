@@ -761,14 +761,20 @@ def write_tables(results: Sequence[Mapping[str, Any]], out: str, variants: Seque
                      + " | ".join(_mean(row[k]) for k in METRICS) + " |")
     paired = paired_against_baseline(results, variants)
     if paired:
+        face = {r["variant"]: r["face_in_front"]["mean"] for r in pooled}
+        for row in paired:
+            row["reading"] = registered_reading(row["janus"]["b"], row["janus"]["c"], row["janus"]["p"],
+                                                face[row["variant"]], face["baseline"], len(paired))
         lines += ["", "Paired against the baseline (the same prompt and seed; b: runs where only the baseline "
-                  "has it, c: only the variant; exact McNemar p):", "",
-                  "| variant | pairs | Janus b / c | Janus p | face in back b / c | face in back p |",
-                  "|" + " --- |" * 6]
+                  "has it, c: only the variant; exact McNemar p; reading: Janus at p < 0.05 / "
+                  f"{len(paired)} (Bonferroni), a reduction with face in front below "
+                  f"{READING_FACE_RATIO} x the baseline's is \"fewer faces, not a cure\"):", "",
+                  "| variant | pairs | Janus b / c | Janus p | face in back b / c | face in back p | reading |",
+                  "|" + " --- |" * 7]
         for row in paired:
             lines.append(f"| {row['variant']} | {row['pairs']} | {row['janus']['b']} / {row['janus']['c']} | "
                          f"{row['janus']['p']:.3f} | {row['face_in_back']['b']} / {row['face_in_back']['c']} | "
-                         f"{row['face_in_back']['p']:.3f} |")
+                         f"{row['face_in_back']['p']:.3f} | {row['reading']} |")
     os.makedirs(out, exist_ok=True)
     md, csv_path, js = (os.path.join(out, name) for name in ("table.md", "table.csv", "table.json"))
     with open(md, "w") as f:
@@ -814,6 +820,32 @@ def paired_against_baseline(results: Sequence[Mapping[str, Any]], variants: Sequ
             row[key] = {"b": b, "c": c, "p": mcnemar_exact(b, c)}
         rows.append(row)
     return rows
+
+
+# the reading rule written down before the confirmatory runs (docs/janus-lab-preregistration.md,
+# first entry): a reduction counts as one only if the variant still draws the face where it
+# belongs, at least this share of the baseline's mean face_in_front
+READING_FACE_RATIO = 0.8
+READING_ALPHA = 0.05  # family-wise, split over the variants compared with the baseline (Bonferroni)
+
+
+def registered_reading(b: int, c: int, p: float, face_in_front: float, baseline_face_in_front: float,
+                       comparisons: int, alpha: float = READING_ALPHA) -> str:
+    """The registered reading of one variant's Janus verdicts paired against the baseline's (b: runs
+    Janus only in the baseline, c: only in the variant; p: exact McNemar): significant only at
+    p < alpha / comparisons; then fewer Janus runs with the face kept in front (>= 0.8 x the
+    baseline's) is "fewer Janus", with fewer faces "fewer faces, not a cure"."""
+    if comparisons < 1:
+        raise ValueError(f"comparisons must be >= 1, got {comparisons}")
+    if not p < alpha / comparisons:
+        return "not established"
+    if c > b:
+        return "more Janus"
+    if math.isnan(face_in_front) or math.isnan(baseline_face_in_front):
+        return "fewer Janus (face in front not measured)"
+    if face_in_front >= READING_FACE_RATIO * baseline_face_in_front:
+        return "fewer Janus"
+    return "fewer faces, not a cure"
 
 
 def orbit_grid(results: Sequence[Mapping[str, Any]], out: str, variant: str,
