@@ -408,7 +408,7 @@ def test_eq_vae_transforms_latents_and_images_alike_and_trains():
     from antijanus.lab.prior import PriorSettings, build_vae, equivariance_pair, train_vae
     from antijanus.utils.errors import ConfigError
 
-    assert PriorSettings().vae_p_equivariance == 0.0  # prior v4: off
+    assert PriorSettings().vae_p_equivariance == 0.5  # prior v6 (v4: off)
     for bad, key in ((dict(vae_p_equivariance=-0.1), "vae_p_equivariance"),
                      (dict(vae_p_equivariance=True), "vae_p_equivariance"),
                      (dict(vae_equivariance_scales=(0.0, 1.0)), "vae_equivariance_scales"),

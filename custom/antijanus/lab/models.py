@@ -17,7 +17,7 @@ CHECKSUMS = "checksums.json"
 MODELS = ("prior", "mlm", "judge")
 # earlier models kept beside the current ones, for the figures made with them (README): in the
 # checksums where present, never loaded by default
-ARCHIVED_MODELS = ("judge-v5", "judge-v6", "prior-v3")
+ARCHIVED_MODELS = ("judge-v5", "judge-v6", "prior-v3", "prior-v4")
 
 
 def lab_root() -> str:
