@@ -504,8 +504,11 @@ def test_calibration_shows_no_janus_verdicts(tmp_path, capsys):
     assert "face scrambled (control)" in table
     assert "rule (face in front >= 0.5 and face scrambled <= 0.2" in table and "**configs cameras, latent24, 2 steps, lr 0.1**" in table
     # whether a 2-step blob passes the face gate depends on the committed prior (prior v6's decoded
-    # blob is judged with a face on its one front frame); the "no setting passes" messages are
-    # tested in test_calibration_says_which_gate_no_setting_passed
+    # blob is judged with a face on its one front frame): the message follows the row's face in front
+    row = next(line for line in table.splitlines() if line.startswith("| configs | latent24 |"))
+    face_in_front = float(row.split("|")[8].split("±")[0])
+    no_face = "no setting passes: in none does the baseline draw a face where it belongs" in table
+    assert no_face == (face_in_front < 0.5)
     for text in (printed, table):
         assert "janus" not in text and "view accuracy" not in text
     assert os.listdir(out / "latent24-steps2-lr0.1" / "runs") == ["baseline"]
@@ -693,7 +696,7 @@ def test_paired_comparison_against_the_baseline_counts_discordant_runs_and_its_e
     assert paired_against_baseline(results, ["perp-neg"]) == []
 
 
-def test_registered_reading_needs_the_corrected_p_and_the_face_kept_in_front():
+def test_registered_reading_needs_the_corrected_p_and_the_face_kept_in_front(tmp_path):
     """The first entry's rule: significant only below 0.05 / comparisons; fewer Janus runs with the
     face in front below 0.8 x the baseline's is "fewer faces, not a cure"; more Janus says so."""
     from antijanus.lab.experiment3d import registered_reading, write_tables
@@ -715,10 +718,9 @@ def test_registered_reading_needs_the_corrected_p_and_the_face_kept_in_front():
 
     results = [run("baseline", s, 1.0, 0.6) for s in range(8)]
     results += [run("dnp", s, 0.0, 0.1) for s in range(8)] + [run("perp-neg", s, 0.0, 0.6) for s in range(8)]
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as out:
-        table = open(write_tables(results, out, ["baseline", "perp-neg", "dnp"], ["a bear"])["markdown"]).read()
+    paths = write_tables(results, str(tmp_path), ["baseline", "perp-neg", "dnp"], ["a bear"])
+    with open(paths["markdown"]) as f:
+        table = f.read()
     # 8 / 0: p = 2 / 256 < 0.05 / 2
     assert "| perp-neg | 8 | 8 / 0 | 0.008 | 8 / 0 | 0.008 | fewer Janus |" in table
     assert "| dnp | 8 | 8 / 0 | 0.008 | 8 / 0 | 0.008 | fewer faces, not a cure |" in table

@@ -766,8 +766,8 @@ def write_tables(results: Sequence[Mapping[str, Any]], out: str, variants: Seque
             row["reading"] = registered_reading(row["janus"]["b"], row["janus"]["c"], row["janus"]["p"],
                                                 face[row["variant"]], face["baseline"], len(paired))
         lines += ["", "Paired against the baseline (the same prompt and seed; b: runs where only the baseline "
-                  "has it, c: only the variant; exact McNemar p; reading: Janus at p < 0.05 / "
-                  f"{len(paired)} (Bonferroni), a reduction with face in front below "
+                  "has it, c: only the variant; exact McNemar p; reading: Janus at "
+                  f"p < {READING_ALPHA} / {len(paired)} (Bonferroni), a reduction with face in front below "
                   f"{READING_FACE_RATIO} x the baseline's is \"fewer faces, not a cure\"):", "",
                   "| variant | pairs | Janus b / c | Janus p | face in back b / c | face in back p | reading |",
                   "|" + " --- |" * 7]
