@@ -52,6 +52,9 @@ def main(argv=None) -> int:
     parser.add_argument("--cameras", choices=CAMERA_PRESETS, default="configs",
                         help="the training and test cameras: the configs' (threestudio's) or framed as the prior's "
                              "world photographs (the fast path's FastSettings.cameras, README)")
+    parser.add_argument("--guidance-scale", type=positive_scale, default=None,
+                        help="every variant's system.guidance.guidance_scale (default: each config's own, SD's "
+                             "recipe 100); the fast path's --guidance-scale, e.g. the calibration's 7.5 (README)")
     parser.add_argument("--n-views", type=int, help="orbit views (default: the sweep file's metrics.n_views)")
     parser.add_argument("--jobs", type=int, default=1, help="runs at a time (one torch thread each when > 1)")
     parser.add_argument("--launch", nargs="+", help="the launch command (default: this python + the CPU runner)")
@@ -81,6 +84,10 @@ def main(argv=None) -> int:
         # with the configs' cameras must not be taken for these
         sweep.name = f"{sweep.name}-cam-prior"
         sweep.overrides = sweep.overrides + prior_camera_overrides()
+    if args.guidance_scale is not None:
+        # a sweep of its own name, like --cameras: the runs' folders do not depend on the overrides
+        sweep.name = f"{sweep.name}-gs{args.guidance_scale:g}"
+        sweep.overrides = sweep.overrides + [f"system.guidance.guidance_scale={args.guidance_scale:g}"]
     sweep.overrides = sweep.overrides + list(args.set)
     if args.n_views:
         sweep.metrics.n_views = args.n_views
@@ -110,6 +117,19 @@ def main(argv=None) -> int:
         print(f"{key}: {path}")
     print(f"wall time: {time.time() - start:.0f} s (runs {train_s:.0f} s)")
     return 1 if failed else 0
+
+
+def positive_scale(text: str) -> float:
+    """--guidance-scale: a finite number > 0 (the fast path's FastSettings.guidance_scale rule)."""
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"--guidance-scale must be a finite number > 0, got {text!r}")
+    return value
 
 
 def threestudio_root():

@@ -765,6 +765,31 @@ def test_lab_sweep_with_the_priors_cameras_is_its_own_sweep(tmp_path, capsys):
     assert all(o.split("=")[0] in prior for o in prior_camera_overrides()) and "center_perturb=0.0" not in default
 
 
+def test_lab_sweep_guidance_scale_is_every_runs_override_in_a_sweep_of_its_own(tmp_path, capsys):
+    """--guidance-scale 7.5 (the fast path's calibrated scale): every variant's launch command
+    carries system.guidance.guidance_scale=7.5, after the configs' own, in a sweep named for it;
+    a non-positive or non-finite scale is refused by the parser, naming the option."""
+    sys.path.insert(0, os.path.join(REPO_ROOT, "scripts"))
+    try:
+        import lab_sweep
+    finally:
+        sys.path.pop(0)
+    args = ["--dry-run", "--prompts", "a bear", "--seeds", "0", "--out", str(tmp_path)]
+    assert lab_sweep.main(args) == 0
+    default = capsys.readouterr().out
+    assert lab_sweep.main(args + ["--guidance-scale", "7.5", "--cameras", "prior"]) == 0
+    scaled = capsys.readouterr().out.strip().splitlines()
+    assert "guidance_scale=7.5" not in default and "-gs7.5" not in default
+    assert len(scaled) == len(VARIANTS)
+    for command in scaled:
+        assert "-cam-prior-gs7.5" in command and command.count("system.guidance.guidance_scale=7.5") == 1
+        assert command.rindex("system.guidance.guidance_scale=7.5") > command.rfind("data.eval_fovy_deg")
+    for bad in ("0", "-1", "nan", "inf", "x"):
+        with pytest.raises(SystemExit):
+            lab_sweep.main(args + ["--guidance-scale", bad])
+        assert "--guidance-scale" in capsys.readouterr().err
+
+
 def test_the_reconstruction_control_makes_a_setting_ineligible_only_when_it_failed():
     """A setting whose judge failed the reconstruction control is not eligible however good its
     baseline looks; an unmeasured control (None, e.g. an RGB volume) does not exclude it."""
