@@ -101,7 +101,11 @@ def main(argv=None) -> int:
     start = time.time()
     failed = None
     if not args.collect_only:
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [threestudio_root(),
+        root = threestudio_root()
+        if root is None and not args.launch:
+            raise SystemExit("lab_sweep.py: threestudio not found: run it from a threestudio checkout (the folder "
+                             "holding launch.py) or with threestudio importable (README, \"The launcher path\")")
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root,
                                                                       os.environ.get("PYTHONPATH")])))
         if args.jobs > 1:
             env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
@@ -132,10 +136,16 @@ def positive_scale(text: str) -> float:
     return value
 
 
-def threestudio_root():
-    """The folder holding the threestudio package (found, not imported), for the runs' PYTHONPATH."""
+def threestudio_root(cwd=None):
+    """The folder holding the threestudio package, for the runs' PYTHONPATH: the checkout this is
+    run from (launch.py and threestudio/ in it; ``python script.py`` does not put the working
+    folder on sys.path), else wherever threestudio is installed (found, not imported); None if
+    neither."""
     import importlib.util
 
+    cwd = os.path.abspath(cwd or os.getcwd())
+    if os.path.isfile(os.path.join(cwd, "launch.py")) and os.path.isfile(os.path.join(cwd, "threestudio", "__init__.py")):
+        return cwd
     spec = importlib.util.find_spec("threestudio")
     if spec is None or not spec.origin:
         return None

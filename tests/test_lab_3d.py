@@ -856,3 +856,29 @@ def test_camera_presets_frame_the_runs_as_the_priors_world_and_keep_old_keys(tmp
         calibrate(str(tmp_path), [2], [0.1], camera_options=["world"])
     with pytest.raises(ConfigError, match="latent"):
         calibrate(str(tmp_path), [2], [0.1], volumes=["grid24"], reconstruction=True)
+
+
+def test_lab_sweep_finds_threestudio_in_the_checkout_it_is_run_from(tmp_path, monkeypatch):
+    """The runs' PYTHONPATH: the threestudio checkout lab_sweep.py is run from (``python script.py``
+    does not put the working folder on sys.path, so find_spec alone misses it), else an installed
+    threestudio; with neither, the sweep stops before launching any run, saying what to do."""
+    import importlib.util
+
+    sys.path.insert(0, os.path.join(REPO_ROOT, "scripts"))
+    try:
+        import lab_sweep
+    finally:
+        sys.path.pop(0)
+    checkout = tmp_path / "threestudio-checkout"
+    os.makedirs(checkout / "threestudio")
+    (checkout / "launch.py").write_text("")
+    (checkout / "threestudio" / "__init__.py").write_text("")
+    assert lab_sweep.threestudio_root(str(checkout)) == str(checkout)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)
+    assert lab_sweep.threestudio_root(str(tmp_path)) is None
+    monkeypatch.chdir(tmp_path)
+    launched = []
+    monkeypatch.setattr("antijanus.tools.sweep.run_sweep", lambda *a, **k: launched.append(a))
+    with pytest.raises(SystemExit, match="threestudio not found"):
+        lab_sweep.main(["--variants", "baseline", "--prompts", "a bear", "--out", str(tmp_path / "out")])
+    assert not launched
