@@ -10,6 +10,7 @@ Run it from a threestudio checkout (the folder holding launch.py; threestudio im
 threestudio's environment:
 
     cd /path/to/threestudio && python $ANTIJANUS/scripts/lab_sweep.py --jobs 2
+    python $ANTIJANUS/scripts/lab_sweep.py --cameras prior --guidance-scale 7.5 --jobs 2   # the fast path's setting
     python $ANTIJANUS/scripts/lab_sweep.py --collect-only          # tables from finished runs
     python $ANTIJANUS/scripts/lab_sweep.py --dry-run               # the commands
 
