@@ -125,15 +125,14 @@ def main(argv=None) -> int:
 
 
 def positive_scale(text: str) -> float:
-    """--guidance-scale: a finite number > 0 (the fast path's FastSettings.guidance_scale rule)."""
-    import math
+    """--guidance-scale, checked by the fast path's own rule (FastSettings.guidance_scale: finite, > 0)."""
+    from antijanus.lab.experiment3d import FastSettings
 
     try:
         value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"--guidance-scale must be a finite number > 0, got {text!r}")
+        FastSettings(guidance_scale=value)
+    except ValueError as error:  # float("x"), or FastSettings' ConfigError (a ValueError)
+        raise argparse.ArgumentTypeError(str(error)) from None
     return value
 
 
