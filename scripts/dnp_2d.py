@@ -34,7 +34,7 @@ def main() -> int:
     parser.add_argument("prompt")
     parser.add_argument("--model", default="stabilityai/stable-diffusion-2-1-base", help="SD hub id or folder")
     parser.add_argument("--captioner", default=DEFAULT_CAPTIONER,
-                        help="BLIP hub id or folder, or a captioner plugin folder (e.g. models/janus-lab/captioner)")
+                        help="BLIP hub id or folder, or a captioner plugin folder (e.g. custom/janus_lab/models/captioner)")
     parser.add_argument("--negative", help="n* by hand (skips captioning)")
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--scale", type=float, default=7.5, help="guidance scale (CFG and DNS)")

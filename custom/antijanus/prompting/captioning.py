@@ -15,7 +15,7 @@ A **captioner plugin** is a folder holding ``antijanus_captioner.json``::
 ``caption(images, progress=False) -> List[str]`` (``dnp.Captioner``). ``check_captioner`` imports
 it and calls its optional ``check(folder, key=..., **options)`` classmethod, before anything is
 sampled. Any other folder or hub id is a BLIP captioner. (The Janus lab's captioner is one:
-``models/janus-lab/captioner``; this module never imports the lab.)
+``custom/janus_lab/models/captioner``; this module never imports the lab.)
 """
 
 from __future__ import annotations

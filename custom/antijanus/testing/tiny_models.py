@@ -15,7 +15,7 @@ from typing import Mapping, Optional
 
 import torch
 
-from ..lab.vocab import bytes_to_unicode  # the CLIP byte-level alphabet (one implementation)
+from .clip_alphabet import bytes_to_unicode
 
 
 def write_clip_tokenizer(folder: str) -> int:

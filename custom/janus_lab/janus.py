@@ -1,0 +1,450 @@
+"""The Janus metric of a 3D result, from its orbit, judged by the lab judge (issue 15, item 2).
+
+An orbit is N renders of the result at one elevation and N azimuths (threestudio's test split:
+``linspace(0, 360, N)``; a last frame that repeats the first azimuth is counted once). The judge
+gives every frame a view region and the visible attributes. Definitions (fixed before any
+method's results were seen):
+
+* **front-only attribute seen from the back** (``face_in_back``): the face or the smile (the
+  world's FRONT_ONLY attributes) is judged visible in frames whose camera lies in the back region
+  (|azimuth| > 135, threestudio's default back range) that form a run of at least
+  ``min_segment_deg`` degrees of azimuth;
+* **front segments** (``front_segments``): the frames judged "front", as runs on the circle of
+  azimuths, after closing gaps narrower than ``min_gap_deg`` (one misjudged frame inside a front
+  run does not split it) and then dropping runs narrower than ``min_segment_deg`` (one frame
+  misjudged "front" elsewhere is not a second front);
+* **Janus** (``janus``): ``face_in_back`` or ``front_segments >= 2``.
+
+A run of k frames spans ``k * step`` degrees (step: the orbit's azimuth spacing). With the
+defaults (20 degrees each) a single frame never counts on orbits of 19 or more azimuths (step
+< 20 degrees, e.g. 36 azimuths: runs of >= 2 frames count, 1-frame gaps close); on coarser orbits
+one frame already spans 20 degrees and counts. Note that ``face_in_back`` also flags a
+one-faced result turned around (its only face at the back): that is a failure of the view
+conditioning, not two faces; ``janus_two_fronts`` (``front_segments >= 2``) tells them apart.
+
+Also:
+
+* ``face_in_front``: share of the frames whose camera lies in the front region (|azimuth| < 45)
+  in which a front-only attribute is judged visible: whether the result has a face where it
+  should. Janus 0 with ``face_in_front`` near 0 is a result without a face, not a cure;
+* ``face_scrambled``: a control for the judge, not a property of the result: the share of frames
+  judged to show a face after the object's pixels (those that differ from the frame's corner,
+  the background) are shuffled within the frame (``scramble_object_pixels``, seed 0): the same
+  colours without any structure. High values mean the judge's face verdicts on this kind of
+  image are not evidence (it answers from colours, not from a face);
+* ``view_accuracy``: share of frames whose judged view region equals the camera's region
+  (threestudio's default ranges, ``world.view_region``);
+* ``a_jfd``: the adjacent judge-feature distance, a stand-in for A-LPIPS. Real LPIPS needs
+  VGG / AlexNet weights that cannot be had here, and LPIPS with random weights
+  (``tools.metrics.LPIPS(random_weights=True)``) measures nothing. So ``a_jfd`` applies LPIPS's
+  formula without its learned heads (the ``lpips`` package's uncalibrated "baseline" form: unit
+  channel vectors, squared difference summed over channels, spatial mean, summed over layers) to
+  the lab judge's own conv features (the activations entering each pooling layer), averaged over
+  adjacent frames as A-LPIPS is (pairs (i, i+1) in the given order, no wrap-around). It is *not*
+  LPIPS and its values are not comparable with published A-LPIPS figures; lower is smoother.
+  When an ``LPIPS`` module is passed (``lpips=``), ``a_lpips`` is computed as well
+  (``tools.metrics.a_lpips``).
+
+``judge_orbit`` returns the per-frame details (for plots and tables: ``frame_rows``).
+``render_orbit`` renders constructed orbits with the world's ray caster: the ground-truth
+creature, or a two-faced one (its front decals also on its back) for tests and illustrations.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+from .world import (ATTRIBUTES, BACK_THRESHOLD, BACKGROUND, BODY_SHAPES, FRONT_ONLY, IMAGE_SIZE, KINDS, PART_IDS,
+                    SUPERSAMPLE, VIEWS, Creature, _box_hit, _ellipsoid_hit, camera_rays, decal_parts, light_directions,
+                    ray_cast, render, shade, view_region, wrap_azimuth)
+
+MIN_SEGMENT_DEG = 20.0  # a run of frames counts when it spans at least this much azimuth
+MIN_GAP_DEG = 20.0  # gaps narrower than this between two runs are closed
+ATTRIBUTE_THRESHOLD = 0.5  # judged visible when the judge's probability exceeds this (its own rule)
+FRONT = VIEWS.index("front")
+
+
+# ----------------------------------------------------------------------------- per frame
+
+
+@dataclass
+class OrbitFrames:
+    """The judge's verdict on every frame of an orbit (original order)."""
+
+    azimuth: Tensor  # [N] degrees, wrapped to [-180, 180)
+    elevation: Tensor  # [N] degrees
+    camera_view: Tensor  # [N] index into VIEWS: the camera's region
+    judged_view: Tensor  # [N] index into VIEWS
+    view_probs: Tensor  # [N, len(VIEWS)]
+    judged_kind: Tensor  # [N] index into KINDS
+    attribute_probs: Tensor  # [N, len(ATTRIBUTES)]
+    front_only_visible: Tensor  # [N] bool: the face or the smile judged visible
+    in_back: Tensor  # [N] bool: camera in the back region, |azimuth| > 180 - BACK_THRESHOLD
+    duplicate: Tensor  # [N] bool: repeats an earlier frame's azimuth (counted once)
+
+    @property
+    def counted(self) -> Tensor:
+        return ~self.duplicate
+
+
+def judge_orbit(frames: Tensor, azimuths_deg: Tensor, elevation_deg: Union[float, Tensor], judge,
+                attribute_threshold: float = ATTRIBUTE_THRESHOLD) -> OrbitFrames:
+    """Judge every frame [N, 3, H, W] in [0, 1] of an orbit."""
+    azimuth = wrap_azimuth(torch.as_tensor(azimuths_deg, dtype=torch.float32).reshape(-1).cpu())
+    n = azimuth.shape[0]
+    if frames.dim() != 4 or frames.shape[0] != n or n < 2:
+        raise ValueError(f"an orbit needs frames [N, 3, H, W] and N >= 2 azimuths; got frames "
+                         f"{tuple(frames.shape)} and {n} azimuths")
+    elevation = torch.as_tensor(elevation_deg, dtype=torch.float32).cpu()
+    elevation = elevation.expand(n).clone() if elevation.dim() == 0 else elevation.reshape(-1)
+    verdict = judge(frames)
+    probs = verdict["attribute_probs"].float().cpu()
+    front_only = [ATTRIBUTES.index(a) for a in FRONT_ONLY]
+    return OrbitFrames(
+        azimuth=azimuth, elevation=elevation, camera_view=view_region(elevation, azimuth),
+        judged_view=verdict["view"].cpu(), view_probs=verdict["view_probs"].float().cpu(),
+        judged_kind=verdict["kind"].cpu(), attribute_probs=probs,
+        front_only_visible=(probs[:, front_only] > attribute_threshold).any(dim=1),
+        in_back=azimuth.abs() > 180.0 - BACK_THRESHOLD, duplicate=duplicate_azimuths(azimuth))
+
+
+def duplicate_azimuths(azimuth: Tensor, tolerance: float = 1e-3) -> Tensor:
+    """True where a (wrapped) azimuth repeats an earlier one, e.g. threestudio's 360 after 0."""
+    a = azimuth.tolist()
+    return torch.tensor([any(_circular_distance(a[i], a[j]) < tolerance for j in range(i)) for i in range(len(a))])
+
+
+def _circular_distance(a: float, b: float) -> float:
+    d = abs(a - b) % 360.0
+    return min(d, 360.0 - d)
+
+
+def frame_rows(orbit: OrbitFrames) -> List[Dict[str, object]]:
+    """One row per frame (for a CSV or a plot): azimuth, regions, view and attribute probabilities."""
+    rows = []
+    for i in range(orbit.azimuth.shape[0]):
+        row: Dict[str, object] = {
+            "azimuth": float(orbit.azimuth[i]), "elevation": float(orbit.elevation[i]),
+            "camera_view": VIEWS[int(orbit.camera_view[i])], "judged_view": VIEWS[int(orbit.judged_view[i])],
+            "judged_kind": KINDS[int(orbit.judged_kind[i])],
+            "front_only_visible": bool(orbit.front_only_visible[i]), "in_back": bool(orbit.in_back[i]),
+            "duplicate": bool(orbit.duplicate[i])}
+        row.update({f"p_{v}": float(orbit.view_probs[i, j]) for j, v in enumerate(VIEWS)})
+        row.update({f"p_{a}": float(p) for a, p in zip(ATTRIBUTES, orbit.attribute_probs[i])})
+        rows.append(row)
+    return rows
+
+
+# ----------------------------------------------------------------------------- runs on the circle
+
+
+def orbit_order(azimuth: Tensor) -> Tuple[List[int], float, bool]:
+    """Frame indices sorted by azimuth, the spacing (degrees) and whether the frames close the
+    circle. The frames must be uniformly spaced (a clear error otherwise)."""
+    order = sorted(range(azimuth.shape[0]), key=lambda i: float(azimuth[i]))
+    a = [float(azimuth[i]) for i in order]
+    if len(a) < 2:
+        raise ValueError("an orbit needs at least two distinct azimuths")
+    gaps = [a[i + 1] - a[i] for i in range(len(a) - 1)]
+    closing = a[0] + 360.0 - a[-1]
+    step = sorted(gaps)[len(gaps) // 2]
+    if step <= 0 or max(gaps) > 1.5 * step:
+        raise ValueError(f"orbit azimuths must be uniformly spaced; sorted gaps {gaps}")
+    return order, step, closing <= 1.5 * step
+
+
+def runs(mask: Sequence[bool], circular: bool) -> List[Tuple[int, int]]:
+    """Maximal runs of True as (start, length); on a circle a run may wrap past the end."""
+    n = len(mask)
+    if n == 0 or not any(mask):
+        return []
+    if all(mask):
+        return [(0, n)]
+    # on a circle, scan from just after a False so that no run is cut at the seam
+    start = next(i for i in range(n) if not mask[i - 1]) if circular else 0
+    found, i = [], 0
+    while i < n:
+        if mask[(start + i) % n]:
+            first, length = (start + i) % n, 0
+            while i < n and mask[(start + i) % n]:
+                length, i = length + 1, i + 1
+            found.append((first, length))
+        else:
+            i += 1
+    return found
+
+
+def _set(mask: List[bool], start: int, length: int, value: bool) -> None:
+    for k in range(length):
+        mask[(start + k) % len(mask)] = value
+
+
+def robust_runs(mask: Sequence[bool], step: float, circular: bool, min_segment_deg: float = MIN_SEGMENT_DEG,
+                min_gap_deg: float = MIN_GAP_DEG) -> List[Tuple[int, int]]:
+    """Runs of True after closing gaps narrower than ``min_gap_deg`` between two runs and then
+    dropping runs narrower than ``min_segment_deg`` (a run of k frames spans k * step degrees)."""
+    mask = list(map(bool, mask))
+    n = len(mask)
+    if any(mask):
+        gaps = runs([not m for m in mask], circular)
+        for start, length in gaps:
+            inside = circular or (start > 0 and start + length < n)  # between two runs
+            if inside and length * step < min_gap_deg - 1e-6:
+                _set(mask, start, length, True)
+    for start, length in runs(mask, circular):
+        if length * step < min_segment_deg - 1e-6:
+            _set(mask, start, length, False)
+    return runs(mask, circular)
+
+
+# ----------------------------------------------------------------------------- the metric
+
+
+def judge_features(judge) -> nn.Module:
+    """The judge's feature extractor (its ``net.features``)."""
+    return judge.net.features
+
+
+@torch.no_grad()
+def judge_feature_taps(judge, images: Tensor) -> List[Tensor]:
+    """The judge's conv activations entering each pooling layer (LPIPS reads the activations
+    before each down-sampling), images resized to 32x32 and mapped as the judge maps them."""
+    features = judge_features(judge)
+    device = next(features.parameters()).device
+    x = images.float().to(device).clamp(0.0, 1.0)
+    if x.shape[-2:] != (IMAGE_SIZE, IMAGE_SIZE):
+        x = F.interpolate(x, (IMAGE_SIZE, IMAGE_SIZE), mode="bilinear", align_corners=False, antialias=True)
+    taps: List[Tensor] = []
+    hooks = [m.register_forward_pre_hook(lambda _m, args: taps.append(args[0]))
+             for m in features.modules() if isinstance(m, (nn.MaxPool2d, nn.AvgPool2d))]
+    try:
+        out = features(x * 2.0 - 1.0)  # JudgeNet.forward's input mapping
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return taps or [out]
+
+
+def judge_feature_distance(judge, x: Tensor, y: Tensor) -> Tensor:
+    """LPIPS's formula without learned weights on the judge's features: sum over layers of the
+    spatial mean of ||u(f_x) - u(f_y)||^2, u = unit vector over channels. [B] for [B, 3, H, W]."""
+    total = None
+    for fx, fy in zip(judge_feature_taps(judge, x), judge_feature_taps(judge, y)):
+        fx = fx / (fx.pow(2).sum(dim=1, keepdim=True).sqrt() + 1e-10)
+        fy = fy / (fy.pow(2).sum(dim=1, keepdim=True).sqrt() + 1e-10)
+        d = (fx - fy).pow(2).sum(dim=1).mean(dim=(1, 2))
+        total = d if total is None else total + d
+    return total.cpu()
+
+
+def a_jfd(frames: Tensor, judge) -> float:
+    """Mean judge-feature distance between adjacent frames (i, i+1), as A-LPIPS averages LPIPS."""
+    return float(judge_feature_distance(judge, frames[:-1], frames[1:]).mean())
+
+
+def orbit_metrics(frames: Tensor, azimuths_deg: Tensor, elevation_deg: Union[float, Tensor], judge,
+                  min_segment_deg: float = MIN_SEGMENT_DEG, min_gap_deg: float = MIN_GAP_DEG,
+                  kind: Optional[str] = None, lpips: Optional[nn.Module] = None,
+                  attribute_threshold: float = ATTRIBUTE_THRESHOLD) -> Dict[str, float]:
+    """The Janus metric and its companions for one orbit (definitions in the module docstring).
+
+    frames [N, 3, H, W] in [0, 1]; azimuths [N] degrees; elevation one value or [N]; ``judge`` a
+    ``lab.judge.Judge``; ``kind``: the prompted kind, for ``kind_accuracy``; ``lpips``: a
+    ``tools.metrics.LPIPS`` module for a real ``a_lpips`` (the frames must be large enough for it)."""
+    orbit = judge_orbit(frames, azimuths_deg, elevation_deg, judge, attribute_threshold)
+    return metrics_of(orbit, frames, judge, min_segment_deg, min_gap_deg, kind, lpips)
+
+
+def metrics_of(orbit: OrbitFrames, frames: Tensor, judge, min_segment_deg: float = MIN_SEGMENT_DEG,
+               min_gap_deg: float = MIN_GAP_DEG, kind: Optional[str] = None,
+               lpips: Optional[nn.Module] = None) -> Dict[str, float]:
+    """``orbit_metrics`` from an already judged orbit."""
+    if min_segment_deg < 0 or min_gap_deg < 0:
+        raise ValueError("min_segment_deg and min_gap_deg must be >= 0")
+    if kind is not None and kind not in KINDS:
+        raise ValueError(f"unknown kind {kind!r}; one of {KINDS}")
+    kept = [i for i in range(orbit.azimuth.shape[0]) if not bool(orbit.duplicate[i])]
+    order, step, circular = orbit_order(orbit.azimuth[kept])
+    order = [kept[i] for i in order]
+    front = [int(orbit.judged_view[i]) == FRONT for i in order]
+    face_back = [bool(orbit.front_only_visible[i] and orbit.in_back[i]) for i in order]
+    front_runs = robust_runs(front, step, circular, min_segment_deg, min_gap_deg)
+    face_runs = robust_runs(face_back, step, circular, min_segment_deg, min_gap_deg)
+    n = len(order)
+    in_front = [i for i in order if int(orbit.camera_view[i]) == FRONT]
+    ordered = frames[torch.tensor(order)]  # adjacent azimuths, a repeated end frame once
+    metrics = {
+        "janus": float(bool(face_runs) or len(front_runs) >= 2),
+        "face_in_back": float(bool(face_runs)),
+        "janus_two_fronts": float(len(front_runs) >= 2),
+        "front_segments": float(len(front_runs)),
+        "face_in_back_frames": float(sum(face_back)),
+        "front_frames": float(sum(front)),
+        "face_in_front": (sum(bool(orbit.front_only_visible[i]) for i in in_front) / len(in_front)
+                          if in_front else math.nan),
+        "face_scrambled": face_scrambled(frames, judge, counted=orbit.counted),
+        "view_accuracy": sum(int(orbit.judged_view[i]) == int(orbit.camera_view[i]) for i in order) / n,
+        "a_jfd": a_jfd(ordered, judge),
+        "n_frames": float(n),
+        "azimuth_step": step,
+    }
+    if kind is not None:
+        metrics["kind_accuracy"] = sum(int(orbit.judged_kind[i]) == KINDS.index(kind) for i in order) / n
+    if lpips is not None:
+        from antijanus.tools.metrics import a_lpips
+
+        metrics["a_lpips"] = a_lpips(ordered.to(next(lpips.parameters()).device), lpips)[0]
+    return metrics
+
+
+def scramble_object_pixels(frames: Tensor, generator: torch.Generator, tolerance: float = 0.1) -> Tensor:
+    """Each frame with its object pixels (colour differing from the top-left corner's by more than
+    ``tolerance``, summed over channels) shuffled among themselves; the background is untouched."""
+    out = frames.clone()
+    n, c = frames.shape[:2]
+    flat_in, flat_out = frames.reshape(n, c, -1), out.reshape(n, c, -1)
+    for i in range(n):
+        index = ((flat_in[i] - flat_in[i, :, :1]).abs().sum(0) > tolerance).nonzero().flatten()
+        flat_out[i, :, index] = flat_in[i, :, index[torch.randperm(index.numel(), generator=generator)]]
+    return out
+
+
+def face_scrambled(frames: Tensor, judge, seed: int = 0, attribute_threshold: float = ATTRIBUTE_THRESHOLD,
+                   counted: Optional[Tensor] = None) -> float:
+    """Share of ``frames`` (those ``counted``, default all) judged to show a front-only attribute
+    after ``scramble_object_pixels``."""
+    scrambled = scramble_object_pixels(frames.float(), torch.Generator().manual_seed(seed))
+    probs = judge(scrambled)["attribute_probs"].float().cpu()
+    front_only = [ATTRIBUTES.index(a) for a in FRONT_ONLY]
+    seen = (probs[:, front_only] > attribute_threshold).any(dim=1)
+    return float(seen[counted if counted is not None else slice(None)].float().mean())
+
+
+# ----------------------------------------------------------------------------- constructed orbits
+
+
+def orbit_azimuths(n: int = 36, duplicate_end: bool = False) -> Tensor:
+    """n uniformly spaced azimuths from 0; ``duplicate_end``: threestudio's linspace(0, 360, n)."""
+    return torch.linspace(0.0, 360.0, n) if duplicate_end else torch.arange(n, dtype=torch.float32) * (360.0 / n)
+
+
+def render_orbit(creature: Creature, azimuths: Tensor, elevation: float = 15.0, distance: float = 1.5,
+                 fovy: float = 60.0, size: int = IMAGE_SIZE, two_faced: bool = False) -> Tensor:
+    """Frames [N, 3, size, size] of one creature seen from each azimuth (light near the camera).
+    ``two_faced``: the creature with its front decals (face, smile) mirrored onto its back, i.e.
+    two fronts stitched at the x = 0 plane (its stripes are covered)."""
+    azimuths = torch.as_tensor(azimuths, dtype=torch.float32)
+    creatures = [creature] * azimuths.shape[0]
+    if not two_faced:
+        return render(creatures, elevation, azimuths, distance, fovy, size=size)["image"]
+    return _render_mirrored_decals(creatures, azimuths, elevation, distance, fovy, size)
+
+
+def _render_mirrored_decals(creatures: Sequence[Creature], azimuth: Tensor, elevation: float, distance: float,
+                            fovy: float, size: int, supersample: int = SUPERSAMPLE) -> Tensor:
+    """``world.render`` with the body's decals evaluated at (|x|, y, z): the front half mirrored
+    onto the back half. Back-only primitives (the world's tail, where it has one) are left out:
+    a ray that hits one goes on to the body behind it."""
+    B = len(creatures)
+    elevation_t, distance_t, fovy_t = (torch.full((B,), float(v)) for v in (elevation, distance, fovy))
+    fine = size * supersample
+    origin, directions = camera_rays(elevation_t, azimuth, distance_t, fovy_t, fine)
+    directions = directions.reshape(B, fine * fine, 3)
+    hit = dict(ray_cast(origin, directions, creatures))
+    if "tail" in PART_IDS:
+        on_tail = hit["part"] == PART_IDS["tail"]
+        t_body, n_body = _body_hit(origin, directions, creatures)
+        hit["t"] = torch.where(on_tail, t_body, hit["t"])
+        hit["normal"] = torch.where(on_tail[..., None], n_body, hit["normal"])
+        body_or_miss = torch.where(torch.isfinite(t_body), PART_IDS["body"], PART_IDS["background"])
+        hit["part"] = torch.where(on_tail, body_or_miss, hit["part"])
+    scale = torch.tensor([BODY_SHAPES[c.kind][1] for c in creatures])[:, None]  # body centre at 0
+    q = (origin[:, None, :] + hit["t"].nan_to_num(0.0, posinf=0.0)[..., None] * directions) / scale
+    az = torch.rad2deg(torch.atan2(q[..., 1], q[..., 0].abs()))
+    el = torch.rad2deg(torch.atan2(q[..., 2], q[..., :2].norm(dim=-1)))
+    decal, pupil = decal_parts(az, el, creatures)
+    on_body = torch.zeros_like(hit["part"], dtype=torch.bool)
+    for part in ("body", "face", "smiling", "striped"):
+        on_body |= hit["part"] == PART_IDS[part]
+    part = torch.where(on_body, decal, hit["part"])
+    hit.update(part=part, pupil=pupil & (part == PART_IDS["face"]))
+    light = light_directions(elevation_t, azimuth, torch.zeros(B))
+    rgb = shade(hit, creatures, directions, light, torch.tensor(BACKGROUND).expand(B, 3))
+    image = rgb.reshape(B, fine, fine, 3).permute(0, 3, 1, 2)
+    return F.avg_pool2d(image, supersample).clamp(0.0, 1.0) if supersample > 1 else image.clamp(0.0, 1.0)
+
+
+def _body_hit(origin: Tensor, directions: Tensor, creatures: Sequence[Creature]) -> Tuple[Tensor, Tensor]:
+    """Hit distance and normal of the bodies alone (ellipsoid or box at the origin)."""
+    B = len(creatures)
+    o, centre = origin[:, None, :], torch.zeros(B, 1, 3)
+    size = torch.tensor([BODY_SHAPES[c.kind][1] for c in creatures])[:, None]
+    is_box = torch.tensor([BODY_SHAPES[c.kind][0] == "box" for c in creatures])
+    t_ell, n_ell = _ellipsoid_hit(o, directions, centre, size)
+    t_box, n_box = _box_hit(o, directions, centre, size)
+    return torch.where(is_box[:, None], t_box, t_ell), torch.where(is_box[:, None, None], n_box, n_ell)
+
+
+def wilson_rate(values: Sequence[float]) -> Tuple[float, Tuple[float, float]]:
+    """Share of runs with value 1 (e.g. ``janus``) and its 95 % Wilson interval."""
+    from .checks import wilson
+
+    hits, n = int(sum(1 for v in values if v >= 0.5)), len(values)
+    return (hits / n if n else math.nan), wilson(hits, n)
+
+
+def mcnemar_exact(only_first: int, only_second: int) -> float:
+    """Two-sided exact McNemar p-value for paired yes/no outcomes: ``only_first`` pairs where only
+    the first is yes, ``only_second`` where only the second is; under the null each discordant pair
+    goes either way with probability 1/2 (a binomial test on the discordant pairs)."""
+    if only_first < 0 or only_second < 0:
+        raise ValueError("counts of discordant pairs must be >= 0")
+    n = only_first + only_second
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, k) for k in range(min(only_first, only_second) + 1)) / 2 ** n  # exact ints: no overflow
+    return min(1.0, 2.0 * tail)
+
+
+def constructed_orbits_report(judge=None, n: int = 36, elevation: float = 15.0, distance: float = 1.5,
+                              fovy: float = 60.0) -> str:
+    """The metric on constructed orbits (each kind, plain and with every attribute; the
+    ground-truth creature, a two-faced one and one turned around) seen from one orbit camera
+    (``distance``, ``fovy``), as a Markdown table."""
+    from .judge import Judge
+    from .model_files import model_path
+
+    judge = judge or Judge.load(model_path("judge"))
+    azimuths = orbit_azimuths(n)
+    keys = ("janus", "face_in_back", "front_segments", "view_accuracy", "a_jfd")
+    lines = ["| creature | orbit | " + " | ".join(keys) + " |", "| --- | --- |" + " --- |" * len(keys)]
+    for kind in KINDS:
+        for creature in (Creature(kind), Creature(kind, smiling=True, striped=True, hat=True)):
+            name = " ".join([a for a in ("smiling", "striped", "hat") if getattr(creature, a)] + [kind])
+            camera = dict(elevation=elevation, distance=distance, fovy=fovy)
+            for orbit, frames in (("ground truth", render_orbit(creature, azimuths, **camera)),
+                                  ("two-faced", render_orbit(creature, azimuths, two_faced=True, **camera)),
+                                  ("turned around", render_orbit(creature, azimuths + 180.0, **camera))):
+                m = orbit_metrics(frames, azimuths, elevation, judge, kind=kind)
+                lines.append(f"| {name} | {orbit} | " + " | ".join(
+                    f"{m[k]:.3f}" if k in ("view_accuracy", "a_jfd") else f"{m[k]:g}" for k in keys) + " |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":  # python -m janus_lab.janus [--distance 2.0 --fovy 70]
+    import argparse
+
+    parser = argparse.ArgumentParser(description="The Janus metric on constructed orbits (the committed judge).")
+    parser.add_argument("--elevation", type=float, default=15.0)
+    parser.add_argument("--distance", type=float, default=1.5, help="1.5: the world's cameras; 2.0: the 3D experiment's orbit")
+    parser.add_argument("--fovy", type=float, default=60.0, help="60: the world's cameras; 70: the 3D experiment's orbit")
+    cli = parser.parse_args()
+    torch.set_num_threads(1)
+    print(constructed_orbits_report(elevation=cli.elevation, distance=cli.distance, fovy=cli.fovy))

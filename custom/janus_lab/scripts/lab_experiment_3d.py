@@ -1,0 +1,93 @@
+#!/usr/bin/env python
+"""The lab's 3D experiment, fast path: every method x prompt x seed trained on a small voxel
+volume with the real guidance code, each orbit judged; one table (Janus rate with 95 % Wilson
+intervals, view accuracy, a_jfd) and one orbit grid per variant.
+
+    python custom/janus_lab/scripts/lab_experiment_3d.py --out outputs/lab-3d --jobs 2
+    python custom/janus_lab/scripts/lab_experiment_3d.py --out outputs/lab-3d --report-only      # table from finished runs
+    python custom/janus_lab/scripts/lab_experiment_3d.py --out outputs/lab-3d-calibration --calibrate \
+        --volume-options grid48 grid24 pyramid --steps-options 300 600 --lr-options 0.03 0.1
+                                                                  # the baseline alone
+
+Finished runs are kept (re-running continues where it stopped). See README, "The 3D experiment".
+"""
+
+import argparse
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))  # custom/ of this checkout
+from janus_lab.experiment3d import (CALIBRATION_VOLUMES, CAMERA_PRESETS, VARIANT_NAMES,  # noqa: E402
+                                        Experiment, FastSettings, LabModels, calibrate, lab_prompts)
+
+
+def main(argv=None) -> int:
+    defaults = FastSettings()
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default="outputs/lab-3d")
+    parser.add_argument("--variants", nargs="+", default=list(VARIANT_NAMES), choices=VARIANT_NAMES)
+    parser.add_argument("--prompts", nargs="+", default=lab_prompts())
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
+    parser.add_argument("--jobs", type=int, default=2, help="runs in parallel (one torch thread each)")
+    parser.add_argument("--steps", type=int, default=defaults.steps)
+    parser.add_argument("--lr", type=float, default=defaults.lr)
+    parser.add_argument("--volume", choices=sorted(CALIBRATION_VOLUMES), default=None,
+                        help="the representation (default: FastSettings' own, the calibration's choice)")
+    parser.add_argument("--guidance-scale", type=float, default=defaults.guidance_scale,
+                        help="every variant's guidance scale (default: FastSettings', the calibration's choice; "
+                             "none there: each config's own)")
+    parser.add_argument("--orbit-views", type=int, default=defaults.orbit_views)
+    parser.add_argument("--captioner", default=LabModels.default().captioner,
+                        help="DNP captioner: a captioner plugin folder (default: the lab's) or a BLIP folder")
+    parser.add_argument("--judge", default=LabModels.default().judge,
+                        help="the judge folder (default: the lab's); finished runs judged by other weights are "
+                             "judged again from their saved orbits, nothing is trained again")
+    parser.add_argument("--report-only", action="store_true", help="only write the table and grids")
+    parser.add_argument("--report-dir", default=None, help="where the table and grids go (default: --out)")
+    parser.add_argument("--calibrate", action="store_true", help="the baseline at each --steps-options x --lr-options")
+    parser.add_argument("--steps-options", nargs="+", type=int, default=[300, 600])
+    parser.add_argument("--lr-options", nargs="+", type=float, default=[0.03, 0.1])
+    parser.add_argument("--guidance-scale-options", nargs="+", type=float, default=None,
+                        help="calibration: the shared guidance scales compared (default: --guidance-scale only)")
+    parser.add_argument("--volume-options", nargs="+", choices=sorted(CALIBRATION_VOLUMES), default=None,
+                        help="calibration: the representations compared (default: --volume only)")
+    parser.add_argument("--cameras", choices=CAMERA_PRESETS, default=defaults.cameras,
+                        help="the training and test cameras: threestudio's from the configs, or framed as the "
+                             "prior's world photographs (README)")
+    parser.add_argument("--camera-options", nargs="+", choices=CAMERA_PRESETS, default=None,
+                        help="calibration: the camera presets compared (default: --cameras only)")
+    parser.add_argument("--reconstruction-control", action="store_true",
+                        help="calibration: the judge on known creatures fitted into the same representation "
+                             "(lab.reconstruction); a failed control makes its settings ineligible")
+    args = parser.parse_args(argv)
+    if args.report_dir and not args.report_only:
+        parser.error("--report-dir goes with --report-only (a run writes its table into --out)")
+    for option, given in (("--camera-options", args.camera_options),
+                          ("--reconstruction-control", args.reconstruction_control)):
+        if given and not args.calibrate:
+            parser.error(f"{option} goes with --calibrate")
+    settings = FastSettings(steps=args.steps, lr=args.lr, orbit_views=args.orbit_views,
+                            guidance_scale=args.guidance_scale, cameras=args.cameras,
+                            **({"volume": CALIBRATION_VOLUMES[args.volume]} if args.volume else {}))
+    models = LabModels(**{**LabModels.default().__dict__, "captioner": args.captioner, "judge": args.judge})
+    start = time.time()
+    if args.calibrate:
+        prompts = args.prompts if "--prompts" in (argv or sys.argv) else None
+        path = calibrate(args.out, args.steps_options, args.lr_options, prompts, args.seeds, settings, models,
+                         args.jobs, volumes=args.volume_options, guidance_scales=args.guidance_scale_options,
+                         camera_options=args.camera_options, reconstruction=args.reconstruction_control)
+        print(open(path).read())
+        print(f"calibration: {path} ({time.time() - start:.0f} s)")
+        return 0
+    experiment = Experiment(args.out, args.variants, args.prompts, tuple(args.seeds), settings, models)
+    paths = experiment.report(out=args.report_dir) if args.report_only else experiment.run(args.jobs)
+    print(open(paths["markdown"]).read())
+    for key, path in paths.items():
+        print(f"{key}: {path}")
+    print(f"wall time: {time.time() - start:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
