@@ -81,3 +81,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repository's root

@@ -9,7 +9,6 @@ import sys
 import pytest
 import torch
 
-from janus_lab.locations import SWEEP_CONFIG_DIR, lab_root  # noqa: F401
 from janus_lab.model_files import model_path
 from janus_lab.world import KINDS, VIEWS, Creature, render
 from antijanus.prompting.dnp import SamplingSettings

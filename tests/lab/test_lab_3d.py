@@ -13,7 +13,7 @@ import sys
 import pytest
 import torch
 
-from janus_lab.locations import SWEEP_CONFIG_DIR, lab_root  # noqa: F401
+from janus_lab.locations import SWEEP_CONFIG_DIR
 from janus_lab import fast3d
 from janus_lab.experiment3d import (VARIANTS, Experiment, FastSettings, LabModels, Representation,
                                         block, guidance_config, kind_of, lab_prompts, load_config,

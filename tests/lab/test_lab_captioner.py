@@ -12,13 +12,11 @@ import textwrap
 import pytest
 import torch
 
-from janus_lab.locations import SWEEP_CONFIG_DIR, lab_root  # noqa: F401
+from janus_lab.locations import lab_root
 from antijanus.prompting.captioning import PLUGIN_MARKER, captioner_plugin, check_captioner, load_captioner
 from antijanus.utils.errors import ConfigError
 from helpers import one_thread  # noqa: F401  (the fixture)
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the checkout
-LAB_SCRIPTS = os.path.join(REPO, "custom", "janus_lab", "scripts")
 
 ROOT = os.path.join(os.path.dirname(__file__), "..", "..")
 LAB_CAPTIONER = os.path.join(lab_root(), "captioner")

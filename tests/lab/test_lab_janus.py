@@ -2,11 +2,9 @@
 committed judge on orbits rendered with the world (the ground-truth creature, a two-faced one,
 single misjudged frames)."""
 
-import os
 import pytest
 import torch
 
-from janus_lab.locations import SWEEP_CONFIG_DIR, lab_root  # noqa: F401
 from janus_lab.janus import (
     a_jfd,
     frame_rows,
@@ -22,8 +20,6 @@ from janus_lab.janus import (
 from janus_lab.model_files import model_path
 from janus_lab.world import ATTRIBUTES, KINDS, VIEWS, Creature
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the checkout
-LAB_SCRIPTS = os.path.join(REPO, "custom", "janus_lab", "scripts")
 
 CONTRACT = ("janus", "face_in_back", "front_segments", "view_accuracy", "a_jfd")
 

@@ -8,7 +8,7 @@ import os
 import pytest
 import torch
 
-from janus_lab.locations import SWEEP_CONFIG_DIR, lab_root  # noqa: F401
+from janus_lab.locations import lab_root
 from janus_lab.model_files import model_path, verify_checksums
 from janus_lab.world import ATTRIBUTES, KINDS, VIEWS, Creature, render
 

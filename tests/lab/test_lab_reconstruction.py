@@ -9,14 +9,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from janus_lab.locations import SWEEP_CONFIG_DIR, lab_root  # noqa: F401
 from janus_lab import fast3d
 from janus_lab.experiment3d import FastSettings, LabModels
 from janus_lab.reconstruction import (FORMS, ReconstructionSettings, fit_volume, passes, world_views)
 from antijanus.utils.errors import ConfigError
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the checkout
-LAB_SCRIPTS = os.path.join(REPO, "custom", "janus_lab", "scripts")
 
 LATENT = fast3d.VolumeSettings(resolution=8, features="latent", samples=16)
 

@@ -11,7 +11,6 @@ import sys
 import pytest
 import torch
 
-from janus_lab.locations import SWEEP_CONFIG_DIR, lab_root  # noqa: F401
 from janus_lab.experiment3d import (VARIANTS, LabModels, PromptFactory, load_config,
                                         variant_by_name)
 from janus_lab.prompt_output import DEFAULTS, DIRECTION_ORDER

@@ -1,20 +1,16 @@
 """The Janus lab's world and data: renderer ground truth, caption rules, data statistics."""
 
-import os
 import dataclasses
 import math
 
 import pytest
 import torch
 
-from janus_lab.locations import SWEEP_CONFIG_DIR, lab_root  # noqa: F401
 from janus_lab import data as labdata
 from janus_lab.data import WorldBias, caption_for, make_samples, statistics
 from janus_lab.world import (ATTRIBUTES, KINDS, VIEWS, Creature, camera_position, camera_rays, render,
                                  view_region)
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the checkout
-LAB_SCRIPTS = os.path.join(REPO, "custom", "janus_lab", "scripts")
 
 FULL = [Creature(kind, smiling=True, striped=True, hat=True) for kind in KINDS]
 

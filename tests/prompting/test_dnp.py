@@ -14,6 +14,7 @@ from antijanus.prompting.dnp import SamplingSettings, StableDiffusionSampler, ca
 from antijanus.utils.errors import ConfigError
 from antijanus.testing.tiny_models import make_blip
 from helpers import FakeSystem
+from helpers import REPO  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -283,7 +284,7 @@ def test_dns_sampling_and_captioning_are_logged_with_progress_and_land_in_the_tr
     for name in ("dnp-nerf-sd", "dnp-perp-neg-nerf-sd", "dnp-perp-neg-negative-nerf-sd"):
         from omegaconf import OmegaConf
 
-        shipped = OmegaConf.load(os.path.join(os.path.dirname(__file__), "..", "configs", f"{name}.yaml"))
+        shipped = OmegaConf.load(os.path.join(REPO, "configs", f"{name}.yaml"))
         assert shipped.system.prompt_processor.dnp_output_dir == "{trial_dir}/dnp"
 
 
@@ -292,7 +293,7 @@ def test_dnp_configs_say_what_they_compute():
     from omegaconf import OmegaConf
 
     def guidance(name):
-        cfg = OmegaConf.load(os.path.join(os.path.dirname(__file__), "..", "configs", f"{name}.yaml"))
+        cfg = OmegaConf.load(os.path.join(REPO, "configs", f"{name}.yaml"))
         assert cfg.system.prompt_processor_type == "dnp-prompt-processor"
         assert cfg.system.prompt_processor.negative_prompt == "auto"
         # Perp-Neg: the guidance's perp_neg when set, else the processor's use_perp_neg (README)
@@ -313,7 +314,7 @@ def test_2d_script_writes_the_grid_and_record(tiny_sd, tiny_blip, tmp_path):
     import subprocess
     import sys
 
-    script = os.path.join(os.path.dirname(__file__), "..", "scripts", "dnp_2d.py")
+    script = os.path.join(REPO, "scripts", "dnp_2d.py")
     out = tmp_path / "dnp"
     result = subprocess.run([sys.executable, script, "a corgi", "--model", tiny_sd, "--captioner", tiny_blip,
                              "--steps", "2", "--device", "cpu", "--out", str(out)],

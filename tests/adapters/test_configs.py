@@ -11,8 +11,9 @@ import threestudio
 import antijanus.adapters  # noqa: F401  (registers the modules)
 from antijanus.core.guidance import DSDSConfig, ScoreDistillationConfig, resolve_config
 from antijanus.adapters import core_config
+from helpers import REPO  # noqa: E402
 
-CONFIGS = sorted(glob.glob(os.path.join(os.path.dirname(__file__), "..", "configs", "*.yaml")))
+CONFIGS = sorted(glob.glob(os.path.join(REPO, "configs", "*.yaml")))
 
 # Module names registered by threestudio itself at commit 28d9d80 (`git grep register(`).
 THREESTUDIO_MODULES = set("""

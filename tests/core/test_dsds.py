@@ -9,7 +9,7 @@ from antijanus.utils.errors import ConfigError
 from antijanus.core.guidance import DSDSConfig, ScoreDistillationConfig, ScoreDistillationGuidance
 
 from helpers import make_prompt_output
-from test_guidance import CAMERAS, FakeBackbone
+from fakes import CAMERAS, FakeBackbone
 
 
 def dsds(model=None, config_type=DSDSConfig, **overrides):

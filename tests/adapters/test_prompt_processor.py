@@ -16,9 +16,10 @@ from antijanus.utils.errors import ConfigError
 from antijanus.core.guidance import ScoreDistillationConfig, ScoreDistillationGuidance
 from antijanus.testing.tiny_models import make_bert
 from helpers import FakeSystem
+from helpers import REPO  # noqa: E402
 
 VIEWS = ("side", "front", "back", "overhead")
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = REPO
 
 
 class SmilingScorer:

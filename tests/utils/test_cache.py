@@ -13,6 +13,7 @@ import torch
 
 from antijanus.utils import cache
 from antijanus.utils.cache import read_json, save_tensor, write_json
+from helpers import REPO  # noqa: E402
 
 
 def mode(path) -> int:
@@ -44,7 +45,7 @@ def test_a_killed_writer_leaves_a_temporary_file_that_a_later_write_removes(tmp_
         "from antijanus.utils.cache import atomic_write;"
         "atomic_write(os.path.join(sys.argv[1], 'slow.json'), lambda f: (f.write('{'), f.flush(), print('writing', flush=True), time.sleep(60)))"
     )
-    custom = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "custom")
+    custom = os.path.join(REPO, "custom")
     writer = subprocess.Popen([sys.executable, "-c", script, str(tmp_path), custom], stdout=subprocess.PIPE, text=True)
     try:
         assert writer.stdout.readline().strip() == "writing"

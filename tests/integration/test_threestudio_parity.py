@@ -50,7 +50,7 @@ def sd512(tmp_path_factory):
 @pytest.fixture(scope="module")
 def sd512_linear(sd512, tmp_path_factory):
     """sd512 with DDPM's linear schedule: SJC's forced scaled-linear schedule then matters."""
-    from test_sjc import with_linear_schedule
+    from fakes import with_linear_schedule
 
     return with_linear_schedule(sd512, str(tmp_path_factory.mktemp("sd512-linear") / "sd"))
 
@@ -299,7 +299,7 @@ def test_default_model_differs_from_threestudios_on_purpose():
 def test_sqrt_anneal_runs_over_the_runs_length_and_trainer_max_steps_reproduces_threestudio(sd512):
     """trainer_max_steps: null anneals over the running trainer's max_steps; set to 25000 (the
     stock default) it anneals exactly as threestudio, whatever the run's length."""
-    from test_threestudio_adapter import FakeSystem
+    from fakes import FakeSystem
 
     reference = theirs(sd512, sqrt_anneal=True)  # trainer_max_steps 25000
     stretched = ours(sd512, sqrt_anneal=True, trainer_max_steps=25000)

@@ -9,8 +9,9 @@ import sys
 import venv
 
 import pytest
+from helpers import REPO  # noqa: E402
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = REPO
 REQUIREMENTS = os.path.join(ROOT, "requirements-threestudio.txt")
 CONSTRAINTS = os.path.join(ROOT, "constraints.txt")
 RECIPE = "pip install -r requirements-threestudio.txt -e . -c constraints.txt"

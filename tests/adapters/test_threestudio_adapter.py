@@ -16,6 +16,8 @@ from antijanus.utils.errors import ConfigError
 
 from helpers import make_prompt_output
 
+from fakes import FakeSystem  # noqa: E402
+
 PACKAGE_DIR = os.path.dirname(antijanus.__file__)
 CAMERAS = dict(
     elevation=torch.tensor([0.0, 15.0]),
@@ -116,21 +118,6 @@ def test_dsds_guidance_is_registered_with_clipping_on_and_perp_neg_off(tiny_sd):
     with pytest.raises(ConfigError, match="clip_start"):
         threestudio.find("dsds-guidance")({"pretrained_model_name_or_path": tiny_sd,
                                            "clip_start": 9.0, "clip_end": 1.0})
-
-
-class FakeSystem:
-    """What calls a guidance in threestudio: a system (LightningModule) whose ``_trainer`` is the
-    running trainer; ``do_update_step`` at each batch start, ``__call__`` in training_step."""
-
-    def __init__(self, guidance, max_steps):
-        self.guidance = guidance
-        self._trainer = types.SimpleNamespace(max_steps=max_steps)
-
-    def on_train_batch_start(self, global_step):
-        self.guidance.do_update_step(0, global_step)
-
-    def training_step(self, rgb, prompt_utils):
-        return self.guidance(rgb, prompt_utils, **CAMERAS)
 
 
 def test_clip_schedule_stretches_over_the_running_trainers_max_steps(tiny_sd, monkeypatch):

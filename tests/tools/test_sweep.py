@@ -7,6 +7,7 @@ import pytest
 
 from antijanus.utils.errors import ConfigError
 from antijanus.tools.sweep import DONE_MARKER, Sweep, collect, run_sweep
+from helpers import REPO  # noqa: E402
 
 FAKE_LAUNCH = textwrap.dedent('''
     """Stands in for threestudio's launch.py. --train: writes the CSV logs, parsed config and
@@ -163,7 +164,7 @@ def test_sweep_script_reports_failed_runs_and_collects_the_finished_ones(sweep_f
     text = sweep_file.read_text().replace('prompts: ["a DSLR photo of a corgi", "a lion, zoomed out"]',
                                           'prompts: ["a DSLR photo of a corgi", "FAIL on purpose"]')
     sweep_file.write_text(text.replace("seeds: [0, 1]", "seeds: [0]"))
-    script = os.path.join(os.path.dirname(__file__), "..", "scripts", "sweep.py")
+    script = os.path.join(REPO, "scripts", "sweep.py")
     result = subprocess.run([sys.executable, script, str(sweep_file)], capture_output=True, text=True)
     assert result.returncode == 1 and "Traceback" not in result.stderr
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
@@ -181,7 +182,7 @@ def test_dry_run_prints_shell_quoted_commands(sweep_file):
     import subprocess
 
     sweep = Sweep.load(str(sweep_file))
-    script = os.path.join(os.path.dirname(__file__), "..", "scripts", "sweep.py")
+    script = os.path.join(REPO, "scripts", "sweep.py")
     out = subprocess.run([sys.executable, script, str(sweep_file), "--dry-run"], capture_output=True, text=True).stdout
     lines = out.splitlines()[1:]
     assert [shlex.split(line) for line in lines] == [
@@ -244,7 +245,7 @@ def test_slurm_parameters_are_key_value_pairs():
 def test_sweep_script_reports_bad_slurm_parameters_and_sweep_files(sweep_file, tmp_path):
     import subprocess
 
-    script = os.path.join(os.path.dirname(__file__), "..", "scripts", "sweep.py")
+    script = os.path.join(REPO, "scripts", "sweep.py")
     bad = subprocess.run([sys.executable, script, str(sweep_file), "--slurm", "partition", "gpu"],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "config key `slurm` = 'partition': expects KEY=VALUE" in bad.stderr
@@ -361,7 +362,7 @@ def test_sweep_script_runs_and_collects(sweep_file, tiny_clip):
     import subprocess
 
     with_metrics(sweep_file, tiny_clip)
-    script = os.path.join(os.path.dirname(__file__), "..", "scripts", "sweep.py")
+    script = os.path.join(REPO, "scripts", "sweep.py")
 
     def sweep(*args):
         result = subprocess.run([sys.executable, script, str(sweep_file), *args], capture_output=True, text=True)
@@ -382,7 +383,7 @@ def test_sweep_script_runs_and_collects(sweep_file, tiny_clip):
 def test_readme_sweep_example_is_a_valid_sweep_file():
     import re
 
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    root = REPO
     readme = open(os.path.join(root, "README.md")).read()
     example = re.search(r"```yaml\n(name: janus-ablation\n.*?)```", readme, re.S).group(1)
     import yaml

@@ -14,10 +14,11 @@ import subprocess
 import sys
 
 import pytest
+from helpers import REPO  # noqa: E402
 
 pytestmark = pytest.mark.threestudio
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = REPO
 RUNNER = os.path.join(ROOT, "scripts", "threestudio_cpu.py")
 
 # the CPU overrides come from the runner itself (derived from each config); --small: 32x32

@@ -9,10 +9,11 @@ import sys
 import textwrap
 
 import pytest
+from helpers import REPO  # noqa: E402
 
 pytestmark = pytest.mark.threestudio
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = REPO
 
 
 @pytest.fixture(scope="module")

@@ -13,6 +13,7 @@ from antijanus.tools.metrics import (
     r_precision,
     view_of_azimuth,
 )
+from helpers import REPO  # noqa: E402
 
 
 @pytest.fixture(scope="module", params=["vgg", "alex"])
@@ -98,7 +99,7 @@ def tiny_models(tmp_path_factory):
     import sys
 
     out = tmp_path_factory.mktemp("tiny-models")
-    script = os.path.join(os.path.dirname(__file__), "..", "scripts", "make_tiny_models.py")
+    script = os.path.join(REPO, "scripts", "make_tiny_models.py")
     result = subprocess.run([sys.executable, script, str(out), "--only", "clip"], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
     return out
@@ -150,7 +151,7 @@ def test_metrics_script_on_a_synthetic_run(tmp_path, clip):
     renders.mkdir(parents=True)
     for i, frame in enumerate(orbit(n=6)):
         Image.fromarray((frame.permute(1, 2, 0) * 255).byte().numpy()).save(renders / f"{i}.png")
-    script = os.path.join(os.path.dirname(__file__), "..", "scripts", "run_metrics.py")
+    script = os.path.join(REPO, "scripts", "run_metrics.py")
     clip_folder = clip.model.name_or_path
     # the README's CPU metrics options: the tiny CLIP, random LPIPS weights, the CPU
     result = subprocess.run([sys.executable, script, str(run), "--no-render", "--prompt", "a corgi", "--clip",

@@ -12,7 +12,8 @@ from antijanus.core.guidance import DSDSConfig, ScoreDistillationConfig, ScoreDi
 from antijanus.utils.errors import ConfigError
 
 from helpers import make_prompt_output
-from test_guidance import CAMERAS, FakeBackbone
+from fakes import CAMERAS, FakeBackbone
+from helpers import REPO  # noqa: E402
 
 THREESTUDIO_DEFAULTS = dict(perp_neg_f_sb=(1, 0.5, -0.606), perp_neg_f_fsb=(1, 0.5, 0.967),
                             perp_neg_f_fs=(4, 0.5, -2.426), perp_neg_f_sf=(4, 0.5, -2.426))
@@ -171,7 +172,7 @@ def shipped_configs():
     import glob
     import os
 
-    return sorted(glob.glob(os.path.join(os.path.dirname(__file__), "..", "configs", "*.yaml")))
+    return sorted(glob.glob(os.path.join(REPO, "configs", "*.yaml")))
 
 
 @pytest.mark.parametrize("path", shipped_configs(), ids=lambda p: p.rsplit("/", 1)[-1])

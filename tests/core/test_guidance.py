@@ -5,49 +5,13 @@ from antijanus.backbones import StableDiffusionBackbone, BackboneOptions
 from antijanus.utils.errors import ConfigError
 from antijanus.core.guidance import ScoreDistillationConfig, ScoreDistillationGuidance
 
+from fakes import CAMERAS, FakeBackbone
 from helpers import make_prompt_output
-
-
-class FakeBackbone:
-    """Deterministic stand-in: eps = x_t * mean(emb) + std(emb), per row; records calls."""
-
-    num_train_timesteps = 1000
-
-    def __init__(self):
-        self.alphas_cumprod = torch.linspace(0.9999, 0.005, 1000)
-        self.calls = []
-        self.encoded = []
-
-    def to_model_space(self, rgb_bchw, rgb_as_latents=False):
-        return rgb_bchw.float()
-
-    def predict_noise(self, x_t, t, text_embeddings):
-        self.calls.append(x_t.shape[0])
-        scale = text_embeddings.mean(dim=(1, 2)).view(-1, 1, 1, 1)
-        shift = text_embeddings.std(dim=(1, 2)).view(-1, 1, 1, 1)
-        return x_t * scale + shift
-
-    def predict_noise_and_variance(self, x_t, t, text_embeddings):
-        return self.predict_noise(x_t, t, text_embeddings), None
-
-    def noise_schedule(self, sjc=False):
-        return self.alphas_cumprod
-
-    def encode_prompts(self, prompts):
-        self.encoded.append(list(prompts))
-        return torch.zeros(len(prompts), 77, 32)
 
 
 def guidance_with(model=None, **overrides):
     config = ScoreDistillationConfig(**overrides)
     return ScoreDistillationGuidance(config, "cpu", backbone=model or FakeBackbone())
-
-
-CAMERAS = dict(  # front (r=1), front<->side, back (r=0), overhead
-    elevation=torch.tensor([0.0, 10.0, 0.0, 80.0]),
-    azimuth=torch.tensor([0.0, 45.0, 180.0, 30.0]),
-    camera_distances=torch.full((4,), 2.0),
-)
 
 
 def test_one_sds_step_end_to_end_on_tiny_stable_diffusion(tiny_sd):

@@ -13,6 +13,7 @@ from antijanus.tools.view2d import (
     sample_with_negatives,
 )
 from antijanus.core.views import PERP_NEG_PRESETS
+from helpers import REPO  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +76,7 @@ def test_view_experiment_script(tiny_sd, clip, tmp_path):
     import subprocess
     import sys
 
-    script = os.path.join(os.path.dirname(__file__), "..", "scripts", "view_experiment_2d.py")
+    script = os.path.join(REPO, "scripts", "view_experiment_2d.py")
     out = tmp_path / "v2d"
     result = subprocess.run([sys.executable, script, "--prompts", "a corgi", "--seeds", "0", "--steps", "2",
                              "--model", tiny_sd, "--clip", clip.model.name_or_path, "--interpolation-steps", "3",

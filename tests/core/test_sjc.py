@@ -3,8 +3,6 @@ without variance reduction, batched and correct for batch > 1, combined with Per
 clipping (which clips SJC's score, no w(t)). Equality with threestudio's own SJC is checked in
 tests/test_threestudio_parity.py."""
 
-import json
-import os
 import shutil
 
 import pytest
@@ -15,21 +13,7 @@ from antijanus.core.sjc import sjc_alphas_cumprod, sjc_score, sjc_sigma
 from antijanus.utils.errors import ConfigError
 
 from helpers import make_prompt_output
-from test_guidance import CAMERAS, FakeBackbone
-
-
-def with_linear_schedule(folder: str, copy_to: str) -> str:
-    """A copy of an SD folder whose scheduler is DDPM's linear schedule (beta 1e-4 -> 0.02), not
-    SD's scaled-linear one, so that forcing SJC's schedule is visible; x0 not clipped (as SD's
-    own scheduler config)."""
-    shutil.copytree(folder, copy_to)
-    path = os.path.join(copy_to, "scheduler", "scheduler_config.json")
-    with open(path) as f:
-        config = json.load(f)
-    config.update(beta_schedule="linear", beta_start=0.0001, beta_end=0.02, clip_sample=False)
-    with open(path, "w") as f:
-        json.dump(config, f)
-    return copy_to
+from fakes import CAMERAS, FakeBackbone, with_linear_schedule
 
 
 @pytest.fixture(scope="module")
