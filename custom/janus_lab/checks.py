@@ -16,7 +16,6 @@ the empty prompt as the unconditional) and judged by the lab judge:
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -24,6 +23,7 @@ import torch
 from torch import Tensor
 
 from .data import VIEW_PHRASES, WorldBias, make_samples, statistics
+from .stats import wilson
 from .world import ATTRIBUTES, KINDS, VIEWS
 
 FRONT_CAMERA_SHARE = 90.0 / 360.0  # threestudio's uniform azimuth: |azimuth| < 45 degrees
@@ -54,16 +54,6 @@ def attribute_prompts(kinds: Sequence[str] = KINDS, attributes: Sequence[str] = 
     from .data import caption_for
 
     return [(caption_for(kind, [a]), kind, a) for a in attributes for kind in kinds]
-
-
-def wilson(successes: int, n: int, z: float = 1.96) -> Tuple[float, float]:
-    """95 % Wilson score interval of a proportion."""
-    if n == 0:
-        return (float("nan"), float("nan"))
-    p = successes / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return (max(0.0, centre - half), min(1.0, centre + half))
 
 
 def sample(sampler, encode, prompts, settings: CheckSettings, log=print) -> Dict[str, Tensor]:

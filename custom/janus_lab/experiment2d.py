@@ -30,7 +30,7 @@ import torch
 from antijanus.prompting.dnp import SamplingSettings
 from antijanus.tools.view2d import METHODS, ViewExperiment, interpolation_images, run_view_experiment
 from antijanus.utils.errors import ConfigError
-from .checks import wilson
+from .stats import wilson
 from .world import KINDS, VIEWS
 
 REQUESTED = ("front", "side", "back")

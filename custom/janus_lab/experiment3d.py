@@ -28,7 +28,10 @@ from antijanus.core.guidance import DSDSConfig, ScoreDistillationConfig, ScoreDi
 from antijanus.utils.errors import ConfigError
 from .fast3d import (LAB_LATENT_RESOLUTION, LAB_RESOLUTION, CameraSettings, Material, SystemSettings,
                      VolumeSettings, make_scene, render_orbit, train)
+from antijanus.utils.naming import slug
+
 from .locations import plugin_config_dir
+from .orbits import orbit_azimuths
 from .model_files import model_path
 from .world import KINDS
 
@@ -230,19 +233,11 @@ class Representation:
                    orbit_distance=cameras.eval_camera_distance, orbit_fovy=cameras.eval_fovy_deg)
 
 
-def orbit_azimuths(n: int) -> torch.Tensor:
-    return torch.arange(n, dtype=torch.float32) * (360.0 / n)
-
-
 def kind_of(prompt: str) -> str:
     words = [w for w in prompt.replace(",", " ").split() if w in KINDS]
     if len(words) != 1:
         raise ConfigError("prompts", prompt, f"a lab prompt names one of the kinds {list(KINDS)}")
     return words[0]
-
-
-def slug(text: str) -> str:
-    return "_".join("".join(c if c.isalnum() else " " for c in text.lower()).split())
 
 
 # ----------------------------------------------------------------------------- models
@@ -708,7 +703,7 @@ METRIC_LABELS = {"face_in_front": "face in front", "face_scrambled": "face on sc
 
 def summarise(results: Sequence[Mapping[str, Any]]) -> Dict[str, Any]:
     """Janus rate with its 95 % Wilson interval (and its two parts), mean +- std of the rest."""
-    from .janus import wilson_rate
+    from .stats import wilson_rate
 
     row: Dict[str, Any] = {"runs": len(results)}
     for key in ("janus", "face_in_back", "janus_two_fronts"):
@@ -800,7 +795,7 @@ def paired_against_baseline(results: Sequence[Mapping[str, Any]], variants: Sequ
     """Each variant against ``reference`` on the runs both have (the same prompt and seed: the
     same scene initialisation and camera / noise draws): discordant counts and the exact McNemar
     p-value per key. Empty when the reference did not run."""
-    from .janus import mcnemar_exact
+    from .stats import mcnemar_exact
 
     by_run = {(r["variant"], r["prompt"], r["seed"]): r["metrics"] for r in results}
     if reference not in variants:

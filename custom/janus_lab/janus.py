@@ -46,7 +46,7 @@ Also:
   (``tools.metrics.a_lpips``).
 
 ``judge_orbit`` returns the per-frame details (for plots and tables: ``frame_rows``).
-``render_orbit`` renders constructed orbits with the world's ray caster: the ground-truth
+``orbits.render_creature_orbit`` renders constructed orbits with the world's ray caster: the ground-truth
 creature, or a two-faced one (its front decals also on its back) for tests and illustrations.
 """
 
@@ -61,9 +61,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from .world import (ATTRIBUTES, BACK_THRESHOLD, BACKGROUND, BODY_SHAPES, FRONT_ONLY, IMAGE_SIZE, KINDS, PART_IDS,
-                    SUPERSAMPLE, VIEWS, Creature, _box_hit, _ellipsoid_hit, camera_rays, decal_parts, light_directions,
-                    ray_cast, render, shade, view_region, wrap_azimuth)
+from .orbits import orbit_azimuths, render_creature_orbit
+from .world import ATTRIBUTES, BACK_THRESHOLD, FRONT_ONLY, IMAGE_SIZE, KINDS, VIEWS, Creature, view_region, wrap_azimuth
 
 MIN_SEGMENT_DEG = 20.0  # a run of frames counts when it spans at least this much azimuth
 MIN_GAP_DEG = 20.0  # gaps narrower than this between two runs are closed
@@ -327,92 +326,6 @@ def face_scrambled(frames: Tensor, judge, seed: int = 0, attribute_threshold: fl
     return float(seen[counted if counted is not None else slice(None)].float().mean())
 
 
-# ----------------------------------------------------------------------------- constructed orbits
-
-
-def orbit_azimuths(n: int = 36, duplicate_end: bool = False) -> Tensor:
-    """n uniformly spaced azimuths from 0; ``duplicate_end``: threestudio's linspace(0, 360, n)."""
-    return torch.linspace(0.0, 360.0, n) if duplicate_end else torch.arange(n, dtype=torch.float32) * (360.0 / n)
-
-
-def render_orbit(creature: Creature, azimuths: Tensor, elevation: float = 15.0, distance: float = 1.5,
-                 fovy: float = 60.0, size: int = IMAGE_SIZE, two_faced: bool = False) -> Tensor:
-    """Frames [N, 3, size, size] of one creature seen from each azimuth (light near the camera).
-    ``two_faced``: the creature with its front decals (face, smile) mirrored onto its back, i.e.
-    two fronts stitched at the x = 0 plane (its stripes are covered)."""
-    azimuths = torch.as_tensor(azimuths, dtype=torch.float32)
-    creatures = [creature] * azimuths.shape[0]
-    if not two_faced:
-        return render(creatures, elevation, azimuths, distance, fovy, size=size)["image"]
-    return _render_mirrored_decals(creatures, azimuths, elevation, distance, fovy, size)
-
-
-def _render_mirrored_decals(creatures: Sequence[Creature], azimuth: Tensor, elevation: float, distance: float,
-                            fovy: float, size: int, supersample: int = SUPERSAMPLE) -> Tensor:
-    """``world.render`` with the body's decals evaluated at (|x|, y, z): the front half mirrored
-    onto the back half. Back-only primitives (the world's tail, where it has one) are left out:
-    a ray that hits one goes on to the body behind it."""
-    B = len(creatures)
-    elevation_t, distance_t, fovy_t = (torch.full((B,), float(v)) for v in (elevation, distance, fovy))
-    fine = size * supersample
-    origin, directions = camera_rays(elevation_t, azimuth, distance_t, fovy_t, fine)
-    directions = directions.reshape(B, fine * fine, 3)
-    hit = dict(ray_cast(origin, directions, creatures))
-    if "tail" in PART_IDS:
-        on_tail = hit["part"] == PART_IDS["tail"]
-        t_body, n_body = _body_hit(origin, directions, creatures)
-        hit["t"] = torch.where(on_tail, t_body, hit["t"])
-        hit["normal"] = torch.where(on_tail[..., None], n_body, hit["normal"])
-        body_or_miss = torch.where(torch.isfinite(t_body), PART_IDS["body"], PART_IDS["background"])
-        hit["part"] = torch.where(on_tail, body_or_miss, hit["part"])
-    scale = torch.tensor([BODY_SHAPES[c.kind][1] for c in creatures])[:, None]  # body centre at 0
-    q = (origin[:, None, :] + hit["t"].nan_to_num(0.0, posinf=0.0)[..., None] * directions) / scale
-    az = torch.rad2deg(torch.atan2(q[..., 1], q[..., 0].abs()))
-    el = torch.rad2deg(torch.atan2(q[..., 2], q[..., :2].norm(dim=-1)))
-    decal, pupil = decal_parts(az, el, creatures)
-    on_body = torch.zeros_like(hit["part"], dtype=torch.bool)
-    for part in ("body", "face", "smiling", "striped"):
-        on_body |= hit["part"] == PART_IDS[part]
-    part = torch.where(on_body, decal, hit["part"])
-    hit.update(part=part, pupil=pupil & (part == PART_IDS["face"]))
-    light = light_directions(elevation_t, azimuth, torch.zeros(B))
-    rgb = shade(hit, creatures, directions, light, torch.tensor(BACKGROUND).expand(B, 3))
-    image = rgb.reshape(B, fine, fine, 3).permute(0, 3, 1, 2)
-    return F.avg_pool2d(image, supersample).clamp(0.0, 1.0) if supersample > 1 else image.clamp(0.0, 1.0)
-
-
-def _body_hit(origin: Tensor, directions: Tensor, creatures: Sequence[Creature]) -> Tuple[Tensor, Tensor]:
-    """Hit distance and normal of the bodies alone (ellipsoid or box at the origin)."""
-    B = len(creatures)
-    o, centre = origin[:, None, :], torch.zeros(B, 1, 3)
-    size = torch.tensor([BODY_SHAPES[c.kind][1] for c in creatures])[:, None]
-    is_box = torch.tensor([BODY_SHAPES[c.kind][0] == "box" for c in creatures])
-    t_ell, n_ell = _ellipsoid_hit(o, directions, centre, size)
-    t_box, n_box = _box_hit(o, directions, centre, size)
-    return torch.where(is_box[:, None], t_box, t_ell), torch.where(is_box[:, None, None], n_box, n_ell)
-
-
-def wilson_rate(values: Sequence[float]) -> Tuple[float, Tuple[float, float]]:
-    """Share of runs with value 1 (e.g. ``janus``) and its 95 % Wilson interval."""
-    from .checks import wilson
-
-    hits, n = int(sum(1 for v in values if v >= 0.5)), len(values)
-    return (hits / n if n else math.nan), wilson(hits, n)
-
-
-def mcnemar_exact(only_first: int, only_second: int) -> float:
-    """Two-sided exact McNemar p-value for paired yes/no outcomes: ``only_first`` pairs where only
-    the first is yes, ``only_second`` where only the second is; under the null each discordant pair
-    goes either way with probability 1/2 (a binomial test on the discordant pairs)."""
-    if only_first < 0 or only_second < 0:
-        raise ValueError("counts of discordant pairs must be >= 0")
-    n = only_first + only_second
-    if n == 0:
-        return 1.0
-    tail = sum(math.comb(n, k) for k in range(min(only_first, only_second) + 1)) / 2 ** n  # exact ints: no overflow
-    return min(1.0, 2.0 * tail)
-
-
 def constructed_orbits_report(judge=None, n: int = 36, elevation: float = 15.0, distance: float = 1.5,
                               fovy: float = 60.0) -> str:
     """The metric on constructed orbits (each kind, plain and with every attribute; the
@@ -429,9 +342,9 @@ def constructed_orbits_report(judge=None, n: int = 36, elevation: float = 15.0, 
         for creature in (Creature(kind), Creature(kind, smiling=True, striped=True, hat=True)):
             name = " ".join([a for a in ("smiling", "striped", "hat") if getattr(creature, a)] + [kind])
             camera = dict(elevation=elevation, distance=distance, fovy=fovy)
-            for orbit, frames in (("ground truth", render_orbit(creature, azimuths, **camera)),
-                                  ("two-faced", render_orbit(creature, azimuths, two_faced=True, **camera)),
-                                  ("turned around", render_orbit(creature, azimuths + 180.0, **camera))):
+            for orbit, frames in (("ground truth", render_creature_orbit(creature, azimuths, **camera)),
+                                  ("two-faced", render_creature_orbit(creature, azimuths, two_faced=True, **camera)),
+                                  ("turned around", render_creature_orbit(creature, azimuths + 180.0, **camera))):
                 m = orbit_metrics(frames, azimuths, elevation, judge, kind=kind)
                 lines.append(f"| {name} | {orbit} | " + " | ".join(
                     f"{m[k]:.3f}" if k in ("view_accuracy", "a_jfd") else f"{m[k]:g}" for k in keys) + " |")

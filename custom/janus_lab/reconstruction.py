@@ -7,7 +7,7 @@ orbit is rendered and judged exactly as a run's (``experiment3d.judge_run_orbit`
 
 * ``face``: the world's creature (one face, in front): not Janus, the face seen in front;
 * ``faceless``: the same without its face: no face in front;
-* ``two_faced``: its front decals mirrored onto its back (``janus.render_orbit(two_faced=True)``):
+* ``two_faced``: its front decals mirrored onto its back (``orbits.render_creature_orbit(two_faced=True)``):
   Janus.
 
 The fit: the volume's latents (and its background) by Adam on the L2 distance between its renders
@@ -69,9 +69,9 @@ def world_views(kind: str, form: str, cameras: CameraSettings, n: int, generator
     fovy = uniform(*cameras.fovy_range)
     creature = Creature(kind, face=form != "faceless")
     if form == "two_faced":
-        from .janus import _render_mirrored_decals
+        from .orbits import render_mirrored_decals
 
-        images = torch.cat([_render_mirrored_decals([creature], azimuth[i:i + 1], float(elevation[i]),
+        images = torch.cat([render_mirrored_decals([creature], azimuth[i:i + 1], float(elevation[i]),
                                                     float(distance[i]), float(fovy[i]), 32) for i in range(n)])
     else:
         images = render_world([creature] * n, elevation, azimuth, distance, fovy)["image"]
@@ -151,7 +151,8 @@ def fit_orbits(backbone, settings, representation, kinds: Sequence[str] = KINDS,
     """Every kind in every form fitted and its orbit rendered as a run's (``settings``: the run's
     ``FastSettings``; ``representation``: its ``Representation``): per (kind, form) the orbit's
     ``frames`` as a run keeps them (uint8, ``experiment3d.frames_to_uint8``) and its ``coverage``."""
-    from .experiment3d import frames_to_uint8, orbit_azimuths
+    from .experiment3d import frames_to_uint8
+    from .orbits import orbit_azimuths
 
     encode = latent_means(backbone)
     orbits = {}

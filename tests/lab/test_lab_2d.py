@@ -66,12 +66,12 @@ def test_judge_view_classifier_scores_the_requested_views(classifier):
 
 
 def test_judge_view_classifier_in_the_metrics_of_an_orbit(classifier, tmp_path):
-    from janus_lab.janus import render_orbit
+    from janus_lab.orbits import render_creature_orbit
     from antijanus.tools.evaluate import MetricModels, MetricSettings, evaluate_folder
     from antijanus.utils.imaging import to_pil
 
     azimuths = torch.linspace(0.0, 360.0, 13)  # threestudio's test orbit, 30 degrees apart
-    for i, frame in enumerate(render_orbit(Creature("frog", striped=True), azimuths)):
+    for i, frame in enumerate(render_creature_orbit(Creature("frog", striped=True), azimuths)):
         to_pil(frame).save(tmp_path / f"{i}.png")
     settings = MetricSettings(random_lpips=True, preprocess="none", clip_model="/no/such/clip", device="cpu")
     metrics, rows = evaluate_folder(str(tmp_path), "a frog", settings, MetricModels(settings, view_classifier=classifier))
@@ -127,7 +127,7 @@ def test_run_view_experiment_with_the_judge_among_all_its_regions(sampler, class
 
 
 def test_lab_view_experiment_table_rows_cells_and_files(sampler, classifier, tmp_path):
-    from janus_lab.checks import wilson
+    from janus_lab.stats import wilson
     from janus_lab.experiment2d import LabViewSettings, format_table, run_lab_view_experiment, save_results
 
     settings = LabViewSettings(kinds=("frog", "bear"), views=("back",), seeds=(3, 4), negative_weights=(1.0, 2.0),

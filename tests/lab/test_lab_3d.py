@@ -679,7 +679,7 @@ def test_paired_comparison_against_the_baseline_counts_discordant_runs_and_its_e
     """McNemar on the shared (prompt, seed) runs: only the discordant pairs count; 6 against 0 is
     p = 2 / 2^6; balanced counts give 1; a variant without shared runs is left out."""
     from janus_lab.experiment3d import paired_against_baseline
-    from janus_lab.janus import mcnemar_exact
+    from janus_lab.stats import mcnemar_exact
 
     assert mcnemar_exact(0, 0) == 1.0 and mcnemar_exact(3, 3) == 1.0
     assert mcnemar_exact(6, 0) == mcnemar_exact(0, 6) == pytest.approx(2 / 64)

@@ -5,18 +5,9 @@ single misjudged frames)."""
 import pytest
 import torch
 
-from janus_lab.janus import (
-    a_jfd,
-    frame_rows,
-    judge_orbit,
-    orbit_azimuths,
-    orbit_metrics,
-    orbit_order,
-    render_orbit,
-    robust_runs,
-    runs,
-    wilson_rate,
-)
+from janus_lab.janus import a_jfd, frame_rows, judge_orbit, orbit_metrics, orbit_order, robust_runs, runs
+from janus_lab.orbits import orbit_azimuths, render_creature_orbit as render_orbit
+from janus_lab.stats import wilson_rate
 from janus_lab.model_files import model_path
 from janus_lab.world import ATTRIBUTES, KINDS, VIEWS, Creature
 

@@ -32,7 +32,7 @@ import torch  # noqa: E402
 
 def main(argv=None) -> int:
     from janus_lab.experiment3d import load_backbone
-    from janus_lab.janus import render_orbit
+    from janus_lab.orbits import render_creature_orbit
     from janus_lab.judge import Judge, JudgeSettings, at_resolution, held_out_lowres, object_mask, render_labelled
     from janus_lab.model_files import model_path
     from janus_lab.world import ATTRIBUTES, Creature
@@ -62,7 +62,7 @@ def main(argv=None) -> int:
     probe, vae_error = {}, {}
     with torch.no_grad():
         for face in (True, False):
-            sharp = render_orbit(Creature("bear", face=face), azimuths, 15.0, 1.55, 60.0)
+            sharp = render_creature_orbit(Creature("bear", face=face), azimuths, 15.0, 1.55, 60.0)
             creature = object_mask(sharp).expand_as(sharp)  # not the plain ground
             for side in (32, 12):
                 image = at_resolution(sharp, side) if side < 32 else sharp
