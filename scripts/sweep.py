@@ -10,8 +10,8 @@
 Run it from the threestudio checkout (the `launch` command of the sweep file is run there).
 Finished runs are skipped; with a `metrics:` block every run also renders its test orbit from its
 checkpoint, and collecting computes A-LPIPS / CLIP metrics of the runs that have none yet. After
-`--slurm`, run `--collect-only` once the array has finished. See antijanus/tools/sweep.py for the sweep
-file format and antijanus/tools/evaluate.py (MetricSettings) for the metrics keys.
+`--slurm`, run `--collect-only` once the array has finished. See antijanus/tools/sweep/spec.py for the
+sweep file format and antijanus/tools/evaluate.py (MetricSettings) for the metrics keys.
 """
 
 from __future__ import annotations

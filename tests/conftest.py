@@ -39,7 +39,7 @@ def threestudio_on_this_device():
 
 
 def pytest_collection_modifyitems(config, items):
-    skip = pytest.mark.skip(reason="needs the real threestudio importable (see README, "
+    skip = pytest.mark.skip(reason="needs the real threestudio importable (see docs/cpu-mode.md, "
                                    "'Integration tests with threestudio')")
     for item in items:
         if "threestudio" in item.keywords and not REAL_THREESTUDIO:

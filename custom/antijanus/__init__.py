@@ -2,16 +2,18 @@
 
 Parts, imports flowing one way (each only imports those above it):
 
-    utils/       errors (ConfigError), atomic cache files, images, progress bars
-    core/        the guidance maths: Perp-Neg, views, SDS, SJC, D-SDS clipping, the guidance path
-    backbones/   Stable Diffusion and DeepFloyd IF behind one small interface
+    utils/       errors (ConfigError), atomic cache files, images, progress bars, model loading, names
+    testing/     tiny random-weight model folders in the real layouts
+    backbones/   Stable Diffusion and DeepFloyd IF behind one small interface, their noise schedules
+    core/        the guidance maths (Perp-Neg, views, SDS, SJC, D-SDS clipping) and the guidance path
     prompting/   BERT-PMI prompt debiasing, diffusion-negative sampling / prompting, captioning
     adapters/    the registered threestudio modules (the only part importing threestudio at module level)
     tools/       research tools: metrics, 2D view experiment, ablation sweeps
-    testing/     tiny random-weight model folders in the real layouts
-    cpu/         threestudio on a CPU (stand-ins, kernels, overrides, runner; imports threestudio
-                 and registers the adapters inside functions only)
-    lab/         the Janus lab: a small world where the Janus problem is measured
+    cpu/         threestudio on a CPU (stand-ins, kernels, overrides, model folders, runner; imports
+                 threestudio and registers the adapters inside functions only)
+
+The Janus lab is a package of its own beside this one (``janus_lab``): it imports antijanus,
+antijanus never imports it.
 
 Everything but ``adapters`` and ``cpu`` is pure PyTorch + diffusers/transformers and never
 imports threestudio. The adapters are imported here (``register_threestudio_modules``, which
@@ -22,9 +24,11 @@ case when threestudio's launcher loads this package from ``custom/``. Elsewhere 
 
 import sys as _sys
 
+from packaging.version import InvalidVersion, Version
+
 from .utils.errors import ConfigError  # noqa: F401
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 #: the oldest threestudio whose interfaces the adapters use (tested: commit 28d9d80, 0.2.3)
 MIN_THREESTUDIO_VERSION = "0.2.3"
@@ -32,8 +36,6 @@ MIN_THREESTUDIO_VERSION = "0.2.3"
 
 def check_threestudio_version(threestudio) -> None:
     """A clear error for a threestudio older than the interfaces we use, as extensions do."""
-    from packaging.version import InvalidVersion, Version
-
     version = getattr(threestudio, "__version__", None)
     try:
         too_old = version is None or Version(version) < Version(MIN_THREESTUDIO_VERSION)
@@ -47,10 +49,10 @@ def check_threestudio_version(threestudio) -> None:
 
 def register_threestudio_modules():
     """Register antijanus's modules with threestudio (idempotent); returns the adapters package."""
-    import threestudio
+    import threestudio  # threestudio: only when registering
 
     check_threestudio_version(threestudio)
-    from . import adapters
+    from . import adapters  # imports threestudio at module level
 
     return adapters
 

@@ -30,6 +30,8 @@ from torch import Tensor
 from antijanus.utils.errors import ConfigError
 from antijanus.utils.progress import progress_bar
 from .data import VIEW_PHRASES, caption_for
+from .judge import CONFIG, WEIGHTS, Judge
+from .model_files import model_path
 from .world import ATTRIBUTES, KINDS, OPTIONAL_ATTRIBUTES, VIEWS
 
 ATTRIBUTE_THRESHOLD = 0.5  # the judge's own rule for "visible"
@@ -37,8 +39,6 @@ ATTRIBUTE_THRESHOLD = 0.5  # the judge's own rule for "visible"
 
 def _judge_folder(folder: Optional[str], judge: Optional[str]) -> str:
     """The judge folder: ``judge`` (relative to the plugin folder) or the committed judge."""
-    from .model_files import model_path
-
     if judge is None:
         return model_path("judge")
     judge = os.path.expanduser(judge)
@@ -50,8 +50,6 @@ class LabCaptioner:
 
     def __init__(self, folder: Optional[str] = None, device="cpu", max_new_tokens: int = 30,
                  key: str = "captioner", judge: Optional[str] = None, view_phrase: bool = False) -> None:
-        from .judge import Judge
-
         self.check(folder, key=key, judge=judge, view_phrase=view_phrase)
         if max_new_tokens < 1:
             raise ConfigError("caption_max_new_tokens", max_new_tokens, "must be >= 1")
@@ -63,8 +61,6 @@ class LabCaptioner:
     def check(cls, folder: Optional[str], key: str = "captioner", judge: Optional[str] = None,
               view_phrase: bool = False) -> None:
         """Configuration errors before anything is sampled: a missing judge folder, a bad option."""
-        from .judge import CONFIG, WEIGHTS
-
         path = _judge_folder(folder, judge)
         missing = [f for f in (CONFIG, WEIGHTS) if not os.path.isfile(os.path.join(path, f))]
         if missing:

@@ -16,17 +16,23 @@ the empty prompt as the unconditional) and judged by the lab judge:
 
 from __future__ import annotations
 
+import dataclasses
+import os
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
 
-from .data import VIEW_PHRASES, WorldBias, make_samples, statistics
+from antijanus.prompting.dnp import SamplingSettings, load_sampler
+from .data import VIEW_PHRASES, WorldBias, caption_for, make_samples, statistics
+from .judge import Judge
+from .model_files import sha256
 from .stats import wilson
 from .world import ATTRIBUTES, KINDS, VIEWS
 
 FRONT_CAMERA_SHARE = 90.0 / 360.0  # threestudio's uniform azimuth: |azimuth| < 45 degrees
+FRONT = VIEWS.index("front")
 
 
 @dataclass(frozen=True)
@@ -51,16 +57,12 @@ def check_prompts(kinds: Sequence[str] = KINDS) -> List[Tuple[str, str, Optional
 def attribute_prompts(kinds: Sequence[str] = KINDS, attributes: Sequence[str] = ("smiling",)
                       ) -> List[Tuple[str, str, str]]:
     """(prompt, kind, attribute) without a view phrase: 'a smiling bear'."""
-    from .data import caption_for
-
     return [(caption_for(kind, [a]), kind, a) for a in attributes for kind in kinds]
 
 
 def sample(sampler, encode, prompts, settings: CheckSettings, log=print) -> Dict[str, Tensor]:
     """n images per prompt with our DDIM sampler (CFG, "" as the unconditional), the same
     initial noise for every prompt."""
-    from antijanus.prompting.dnp import SamplingSettings
-
     sampling = SamplingSettings(steps=settings.steps, guidance_scale=settings.guidance_scale, seed=settings.seed)
     uncond = encode([""]).expand(settings.n_per_prompt, -1, -1)
     images = {}
@@ -86,32 +88,12 @@ def judge_samples(judge, images: Dict[str, Tensor], prompts, log=print, attribut
     return results
 
 
-def summarise(results, bias: WorldBias = WorldBias(), data_front_share: Optional[float] = None) -> Dict[str, object]:
-    """The figures of the check from judged samples."""
+def summarise_checks(results, data_front_share: Optional[float] = None) -> Dict[str, object]:
+    """The check's figures from judged samples (``judge_samples``): the bias without a view
+    phrase, steerability per view, kind accuracy, faces drawn, and per attribute prompt."""
     plain = [r for r in results if r["view"] is None and r.get("attribute") is None]
-    n_plain = sum(len(r["judged_view"]) for r in plain)
-    front = VIEWS.index("front")
-    front_plain = sum(int((r["judged_view"] == front).sum()) for r in plain)
-    figures: Dict[str, object] = {
-        "front_share_no_phrase": front_plain / n_plain,
-        "front_share_no_phrase_ci95": wilson(front_plain, n_plain),
-        "front_camera_share": FRONT_CAMERA_SHARE,
-        "data_front_share": data_front_share,
-        "no_phrase_view_share": {v: sum(int((r["judged_view"] == i).sum()) for r in plain) / n_plain
-                                 for i, v in enumerate(VIEWS)},
-    }
-    steer = {}
-    for i, v in enumerate(VIEWS):
-        asked = [r for r in results if r["view"] == v]
-        n = sum(len(r["judged_view"]) for r in asked)
-        hits = sum(int((r["judged_view"] == i).sum()) for r in asked)
-        steer[v] = {"with_phrase": hits / n, "with_phrase_ci95": wilson(hits, n),
-                    "without_phrase": figures["no_phrase_view_share"][v], "n": n}
-        for phrase in VIEW_PHRASES[v]:
-            rows = [r for r in asked if r["prompt"].endswith(phrase)]
-            m = sum(len(r["judged_view"]) for r in rows)
-            steer[v][phrase] = sum(int((r["judged_view"] == i).sum()) for r in rows) / m
-    figures["steerability"] = steer
+    figures = no_phrase_figures(plain, data_front_share)
+    figures["steerability"] = steerability(results, figures["no_phrase_view_share"])
     n_all = sum(len(r["judged_kind"]) for r in results)
     right = sum(int((r["judged_kind"] == KINDS.index(r["kind"])).sum()) for r in results)
     figures["kind_accuracy"] = right / n_all
@@ -120,27 +102,67 @@ def summarise(results, bias: WorldBias = WorldBias(), data_front_share: Optional
     figures["no_phrase_views_per_kind"] = {
         k: {v: sum(int((r["judged_view"] == i).sum()) for r in plain if r["kind"] == k) for i, v in enumerate(VIEWS)}
         for k in KINDS if any(r["kind"] == k for r in plain)}
-    # faces drawn: the judge's face verdict on the images it calls "front"
+    figures.update(face_figures(results))
+    for attribute in sorted({r["attribute"] for r in results if r.get("attribute")}):
+        figures[f"prompt_{attribute}"] = attribute_prompt_figures([r for r in results if r.get("attribute") == attribute],
+                                                                  attribute)
+    return figures
+
+
+def no_phrase_figures(plain, data_front_share: Optional[float]) -> Dict[str, object]:
+    """The bias: the share judged "front" among the samples of prompts without a view phrase
+    (with its Wilson interval) beside the front cameras' share in a 3D run, and every view's share."""
+    n_plain = sum(len(r["judged_view"]) for r in plain)
+    front_plain = sum(int((r["judged_view"] == FRONT).sum()) for r in plain)
+    return {
+        "front_share_no_phrase": front_plain / n_plain,
+        "front_share_no_phrase_ci95": wilson(front_plain, n_plain),
+        "front_camera_share": FRONT_CAMERA_SHARE,
+        "data_front_share": data_front_share,
+        "no_phrase_view_share": {v: sum(int((r["judged_view"] == i).sum()) for r in plain) / n_plain
+                                 for i, v in enumerate(VIEWS)},
+    }
+
+
+def steerability(results, without_phrase: Dict[str, float]) -> Dict[str, Dict[str, object]]:
+    """Per view: the share judged that view among the samples whose prompt asks for it (overall,
+    with its Wilson interval, and per phrase), beside the share ``without_phrase``."""
+    steer = {}
+    for i, v in enumerate(VIEWS):
+        asked = [r for r in results if r["view"] == v]
+        n = sum(len(r["judged_view"]) for r in asked)
+        hits = sum(int((r["judged_view"] == i).sum()) for r in asked)
+        steer[v] = {"with_phrase": hits / n, "with_phrase_ci95": wilson(hits, n),
+                    "without_phrase": without_phrase[v], "n": n}
+        for phrase in VIEW_PHRASES[v]:
+            rows = [r for r in asked if r["prompt"].endswith(phrase)]
+            m = sum(len(r["judged_view"]) for r in rows)
+            steer[v][phrase] = sum(int((r["judged_view"] == i).sum()) for r in rows) / m
+    return steer
+
+
+def face_figures(results) -> Dict[str, object]:
+    """Faces drawn: the share of the images judged "front" in which the judge sees the face."""
     face = ATTRIBUTES.index("face")
-    judged_front = torch.cat([r["judged_view"] == front for r in results])
+    judged_front = torch.cat([r["judged_view"] == FRONT for r in results])
     face_seen = torch.cat([r["judged_attributes"][:, face] for r in results])
     n_front, n_face = int(judged_front.sum()), int((judged_front & face_seen).sum())
-    figures["face_given_judged_front"] = n_face / n_front if n_front else float("nan")
-    figures["face_given_judged_front_ci95"] = wilson(n_face, n_front)
-    figures["n_judged_front"] = n_front
-    for attribute in sorted({r["attribute"] for r in results if r.get("attribute")}):
-        rows = [r for r in results if r.get("attribute") == attribute]
-        n = sum(len(r["judged_view"]) for r in rows)
-        fronts = torch.cat([r["judged_view"] == front for r in rows])
-        shown = torch.cat([r["judged_attributes"][:, ATTRIBUTES.index(attribute)] for r in rows])
-        n_fronts, n_shown = int(fronts.sum()), int((fronts & shown).sum())
-        figures[f"prompt_{attribute}"] = {
-            "front_share": n_fronts / n, "front_share_ci95": wilson(n_fronts, n), "n": n,
+    return {"face_given_judged_front": n_face / n_front if n_front else float("nan"),
+            "face_given_judged_front_ci95": wilson(n_face, n_front), "n_judged_front": n_front}
+
+
+def attribute_prompt_figures(rows, attribute: str) -> Dict[str, object]:
+    """For the samples of 'a <attribute> <kind>' (no view phrase): the share judged "front", the
+    share of those showing the attribute, and every view's share."""
+    n = sum(len(r["judged_view"]) for r in rows)
+    fronts = torch.cat([r["judged_view"] == FRONT for r in rows])
+    shown = torch.cat([r["judged_attributes"][:, ATTRIBUTES.index(attribute)] for r in rows])
+    n_fronts, n_shown = int(fronts.sum()), int((fronts & shown).sum())
+    return {"front_share": n_fronts / n, "front_share_ci95": wilson(n_fronts, n), "n": n,
             "shown_given_judged_front": n_shown / n_fronts if n_fronts else float("nan"),
             "shown_given_judged_front_ci95": wilson(n_shown, n_fronts),
             "view_share": {v: int((torch.cat([r["judged_view"] for r in rows]) == i).sum()) / n
                            for i, v in enumerate(VIEWS)}}
-    return figures
 
 
 def format_figures(figures: Dict[str, object]) -> str:
@@ -184,13 +206,7 @@ def data_front_share(bias: WorldBias = WorldBias(), n: int = 4000) -> float:
 def run_checks(prior: str, judge_folder: str, settings: CheckSettings = CheckSettings(), device: str = "cpu",
                cache: Optional[str] = None, log=print):
     """Sample (or reuse the samples cached in ``cache`` for the same prior and settings), judge,
-    summarise."""
-    import dataclasses
-    import os
-
-    from .judge import Judge
-    from .model_files import sha256
-
+    summarise (``summarise_checks``)."""
     prompts = check_prompts()
     extra = attribute_prompts()
     key = {"settings": dataclasses.asdict(settings), "prompts": [p for p, _, _ in prompts + extra],
@@ -203,8 +219,6 @@ def run_checks(prior: str, judge_folder: str, settings: CheckSettings = CheckSet
             images = stored["images"]
             log(f"reusing the samples in {cache}")
     if images is None:
-        from antijanus.prompting.dnp import load_sampler
-
         sampler, encode = load_sampler(prior, device, half_precision=False)
         images = sample(sampler, encode, prompts + extra, settings, log)
         if cache:
@@ -212,4 +226,4 @@ def run_checks(prior: str, judge_folder: str, settings: CheckSettings = CheckSet
             torch.save({"key": key, "images": images}, cache)
     judge = Judge.load(judge_folder, device)
     results = judge_samples(judge, images, prompts, log, attribute_prompts=extra)
-    return results, summarise(results, data_front_share=data_front_share())
+    return results, summarise_checks(results, data_front_share=data_front_share())

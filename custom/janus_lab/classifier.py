@@ -17,29 +17,27 @@ the judge calls "overhead" scores low on every one of side/front/back.
 
 from __future__ import annotations
 
+import os
 from typing import Optional, Sequence
 
 import torch
 from torch import Tensor
 
 from antijanus.utils.errors import ConfigError
+from .judge import Judge
+from .model_files import model_path
 from .world import VIEWS
 
 
 class JudgeViewClassifier:
-    """``tools.metrics.ViewClassifier`` backed by the lab judge (``lab.judge.Judge``)."""
+    """``tools.metrics.ViewClassifier`` backed by the lab judge (``janus_lab.judge.Judge``)."""
 
     def __init__(self, judge, name: str = "judge") -> None:
         self.judge, self.name = judge, name
 
     @classmethod
     def load(cls, folder: Optional[str] = None, device: str = "cpu", name: str = "judge") -> "JudgeViewClassifier":
-        """The judge in ``folder`` (default: the committed ``models/janus-lab/judge``)."""
-        import os
-
-        from .judge import Judge
-        from .model_files import model_path
-
+        """The judge in ``folder`` (default: the committed ``models/judge``)."""
         folder = folder or model_path("judge")
         if not os.path.isdir(folder):
             raise ConfigError("judge", folder, "lab judge folder does not exist")

@@ -4,10 +4,10 @@ For each kind ("a bear", "a robot", "a frog") and requested view (front, side, b
 prior samples with vanilla CFG (the view phrase appended: "a bear, back view"), composable
 negation (CEBM) and Perp-Neg, with the paper's view negatives (back -> side + front, side ->
 front, front -> side) and the same seeds for every method: ``tools.view2d.run_view_experiment``
-with the judge (``lab.classifier.JudgeViewClassifier``) in place of CLIP. The judge chooses among
+with the judge (``janus_lab.classifier.JudgeViewClassifier``) in place of CLIP. The judge chooses among
 all four of its regions (an image judged "overhead" is a failure for every request). A cell's
 success rate is the share of its images judged to show the requested view, with its 95 % Wilson
-interval (``lab.checks.wilson``).
+interval (``janus_lab.stats.wilson``).
 
 Settings are the existing 2D experiment's defaults (``scripts/view_experiment_2d.py``): DDIM 50
 steps, guidance scale 7.5, negative weight 1.0, fixed before any result. Further negative weights
@@ -27,9 +27,11 @@ from typing import Dict, List, Mapping, Sequence, Tuple
 
 import torch
 
+from antijanus.core.views import PERP_NEG_PRESETS
 from antijanus.prompting.dnp import SamplingSettings
 from antijanus.tools.view2d import METHODS, ViewExperiment, interpolation_images, run_view_experiment
 from antijanus.utils.errors import ConfigError
+from antijanus.utils.imaging import image_grid
 from .stats import wilson
 from .world import KINDS, VIEWS
 
@@ -52,8 +54,6 @@ class LabViewSettings:
     interpolation_seed: int = 0
 
     def validate(self) -> "LabViewSettings":
-        from antijanus.core.views import PERP_NEG_PRESETS
-
         for kind in self.kinds:
             if kind not in KINDS:
                 raise ConfigError("kinds", kind, "unknown kind", KINDS)
@@ -171,8 +171,6 @@ def format_shares(table: Mapping, group: str = "all") -> str:
 def interpolation_grid(sampler, classifier, settings: LabViewSettings) -> Dict[str, object]:
     """Per kind, the Perp-Neg front -> side -> back interpolation (azimuth 0..180) from one seed,
     each image judged."""
-    from antijanus.core.views import PERP_NEG_PRESETS
-
     azimuths = torch.linspace(0.0, 180.0, settings.interpolation_steps).tolist()
     images, judged = {}, {}
     for kind in settings.kinds:
@@ -186,8 +184,6 @@ def save_results(result: Mapping, out: str, grid_seeds: int = 10) -> List[str]:
     """success.md, success.json, records.csv, samples.pt (uint8 images with their labels), one
     grid per row and kind (rows: views, columns: the first ``grid_seeds`` seeds) and the
     interpolation grid. Returns the paths written."""
-    from antijanus.utils.imaging import image_grid
-
     os.makedirs(out, exist_ok=True)
     table, records, settings = result["table"], result["records"], result["settings"]
     groups = [*settings["kinds"], "all"]

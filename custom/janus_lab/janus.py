@@ -29,7 +29,7 @@ Also:
   should. Janus 0 with ``face_in_front`` near 0 is a result without a face, not a cure;
 * ``face_scrambled``: a control for the judge, not a property of the result: the share of frames
   judged to show a face after the object's pixels (those that differ from the frame's corner,
-  the background) are shuffled within the frame (``scramble_object_pixels``, seed 0): the same
+  the background) are shuffled within the frame (``images.scramble_object_pixels``, seed 0): the same
   colours without any structure. High values mean the judge's face verdicts on this kind of
   image are not evidence (it answers from colours, not from a face);
 * ``view_accuracy``: share of frames whose judged view region equals the camera's region
@@ -47,7 +47,8 @@ Also:
 
 ``judge_orbit`` returns the per-frame details (for plots and tables: ``frame_rows``).
 ``orbits.render_creature_orbit`` renders constructed orbits with the world's ray caster: the ground-truth
-creature, or a two-faced one (its front decals also on its back) for tests and illustrations.
+creature, or a two-faced one (its front decals also on its back) for tests and illustrations;
+``scripts/lab_constructed_orbits.py`` prints the metric on such orbits.
 """
 
 from __future__ import annotations
@@ -61,8 +62,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from .orbits import orbit_azimuths, render_creature_orbit
-from .world import ATTRIBUTES, BACK_THRESHOLD, FRONT_ONLY, IMAGE_SIZE, KINDS, VIEWS, Creature, view_region, wrap_azimuth
+from antijanus.tools.metrics import a_lpips
+from .images import scramble_object_pixels
+from .world import ATTRIBUTES, BACK_THRESHOLD, FRONT_ONLY, IMAGE_SIZE, KINDS, VIEWS, view_region, wrap_azimuth
 
 MIN_SEGMENT_DEG = 20.0  # a run of frames counts when it spans at least this much azimuth
 MIN_GAP_DEG = 20.0  # gaps narrower than this between two runs are closed
@@ -255,7 +257,7 @@ def orbit_metrics(frames: Tensor, azimuths_deg: Tensor, elevation_deg: Union[flo
     """The Janus metric and its companions for one orbit (definitions in the module docstring).
 
     frames [N, 3, H, W] in [0, 1]; azimuths [N] degrees; elevation one value or [N]; ``judge`` a
-    ``lab.judge.Judge``; ``kind``: the prompted kind, for ``kind_accuracy``; ``lpips``: a
+    ``janus_lab.judge.Judge``; ``kind``: the prompted kind, for ``kind_accuracy``; ``lpips``: a
     ``tools.metrics.LPIPS`` module for a real ``a_lpips`` (the frames must be large enough for it)."""
     orbit = judge_orbit(frames, azimuths_deg, elevation_deg, judge, attribute_threshold)
     return metrics_of(orbit, frames, judge, min_segment_deg, min_gap_deg, kind, lpips)
@@ -297,22 +299,8 @@ def metrics_of(orbit: OrbitFrames, frames: Tensor, judge, min_segment_deg: float
     if kind is not None:
         metrics["kind_accuracy"] = sum(int(orbit.judged_kind[i]) == KINDS.index(kind) for i in order) / n
     if lpips is not None:
-        from antijanus.tools.metrics import a_lpips
-
         metrics["a_lpips"] = a_lpips(ordered.to(next(lpips.parameters()).device), lpips)[0]
     return metrics
-
-
-def scramble_object_pixels(frames: Tensor, generator: torch.Generator, tolerance: float = 0.1) -> Tensor:
-    """Each frame with its object pixels (colour differing from the top-left corner's by more than
-    ``tolerance``, summed over channels) shuffled among themselves; the background is untouched."""
-    out = frames.clone()
-    n, c = frames.shape[:2]
-    flat_in, flat_out = frames.reshape(n, c, -1), out.reshape(n, c, -1)
-    for i in range(n):
-        index = ((flat_in[i] - flat_in[i, :, :1]).abs().sum(0) > tolerance).nonzero().flatten()
-        flat_out[i, :, index] = flat_in[i, :, index[torch.randperm(index.numel(), generator=generator)]]
-    return out
 
 
 def face_scrambled(frames: Tensor, judge, seed: int = 0, attribute_threshold: float = ATTRIBUTE_THRESHOLD,
@@ -324,40 +312,3 @@ def face_scrambled(frames: Tensor, judge, seed: int = 0, attribute_threshold: fl
     front_only = [ATTRIBUTES.index(a) for a in FRONT_ONLY]
     seen = (probs[:, front_only] > attribute_threshold).any(dim=1)
     return float(seen[counted if counted is not None else slice(None)].float().mean())
-
-
-def constructed_orbits_report(judge=None, n: int = 36, elevation: float = 15.0, distance: float = 1.5,
-                              fovy: float = 60.0) -> str:
-    """The metric on constructed orbits (each kind, plain and with every attribute; the
-    ground-truth creature, a two-faced one and one turned around) seen from one orbit camera
-    (``distance``, ``fovy``), as a Markdown table."""
-    from .judge import Judge
-    from .model_files import model_path
-
-    judge = judge or Judge.load(model_path("judge"))
-    azimuths = orbit_azimuths(n)
-    keys = ("janus", "face_in_back", "front_segments", "view_accuracy", "a_jfd")
-    lines = ["| creature | orbit | " + " | ".join(keys) + " |", "| --- | --- |" + " --- |" * len(keys)]
-    for kind in KINDS:
-        for creature in (Creature(kind), Creature(kind, smiling=True, striped=True, hat=True)):
-            name = " ".join([a for a in ("smiling", "striped", "hat") if getattr(creature, a)] + [kind])
-            camera = dict(elevation=elevation, distance=distance, fovy=fovy)
-            for orbit, frames in (("ground truth", render_creature_orbit(creature, azimuths, **camera)),
-                                  ("two-faced", render_creature_orbit(creature, azimuths, two_faced=True, **camera)),
-                                  ("turned around", render_creature_orbit(creature, azimuths + 180.0, **camera))):
-                m = orbit_metrics(frames, azimuths, elevation, judge, kind=kind)
-                lines.append(f"| {name} | {orbit} | " + " | ".join(
-                    f"{m[k]:.3f}" if k in ("view_accuracy", "a_jfd") else f"{m[k]:g}" for k in keys) + " |")
-    return "\n".join(lines)
-
-
-if __name__ == "__main__":  # python -m janus_lab.janus [--distance 2.0 --fovy 70]
-    import argparse
-
-    parser = argparse.ArgumentParser(description="The Janus metric on constructed orbits (the committed judge).")
-    parser.add_argument("--elevation", type=float, default=15.0)
-    parser.add_argument("--distance", type=float, default=1.5, help="1.5: the world's cameras; 2.0: the 3D experiment's orbit")
-    parser.add_argument("--fovy", type=float, default=60.0, help="60: the world's cameras; 70: the 3D experiment's orbit")
-    cli = parser.parse_args()
-    torch.set_num_threads(1)
-    print(constructed_orbits_report(elevation=cli.elevation, distance=cli.distance, fovy=cli.fovy))

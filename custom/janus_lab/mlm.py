@@ -23,9 +23,12 @@ from typing import Dict, List, Tuple
 
 import torch
 import torch.nn.functional as F
+from transformers import BertConfig, BertForMaskedLM, BertTokenizer
 
+from antijanus.utils.cache import save_safetensors
 from .data import WorldBias, make_samples
-from .prior import log_every
+from .training import log_every
+from .vocab import write_wordpiece_vocab
 
 TEMPLATE = "This image is depicting a [MASK] view of {caption}"
 VIEW_WORDS: Dict[str, Tuple[str, ...]] = {"side": ("side",), "front": ("front",), "back": ("back",),
@@ -63,8 +66,6 @@ def view_sentences(samples) -> List[Tuple[str, str]]:
 def save_bert(model, tokenizer_folder: str, folder: str) -> None:
     """BertForMaskedLM with fp16 tensors (tied decoder stored once) and a float32 config, in the
     key layout every transformers version reads."""
-    from antijanus.utils.cache import save_safetensors
-
     os.makedirs(folder, exist_ok=True)
     config = model.config.to_dict()
     config.update(torch_dtype="float32", dtype="float32", architectures=["BertForMaskedLM"])
@@ -99,10 +100,6 @@ def masked_loss(model, input_ids, attention_mask, labels):
 
 
 def train_mlm(out: str, settings: MLMSettings = MLMSettings(), log=print) -> Dict[str, object]:
-    from transformers import BertConfig, BertForMaskedLM, BertTokenizer
-
-    from .vocab import write_wordpiece_vocab
-
     torch.set_num_threads(settings.threads)
     torch.manual_seed(settings.seed)
     start = time.time()

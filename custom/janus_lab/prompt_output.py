@@ -34,6 +34,7 @@ import torch
 from torch import Tensor
 
 from antijanus.core.views import ViewRanges, shift_azimuth
+from antijanus.prompting.debias import DebiasSettings, cached_debias, debias_prompt
 from antijanus.utils.errors import ConfigError
 
 # threestudio's direction order (its built-in Perp-Neg indexes side=0, front=1, back=2, overhead=3)
@@ -154,9 +155,12 @@ class PromptEncoder:
         self._cache: Dict[str, Tensor] = {}
         self._tokenizer = None
 
-    def token_count(self, text: str) -> int:
+    def token_count(self, text: str) -> Tuple[int, int]:
+        """The text's tokens and the text encoder's window."""
         if self._tokenizer is None:
-            from transformers import AutoTokenizer
+            # imported on first use: importing transformers reads HF_HUB_OFFLINE, which
+            # custom/janus_lab/scripts/lab_sweep.py sets after importing the lab (and it takes seconds)
+            from transformers import AutoTokenizer  # deferred: see the comment above
 
             self._tokenizer = AutoTokenizer.from_pretrained(self.backbone.model_path, subfolder="tokenizer")
         return len(self._tokenizer(text, add_special_tokens=True, verbose=False).input_ids), \
@@ -180,8 +184,6 @@ def debiased_user_parts(prompt: str, settings: Mapping[str, Any], make_scorer: C
                         cache_dir: Optional[str]) -> Tuple[Dict[str, str], Dict[str, Any]]:
     """Each view's user part after D-SDS prompt debiasing (``prompting.debias``), as
     ``bert-pmi-prompt-processor`` computes it, and a record (removed words)."""
-    from antijanus.prompting.debias import DebiasSettings, cached_debias, debias_prompt
-
     model = settings["debias_model"] or settings["pretrained_model_name_or_path_prompt_debiasing"]
     words = {**{v: v for v in DIRECTION_ORDER}, **dict(settings["pmi_view_words"])}
     mask_ids = settings["prompt_debiasing_mask_ids"]

@@ -3,7 +3,7 @@
 The judge is reliable on the world's renders; a 3D run's orbit is something else (a coarse volume,
 16x16 latents decoded by the prior's VAE, the test camera's framing). Here the fast path's volume is
 fitted, without any guidance, to the world's renders of a creature whose answer is known, and its
-orbit is rendered and judged exactly as a run's (``experiment3d.judge_run_orbit``):
+orbit is rendered and judged exactly as a run's (``volume_orbits.judge_run_orbit``):
 
 * ``face``: the world's creature (one face, in front): not Janus, the face seen in front;
 * ``faceless``: the same without its face: no face in front;
@@ -29,7 +29,11 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from antijanus.utils.errors import ConfigError
+
 from .fast3d import CameraSettings, Cameras, Material, Scene, look_at_rays, make_scene, render, render_orbit, spherical
+from .images import object_mask
+from .orbits import orbit_azimuths, render_mirrored_decals
+from .volume_orbits import frames_from_uint8, frames_to_uint8, judge_run_orbit
 from .world import KINDS, Creature, render as render_world
 
 FORMS = ("face", "faceless", "two_faced")
@@ -69,8 +73,6 @@ def world_views(kind: str, form: str, cameras: CameraSettings, n: int, generator
     fovy = uniform(*cameras.fovy_range)
     creature = Creature(kind, face=form != "faceless")
     if form == "two_faced":
-        from .orbits import render_mirrored_decals
-
         images = torch.cat([render_mirrored_decals([creature], azimuth[i:i + 1], float(elevation[i]),
                                                     float(distance[i]), float(fovy[i]), 32) for i in range(n)])
     else:
@@ -150,10 +152,7 @@ def fit_orbits(backbone, settings, representation, kinds: Sequence[str] = KINDS,
                control: ReconstructionSettings = ReconstructionSettings(), log=print) -> Dict[Tuple[str, str], Dict[str, Any]]:
     """Every kind in every form fitted and its orbit rendered as a run's (``settings``: the run's
     ``FastSettings``; ``representation``: its ``Representation``): per (kind, form) the orbit's
-    ``frames`` as a run keeps them (uint8, ``experiment3d.frames_to_uint8``) and its ``coverage``."""
-    from .experiment3d import frames_to_uint8
-    from .orbits import orbit_azimuths
-
+    ``frames`` as a run keeps them (uint8, ``volume_orbits.frames_to_uint8``) and its ``coverage``."""
     encode = latent_means(backbone)
     orbits = {}
     size = representation.cameras.height
@@ -187,7 +186,7 @@ def fit_creature(kind: str, form: str, encode, settings, representation, control
 def fit_residual(scene: Scene, views: Dict[str, Tensor], encode, decode, size: int, n: int = 12) -> Dict[str, float]:
     """How a fitted latent volume holds its first ``n`` training views: ``latent_residual``, the
     squared error of its renders at their cameras relative to the latents' mean square; and on the
-    creature's pixels (``judge.object_mask``: those unlike the plain ground), the mean absolute
+    creature's pixels (``images.object_mask``: those unlike the plain ground), the mean absolute
     error per channel of those renders decoded (``decoded_error``) beside the VAE's own round trip
     of the views (``round_trip_error``). A latent space that decodes resampled latents in false colours shows a
     small residual and a large decoded error."""
@@ -196,8 +195,6 @@ def fit_residual(scene: Scene, views: Dict[str, Tensor], encode, decode, size: i
                               size)
     rendered = render(scene.volume, scene.background, cameras, Material(), "albedo", None,
                       with_normal=False)["comp_rgb"].permute(0, 3, 1, 2)
-    from .judge import object_mask
-
     target = encode(images)
     creature = object_mask(images).expand_as(images)
     return {"latent_residual": float((rendered - target).pow(2).mean() / target.pow(2).mean()),
@@ -206,10 +203,8 @@ def fit_residual(scene: Scene, views: Dict[str, Tensor], encode, decode, size: i
 
 
 def judge_orbits(orbits: Dict[Tuple[str, str], Dict[str, Any]], judge, settings) -> Dict[str, Any]:
-    """``fit_orbits``' orbits judged exactly as runs' (``experiment3d.judge_run_orbit``): one row per
+    """``fit_orbits``' orbits judged exactly as runs' (``volume_orbits.judge_run_orbit``): one row per
     kind and form, and the rule's verdict (``passes``)."""
-    from .experiment3d import frames_from_uint8, judge_run_orbit
-
     rows = [{"kind": kind, "form": form, **judge_run_orbit(frames_from_uint8(orbit["frames"]), judge, f"a {kind}", settings),
              "coverage": orbit["coverage"]} for (kind, form), orbit in orbits.items()]
     return {"rows": rows, "verdict": passes(rows)}

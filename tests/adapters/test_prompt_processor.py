@@ -13,7 +13,8 @@ import antijanus.prompting.mlm
 import threestudio
 import antijanus.adapters  # noqa: F401  (registers the modules)
 from antijanus.utils.errors import ConfigError
-from antijanus.core.guidance import ScoreDistillationConfig, ScoreDistillationGuidance
+from antijanus.core.guidance import ScoreDistillationGuidance
+from antijanus.core.guidance_config import ScoreDistillationConfig
 from antijanus.testing.tiny_models import make_bert
 from helpers import FakeSystem
 from helpers import REPO  # noqa: E402
@@ -256,9 +257,9 @@ def test_the_report_lands_inside_the_trial_folder(processor_config, stand_in_ber
         ({"debias_word_units": "chars"}, "debias_word_units.*allowed values"),
         ({"debias_model": "/no/such/bert"}, "debias_model.*does not exist"),
         ({"front_threshold": 100.0, "back_threshold": 100.0},
-         r"`front_threshold` = 100.0: front and back regions overlap \(front_threshold 100.0 \+ back_threshold"),
-        ({"back_threshold": 200.0}, "`back_threshold` = 200.0: must lie in"),
-        ({"overhead_threshold": 95.0}, "`overhead_threshold` = 95.0: must lie in"),
+         r"`system.prompt_processor.front_threshold` = 100.0: front and back regions overlap \(front_threshold 100.0 \+ back_threshold"),
+        ({"back_threshold": 200.0}, "`system.prompt_processor.back_threshold` = 200.0: must lie in"),
+        ({"overhead_threshold": 95.0}, "`system.prompt_processor.overhead_threshold` = 95.0: must lie in"),
         ({"view_dependent_prompt_front": True}, "view_dependent_prompt_front.*not supported"),
     ],
 )

@@ -1,3 +1,4 @@
+import logging
 import math
 
 import pytest
@@ -6,7 +7,8 @@ import torch
 from antijanus.backbones import BackboneOptions, DeepFloydIFBackbone, StableDiffusionBackbone
 from antijanus.core.dsds import ClipSchedule, clip_score
 from antijanus.utils.errors import ConfigError
-from antijanus.core.guidance import DSDSConfig, ScoreDistillationConfig, ScoreDistillationGuidance
+from antijanus.core.guidance import ScoreDistillationGuidance
+from antijanus.core.guidance_config import DSDSConfig, ScoreDistillationConfig
 
 from helpers import make_prompt_output
 from fakes import CAMERAS, FakeBackbone
@@ -203,8 +205,6 @@ def test_constant_clipping_needs_no_run_length():
 
 
 def test_clip_keys_without_score_clipping_warn_once(caplog):
-    import logging
-
     with caplog.at_level(logging.WARNING, logger="antijanus.core.guidance"):
         dsds(config_type=ScoreDistillationConfig, clip_start=1.0, clip_end_step=500)
     lines = [r.message for r in caplog.records]
@@ -214,8 +214,6 @@ def test_clip_keys_without_score_clipping_warn_once(caplog):
 def test_grad_clip_with_score_clipping_is_one_warning_naming_both(caplog):
     """The authors' threestudio recipe (grad_clip [0, 2.0, 8.0, 10000]) ported onto dsds-guidance
     would clip twice; one line says so and what to do."""
-    import logging
-
     with caplog.at_level(logging.WARNING, logger="antijanus.core.guidance"):
         guidance = dsds(grad_clip=[0, 2.0, 8.0, 10000], trainer_max_steps=100)
         guidance(torch.randn(4, 8, 8, 4), make_prompt_output(), **CAMERAS, rgb_as_latents=True)

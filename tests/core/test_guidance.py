@@ -1,9 +1,12 @@
+import logging
+
 import pytest
 import torch
 
 from antijanus.backbones import StableDiffusionBackbone, BackboneOptions
 from antijanus.utils.errors import ConfigError
-from antijanus.core.guidance import ScoreDistillationConfig, ScoreDistillationGuidance
+from antijanus.core.guidance import ScoreDistillationGuidance
+from antijanus.core.guidance_config import ScoreDistillationConfig
 
 from fakes import CAMERAS, FakeBackbone
 from helpers import make_prompt_output
@@ -203,8 +206,6 @@ def test_schedules_that_stay_ordered_are_accepted():
 
 
 def test_token_merging_params_without_token_merging_warn_once(caplog):
-    import logging
-
     with caplog.at_level(logging.WARNING, logger="antijanus.core.guidance"):
         guidance = guidance_with(token_merging_params={"ratio": 0.5})
         guidance(torch.randn(4, 8, 8, 4), make_prompt_output(), **CAMERAS, rgb_as_latents=True)

@@ -1,14 +1,16 @@
 """Score Jacobian Chaining on the one guidance path (issue 11 item 2): SJC's score with and
 without variance reduction, batched and correct for batch > 1, combined with Perp-Neg and D-SDS
 clipping (which clips SJC's score, no w(t)). Equality with threestudio's own SJC is checked in
-tests/test_threestudio_parity.py."""
-
-import shutil
+tests/integration/test_threestudio_parity.py."""
 
 import pytest
 import torch
+from diffusers import DDPMScheduler
 
-from antijanus.core.guidance import DSDSConfig, ScoreDistillationConfig, ScoreDistillationGuidance
+from antijanus.backbones import BackboneOptions, DeepFloydIFBackbone, StableDiffusionBackbone
+from antijanus.core.guidance import ScoreDistillationGuidance
+from antijanus.core.guidance_config import DSDSConfig, ScoreDistillationConfig
+from antijanus.core.sds import predicted_x0
 from antijanus.core.sjc import sjc_alphas_cumprod, sjc_score, sjc_sigma
 from antijanus.utils.errors import ConfigError
 
@@ -51,8 +53,6 @@ def test_sjc_score_is_threestudios_denoiser_form():
 
 
 def test_sjc_schedule_is_stable_diffusions_scaled_linear():
-    from diffusers import DDPMScheduler
-
     reference = DDPMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
                               beta_schedule="scaled_linear").alphas_cumprod
     assert torch.allclose(sjc_alphas_cumprod(1000), reference)
@@ -116,8 +116,6 @@ def test_keys_without_effect_on_sjc_are_config_errors(overrides, key):
 def test_sjc_forces_stable_diffusions_schedule_whatever_the_folder_says(linear_sd):
     """threestudio loads SJC's scheduler with beta 0.00085 -> 0.012 scaled-linear over the
     folder's: on a folder with another schedule SJC noises with SD's, SDS with the folder's."""
-    from antijanus.backbones import BackboneOptions, StableDiffusionBackbone
-
     backbone = StableDiffusionBackbone(BackboneOptions(pretrained_model_name_or_path=linear_sd,
                                                        half_precision_weights=False), "cpu")
     assert not torch.allclose(backbone.alphas_cumprod, sjc_alphas_cumprod(1000), atol=1e-2)
@@ -134,9 +132,6 @@ def test_sjc_forces_stable_diffusions_schedule_whatever_the_folder_says(linear_s
 def test_sjc_previews_denoise_on_sjcs_schedule(linear_sd):
     """The SJC preview sampler (make_sampler(sjc=True)) runs on the schedule SJC noised with:
     its one-step x0 estimate is (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t) with SJC's abar_t."""
-    from antijanus.backbones import BackboneOptions, StableDiffusionBackbone
-    from antijanus.core.sds import predicted_x0
-
     backbone = StableDiffusionBackbone(BackboneOptions(pretrained_model_name_or_path=linear_sd,
                                                        half_precision_weights=False), "cpu")
     sampler = backbone.make_sampler(sjc=True)
@@ -159,8 +154,6 @@ def test_sjc_previews_denoise_on_sjcs_schedule(linear_sd):
 
 
 def test_sjc_on_deepfloyd_if_uses_ifs_own_schedule(tiny_if):
-    from antijanus.backbones import BackboneOptions, DeepFloydIFBackbone
-
     backbone = DeepFloydIFBackbone(BackboneOptions(pretrained_model_name_or_path=tiny_if,
                                                    half_precision_weights=False), "cpu")
     guidance = ScoreDistillationGuidance(DSDSConfig(use_sjc=True, trainer_max_steps=10), "cpu", backbone)

@@ -284,7 +284,7 @@ def test_sizes_follow_the_model_where_threestudio_fixes_512(sd512, processors, t
 
 def test_default_model_differs_from_threestudios_on_purpose():
     """pretrained_model_name_or_path: null is SD 2.1-base here (every stock config names its
-    model; tests/test_dropin.py shows null loads it); IF's default is deep-floyd-guidance's."""
+    model; tests/adapters/test_dropin.py shows null loads it); IF's default is deep-floyd-guidance's."""
     import threestudio
 
     from antijanus.backbones import DeepFloydIFBackbone, StableDiffusionBackbone
@@ -316,7 +316,7 @@ def test_sqrt_anneal_runs_over_the_runs_length_and_trainer_max_steps_reproduces_
 def test_timestep_ranges_are_checked_at_configuration_not_mid_training(sd512, processors):
     """max_step_percent 1.0 (t = T indexes past the schedule) and min above max: threestudio fails
     in a training step; ours refuses the config (schedules are checked at every breakpoint,
-    tests/test_guidance.py)."""
+    tests/core/test_guidance.py)."""
     from antijanus.utils.errors import ConfigError
 
     latents = torch.randn(1, 64, 64, 4)

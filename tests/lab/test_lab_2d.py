@@ -1,6 +1,6 @@
 """The lab judge as a view classifier (janus_lab.classifier) in the metrics and the 2D
 experiment, the 2D experiment's batched sampling and answer views (tools/view2d), and Perp-Neg's
-Table 1 on the lab prior (janus_lab.experiment2d, scripts/lab_view_experiment_2d.py), tiny."""
+Table 1 on the lab prior (janus_lab.experiment2d, custom/janus_lab/scripts/lab_view_experiment_2d.py), tiny."""
 
 import os
 import subprocess
@@ -9,12 +9,18 @@ import sys
 import pytest
 import torch
 
+from janus_lab.classifier import JudgeViewClassifier
+from janus_lab.experiment2d import LabViewSettings, format_table, run_lab_view_experiment, save_results
 from janus_lab.model_files import model_path
+from janus_lab.orbits import render_creature_orbit
+from janus_lab.stats import wilson
 from janus_lab.world import KINDS, VIEWS, Creature, render
-from antijanus.prompting.dnp import SamplingSettings
+from antijanus.prompting.dnp import SamplingSettings, load_sampler
+from antijanus.tools.evaluate import MetricModels, MetricSettings, evaluate_folder
 from antijanus.tools.view2d import ViewExperiment, run_view_experiment, sample_with_negatives
 from antijanus.utils.errors import ConfigError
-from helpers import one_thread  # noqa: F401  (the fixture)
+from antijanus.utils.imaging import to_pil
+from helpers import one_thread
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the checkout
 LAB_SCRIPTS = os.path.join(REPO, "custom", "janus_lab", "scripts")
@@ -22,20 +28,16 @@ LAB_SCRIPTS = os.path.join(REPO, "custom", "janus_lab", "scripts")
 ROOT = os.path.join(os.path.dirname(__file__), "..", "..")
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = pytest.mark.usefixtures(one_thread.__name__)  # the fixture, imported
 
 
 @pytest.fixture(scope="module")
 def sampler():
-    from antijanus.prompting.dnp import load_sampler
-
     return load_sampler(model_path("prior"), "cpu", half_precision=False)[0]
 
 
 @pytest.fixture(scope="module")
 def classifier():
-    from janus_lab.classifier import JudgeViewClassifier
-
     return JudgeViewClassifier.load()
 
 
@@ -66,10 +68,6 @@ def test_judge_view_classifier_scores_the_requested_views(classifier):
 
 
 def test_judge_view_classifier_in_the_metrics_of_an_orbit(classifier, tmp_path):
-    from janus_lab.orbits import render_creature_orbit
-    from antijanus.tools.evaluate import MetricModels, MetricSettings, evaluate_folder
-    from antijanus.utils.imaging import to_pil
-
     azimuths = torch.linspace(0.0, 360.0, 13)  # threestudio's test orbit, 30 degrees apart
     for i, frame in enumerate(render_creature_orbit(Creature("frog", striped=True), azimuths)):
         to_pil(frame).save(tmp_path / f"{i}.png")
@@ -127,9 +125,6 @@ def test_run_view_experiment_with_the_judge_among_all_its_regions(sampler, class
 
 
 def test_lab_view_experiment_table_rows_cells_and_files(sampler, classifier, tmp_path):
-    from janus_lab.stats import wilson
-    from janus_lab.experiment2d import LabViewSettings, format_table, run_lab_view_experiment, save_results
-
     settings = LabViewSettings(kinds=("frog", "bear"), views=("back",), seeds=(3, 4), negative_weights=(1.0, 2.0),
                                steps=2, batch_size=2, interpolation_steps=2)
     result = run_lab_view_experiment(sampler, classifier, settings, progress=False, log=lambda _: None)
@@ -159,8 +154,6 @@ def test_lab_view_experiment_table_rows_cells_and_files(sampler, classifier, tmp
 
 
 def test_lab_view_settings_are_checked():
-    from janus_lab.experiment2d import LabViewSettings
-
     with pytest.raises(ConfigError, match="kinds"):
         LabViewSettings(kinds=("cat",)).validate()
     with pytest.raises(ConfigError, match="seeds"):

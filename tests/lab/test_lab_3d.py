@@ -1,5 +1,5 @@
-"""The lab's 3D experiment, fast path (lab/fast3d.py, lab/prompt_output.py, lab/experiment3d.py,
-scripts/lab_experiment_3d.py): cameras in threestudio's convention, the volume renderer, prompt
+"""The lab's 3D experiment, fast path (janus_lab/fast3d/, janus_lab/prompt_output.py,
+janus_lab/experiment3d/, custom/janus_lab/scripts/lab_experiment_3d.py): cameras in threestudio's convention, the volume renderer, prompt
 outputs as the processors make them, the variants as the shipped configs set them, and a smoke
 run of the whole command on the committed lab models. The processors' outputs are compared
 with threestudio's real processors in the threestudio tier."""
@@ -15,12 +15,15 @@ import torch
 
 from janus_lab.locations import SWEEP_CONFIG_DIR
 from janus_lab import fast3d
-from janus_lab.experiment3d import (VARIANTS, Experiment, FastSettings, LabModels, Representation,
-                                        block, guidance_config, kind_of, lab_prompts, load_config,
-                                        variant_by_name)
+from janus_lab.experiment3d.experiment import Experiment
+from janus_lab.experiment3d.lab_models import LabModels, load_backbone
+from janus_lab.experiment3d.settings import FastSettings, Representation
+from janus_lab.experiment3d.variants import (VARIANTS, block, guidance_config, lab_prompts, load_config,
+                                             variant_by_name)
 from janus_lab.model_files import model_path
 from janus_lab.prompt_output import (DIRECTION_ORDER, PromptEncoder, build_prompt_output,
-                                         processor_settings)
+                                     processor_settings)
+from janus_lab.volume_orbits import kind_of
 from antijanus.utils.errors import ConfigError
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the checkout
@@ -32,8 +35,6 @@ SWEEP = os.path.join(SWEEP_CONFIG_DIR, "janus-3d-sweep.yaml")
 
 @pytest.fixture(scope="module")
 def backbone():
-    from janus_lab.experiment3d import load_backbone
-
     return load_backbone(PRIOR)
 
 
@@ -253,7 +254,7 @@ def test_processor_errors():
 def test_every_variant_runs_its_shipped_config_with_the_method_it_names(encode):
     """Each variant's guidance block and processor give the method named: Perp-Neg decided from
     the processor's output, D-SDS clipping over the run's own steps, SJC's score, n* for DNP."""
-    from antijanus.core.guidance import ScoreDistillationGuidance, decide_perp_neg, resolve_config
+    from antijanus.core.guidance import decide_perp_neg, resolve_config
 
     steps = 37
     expected = {  # perp_neg, score clipping, SJC, processor
@@ -292,7 +293,7 @@ def test_every_variant_runs_its_shipped_config_with_the_method_it_names(encode):
 
 @pytest.mark.parametrize("representation", ["rgb", "latent"])
 def test_the_sweep_file_has_the_fast_paths_variants(representation):
-    """configs/lab/janus-3d-sweep.yaml (and -latent.yaml) = the same configs and method
+    """custom/janus_lab/configs/janus-3d-sweep.yaml (and -latent.yaml) = the same configs and method
     overrides; they add only the lab's models, resolution and test camera, and the latent one
     puts every NeRF variant on threestudio's Latent-NeRF system at the prior's latent size (the
     material block replaced whole), SJC's own latent volume unchanged."""
@@ -369,7 +370,7 @@ def test_extra_metrics_of_an_orbit_go_into_the_runs_metrics(tmp_path):
 
 
 def test_fast_path_command_smoke(tmp_path):
-    """scripts/lab_experiment_3d.py on the committed lab models: every variant, one prompt, one
+    """custom/janus_lab/scripts/lab_experiment_3d.py on the committed lab models: every variant, one prompt, one
     seed, 3 steps, a 6-view orbit; the table, the grids and each run's record."""
     sys.path.insert(0, LAB_SCRIPTS)
     try:
@@ -406,7 +407,7 @@ def test_fast_path_command_smoke(tmp_path):
 def test_nothing_left_to_run_is_no_error_with_parallel_jobs():
     """A resumed experiment whose runs all finished before has no tasks: with --jobs 2 that is
     an empty result, not a crash while starting the worker pool."""
-    from janus_lab.experiment3d import run_tasks
+    from janus_lab.experiment3d.runs import run_tasks
 
     assert run_tasks([], jobs=2, log=lambda m: None) == []
     assert run_tasks([], jobs=1, log=lambda m: None) == []
@@ -434,33 +435,32 @@ def test_finished_runs_are_tied_to_the_models_weights_not_their_paths(tmp_path):
 def test_a_run_judged_by_other_weights_is_judged_again_from_its_orbit(tmp_path):
     """results(): a finished run whose metrics came from another judge gets the current judge's
     metrics, computed from its saved orbit (coverage, a property of the volume, kept) and cached
-    beside it; it is not trained again. A run keyed the old way (the key covered the judge's
-    folder and the variant's description) still counts as finished and is rewritten."""
+    beside it; it is not trained again. A run recorded under another key is not finished: it is
+    left out of the results and runs again."""
     import glob
 
-    from janus_lab.experiment3d import (RESULT, RunSpec, _LEGACY_DESCRIPTIONS, load_orbit_frames, orbit_azimuths,
-                                            save_orbit)
+    from janus_lab.experiment3d.runs import RESULT, RunSpec
     from janus_lab.janus import orbit_metrics
     from janus_lab.judge import Judge
+    from janus_lab.orbits import orbit_azimuths
+    from janus_lab.volume_orbits import load_orbit_frames, save_orbit
     from janus_lab.world import Creature, render
 
     experiment = Experiment(str(tmp_path / "out"), variants=("baseline", "sjc"), prompts=("a bear",), seeds=(0,))
     azimuths = orbit_azimuths(36)
     frames = render([Creature("bear")] * 36, torch.full((36,), 15.0), azimuths, 2.0, 70.0)["image"]
     stale = {"janus": 1.0, "view_accuracy": 0.0, "face_scrambled": 1.0, "coverage": 0.25}
-    for variant, key in (("baseline", experiment.run_key("baseline")), ("sjc", experiment._legacy_run_key("sjc"))):
+    for variant, key in (("baseline", experiment.run_key("baseline")), ("sjc", "a key of an older version")):
         spec = RunSpec(variant, "a bear", 0)
         os.makedirs(experiment.run_dir(spec))
         save_orbit(experiment.run_dir(spec), frames)
         record = {"variant": variant, "prompt": "a bear", "seed": 0, "key": key, "metrics": dict(stale),
-                  "train_s": 1.0}
-        if variant == "baseline":
-            record["judge"] = "another judge"
+                  "train_s": 1.0, "judge": "another judge"}
         with open(os.path.join(experiment.run_dir(spec), RESULT), "w") as f:
             json.dump(record, f)
-    assert "sjc" in _LEGACY_DESCRIPTIONS and experiment._legacy_run_key("sjc") != experiment.run_key("sjc")
-    assert experiment.tasks(log=lambda m: None) == []  # both finished: nothing to train
+    assert [t.spec.variant for t in experiment.tasks(log=lambda m: None)] == ["sjc"]  # the baseline is finished
     results = {r["variant"]: r for r in experiment.results()}
+    assert list(results) == ["baseline"]
     judge = Judge.load(LabModels.default().judge)
     expected = orbit_metrics(load_orbit_frames(experiment.run_dir(RunSpec("baseline", "a bear", 0))), azimuths, 15.0,
                              judge, kind="bear")
@@ -468,26 +468,71 @@ def test_a_run_judged_by_other_weights_is_judged_again_from_its_orbit(tmp_path):
     assert rejudged["view_accuracy"] == pytest.approx(expected["view_accuracy"]) and rejudged["view_accuracy"] > 0.8
     assert rejudged["janus"] == 0.0 and rejudged["face_scrambled"] < 0.5 and rejudged["coverage"] == 0.25
     assert glob.glob(os.path.join(experiment.run_dir(RunSpec("baseline", "a bear", 0)), "metrics-judge-*.json"))
-    # the legacy run was judged by the judge in place when it ran: migrated, its metrics kept
-    assert results["sjc"]["metrics"]["janus"] == 1.0
-    migrated = json.load(open(os.path.join(experiment.run_dir(RunSpec("sjc", "a bear", 0)), RESULT)))
-    assert migrated["key"] == experiment.run_key("sjc") and migrated["judge"] == experiment.judge_identity()
 
 
 def test_an_edited_variant_config_runs_again(tmp_path, monkeypatch):
+    """The configs are found when loaded (ANTIJANUS_CONFIGS read then, not at import); an edit to
+    a variant's config changes that variant's run key only."""
     import shutil
 
-    from janus_lab import experiment3d
+    from janus_lab.locations import CONFIGS_ENV, plugin_config_dir
 
     configs = tmp_path / "configs"
-    shutil.copytree(experiment3d.CONFIG_DIR, configs)
-    monkeypatch.setattr(experiment3d, "CONFIG_DIR", str(configs))
+    shutil.copytree(plugin_config_dir(), configs)
+    monkeypatch.setenv(CONFIGS_ENV, str(configs))
     experiment = Experiment(str(tmp_path / "out"))
     before = {name: experiment.run_key(name) for name in ("baseline", "dsds-clip")}
     with open(configs / "dsds-nerf-sd.yaml", "a") as f:
         f.write("\n# edited\n")
     assert experiment.run_key("dsds-clip") != before["dsds-clip"]
     assert experiment.run_key("baseline") == before["baseline"]
+
+
+def _fake_models(root):
+    """Model folders with one small file each (their contents: the folder's name)."""
+    folders = {}
+    for name in ("prior", "mlm", "judge", "captioner"):
+        folders[name] = root / name
+        (folders[name] / "sub").mkdir(parents=True)
+        (folders[name] / "sub" / "weights.bin").write_bytes(name.encode())
+    return LabModels(**{name: str(folder) for name, folder in folders.items()})
+
+
+def test_keys_depend_on_contents_not_on_paths(tmp_path, monkeypatch):
+    """The same experiment with its models copied to another folder, and its configs too, has the
+    same experiment and run keys; other weights, an edited config, another variant override or
+    setting give another key; a seed listed twice is an error, not a run counted twice."""
+    import shutil
+
+    from janus_lab.experiment3d import variants
+    from janus_lab.locations import CONFIGS_ENV, plugin_config_dir
+
+    models = _fake_models(tmp_path / "here")
+    shutil.copytree(tmp_path / "here", tmp_path / "moved")
+    moved = LabModels(**{k: v.replace(str(tmp_path / "here"), str(tmp_path / "moved"))
+                         for k, v in dataclasses.asdict(models).items()})
+    assert moved != models
+    here = Experiment(str(tmp_path / "out"), models=models)
+    key, run_keys = here.key(), {v: here.run_key(v) for v in ("baseline", "dnp")}
+    shutil.copytree(plugin_config_dir(), tmp_path / "configs")
+    monkeypatch.setenv(CONFIGS_ENV, str(tmp_path / "configs"))
+    there = Experiment(str(tmp_path / "other-out"), models=moved)
+    assert there.key() == key and {v: there.run_key(v) for v in run_keys} == run_keys
+    # other contents: other keys
+    (tmp_path / "moved" / "mlm" / "sub" / "weights.bin").write_bytes(b"retrained")
+    assert Experiment(str(tmp_path / "out"), models=moved).key() != key
+    assert Experiment(str(tmp_path / "out"), models=models, settings=FastSettings(steps=601)).key() != key
+    with open(tmp_path / "configs" / "dnp-nerf-sd.yaml", "a") as f:
+        f.write("\n# edited\n")
+    assert here.run_key("dnp") != run_keys["dnp"] and here.run_key("baseline") == run_keys["baseline"]
+    edited = tuple(dataclasses.replace(v, overrides=v.overrides + ("system.guidance.guidance_scale=50",))
+                   if v.name == "baseline" else v for v in variants.VARIANTS)
+    monkeypatch.setattr(variants, "VARIANTS", edited)
+    assert here.run_key("baseline") != run_keys["baseline"]
+    with pytest.raises(ConfigError, match="seeds"):
+        Experiment(str(tmp_path / "out"), seeds=(0, 1, 0))
+    with pytest.raises(ConfigError, match="prompts"):
+        Experiment(str(tmp_path / "out"), prompts=("a bear", "a bear"))
 
 
 def test_calibration_shows_no_janus_verdicts(tmp_path, capsys):
@@ -530,7 +575,7 @@ def test_calibration_rule_needs_a_face_then_prefers_kind_accuracy_and_fewer_step
     """The pre-written rule: settings whose baseline shows no face in front are not eligible even
     with the best kind accuracy; among eligible ones kind accuracy within 0.05 ties, fewer steps
     win; when none is eligible the most face wins and the rule says so."""
-    from janus_lab.experiment3d import choose_calibration
+    from janus_lab.experiment3d.calibration import choose_calibration
 
     rows = [{"steps": 300, "lr": 0.1, "kind_accuracy": 1.00, "face_in_front": 0.2},
             {"steps": 600, "lr": 0.1, "kind_accuracy": 0.90, "face_in_front": 0.6},
@@ -551,7 +596,7 @@ def test_calibration_rule_needs_a_face_then_prefers_kind_accuracy_and_fewer_step
 def test_calibration_rule_needs_faces_that_scrambling_removes_and_breaks_ties_by_listed_volume():
     """The v4 gate: a setting whose baseline's faces survive scrambling its pixels (the judge
     reads colours, not a face) is not eligible, however good; full ties go to the volume listed first."""
-    from janus_lab.experiment3d import choose_calibration
+    from janus_lab.experiment3d.calibration import choose_calibration
 
     rows = [{"volume": "grid48", "steps": 300, "lr": 0.1, "kind_accuracy": 1.0, "face_in_front": 1.0, "face_scrambled": 0.9},
             {"volume": "grid24", "steps": 300, "lr": 0.1, "kind_accuracy": 0.7, "face_in_front": 0.8, "face_scrambled": 0.1},
@@ -568,11 +613,11 @@ def test_calibration_rule_needs_faces_that_scrambling_removes_and_breaks_ties_by
 
 
 def test_calibration_rejects_an_unknown_volume(tmp_path):
-    from janus_lab.experiment3d import calibrate
+    from janus_lab.experiment3d.calibration import CalibrationGrid, calibrate
     from antijanus.utils.errors import ConfigError
 
     with pytest.raises(ConfigError, match="volumes"):
-        calibrate(str(tmp_path), [2], [0.1], volumes=["grid12"])
+        calibrate(str(tmp_path), CalibrationGrid([2], [0.1], volumes=["grid12"]))
 
 
 def test_a_shared_guidance_scale_reaches_every_variant_and_is_validated(tmp_path):
@@ -591,7 +636,7 @@ def test_a_shared_guidance_scale_reaches_every_variant_and_is_validated(tmp_path
 
 
 def test_calibration_tie_goes_to_the_larger_guidance_scale():
-    from janus_lab.experiment3d import choose_calibration
+    from janus_lab.experiment3d.calibration import choose_calibration
 
     rows = [{"volume": "grid48", "guidance_scale": scale, "steps": 300, "lr": 0.1, "kind_accuracy": 0.9,
              "face_in_front": face, "face_scrambled": 0.0} for scale, face in ((7.5, 1.0), (20.0, 0.6), (None, 0.4))]
@@ -605,13 +650,13 @@ def test_sds_2d_optimises_one_image_in_pixels_or_latents_and_validates_its_setti
     """The 2D diagnostic: the baseline's guidance moves the image away from its grey start, in
     pixels (any resolution, judged at 32x32) and in latents (decoded); bad settings name their key."""
     from antijanus.core.guidance import ScoreDistillationGuidance
-    from janus_lab.experiment3d import _worker_models
+    from janus_lab.experiment3d.runs import worker_models
     from janus_lab.sds2d import SDS2DSettings, optimise_image
 
     experiment = Experiment(str(tmp_path), variants=("baseline",), prompts=("a bear",), seeds=(0,),
                             settings=FastSettings(steps=3))
     task = experiment.tasks(log=lambda m: None)[0]
-    backbone, _ = _worker_models(experiment.models, 1)
+    backbone, _ = worker_models(experiment.models, 1)
     for settings in (SDS2DSettings("pixels", 16, steps=3), SDS2DSettings("latents", steps=3)):
         images = []
         for lr in (settings.lr, 1e-9):  # the guidance's steps move the image; a vanishing lr does not
@@ -678,7 +723,7 @@ def test_a_latent_volume_is_threestudios_latent_nerf_at_the_priors_latent_size()
 def test_paired_comparison_against_the_baseline_counts_discordant_runs_and_its_exact_p():
     """McNemar on the shared (prompt, seed) runs: only the discordant pairs count; 6 against 0 is
     p = 2 / 2^6; balanced counts give 1; a variant without shared runs is left out."""
-    from janus_lab.experiment3d import paired_against_baseline
+    from janus_lab.experiment3d.tables import paired_against_baseline
     from janus_lab.stats import mcnemar_exact
 
     assert mcnemar_exact(0, 0) == 1.0 and mcnemar_exact(3, 3) == 1.0
@@ -703,7 +748,7 @@ def test_paired_comparison_against_the_baseline_counts_discordant_runs_and_its_e
 def test_registered_reading_needs_the_corrected_p_and_the_face_kept_in_front(tmp_path):
     """The first entry's rule: significant only below 0.05 / comparisons; fewer Janus runs with the
     face in front below 0.8 x the baseline's is "fewer faces, not a cure"; more Janus says so."""
-    from janus_lab.experiment3d import registered_reading, write_tables
+    from janus_lab.experiment3d.tables import registered_reading, write_tables
 
     assert registered_reading(12, 1, 0.003, 0.5, 0.5, 7) == "fewer Janus"
     assert registered_reading(12, 1, 0.008, 0.5, 0.5, 7) == "not established"  # 0.008 > 0.05 / 7
@@ -734,7 +779,7 @@ def test_registered_reading_needs_the_corrected_p_and_the_face_kept_in_front(tmp
 def test_calibration_says_which_gate_no_setting_passed():
     """The message names the failed condition: no face in front, faces also on scrambled pixels,
     or a control that was never measured (NaN), never a '> 0.2' it did not see."""
-    from janus_lab.experiment3d import _no_setting_passes, choose_calibration
+    from janus_lab.experiment3d.calibration import _no_setting_passes, choose_calibration
 
     row = lambda face, scrambled: {"steps": 300, "lr": 0.1, "kind_accuracy": 0.9, "face_in_front": face,
                                    "face_scrambled": scrambled}
@@ -758,7 +803,7 @@ def test_lab_sweep_with_the_priors_cameras_is_its_own_sweep(tmp_path, capsys):
         import lab_sweep
     finally:
         sys.path.pop(0)
-    from janus_lab.experiment3d import prior_camera_overrides
+    from janus_lab.experiment3d.settings import prior_camera_overrides
 
     args = ["--dry-run", "--variants", "baseline", "--prompts", "a bear", "--seeds", "0", "--out", str(tmp_path)]
     assert lab_sweep.main(args) == 0
@@ -797,7 +842,7 @@ def test_lab_sweep_guidance_scale_is_every_runs_override_in_a_sweep_of_its_own(t
 def test_the_reconstruction_control_makes_a_setting_ineligible_only_when_it_failed():
     """A setting whose judge failed the reconstruction control is not eligible however good its
     baseline looks; an unmeasured control (None, e.g. an RGB volume) does not exclude it."""
-    from janus_lab.experiment3d import choose_calibration
+    from janus_lab.experiment3d.calibration import choose_calibration
 
     rows = [{"cameras": c, "volume": "latent24", "steps": 600, "lr": 0.1, "kind_accuracy": k, "face_in_front": 0.9,
              "face_scrambled": 0.0, "reconstruction_passed": p}
@@ -810,12 +855,13 @@ def test_the_reconstruction_control_makes_a_setting_ineligible_only_when_it_fail
     assert not choose_calibration(rows)[1]
 
 
-def test_camera_presets_frame_the_runs_as_the_priors_world_and_keep_old_keys(tmp_path):
+def test_camera_presets_frame_the_runs_as_the_priors_world(tmp_path):
     """``cameras="prior"``: the world's distance and fovy ranges, centred cameras, the test orbit at
-    the ranges' middle, the rest from the config; the default leaves the experiment key as it was
-    before the field existed; an unknown preset is a ConfigError naming the key."""
+    the ranges' middle, the rest from the config; the preset is part of the experiment key (every
+    setting is); an unknown preset is a ConfigError naming the key."""
     from janus_lab.data import WorldBias
-    from janus_lab.experiment3d import CAMERA_PRESETS, calibrate, prior_framed
+    from janus_lab.experiment3d.calibration import CalibrationGrid, calibrate
+    from janus_lab.experiment3d.settings import CAMERA_PRESETS, prior_framed
 
     volume = fast3d.VolumeSettings(resolution=24, features="latent")
     configs = Representation.from_config(volume, max_steps=100)
@@ -837,7 +883,8 @@ def test_camera_presets_frame_the_runs_as_the_priors_world_and_keep_old_keys(tmp
         centre_ray = cams.rays_d[0, 7:9, 7:9].mean((0, 1))
         assert torch.allclose(torch.nn.functional.normalize(centre_ray, dim=0),
                               -torch.nn.functional.normalize(cams.positions[0], dim=0), atol=0.05)
-    assert "cameras" not in FastSettings().to_dict() and FastSettings(cameras="prior").to_dict()["cameras"] == "prior"
+    assert FastSettings().to_dict()["cameras"] == "configs" and FastSettings(cameras="prior").to_dict()["cameras"] == "prior"
+    assert set(FastSettings().to_dict()) == {f.name for f in dataclasses.fields(FastSettings)}
     a = Experiment(str(tmp_path / "a"), variants=("baseline",), prompts=("a bear",), seeds=(0,))
     b = Experiment(str(tmp_path / "b"), variants=("baseline",), prompts=("a bear",), seeds=(0,),
                    settings=FastSettings(cameras="prior"))
@@ -847,7 +894,7 @@ def test_camera_presets_frame_the_runs_as_the_priors_world_and_keep_old_keys(tmp
     # the same cameras as threestudio overrides (the launcher path's --cameras prior)
     from omegaconf import OmegaConf
 
-    from janus_lab.experiment3d import prior_camera_overrides
+    from janus_lab.experiment3d.settings import prior_camera_overrides
 
     data = OmegaConf.to_container(OmegaConf.from_dotlist(prior_camera_overrides()))["data"]
     assert fast3d.CameraSettings.from_data_block(data, 16) == dataclasses.replace(
@@ -857,9 +904,9 @@ def test_camera_presets_frame_the_runs_as_the_priors_world_and_keep_old_keys(tmp
     with pytest.raises(ConfigError, match="cameras"):
         Representation.from_config(volume, max_steps=100, preset="world")
     with pytest.raises(ConfigError, match="camera_options"):
-        calibrate(str(tmp_path), [2], [0.1], camera_options=["world"])
+        calibrate(str(tmp_path), CalibrationGrid([2], [0.1], camera_options=["world"]))
     with pytest.raises(ConfigError, match="latent"):
-        calibrate(str(tmp_path), [2], [0.1], volumes=["grid24"], reconstruction=True)
+        calibrate(str(tmp_path), CalibrationGrid([2], [0.1], volumes=["grid24"], reconstruction=True))
 
 
 def test_lab_sweep_finds_threestudio_in_the_checkout_it_is_run_from(tmp_path, monkeypatch):
@@ -882,7 +929,7 @@ def test_lab_sweep_finds_threestudio_in_the_checkout_it_is_run_from(tmp_path, mo
     assert lab_sweep.threestudio_root(str(tmp_path)) is None
     monkeypatch.chdir(tmp_path)
     launched = []
-    monkeypatch.setattr("antijanus.tools.sweep.run_sweep", lambda *a, **k: launched.append(a))
+    monkeypatch.setattr(lab_sweep, "run_sweep", lambda *a, **k: launched.append(a))
     with pytest.raises(SystemExit, match="threestudio not found"):
         lab_sweep.main(["--variants", "baseline", "--prompts", "a bear", "--out", str(tmp_path / "out")])
     assert not launched

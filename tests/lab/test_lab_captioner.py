@@ -2,6 +2,7 @@
 importable class) and the Janus lab's captioner (janus_lab.captioner) through them: directly,
 in dnp-prompt-processor and in scripts/dnp_2d.py."""
 
+import importlib
 import json
 import os
 import re
@@ -12,10 +13,13 @@ import textwrap
 import pytest
 import torch
 
+from janus_lab.captioner import LabCaptioner
 from janus_lab.locations import lab_root
+from janus_lab.model_files import model_path
+from janus_lab.world import Creature, render
 from antijanus.prompting.captioning import PLUGIN_MARKER, captioner_plugin, check_captioner, load_captioner
 from antijanus.utils.errors import ConfigError
-from helpers import one_thread  # noqa: F401  (the fixture)
+from helpers import one_thread
 
 
 ROOT = os.path.join(os.path.dirname(__file__), "..", "..")
@@ -23,7 +27,7 @@ LAB_CAPTIONER = os.path.join(lab_root(), "captioner")
 WORLD_CAPTION = re.compile(r"^a (smiling )?(striped )?(bear|robot|frog)( wearing a hat)?$")
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = pytest.mark.usefixtures(one_thread.__name__)  # the fixture, imported
 
 
 # ----------------------------------------------------------------------------- the plugin hook
@@ -115,16 +119,12 @@ def lab_captioner():
 
 
 def test_lab_captioner_writes_the_worlds_grammar_from_the_judge(lab_captioner):
-    from janus_lab.world import Creature, render
-
     check_captioner(LAB_CAPTIONER)
     creatures = [Creature("bear", smiling=True, hat=True), Creature("robot", striped=True, smiling=True),
                  Creature("frog")]
     images = render(creatures, torch.tensor([10.0, 10.0, 10.0]), torch.tensor([0.0, 180.0, 90.0]))["image"]
     # what a captioner sees: the smile from the front, the stripes (not the smile) from behind
     assert lab_captioner.caption(images) == ["a smiling bear wearing a hat", "a striped robot", "a frog"]
-    from janus_lab.captioner import LabCaptioner
-
     with_view = LabCaptioner(LAB_CAPTIONER, judge="../judge", view_phrase=True, max_new_tokens=30)
     assert with_view.caption(images[1:2]) == ["a striped robot, back view"]
     assert LabCaptioner(LAB_CAPTIONER, judge="../judge", max_new_tokens=2).caption(images[:1]) == ["a smiling"]
@@ -143,11 +143,9 @@ def test_lab_captioner_checks_its_judge_folder(tmp_path):
 
 
 def test_dnp_prompt_processor_with_the_lab_prior_and_captioner(tmp_path, monkeypatch):
-    import threestudio
+    import threestudio  # the real one or tests/threestudio_stub (conftest): only where a test needs it
 
-    import antijanus.adapters  # noqa: F401  (registers the modules)
-    from janus_lab.model_files import model_path
-
+    importlib.import_module("antijanus.adapters")  # registers the plugin's modules with threestudio
     monkeypatch.chdir(tmp_path)
     processor = threestudio.find("dnp-prompt-processor")({
         "pretrained_model_name_or_path": model_path("prior"), "prompt": "a smiling bear", "spawn": False,
@@ -158,8 +156,6 @@ def test_dnp_prompt_processor_with_the_lab_prior_and_captioner(tmp_path, monkeyp
 
 
 def test_dnp_2d_script_with_the_lab_captioner(tmp_path):
-    from janus_lab.model_files import model_path
-
     out = tmp_path / "dnp"
     done = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "dnp_2d.py"), "a striped frog",
                            "--model", model_path("prior"), "--captioner", LAB_CAPTIONER, "--steps", "2",

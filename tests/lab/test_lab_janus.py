@@ -2,14 +2,22 @@
 committed judge on orbits rendered with the world (the ground-truth creature, a two-faced one,
 single misjudged frames)."""
 
+import importlib.util
+import os
+
 import pytest
 import torch
 
+from janus_lab.images import scramble_object_pixels
 from janus_lab.janus import a_jfd, frame_rows, judge_orbit, orbit_metrics, orbit_order, robust_runs, runs
+from janus_lab.judge import Judge, JudgeNet
 from janus_lab.orbits import orbit_azimuths, render_creature_orbit as render_orbit
 from janus_lab.stats import wilson_rate
 from janus_lab.model_files import model_path
 from janus_lab.world import ATTRIBUTES, KINDS, VIEWS, Creature
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the checkout
+CONSTRUCTED_ORBITS = os.path.join(REPO, "custom", "janus_lab", "scripts", "lab_constructed_orbits.py")
 
 
 CONTRACT = ("janus", "face_in_back", "front_segments", "view_accuracy", "a_jfd")
@@ -67,8 +75,6 @@ class ScriptedJudge:
     """Answers with given views and face flags; its features are a small random JudgeNet's."""
 
     def __init__(self, views, faces):
-        from janus_lab.judge import JudgeNet
-
         torch.manual_seed(0)
         self.net = JudgeNet(4).eval()
         self.views, self.faces = views, faces
@@ -155,8 +161,6 @@ def test_scripted_orbit_with_threestudios_repeated_end_frame():
 
 @pytest.fixture(scope="module")
 def judge():
-    from janus_lab.judge import Judge
-
     return Judge.load(model_path("judge"))
 
 
@@ -249,8 +253,6 @@ def test_orbit_metrics_checks_its_input(judge):
 
 
 def test_scrambling_shuffles_the_object_pixels_and_keeps_the_background():
-    from janus_lab.janus import scramble_object_pixels
-
     frames = render_orbit(Creature("bear", smiling=True), orbit_azimuths(4))
     scrambled = scramble_object_pixels(frames, torch.Generator().manual_seed(0))
     background = (frames - frames[:, :, :1, :1]).abs().sum(1, keepdim=True) <= 0.1
@@ -279,3 +281,24 @@ def test_face_scrambled_is_reported_as_a_share_of_frames():
     assert m["face_in_front"] == 1.0 and m["face_scrambled"] == 0.0
     m = orbit_metrics(frames, az, 15.0, ScriptedJudge(views, [True] * len(az)))
     assert m["face_scrambled"] == 1.0
+
+
+# ----------------------------------------------------------------------------- the constructed-orbits script
+
+
+def test_constructed_orbits_script_prints_the_metric_on_known_orbits(judge, capsys):
+    """scripts/lab_constructed_orbits.py: one row per kind, creature and orbit; the ground truth is
+    never Janus, a two-faced creature always, one turned around by its face at the back."""
+    spec = importlib.util.spec_from_file_location("lab_constructed_orbits", CONSTRUCTED_ORBITS)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    with pytest.raises(SystemExit) as done:
+        script.main(["--help"])
+    assert done.value.code == 0 and "--distance" in capsys.readouterr().out
+    lines = script.constructed_orbits_report(judge).splitlines()
+    assert lines[0] == "| creature | orbit | janus | face_in_back | front_segments | view_accuracy | a_jfd |"
+    rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in lines[2:]]
+    assert len(rows) == len(KINDS) * 2 * 3
+    assert {(r[1], r[2], r[3]) for r in rows} == {("ground truth", "0", "0"), ("two-faced", "1", "1"),
+                                                  ("turned around", "1", "1")}
+    assert {r[0] for r in rows} == {f"{k}" for k in KINDS} | {f"smiling striped hat {k}" for k in KINDS}

@@ -2,14 +2,34 @@
 (our backbone, sampler and MaskedLMViewScorer; threestudio's stock processor and guidance in the
 threestudio tier), and the judge on hand-rendered views."""
 
+import dataclasses
+import importlib.util
+import json
 import math
 import os
+import re
+import shutil
 
 import pytest
 import torch
+from transformers import AutoTokenizer
 
-from janus_lab.locations import lab_root
-from janus_lab.model_files import model_path, verify_checksums
+from antijanus.backbones.base import BackboneOptions
+from antijanus.backbones.stable_diffusion import StableDiffusionBackbone
+from antijanus.prompting.dnp import SamplingSettings, load_sampler
+from antijanus.prompting.mlm import MaskedLMViewScorer
+from antijanus.utils.errors import ConfigError
+from antijanus.utils.imaging import at_resolution
+from janus_lab.images import object_mask, patch_shuffle
+from janus_lab.judge import Judge, JudgeNet
+from janus_lab.judge_data import lower_resolution, render_labelled, scrambled_negatives
+from janus_lab.judge_evaluation import accuracy, held_out_lowres, held_out_scrambled
+from janus_lab.judge_settings import JudgeSettings
+from janus_lab.judge_training import judge_loss
+from janus_lab.locations import MODELS_ENV, lab_root
+from janus_lab.model_files import MODELS, folder_fingerprint, model_path, verify_checksums
+from janus_lab.prior import PriorSettings, build_vae
+from janus_lab.prior_training import equivariance_pair, train_vae
 from janus_lab.world import ATTRIBUTES, KINDS, VIEWS, Creature, render
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the checkout
@@ -18,16 +38,51 @@ LAB_SCRIPTS = os.path.join(REPO, "custom", "janus_lab", "scripts")
 PRIOR, MLM, JUDGE = model_path("prior"), model_path("mlm"), model_path("judge")
 
 
+def lab_script(name: str):
+    """A script of custom/janus_lab/scripts, imported as a module (scripts are not a package)."""
+    spec = importlib.util.spec_from_file_location(name, os.path.join(LAB_SCRIPTS, f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def test_committed_files_match_their_checksums():
     assert os.path.isdir(lab_root())
     assert verify_checksums(lab_root()) == []
 
 
+def test_models_are_found_where_janus_lab_models_points(tmp_path, monkeypatch):
+    """JANUS_LAB_MODELS names another models folder: model_path finds every model there, and the
+    copy loads as the committed one does."""
+    source, copy = lab_root(), tmp_path / "models"
+    shutil.copytree(source, copy, ignore=shutil.ignore_patterns("prior-*", "judge-v*"))  # archived: not needed
+    monkeypatch.setenv(MODELS_ENV, str(copy))
+    assert lab_root() == str(copy)
+    for name in MODELS:
+        assert model_path(name) == os.path.join(str(copy), name)
+        assert folder_fingerprint(model_path(name)) == folder_fingerprint(os.path.join(source, name))
+    images = render([Creature("bear"), Creature("frog")], torch.tensor([15.0, 15.0]), torch.tensor([0.0, 180.0]))["image"]
+    from_copy, committed = Judge.load(model_path("judge"))(images), Judge.load(JUDGE)(images)
+    assert all(torch.equal(from_copy[k], committed[k]) for k in committed)
+    monkeypatch.setenv(MODELS_ENV, str(tmp_path / "elsewhere"))
+    assert model_path("judge") == str(tmp_path / "elsewhere" / "judge")  # the variable decides, not the package
+
+
+def test_the_old_variable_name_alone_is_a_config_error(monkeypatch):
+    """ANTIJANUS_LAB_MODELS was renamed JANUS_LAB_MODELS: set alone it is refused (naming the new
+    name), not silently ignored; beside the new name the new name wins."""
+    monkeypatch.delenv(MODELS_ENV, raising=False)
+    monkeypatch.setenv("ANTIJANUS_LAB_MODELS", "/somewhere/models")
+    with pytest.raises(ConfigError, match=MODELS_ENV):
+        model_path("judge")
+    with pytest.raises(ConfigError, match="ANTIJANUS_LAB_MODELS"):
+        lab_root()
+    monkeypatch.setenv(MODELS_ENV, "/elsewhere/models")
+    assert model_path("judge") == os.path.normpath("/elsewhere/models/judge")
+
+
 @pytest.fixture(scope="module")
 def backbone():
-    from antijanus.backbones.base import BackboneOptions
-    from antijanus.backbones.stable_diffusion import StableDiffusionBackbone
-
     return StableDiffusionBackbone(
         BackboneOptions(pretrained_model_name_or_path=PRIOR, half_precision_weights=False), "cpu")
 
@@ -45,8 +100,6 @@ def test_prior_loads_through_our_backbone_at_the_lab_resolution(backbone):
 
 
 def test_prior_tokenizer_is_the_real_clip_bpe():
-    from transformers import AutoTokenizer
-
     tokenizer = AutoTokenizer.from_pretrained(PRIOR, subfolder="tokenizer")
     assert len(tokenizer) == 49408 and tokenizer.model_max_length == 77
     # CLIP's own ids: <|startoftext|> a</w> bear</w> <|endoftext|>
@@ -64,8 +117,6 @@ def test_prior_vae_round_trips_world_images(backbone):
 
 
 def test_prior_samples_with_our_ddim_sampler():
-    from antijanus.prompting.dnp import SamplingSettings, load_sampler
-
     sampler, encode = load_sampler(PRIOR, "cpu", half_precision=False)
     cond, uncond = encode(["a frog"]).expand(2, -1, -1), encode([""]).expand(2, -1, -1)
     images = sampler.sample(cond, uncond, SamplingSettings(steps=4, guidance_scale=7.5, seed=0))
@@ -74,8 +125,6 @@ def test_prior_samples_with_our_ddim_sampler():
 
 @pytest.fixture(scope="module")
 def scorer():
-    from antijanus.prompting.mlm import MaskedLMViewScorer
-
     return MaskedLMViewScorer(MLM)
 
 
@@ -101,8 +150,6 @@ def test_mlm_overhead_and_top_are_both_single_pieces_that_mean_overhead(scorer):
 
 @pytest.fixture(scope="module")
 def judge():
-    from janus_lab.judge import Judge
-
     return Judge.load(JUDGE)
 
 
@@ -134,8 +181,6 @@ def test_judge_classifies_hand_rendered_views(judge):
 
 def test_judge_reproduces_its_recorded_held_out_accuracy(judge):
     """The held-out figures in judge.json (README) hold on a fresh held-out sample."""
-    from janus_lab.judge import JudgeSettings, accuracy, render_labelled
-
     n = 300
     world = JudgeSettings(p_faceless=0.0, p_tailless=0.0)  # the world's creatures, as held out
     measured = accuracy(judge.net, render_labelled(world, n, seed=12345))
@@ -153,7 +198,7 @@ def test_judge_reproduces_its_recorded_held_out_accuracy(judge):
 
 @pytest.mark.threestudio
 def test_prior_loads_through_threestudios_stock_processor_and_guidance(tmp_path, monkeypatch):
-    import threestudio
+    import threestudio  # only in the threestudio tier (marked): not importable elsewhere
 
     monkeypatch.chdir(tmp_path)  # the processor caches embeddings under ./.threestudio_cache
     processor = threestudio.find("stable-diffusion-prompt-processor")(
@@ -177,7 +222,7 @@ def test_prior_loads_through_threestudios_stock_processor_and_guidance(tmp_path,
 
 @pytest.mark.threestudio
 def test_mlm_loads_through_threestudios_prompt_debiasing(tmp_path, monkeypatch):
-    import threestudio
+    import threestudio  # only in the threestudio tier (marked): not importable elsewhere
 
     monkeypatch.chdir(tmp_path)
     processor = threestudio.find("stable-diffusion-prompt-processor")(
@@ -190,9 +235,6 @@ def test_mlm_loads_through_threestudios_prompt_debiasing(tmp_path, monkeypatch):
 def test_judge_settings_reject_impossible_missing_part_shares():
     """p_faceless / p_tailless are probabilities of exclusive cases: a bad value is a ConfigError
     naming the key, before any image is rendered."""
-    from janus_lab.judge import JudgeSettings
-    from antijanus.utils.errors import ConfigError
-
     JudgeSettings(p_faceless=1.0, p_tailless=0.0)  # the held-out faceless set
     for bad, key in ((dict(p_faceless=-0.1), "p_faceless"), (dict(p_tailless=1.5), "p_tailless"),
                      (dict(p_faceless=0.7, p_tailless=0.4), "p_tailless"), (dict(p_faceless="0.3"), "p_faceless"),
@@ -214,8 +256,6 @@ def test_lower_resolution_keeps_the_size_and_removes_detail_from_the_chosen_shar
     """at_resolution: the same 32x32 picture with ``side`` pixels of detail (a one-pixel checker
     becomes flat grey, a plain colour stays); lower_resolution degrades a p_lowres share, each
     at a side within lowres_sides, and nothing at p_lowres 0."""
-    from janus_lab.judge import JudgeSettings, at_resolution, lower_resolution
-
     checker = ((torch.arange(32)[:, None] + torch.arange(32)[None]) % 2).float().expand(2, 3, 32, 32).clone()
     flat = at_resolution(checker, 8)
     assert flat.shape == checker.shape and (flat - 0.5).abs().max() < 0.02
@@ -235,8 +275,6 @@ def test_lower_resolution_keeps_the_size_and_removes_detail_from_the_chosen_shar
 def test_scrambled_negatives_destroy_the_object_and_keep_the_background():
     """Patch shuffling permutes the object's patches (the same patches, other places); the noise
     refill keeps the silhouette; the background is untouched either way."""
-    from janus_lab.judge import JudgeSettings, object_mask, patch_shuffle, scrambled_negatives
-
     images = render([Creature("bear", smiling=True), Creature("robot")], torch.tensor([10.0, 10.0]),
                     torch.tensor([0.0, 20.0]))["image"]
     mask = object_mask(images)
@@ -261,8 +299,6 @@ def test_training_scrambles_the_rendered_silhouette_which_covers_a_white_face_on
     """The corner-colour mask misses the white face on a white background; the silhouette the
     world renders (and training passes as the scramble mask) covers it, so a scrambled negative
     keeps no face outline."""
-    from janus_lab.judge import JudgeSettings, object_mask, render_labelled, scrambled_negatives
-
     out = render([Creature("bear"), Creature("frog")], torch.tensor([10.0, 10.0]), torch.tensor([0.0, 0.0]),
                  background=torch.ones(3))
     silhouette = out["silhouette"] > 0
@@ -278,8 +314,6 @@ def test_training_scrambles_the_rendered_silhouette_which_covers_a_white_face_on
 
 
 def test_judge_loss_trains_only_the_attributes_on_scrambled_negatives():
-    from janus_lab.judge import JudgeNet, judge_loss
-
     net = JudgeNet(8)
     images = torch.rand(4, 3, 32, 32)
     batch = {"view": torch.tensor([0, 1, 2, 3]), "kind": torch.tensor([0, 1, 2, 0]),
@@ -301,8 +335,6 @@ def test_committed_judge_sees_no_face_in_pixel_shuffled_renders(judge):
     (pre-registered gate), while the unshuffled renders are judged 'face' (recorded in
     judge.json, re-measured here). The unshuffled bound is 0.8 since judge v8 (0.85: it sees 99 %
     of the faces in front views but misses some a side view shows in part; v6 0.90)."""
-    from janus_lab.judge import JudgeSettings, held_out_scrambled, render_labelled
-
     record = judge.record["held_out_scrambled"]
     assert 1 not in judge.record["settings"]["scramble_patches"] and record["transform_trained_on"] is False
     assert record["face_seen"] <= 0.2 and record["face_seen_unscrambled"] >= 0.8 and record["images"] >= 1000
@@ -317,8 +349,6 @@ def test_committed_judge_sees_faces_and_their_absence_at_a_3d_orbits_resolution(
     orbit's latent size) the front views' faces are seen and faceless fronts are not (>= 0.9),
     at 12 pixels >= 0.8; the v6 judge, trained without low-resolution images, is worse on the
     faceless fronts at 12 pixels."""
-    from janus_lab.judge import Judge, JudgeSettings, held_out_lowres, render_labelled
-
     record = judge.record["held_out_lowres"]
     assert judge.record["settings"]["p_lowres"] > 0
     for side, bound in (("16", 0.9), ("12", 0.8)):
@@ -334,14 +364,7 @@ def test_committed_judge_sees_faces_and_their_absence_at_a_3d_orbits_resolution(
 
 
 def test_judge_check_script_prints_each_judges_low_resolution_rows_and_the_vae_probe(capsys):
-    import sys
-
-    sys.path.insert(0, LAB_SCRIPTS)
-    try:
-        import lab_judge_check
-    finally:
-        sys.path.pop(0)
-    assert lab_judge_check.main(["--n", "40", "--sides", "16", "--judges", JUDGE,
+    assert lab_script("lab_judge_check").main(["--n", "40", "--sides", "16", "--judges", JUDGE,
                                  os.path.join(lab_root(), "judge-v6")]) == 0
     printed = capsys.readouterr().out
     assert "| judge | 16 |" in printed and "| judge-v6 | 16 |" in printed
@@ -352,15 +375,7 @@ def test_judge_check_script_prints_each_judges_low_resolution_rows_and_the_vae_p
 def test_judge_check_script_fits_the_volume_probe_as_the_control_fits(capsys):
     """--volume-probe: a bear with and without its face fitted as the reconstruction control fits
     it, with the fit's figures and each judge's verdict on its orbit."""
-    import re
-    import sys
-
-    sys.path.insert(0, LAB_SCRIPTS)
-    try:
-        import lab_judge_check
-    finally:
-        sys.path.pop(0)
-    assert lab_judge_check.main(["--n", "8", "--sides", "16", "--judges", JUDGE, "--volume-probe"]) == 0
+    assert lab_script("lab_judge_check").main(["--n", "8", "--sides", "16", "--judges", JUDGE, "--volume-probe"]) == 0
     printed = capsys.readouterr().out
     for form in ("face", "faceless"):
         found = re.search(rf"  {form}: latent residual ([0-9.]+), its training views decoded: error ([0-9.]+)", printed)
@@ -370,11 +385,6 @@ def test_judge_check_script_fits_the_volume_probe_as_the_control_fits(capsys):
 
 def test_prior_settings_default_to_the_committed_priors_recipe():
     """``lab_train.py prior`` without --set trains the committed prior's recipe (its lab_training.json)."""
-    import dataclasses
-    import json
-
-    from janus_lab.prior import PriorSettings
-
     with open(os.path.join(PRIOR, "lab_training.json")) as f:
         recorded = json.load(f)["settings"]
     defaults = json.loads(json.dumps(dataclasses.asdict(PriorSettings())))
@@ -384,9 +394,6 @@ def test_prior_settings_default_to_the_committed_priors_recipe():
 def test_prior_settings_for_a_vae_trained_at_lower_resolution_are_checked_and_train():
     """vae_p_lowres (prior v4: 0.3): a bad value is a ConfigError naming the key; on, the VAE
     trains on a share of its images shrunk and enlarged back (the generator draws more)."""
-    from janus_lab.prior import PriorSettings, build_vae, train_vae
-    from antijanus.utils.errors import ConfigError
-
     for bad, key in ((dict(vae_p_lowres=1.5), "vae_p_lowres"), (dict(vae_p_lowres="0.3"), "vae_p_lowres"),
                      (dict(vae_lowres_sides=(1, 8)), "vae_lowres_sides"), (dict(vae_lowres_sides=12), "vae_lowres_sides"),
                      (dict(vae_lowres_sides=(16, 8)), "vae_lowres_sides")):
@@ -409,9 +416,6 @@ def test_eq_vae_transforms_latents_and_images_alike_and_trains():
     """EQ-VAE's tau (``equivariance_pair``): latents and images scaled to the same fraction and
     turned the same way (a marked corner stays in the same corner of both); bad settings are
     ConfigErrors naming the key; on, the VAE trains with it (the generator draws more)."""
-    from janus_lab.prior import PriorSettings, build_vae, equivariance_pair, train_vae
-    from antijanus.utils.errors import ConfigError
-
     assert PriorSettings().vae_p_equivariance == 0.5  # prior v6 (v4: off)
     for bad, key in ((dict(vae_p_equivariance=-0.1), "vae_p_equivariance"),
                      (dict(vae_p_equivariance=True), "vae_p_equivariance"),

@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 
 from janus_lab import fast3d
-from janus_lab.experiment3d import FastSettings, LabModels
+from janus_lab.experiment3d.lab_models import LabModels
+from janus_lab.experiment3d.settings import FastSettings
 from janus_lab.reconstruction import (FORMS, ReconstructionSettings, fit_volume, passes, world_views)
 from antijanus.utils.errors import ConfigError
 
@@ -108,7 +109,8 @@ def test_fit_residual_measures_the_latents_and_their_decoding_against_the_views(
 def test_the_control_keeps_its_orbits_and_judges_them_again_for_another_judge(tmp_path, monkeypatch, caplog):
     """reconstruction_for fits once per setting (orbits.pt, keyed on the settings and the prior's
     weights) and writes the verdict and a grid; another judge re-judges the kept orbits."""
-    from janus_lab import experiment3d, reconstruction
+    from janus_lab import reconstruction
+    from janus_lab.experiment3d import reconstruction_control
     from janus_lab.model_files import model_path
 
     settings = FastSettings(steps=2, orbit_views=4, cameras="prior",
@@ -116,7 +118,7 @@ def test_the_control_keeps_its_orbits_and_judges_them_again_for_another_judge(tm
     models = LabModels.default()
     monkeypatch.setattr(reconstruction, "ReconstructionSettings", lambda: ReconstructionSettings(views=4))
     out = tmp_path / "control"
-    first = experiment3d.reconstruction_for(str(out), settings, models, log=lambda m: None)
+    first = reconstruction_control.reconstruction_for(str(out), settings, models, log=lambda m: None)
     assert {(r["kind"], r["form"]) for r in first["rows"]} == {(k, f) for k in ("bear", "robot", "frog") for f in FORMS}
     assert set(first["verdict"]) >= {"passed", "passed_face", "passed_faceless", "passed_two_faced"}
     assert (out / "orbits.pt").exists() and (out / "reconstruction.png").exists() and (out / "reconstruction.json").exists()
@@ -126,19 +128,19 @@ def test_the_control_keeps_its_orbits_and_judges_them_again_for_another_judge(tm
         raise AssertionError("fitted again")
 
     monkeypatch.setattr(reconstruction, "fit_orbits", no_fit)
-    same = experiment3d.reconstruction_for(str(out), settings, models, log=lambda m: None)
+    same = reconstruction_control.reconstruction_for(str(out), settings, models, log=lambda m: None)
     assert same["rows"] == first["rows"]  # the first call judged the kept (uint8) frames too
     other = dataclasses.replace(models, judge=os.path.join(os.path.dirname(model_path("judge")), "judge-v5"))
-    again = experiment3d.reconstruction_for(str(out), settings, other, log=lambda m: None)
+    again = reconstruction_control.reconstruction_for(str(out), settings, other, log=lambda m: None)
     assert again["judge"] != first["judge"] and len(again["rows"]) == 9
     with pytest.raises(AssertionError, match="fitted again"):  # other settings: fitted anew
-        experiment3d.reconstruction_for(str(out), dataclasses.replace(settings, steps=3), models, log=lambda m: None)
+        reconstruction_control.reconstruction_for(str(out), dataclasses.replace(settings, steps=3), models, log=lambda m: None)
     with pytest.raises(AssertionError, match="fitted again"):  # other cameras from the config: fitted anew
-        experiment3d.reconstruction_for(str(out), dataclasses.replace(settings, cameras="configs"), models,
+        reconstruction_control.reconstruction_for(str(out), dataclasses.replace(settings, cameras="configs"), models,
                                         log=lambda m: None)
     (out / "orbits.pt").write_bytes(b"not a torch file")
     with pytest.raises(AssertionError, match="fitted again"):
-        experiment3d.reconstruction_for(str(out), settings, models, log=lambda m: None)
+        reconstruction_control.reconstruction_for(str(out), settings, models, log=lambda m: None)
     assert "orbits.pt is unreadable" in caplog.text
 
 

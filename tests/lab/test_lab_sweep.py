@@ -1,9 +1,8 @@
 """The lab's 3D experiment, launcher path (threestudio tier): the fast path's prompt outputs are
 what threestudio's real processors give (stock, bert-pmi with the lab masked LM, dnp with the
-lab captioner), and scripts/lab_sweep.py runs the sweep through threestudio's own launch.py (the
+lab captioner), and custom/janus_lab/scripts/lab_sweep.py runs the sweep through threestudio's own launch.py (the
 CPU mode) and judges the orbits (a smoke run: a few variants, 2 steps)."""
 
-import dataclasses
 import json
 import os
 import sys
@@ -11,8 +10,9 @@ import sys
 import pytest
 import torch
 
-from janus_lab.experiment3d import (VARIANTS, LabModels, PromptFactory, load_config,
-                                        variant_by_name)
+from janus_lab.experiment3d.lab_models import LabModels
+from janus_lab.experiment3d.prompts import PromptFactory
+from janus_lab.experiment3d.variants import VARIANTS, load_config, variant_by_name
 from janus_lab.prompt_output import DEFAULTS, DIRECTION_ORDER
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the checkout
@@ -81,12 +81,10 @@ def test_fast_path_prompt_outputs_are_the_real_processors(variant, factory, tmp_
 @pytest.mark.parametrize("representation, variants", [("latent", ["perp-neg", "sjc-dsds", "dnp"]),
                                                      ("rgb", ["baseline"])])
 def test_lab_sweep_smoke(tmp_path, representation, variants):
-    """scripts/lab_sweep.py: on the Latent-NeRF system (the default) three variants (stock
+    """custom/janus_lab/scripts/lab_sweep.py: on the Latent-NeRF system (the default) three variants (stock
     processor + Perp-Neg, SJC + prompt debiasing with the lab masked LM at 16x16 latents, DNP with
     the lab captioner), on the RGB NeRF system the baseline; 2 steps each, a 5-view orbit
     rendered from each checkpoint with launch.py --test, judged; the lab table and grids."""
-    import threestudio
-
     work = tmp_path / "threestudio"
     os.makedirs(work / "custom")
     os.symlink(os.path.join(REPO, "custom", "antijanus"), work / "custom" / "antijanus")

@@ -180,7 +180,8 @@ def test_dnp_prompt_processor_output(tiny_sd, tiny_blip, tmp_path, monkeypatch):
     assert os.path.exists(tmp_path / "run" / "dns-image.png")
     assert json.load(open(tmp_path / "run" / "dnp.json"))["negative_prompt"] == n_star
 
-    from antijanus.core.guidance import ScoreDistillationConfig, ScoreDistillationGuidance
+    from antijanus.core.guidance import ScoreDistillationGuidance
+    from antijanus.core.guidance_config import ScoreDistillationConfig
     guidance = ScoreDistillationGuidance(ScoreDistillationConfig(
         pretrained_model_name_or_path=tiny_sd, half_precision_weights=False, perp_neg=True,
         negative_prompt_weight=1.0), "cpu")
@@ -216,7 +217,7 @@ def test_dnp_processor_bad_settings(tiny_sd, tiny_blip, tmp_path, monkeypatch):
     base = {"pretrained_model_name_or_path": tiny_sd, "prompt": "a corgi", "captioner": tiny_blip}
     with pytest.raises(ConfigError, match="dns_steps"):
         threestudio.find("dnp-prompt-processor")({**base, "dns_steps": 0})
-    with pytest.raises(ConfigError, match="`caption_max_new_tokens` = 0: must be >= 1"):
+    with pytest.raises(ConfigError, match="`system.prompt_processor.caption_max_new_tokens` = 0: must be >= 1"):
         threestudio.find("dnp-prompt-processor")({**base, "caption_max_new_tokens": 0})
     with pytest.raises(ConfigError, match="`caption_max_new_tokens` = 0: must be >= 1"):
         BlipCaptioner(tiny_blip, max_new_tokens=0)  # the same check, for callers of the captioner

@@ -4,21 +4,27 @@ the run's own prompt, the CLIP backends (transformers, open_clip)."""
 import importlib.util
 import json
 import os
+import shutil
 import sys
 import textwrap
 
 import pytest
 import torch
+from PIL import Image
 
+from antijanus.testing.tiny_models import make_clip
+from antijanus.utils.imaging import to_pil
 from antijanus.utils.errors import ConfigError
 from antijanus.tools.evaluate import (
+    MetricModels,
     MetricSettings,
     evaluate_folder,
     evaluate_run,
     find_checkpoint,
     orbit_folder,
-    render_orbit,
-    render_orbit_command,
+    render_run_orbit,
+    render_run_orbit_command,
+    write_results,
 )
 from antijanus.tools.metrics import load_clip_scorer
 
@@ -55,14 +61,12 @@ def trial(tmp_path):
 
 @pytest.fixture(scope="module")
 def clip_folder(tmp_path_factory):
-    from antijanus.testing.tiny_models import make_clip
-
     return make_clip(str(tmp_path_factory.mktemp("tiny-clip-eval")))
 
 
 def test_orbit_is_rendered_from_the_checkpoint_into_its_own_trial(trial):
     run, launch = trial
-    command = render_orbit_command(str(run), launch, n_views=5, elevation_deg=30.0)
+    command = render_run_orbit_command(str(run), launch, n_views=5, elevation_deg=30.0)
     assert command[command.index("--config") + 1] == str(run / "configs" / "parsed.yaml")
     assert f"resume={run / 'ckpts' / 'last.ckpt'}" in command
     assert {"data.n_test_views=5", "data.eval_elevation_deg=30.0", f"exp_root_dir={run}", "name=metrics",
@@ -70,12 +74,10 @@ def test_orbit_is_rendered_from_the_checkpoint_into_its_own_trial(trial):
     stale = run / "metrics" / "orbit-n5-e30" / "save" / "it7-test"
     stale.mkdir(parents=True)
     (stale / "9.png").write_bytes(b"left over from an interrupted render of another run")
-    folder = render_orbit(str(run), launch, n_views=5, elevation_deg=30.0)
+    folder = render_run_orbit(str(run), launch, n_views=5, elevation_deg=30.0)
     assert folder == str(stale) and sorted(os.listdir(folder)) == [f"{i}.png" for i in range(5)]
     assert orbit_folder(str(run), 5, 30.0) == folder and orbit_folder(str(run), 5) is None
     # a run folder copied elsewhere with its times (rsync -a, cp -p) keeps its rendered orbit
-    import shutil
-
     moved = run.parent / "copied"
     shutil.copytree(run, moved)
     assert orbit_folder(str(moved), 5, 30.0) == str(moved / "metrics" / "orbit-n5-e30" / "save" / "it7-test")
@@ -85,12 +87,12 @@ def test_incomplete_or_failed_renders_are_errors_not_metrics(trial, monkeypatch)
     run, launch = trial
     monkeypatch.setenv("FAKE_RENDER_SHORT", "1")
     with pytest.raises(RuntimeError, match="expected 4 renders.*found 3"):
-        render_orbit(str(run), launch, n_views=4)
+        render_run_orbit(str(run), launch, n_views=4)
     assert orbit_folder(str(run), 4) is None
     monkeypatch.delenv("FAKE_RENDER_SHORT")
     monkeypatch.setenv("FAKE_RENDER_EXIT", "1")
     with pytest.raises(RuntimeError, match="failed \\(exit 1\\), see .*orbit-n4.log"):
-        render_orbit(str(run), launch, n_views=4)
+        render_run_orbit(str(run), launch, n_views=4)
 
 
 def test_checkpoint_choice(tmp_path):
@@ -166,7 +168,7 @@ def test_clip_spec_errors(tmp_path):
 def test_open_clip_scorer_loads_a_local_checkpoint(tmp_path):
     """A tiny open_clip architecture (registered like any model config), random weights saved to
     a file, loaded back through the `open_clip:<arch>@<file>` spec: same similarities."""
-    import open_clip
+    import open_clip  # optional: open_clip_torch (skipped without it)
 
     config = {"embed_dim": 16,
               "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16, "patch_size": 16},
@@ -181,8 +183,7 @@ def test_open_clip_scorer_loads_a_local_checkpoint(tmp_path):
     images = torch.rand(3, 3, 40, 48)
     sims = scorer.similarity(images, ["a corgi", "a cat"])
     assert sims.shape == (3, 2) and bool(((sims >= -1) & (sims <= 1)).all())
-    pixels = torch.stack([scorer.preprocess(__import__("antijanus.utils.imaging", fromlist=["to_pil"]).to_pil(i))
-                          for i in images])
+    pixels = torch.stack([scorer.preprocess(to_pil(i)) for i in images])
     with torch.no_grad():
         image = torch.nn.functional.normalize(model.encode_image(pixels), dim=-1)
         text = torch.nn.functional.normalize(model.encode_text(open_clip.get_tokenizer("antijanus-tiny-clip")(
@@ -213,10 +214,6 @@ class BrightnessJudge:
 def test_a_view_classifier_plugs_into_the_metrics_in_place_of_clip(tmp_path):
     """The per-azimuth view table and the in-region means come from the given classifier; CLIP is
     not even loaded when nothing needs it (no distractors)."""
-    from PIL import Image
-
-    from antijanus.tools.evaluate import MetricModels, write_results
-
     n = 8  # azimuths 0 .. 360: bright front, grey side, dark back
     levels = [255, 128, 128, 0, 0, 128, 128, 255]
     for i, level in enumerate(levels):

@@ -1,8 +1,14 @@
+import json
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
+from PIL import Image
+from transformers import CLIPModel, CLIPProcessor
 
+from antijanus.tools.evaluate import MetricModels, MetricSettings
 from antijanus.utils.errors import ConfigError
 from antijanus.tools.metrics import (
     LPIPS,
@@ -69,8 +75,6 @@ def test_lpips_loads_torchvision_and_lpips_weight_files(tmp_path, lpips):
         LPIPS(lpips.net, str(tmp_path / "missing.pth"), str(tmp_path / "vgg.pth"))
     with pytest.raises(ConfigError, match="`lpips_lin` = .*missing.pth.*weights/v0.1"):
         LPIPS(lpips.net, str(tmp_path / "vgg16-397923af.pth"), str(tmp_path / "missing.pth"))
-    from antijanus.tools.evaluate import MetricModels, MetricSettings
-
     with pytest.raises(ConfigError, match="`metrics.lpips_backbone` = .*missing.pth"):
         MetricModels(MetricSettings(lpips_net=lpips.net, lpips_backbone=str(tmp_path / "missing.pth"),
                                     lpips_lin=str(tmp_path / "vgg.pth"), device="cpu"))
@@ -79,8 +83,6 @@ def test_lpips_loads_torchvision_and_lpips_weight_files(tmp_path, lpips):
 
 
 def test_load_orbit_reads_threestudio_test_folders(tmp_path):
-    from PIL import Image
-
     for i in range(12):  # RGB | normal | opacity panels, numbered 0..11 ("10" after "9")
         panel = torch.full((16, 48, 3), i * 20, dtype=torch.uint8)
         panel[:, 16:] = 255
@@ -95,9 +97,6 @@ def test_load_orbit_reads_threestudio_test_folders(tmp_path):
 @pytest.fixture(scope="module")
 def tiny_models(tmp_path_factory):
     """The tiny CLIP as the README's CPU path builds it: scripts/make_tiny_models.py."""
-    import subprocess
-    import sys
-
     out = tmp_path_factory.mktemp("tiny-models")
     script = os.path.join(REPO, "scripts", "make_tiny_models.py")
     result = subprocess.run([sys.executable, script, str(out), "--only", "clip"], capture_output=True, text=True)
@@ -113,8 +112,6 @@ def clip(tiny_models):
 def test_make_tiny_models_writes_a_clip_in_the_hub_layout(tiny_models):
     """openai/clip-vit-base-patch32's files: model config + weights, preprocessor and tokenizer side
     by side, loadable by CLIPModel / CLIPProcessor (nothing else in the folder)."""
-    from transformers import CLIPModel, CLIPProcessor
-
     folder = tiny_models / "clip"
     names = set(os.listdir(folder))
     assert {"config.json", "preprocessor_config.json", "vocab.json", "merges.txt", "tokenizer_config.json"} <= names
@@ -140,12 +137,6 @@ def test_per_azimuth_clip_table_and_r_precision(clip):
 
 
 def test_metrics_script_on_a_synthetic_run(tmp_path, clip):
-    import json
-    import subprocess
-    import sys
-
-    from PIL import Image
-
     run = tmp_path / "trial"
     renders = run / "save" / "it3-test"
     renders.mkdir(parents=True)

@@ -1,12 +1,23 @@
 import csv
+import importlib.util
 import os
+import re
+import shlex
+import subprocess
 import sys
 import textwrap
+from dataclasses import fields
 
 import pytest
+import yaml
+from omegaconf import OmegaConf
 
+from antijanus.testing.tiny_models import make_clip
 from antijanus.utils.errors import ConfigError
-from antijanus.tools.sweep import DONE_MARKER, Sweep, collect, run_sweep
+from antijanus.tools.evaluate import RENDERED_MARKER, MetricModels, MetricSettings, orbit_folder
+from antijanus.tools.sweep import (
+    DONE_MARKER, Sweep, SweepFailed, collect, evaluate_runs, parse_slurm_parameters, run_sweep, submit_slurm,
+)
 from helpers import REPO  # noqa: E402
 
 FAKE_LAUNCH = textwrap.dedent('''
@@ -116,7 +127,6 @@ def test_sweep_skips_finished_runs_and_aggregates(sweep_file):
     assert "| baseline | a DSLR photo of a corgi | 2 | - | - |" in table
     assert "In results.csv only (settings and bookkeeping logged as metrics, or the same in every run): lr-Adam/pg1, train/dsds/clip_threshold, " \
         "train/loss_sparsity, train/max_step, train/min_step, train/unet_rows, train_params/lambda_sds" in table
-    import importlib.util
     if importlib.util.find_spec("matplotlib") is not None:  # plots are optional
         assert paths["plots"] == [os.path.join(sweep.out, sweep.name, "results.png")]
         assert sorted(f for f in os.listdir(os.path.dirname(paths["csv"])) if f.endswith(".png")) == ["results.png"]
@@ -144,8 +154,6 @@ def test_local_gpus_run_one_run_each_in_parallel(sweep_file, monkeypatch):
 
 
 def test_failed_runs_are_reported_and_not_marked_done(sweep_file):
-    from antijanus.tools.sweep import SweepFailed
-
     sweep = Sweep.load(str(sweep_file))
     sweep.prompts = ["FAIL on purpose", "a corgi"]
     sweep.seeds = [0]
@@ -159,8 +167,6 @@ def test_failed_runs_are_reported_and_not_marked_done(sweep_file):
 
 
 def test_sweep_script_reports_failed_runs_and_collects_the_finished_ones(sweep_file):
-    import subprocess
-
     text = sweep_file.read_text().replace('prompts: ["a DSLR photo of a corgi", "a lion, zoomed out"]',
                                           'prompts: ["a DSLR photo of a corgi", "FAIL on purpose"]')
     sweep_file.write_text(text.replace("seeds: [0, 1]", "seeds: [0]"))
@@ -178,9 +184,6 @@ def test_sweep_script_reports_failed_runs_and_collects_the_finished_ones(sweep_f
 
 
 def test_dry_run_prints_shell_quoted_commands(sweep_file):
-    import shlex
-    import subprocess
-
     sweep = Sweep.load(str(sweep_file))
     script = os.path.join(REPO, "scripts", "sweep.py")
     out = subprocess.run([sys.executable, script, str(sweep_file), "--dry-run"], capture_output=True, text=True).stdout
@@ -234,8 +237,6 @@ def test_bad_sweep_files(tmp_path, data, message):
 
 
 def test_slurm_parameters_are_key_value_pairs():
-    from antijanus.tools.sweep import parse_slurm_parameters
-
     assert parse_slurm_parameters(["slurm_partition=gpu", "timeout_min=600", "slurm_comment=a=b"]) == {
         "slurm_partition": "gpu", "timeout_min": 600, "slurm_comment": "a=b"}
     with pytest.raises(ConfigError, match="`slurm` = 'gpu': expects KEY=VALUE"):
@@ -243,8 +244,6 @@ def test_slurm_parameters_are_key_value_pairs():
 
 
 def test_sweep_script_reports_bad_slurm_parameters_and_sweep_files(sweep_file, tmp_path):
-    import subprocess
-
     script = os.path.join(REPO, "scripts", "sweep.py")
     bad = subprocess.run([sys.executable, script, str(sweep_file), "--slurm", "partition", "gpu"],
                          capture_output=True, text=True)
@@ -258,15 +257,11 @@ def test_sweep_script_reports_bad_slurm_parameters_and_sweep_files(sweep_file, t
 
 @pytest.fixture(scope="module")
 def tiny_clip(tmp_path_factory):
-    from antijanus.testing.tiny_models import make_clip
-
     return make_clip(str(tmp_path_factory.mktemp("tiny-clip-sweep")))
 
 
 def with_metrics(sweep_file, tiny_clip, **extra):
     """The sweep file with a metrics block (5-view orbit: 0, 90, .., 360; random LPIPS, tiny CLIP)."""
-    import yaml
-
     data = yaml.safe_load(sweep_file.read_text())
     data["variants"] = {"baseline": {"overrides": ["system.guidance.perp_neg=false"]}, "perp-neg": {}}
     data["prompts"], data["seeds"] = ["a DSLR photo of a corgi"], [0]
@@ -277,8 +272,6 @@ def with_metrics(sweep_file, tiny_clip, **extra):
 
 
 def test_sweep_renders_each_orbit_from_the_checkpoint_and_tabulates_the_metrics(sweep_file, tiny_clip):
-    from antijanus.tools.evaluate import RENDERED_MARKER, orbit_folder
-
     sweep = with_metrics(sweep_file, tiny_clip)
     assert len(run_sweep(sweep, progress=False)) == 2
     for run in sweep.runs():
@@ -302,8 +295,6 @@ def test_sweep_renders_each_orbit_from_the_checkpoint_and_tabulates_the_metrics(
     assert run_sweep(sweep, dry_run=True) == [run]
     run_sweep(sweep, progress=False)
     assert open(os.path.join(run.run_dir, "train-count")).read() == "1"
-    from antijanus.tools.sweep import evaluate_runs
-
     assert evaluate_runs(sweep, progress=False) == []
     # New settings (another view phrase) -> every run is evaluated again.
     sweep.metrics.phrases = {"front": "from the front", "back": "from behind"}
@@ -311,8 +302,6 @@ def test_sweep_renders_each_orbit_from_the_checkpoint_and_tabulates_the_metrics(
     header = open(os.path.join(run.run_dir, "clip_per_azimuth.csv")).readline().strip()
     assert header == "azimuth,front,back"
     # Other models (a retrained judge: another identity) -> evaluated again, then kept.
-    from antijanus.tools.evaluate import MetricModels
-
     retrained = MetricModels(sweep.metrics, identity="judge weights v2")
     assert evaluate_runs(sweep, progress=False, models=retrained) == [r.tag for r in sweep.runs()]
     assert evaluate_runs(sweep, progress=False, models=retrained) == []
@@ -320,8 +309,6 @@ def test_sweep_renders_each_orbit_from_the_checkpoint_and_tabulates_the_metrics(
 
 
 def test_a_resumed_checkpoint_invalidates_the_rendered_orbit(sweep_file, tiny_clip):
-    from antijanus.tools.evaluate import orbit_folder
-
     sweep = with_metrics(sweep_file, tiny_clip)
     run_sweep(sweep, progress=False)
     run = sweep.runs()[0]
@@ -345,8 +332,6 @@ def test_slurm_array_through_submitit(sweep_file, tiny_clip):
     """The SLURM path end to end with submitit's local executor (same array code path, tasks run
     as local processes): every run trains, renders its orbit and is marked done."""
     pytest.importorskip("submitit")
-    from antijanus.tools.sweep import submit_slurm
-
     sweep = with_metrics(sweep_file, tiny_clip)
     jobs = submit_slurm(sweep, {"timeout_min": 5, "slurm_partition": "gpu"}, cluster="local")
     assert len(jobs) == 2
@@ -359,8 +344,6 @@ def test_slurm_array_through_submitit(sweep_file, tiny_clip):
 
 
 def test_sweep_script_runs_and_collects(sweep_file, tiny_clip):
-    import subprocess
-
     with_metrics(sweep_file, tiny_clip)
     script = os.path.join(REPO, "scripts", "sweep.py")
 
@@ -381,21 +364,13 @@ def test_sweep_script_runs_and_collects(sweep_file, tiny_clip):
 
 
 def test_readme_sweep_example_is_a_valid_sweep_file():
-    import re
-
     root = REPO
     readme = open(os.path.join(root, "README.md")).read()
     example = re.search(r"```yaml\n(name: janus-ablation\n.*?)```", readme, re.S).group(1)
-    import yaml
-
     sweep = Sweep.from_dict(yaml.safe_load(example), root)
     assert len(sweep.runs()) == 4 * 2 * 3
     assert sweep.metrics.n_views == 100 and sweep.metrics.lpips_net == "vgg" and sweep.metrics.render
     # the example lists every metrics key (the CPU options random_lpips and device included)
-    from dataclasses import fields
-
-    from antijanus.tools.evaluate import MetricSettings
-
     assert set(yaml.safe_load(example)["metrics"]) == {f.name for f in fields(MetricSettings)}
     tools = readme[readme.index("## Research tools"):readme.index("## Ablation sweeps")]
     for option in ("--clip", "--random-lpips", "--device cpu", "--n-views", "--no-render", "--preprocess none",
@@ -417,8 +392,6 @@ def test_replace_swaps_a_block_whole_in_a_derived_config(tmp_path):
     """A command-line override merges into a block (the shipped material's keys would stay);
     ``replace`` swaps the block whole: the variant runs from a derived config that has the new
     block and only it, interpolations kept, the other variants from their own configs."""
-    from omegaconf import OmegaConf
-
     (tmp_path / "nerf.yaml").write_text(textwrap.dedent("""
         name: nerf
         system:

@@ -1,6 +1,12 @@
+import json
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
+from antijanus.testing.tiny_models import make_clip
 from antijanus.backbones import BackboneOptions, StableDiffusionBackbone
 from antijanus.prompting.dnp import SamplingSettings, StableDiffusionSampler
 from antijanus.utils.errors import ConfigError
@@ -25,8 +31,6 @@ def sampler(tiny_sd):
 
 @pytest.fixture(scope="module")
 def clip(tmp_path_factory):
-    from antijanus.testing.tiny_models import make_clip
-
     return CLIPScorer(make_clip(str(tmp_path_factory.mktemp("tiny-clip-2d"))))
 
 
@@ -71,11 +75,6 @@ def test_view_interpolation_and_bad_settings(sampler):
 
 
 def test_view_experiment_script(tiny_sd, clip, tmp_path):
-    import json
-    import os
-    import subprocess
-    import sys
-
     script = os.path.join(REPO, "scripts", "view_experiment_2d.py")
     out = tmp_path / "v2d"
     result = subprocess.run([sys.executable, script, "--prompts", "a corgi", "--seeds", "0", "--steps", "2",

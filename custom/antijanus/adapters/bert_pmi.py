@@ -10,19 +10,18 @@ from typing import Dict, List, Optional
 
 import threestudio
 from threestudio.models.prompt_processors.base import DirectionConfig, PromptProcessor
-from threestudio.models.prompt_processors.stable_diffusion_prompt_processor import (
-    StableDiffusionPromptProcessor,
-)
+from threestudio.models.prompt_processors.stable_diffusion_prompt_processor import StableDiffusionPromptProcessor
 
 from ..core.views import ViewRanges
 from ..prompting.debias import DEFAULT_TEMPLATE, DEFAULT_VIEWS, DebiasResult, DebiasSettings, cached_debias
+from ..prompting import mlm
 from ..prompting.text_encoders import resolve_load_in_8bit
 from ..prompting.view_prompts import comma_phrase
 from ..utils.cache import write_json
 from ..utils.errors import ConfigError
-from .prompt_base import (DIRECTION_ORDER, AntijanusPromptProcessorMixin, expand_trial_dir,
-                          keys_changed_from_defaults, load_prompt_library, merged_view_mapping,
-                          no_model_on_other_ranks, rank_zero_then_shared, t5_spawn_func, view_condition)
+from .prompt_base import (DIRECTION_ORDER, AntijanusPromptProcessorMixin, expand_trial_dir, keys_changed_from_defaults,
+                          load_prompt_library, merged_view_mapping, no_model_on_other_ranks, rank_zero_then_shared,
+                          t5_spawn_func, view_condition)
 from .registry import register
 
 # D-SDS Sec. 4.2: "front view", "side view", "back view", "top view", appended without "of"
@@ -34,7 +33,6 @@ DEFAULT_PMI_VIEW_WORDS = dict(zip(DEFAULT_VIEWS, DEFAULT_VIEWS))
 @dataclass
 class DebiasingKeys:
     """The keys both debiasing processors add to threestudio's prompt-processor keys."""
-
     use_prompt_debiasing: bool = True  # threestudio's key; false: view phrases only, no BERT
     front_threshold: float = 22.5  # D-SDS Sec. 4.2: the front region is halved
     view_phrases: Dict[str, str] = field(default_factory=lambda: dict(DEFAULT_VIEW_PHRASES))
@@ -65,7 +63,6 @@ class DebiasingPromptProcessorMixin(AntijanusPromptProcessorMixin):
     """Per view, the words of the prompt that contradict it (BERT PMI, antijanus.prompting.debias)
     are removed before the view phrase is appended and the prompt embedded. Output: the usual
     PromptProcessorOutput (plus the "" embedding), so any guidance, stock or antijanus, uses it."""
-
     def configure(self) -> None:
         cfg = self.cfg
         self._cache_dir = ".threestudio_cache/text_embeddings"
@@ -103,7 +100,6 @@ class DebiasingPromptProcessorMixin(AntijanusPromptProcessorMixin):
 
     def configure_text_encoder_choice(self) -> None:
         """Text-encoder options, checked before any model loads (IF: 8 bit or not)."""
-
     @property
     def debias_model(self) -> str:
         return self.cfg.debias_model or self.cfg.pretrained_model_name_or_path_prompt_debiasing
@@ -132,11 +128,9 @@ class DebiasingPromptProcessorMixin(AntijanusPromptProcessorMixin):
         report_path = expand_trial_dir("report_path", cfg.report_path)
 
         def scorer():
-            from ..prompting.mlm import MaskedLMViewScorer
-
             threestudio.info(f"antijanus: prompt debiasing: scoring [{self.prompt}] with the masked LM {model}")
             key = "debias_model" if cfg.debias_model else "pretrained_model_name_or_path_prompt_debiasing"
-            return MaskedLMViewScorer(model, device="cpu", template=cfg.debias_template, key=key)
+            return mlm.MaskedLMViewScorer(model, device="cpu", template=cfg.debias_template, key=key)
 
         def run(make_scorer, use_cache=True):
             return cached_debias(self.prompt, self.settings, model, cfg.debias_cache_dir, make_scorer,
@@ -164,7 +158,6 @@ class DebiasingPromptProcessorMixin(AntijanusPromptProcessorMixin):
 @register("bert-pmi-prompt-processor")
 class BertPMIPromptProcessor(DebiasingPromptProcessorMixin, StableDiffusionPromptProcessor):
     """threestudio's Stable Diffusion prompt processor (CLIP) with D-SDS prompt debiasing."""
-
     @dataclass
     class Config(DebiasingKeys, StableDiffusionPromptProcessor.Config):
         pass
@@ -176,7 +169,6 @@ class BertPMIPromptProcessor(DebiasingPromptProcessorMixin, StableDiffusionPromp
 class BertPMIDeepFloydPromptProcessor(DebiasingPromptProcessorMixin, PromptProcessor):
     """threestudio's DeepFloyd IF prompt processor (T5, 77 tokens, attention mask) with D-SDS
     prompt debiasing, and T5 in 8 bit only where that can work (``t5_load_in_8bit``)."""
-
     text_encoder_kind = "t5"
 
     @dataclass

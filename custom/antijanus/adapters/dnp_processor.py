@@ -8,15 +8,15 @@ from dataclasses import dataclass
 from typing import Optional
 
 import threestudio
-from threestudio.models.prompt_processors.stable_diffusion_prompt_processor import (
-    StableDiffusionPromptProcessor,
-)
+from threestudio.models.prompt_processors.stable_diffusion_prompt_processor import StableDiffusionPromptProcessor
 
+from ..prompting import dnp
+from ..prompting.captioning import check_captioner, load_captioner
+from ..prompting.dnp import SamplingSettings, cached_dnp
 from ..utils.cache import write_json
 from .prompt_base import (AntijanusPromptProcessorMixin, expand_trial_dir, keys_changed_from_defaults,
                           load_prompt_library, no_model_on_other_ranks, rank_zero_then_shared)
 from .registry import register
-
 
 # keys that only matter with negative_prompt: auto
 _AUTO_DNP_ONLY = ("dns_steps", "dns_guidance_scale", "dns_seed", "dns_half_precision", "captioner",
@@ -32,7 +32,6 @@ class DNPPromptProcessor(AntijanusPromptProcessorMixin, StableDiffusionPromptPro
     DNP paper's form. (A guidance with ``negative_prompt_weight > 0`` makes n* a Perp-Neg negative
     instead, with "" as the unconditional.) Any other negative_prompt is used as given, e.g. an
     n* written by hand after looking at the saved DNS image."""
-
     @dataclass
     class Config(StableDiffusionPromptProcessor.Config):
         negative_prompt: str = "auto"
@@ -49,9 +48,6 @@ class DNPPromptProcessor(AntijanusPromptProcessorMixin, StableDiffusionPromptPro
     view_phrase_key = None  # threestudio's view phrases
 
     def configure(self) -> None:
-        from ..prompting.captioning import check_captioner
-        from ..prompting.dnp import SamplingSettings
-
         cfg = self.cfg
         self.dnp = None
         if cfg.negative_prompt.strip().lower() == "auto":
@@ -73,9 +69,6 @@ class DNPPromptProcessor(AntijanusPromptProcessorMixin, StableDiffusionPromptPro
                              f"so {changed} have no effect")
 
     def run_dnp(self, settings):
-        from ..prompting.captioning import load_captioner
-        from ..prompting.dnp import cached_dnp, load_sampler
-
         cfg = self.cfg
         self.prompt_library = load_prompt_library()
         prompt = self.preprocess_prompt(cfg.prompt)
@@ -85,7 +78,7 @@ class DNPPromptProcessor(AntijanusPromptProcessorMixin, StableDiffusionPromptPro
         half_precision = cfg.dns_half_precision and device.type == "cuda"
 
         def sampler():
-            return load_sampler(cfg.pretrained_model_name_or_path, device, half_precision=half_precision)
+            return dnp.load_sampler(cfg.pretrained_model_name_or_path, device, half_precision=half_precision)
 
         def captioner():
             return load_captioner(cfg.captioner, device=device, max_new_tokens=cfg.caption_max_new_tokens)

@@ -15,7 +15,8 @@ import threestudio
 from threestudio.utils.base import BaseObject
 
 from ..backbones import detect_backbone
-from ..core.guidance import DSDSConfig, ScoreDistillationConfig, ScoreDistillationGuidance
+from ..core.guidance import ScoreDistillationGuidance
+from ..core.guidance_config import DSDSConfig, ScoreDistillationConfig
 from .registry import calling_system, core_config, register
 
 #: How far up the call stack to look for the LightningModule that runs this guidance.

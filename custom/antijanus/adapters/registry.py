@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
 from dataclasses import fields
 from typing import Any, Callable, Dict, Optional, Type, TypeVar
 
 import threestudio
 from omegaconf import OmegaConf
+
+from ..utils.errors import ConfigError
 
 T = TypeVar("T")
 
@@ -24,9 +27,33 @@ def register(name: str):
         ) == name:
             return existing
         cls._antijanus_module = name
+        _name_full_keys(cls, config_block(name))
         return threestudio.register(name)(cls)
 
     return decorator
+
+
+def config_block(name: str) -> str:
+    """Where a module of this registered name sits in a run's config."""
+    return "system.guidance" if name.endswith("-guidance") else "system.prompt_processor"
+
+
+def _name_full_keys(cls, block: str) -> None:
+    """ConfigErrors raised while the module is configured name the key's full path
+    (``system.guidance.clip_start``), so that a user knows which block of the config it means."""
+    original = getattr(cls, "configure", None)
+    if original is None or getattr(original, "_antijanus_block", None):
+        return
+
+    @functools.wraps(original)
+    def configure(self, *args, **kwargs):
+        try:
+            return original(self, *args, **kwargs)
+        except ConfigError as error:
+            raise error.within(block) from None
+
+    configure._antijanus_block = block
+    cls.configure = configure
 
 
 def core_config(core_type: Type[T], cfg: Any) -> T:

@@ -55,7 +55,7 @@ def configure_unet(unet: torch.nn.Module, options: BackboneOptions, channels_las
         unet.to(memory_format=torch.channels_last)
     if options.token_merging:
         try:
-            import tomesd
+            import tomesd  # optional: token merging (ToMe)
         except ImportError:
             raise ConfigError("token_merging", True, "needs the `tomesd` package "
                               "(pip install tomesd)") from None
@@ -77,7 +77,7 @@ def place(modules: Sequence[torch.nn.Module], options: BackboneOptions, device: 
     """Move the modules to the device, or attach sequential CPU offload hooks."""
     if options.enable_sequential_cpu_offload:
         try:
-            from accelerate import cpu_offload
+            from accelerate import cpu_offload  # optional: sequential CPU offload
         except ImportError:
             raise ConfigError("enable_sequential_cpu_offload", True, "needs the `accelerate` "
                               "package (pip install accelerate)") from None
@@ -90,13 +90,14 @@ def place(modules: Sequence[torch.nn.Module], options: BackboneOptions, device: 
 
 class LoadedBackbone:
     """What both backbones share: which model, where, in which dtype (the start of their
-    constructors), and the methods that only depend on the model's sizes and
-    ``predict_noise_and_variance``."""
+    constructors), the UNet call, and the methods that only depend on the model's sizes.
+    Each backbone says how its UNet output becomes epsilon (``noise_from_output``)."""
 
     DEFAULT_MODEL = ""
     KIND = ""  # e.g. "Stable Diffusion", for error messages
     LAYOUT: Tuple[str, ...] = ()  # subfolders a local model folder must have
     image_size: int  # the model's image size (SD: latent size x VAE factor; IF: the UNet's)
+    unet: torch.nn.Module  # a diffusers UNet2DConditionModel, loaded by the backbone
 
     def _resolve(self, options: BackboneOptions, device) -> str:
         path = options.pretrained_model_name_or_path or self.DEFAULT_MODEL
@@ -114,8 +115,27 @@ class LoadedBackbone:
         size = (self.image_size, self.image_size)
         return F.interpolate(rgb_bchw, size, mode="bilinear", align_corners=False)
 
+    @torch.no_grad()
+    def unet_output(self, x_t: Tensor, t: Tensor, text_embeddings: Tensor) -> Tensor:
+        """The UNet's raw output for every row in one call, in the model's dtype (outside any
+        autocast), returned fp32. x_t [N, C, h, w], t [N], text_embeddings [N, tokens, features]."""
+        with autocast_disabled(self.device):
+            return self.unet(
+                x_t.to(self.dtype), t, encoder_hidden_states=text_embeddings.to(self.dtype)
+            ).sample.float()
+
+    def noise_from_output(self, output: Tensor, x_t: Tensor, t: Tensor) -> Tuple[Tensor, Optional[Tensor]]:
+        """The UNet's output -> (epsilon, learned variance or None): what differs per model."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def predict_noise_and_variance(self, x_t: Tensor, t: Tensor, text_embeddings: Tensor
+                                   ) -> Tuple[Tensor, Optional[Tensor]]:
+        """Epsilon and the learned variance channels (None for models without them), fp32."""
+        return self.noise_from_output(self.unet_output(x_t, t, text_embeddings), x_t, t)
+
     def predict_noise(self, x_t: Tensor, t: Tensor, text_embeddings: Tensor) -> Tensor:
-        """Epsilon only (each backbone's ``predict_noise_and_variance``)."""
+        """Epsilon only."""
         return self.predict_noise_and_variance(x_t, t, text_embeddings)[0]
 
 

@@ -19,8 +19,7 @@ from torch import Tensor
 
 from ..utils.errors import ConfigError
 from ..utils.loading import load_pretrained
-from .base import (MODEL_KEY, BackboneOptions, LoadedBackbone, autocast_disabled, configure_unet,
-                   place)
+from .base import MODEL_KEY, BackboneOptions, LoadedBackbone, configure_unet, place
 from .text_encoding import load_t5_encoder, load_tokenizer, t5_embeddings
 
 logger = logging.getLogger(__name__)
@@ -34,7 +33,7 @@ class DeepFloydIFBackbone(LoadedBackbone):
     LAYOUT = ("unet", "scheduler")
 
     def __init__(self, options: BackboneOptions, device: torch.device) -> None:
-        from diffusers import DDPMScheduler, UNet2DConditionModel
+        from diffusers import DDPMScheduler, UNet2DConditionModel  # deferred: slow import
 
         path = self._resolve(options, device)
 
@@ -86,15 +85,10 @@ class DeepFloydIFBackbone(LoadedBackbone):
         return (images * 0.5 + 0.5).clamp(0.0, 1.0)
 
     # -- noise ---------------------------------------------------------------------------------
-    @torch.no_grad()
-    def predict_noise_and_variance(self, x_t: Tensor, t: Tensor, text_embeddings: Tensor
-                                   ) -> Tuple[Tensor, Optional[Tensor]]:
-        with autocast_disabled(self.device):
-            out = self.unet(
-                x_t.to(self.dtype), t, encoder_hidden_states=text_embeddings.to(self.dtype)
-            ).sample.float()
+    def noise_from_output(self, output: Tensor, x_t: Tensor, t: Tensor) -> Tuple[Tensor, Optional[Tensor]]:
+        """IF's UNet predicts [epsilon (C), learned variance (C)] along the channels."""
         channels = x_t.shape[1]
-        return out[:, :channels], out[:, channels:]  # epsilon, learned variance
+        return output[:, :channels], output[:, channels:]
 
     def noise_schedule(self, sjc: bool = False) -> Tensor:
         """IF's own schedule for both paths (threestudio has no SJC for IF; SJC's forced schedule
@@ -103,7 +97,7 @@ class DeepFloydIFBackbone(LoadedBackbone):
 
     def make_sampler(self, sjc: bool = False):
         """IF's own DDPM scheduler (learned-range variance), as threestudio's previews."""
-        from diffusers import DDPMScheduler
+        from diffusers import DDPMScheduler  # deferred: slow import
 
         return DDPMScheduler.from_config(self.scheduler_config)
 

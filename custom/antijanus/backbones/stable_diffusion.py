@@ -17,11 +17,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..core.sjc import SJC_SCHEDULE, sjc_alphas_cumprod
 from ..utils.errors import ConfigError
 from ..utils.loading import load_pretrained
 from .base import (MODEL_KEY, BackboneOptions, LoadedBackbone, autocast_disabled, configure_unet,
                    place)
+from .schedules import SJC_SCHEDULE, sjc_alphas_cumprod
 from .text_encoding import clip_embeddings, load_clip_text_encoder, load_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -35,7 +35,7 @@ class StableDiffusionBackbone(LoadedBackbone):
     LAYOUT = ("unet", "vae", "scheduler")
 
     def __init__(self, options: BackboneOptions, device: torch.device) -> None:
-        from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+        from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel  # deferred: slow import
 
         path = self._resolve(options, device)
         self.unet = load_pretrained(MODEL_KEY, path, "Stable Diffusion UNet", lambda: (
@@ -98,18 +98,13 @@ class StableDiffusionBackbone(LoadedBackbone):
         return self.decode_latents(latents.float(), *latents.shape[-2:])
 
     # -- noise ---------------------------------------------------------------------------------
-    @torch.no_grad()
-    def predict_noise_and_variance(self, x_t: Tensor, t: Tensor, text_embeddings: Tensor
-                                   ) -> Tuple[Tensor, Optional[Tensor]]:
-        with autocast_disabled(self.device):
-            out = self.unet(
-                x_t.to(self.dtype), t, encoder_hidden_states=text_embeddings.to(self.dtype)
-            ).sample.float()
+    def noise_from_output(self, output: Tensor, x_t: Tensor, t: Tensor) -> Tuple[Tensor, Optional[Tensor]]:
+        """Epsilon (a v-prediction converted), no learned variance."""
         if self.prediction_type == "v_prediction":
             # v = sqrt(abar) eps - sqrt(1-abar) x0  =>  eps = sqrt(abar) v + sqrt(1-abar) x_t
             abar = self.alphas_cumprod[t].view(-1, 1, 1, 1)
-            out = abar.sqrt() * out + (1.0 - abar).sqrt() * x_t.float()
-        return out, None
+            output = abar.sqrt() * output + (1.0 - abar).sqrt() * x_t.float()
+        return output, None
 
     def noise_schedule(self, sjc: bool = False) -> Tensor:
         """threestudio runs SJC on SD's scaled-linear schedule whatever the folder says."""
@@ -120,7 +115,7 @@ class StableDiffusionBackbone(LoadedBackbone):
     def make_sampler(self, sjc: bool = False):
         """threestudio's preview sampler: DDIM (eta 1) for SDS, its SJC DDPM schedule for SJC;
         configured for epsilon (v-prediction outputs are converted)."""
-        from diffusers import DDIMScheduler, DDPMScheduler
+        from diffusers import DDIMScheduler, DDPMScheduler  # deferred: slow import
 
         if sjc:
             return DDPMScheduler.from_config(self.scheduler_config, prediction_type="epsilon", **SJC_SCHEDULE)

@@ -27,7 +27,7 @@ Device = Union[str, torch.device]
 
 def load_tokenizer(model: str, key: str = MODEL_KEY):
     """The model folder's ``tokenizer/`` (CLIP or T5)."""
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer  # deferred: slow import
 
     check_model_path(key, model)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -37,7 +37,7 @@ def load_tokenizer(model: str, key: str = MODEL_KEY):
 
 def load_clip_text_encoder(model: str, key: str = MODEL_KEY):
     """Stable Diffusion's CLIP ``text_encoder/`` (fp32, as threestudio's processor), in eval mode."""
-    from transformers import CLIPTextModel
+    from transformers import CLIPTextModel  # deferred: slow import
 
     return load_pretrained(key, model, "Stable Diffusion model with a CLIP text_encoder/",
                            lambda: CLIPTextModel.from_pretrained(model, subfolder="text_encoder")).eval()
@@ -48,7 +48,7 @@ def load_t5_encoder(model: str, dtype: torch.dtype, device: Optional[Device] = N
     """DeepFloyd IF's T5 ``text_encoder/``: threestudio's 8-bit call when ``load_in_8bit``, else
     the ``fp16`` variant when the folder has it (a quarter of the fp32 weights), else the plain
     weights, in ``dtype`` on ``device``."""
-    from transformers import T5EncoderModel
+    from transformers import T5EncoderModel  # deferred: slow import
 
     what = "DeepFloyd IF model with a T5 text_encoder/"
     if load_in_8bit:  # threestudio's call

@@ -1,6 +1,6 @@
 """D-SDS score debiasing: dynamic score clipping (Hong, Ahn, Kim, NeurIPS 2023, arXiv 2303.15413).
 
-Eq. (12)-(13) and ALGORITHMS.md section 2a:
+Eq. (12)-(13) and docs/algorithms.md section 2a:
 
     Clip(x, c)    = max(min(x, c), -c)                       (element-wise)
     psi(step)     = (1 - tau) * psi_start + tau * psi_end,   tau = step / max_step

@@ -18,39 +18,31 @@ CFG form: every mode uses the paper's eps_unc + s * (...). threestudio's plain S
 eps_text + s * (eps_text - eps_unc) = eps_unc + (s + 1) * e_pos; to reproduce it exactly with
 Perp-Neg off, set guidance_scale to s + 1.
 
-Perp-Neg on or off: ``perp_neg: null`` (the default of both registered names) follows the prompt
-processor's ``use_perp_neg`` (threestudio's stock processors carry it, default false), with the
-processor's ``perp_neg_f_*`` weights unless the guidance sets its own; a processor output without
-that field takes the name's default (`perp-neg-sds-guidance` on, `dsds-guidance` off). An explicit
-``perp_neg`` wins, with one logged line when it overrides the processor. Perp-Neg-only keys
-(``perp_neg_preset``, ``perp_neg_f_*``, ``overhead_negatives``) while Perp-Neg is off: one warning
-naming them.
+The configuration (its keys, their checks, Perp-Neg on or off) is ``guidance_config.py``.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field, replace
-from typing import Any, Callable, ClassVar, Dict, List, Optional, Tuple
+from dataclasses import dataclass, replace
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..backbones import BACKBONES, detect_backbone
+from ..backbones import BACKBONES
 from ..backbones.base import BackboneOptions, DiffusionBackbone
-from ..utils.errors import ConfigError, require_choice, require_non_negative, require_positive
-from .dsds import (CLIP_SCHEDULES, CLIP_TARGETS, ClipSchedule, clip_score, clip_target_of_path,
-                   describe_clip)
+from ..utils.errors import ConfigError
+from .dsds import ClipSchedule, clip_score
+from .guidance_config import (DSDSConfig, PerpNegDecision, ScoreDistillationConfig, config_warnings,
+                              decide_perp_neg, resolve_config)
 from .perp_neg import perp_neg_noise
 from .preview import denoising_previews
 from .prompts import (ViewEmbeddings, direction_indices, empty_prompt_embeddings,
                       identical_view_embeddings, processor_perp_neg)
 from .sds import (
-    WEIGHTING_STRATEGIES,
     add_noise,
-    check_schedule,
-    check_step_range,
     image_space_gradient,
     predicted_x0,
     scalar_schedule,
@@ -60,226 +52,13 @@ from .sds import (
     timestep_range,
 )
 from .sjc import sjc_score
-from .views import (
-    OVERHEAD,
-    PERP_NEG_PRESETS,
-    DecayWeight,
-    PerpNegWeights,
-    overhead_negative_vector,
-    plan_perp_neg,
-)
+from .views import OVERHEAD, PerpNegWeights, plan_perp_neg
+
+# With the configuration's names (guidance_config.py), which the lab and tools import from here.
+__all__ = ["ScoreDistillationGuidance", "ScoreDistillationConfig", "DSDSConfig", "resolve_config",
+           "decide_perp_neg", "config_warnings", "Conditioning", "GuidedNoise", "with_variance"]
 
 logger = logging.getLogger(__name__)
-
-WEIGHT_FUNCTIONS = ("perp_neg_f_sb", "perp_neg_f_fsb", "perp_neg_f_fs", "perp_neg_f_sf")
-CLIP_KEYS = ("clip_schedule", "clip_start", "clip_end", "clip_start_step", "clip_end_step", "clip_target")
-DEFAULT_PRESET = "threestudio"
-
-
-@dataclass
-class ScoreDistillationConfig(BackboneOptions):
-    """Every key of the guidance, with its default. Every key of threestudio's
-    ``stable-diffusion-guidance`` and ``deep-floyd-guidance`` keeps its name and meaning. ``None``
-    defaults are resolved as documented (backbone values, the processor, the running trainer)."""
-
-    backbone: Optional[str] = None  # None: detected from the model (IF folder / hub id: deepfloyd-if)
-    guidance_scale: Optional[float] = None  # SD 100, IF 20
-    weighting_strategy: str = "sds"
-    min_step_percent: Any = 0.02  # a number or a threestudio schedule list
-    max_step_percent: Any = 0.98
-    sqrt_anneal: bool = False  # HiFA: t/T from max to min as sqrt(step / trainer_max_steps)
-    trainer_max_steps: Optional[int] = None  # None: the running trainer's max_steps
-    grad_clip: Optional[Any] = None  # clamp of the final gradient (threestudio's)
-    view_dependent_prompting: bool = True
-    use_sjc: bool = False  # Score Jacobian Chaining's score instead of SDS
-    var_red: bool = True  # SJC's variance reduction
-    use_img_loss: bool = False  # HiFA's image-space SDS (loss_sds_img)
-    max_items_eval: int = 4  # guidance_eval previews: items per batch (-1: all)
-
-    # Perp-Neg
-    perp_neg: Optional[bool] = None  # None: follow the prompt processor's use_perp_neg
-    perp_neg_preset: Optional[str] = None  # None: the processor's weights, else "threestudio"
-    perp_neg_f_sb: Optional[List[float]] = None  # [a, b, c] or [a, b, c, cutoff]
-    perp_neg_f_fsb: Optional[List[float]] = None
-    perp_neg_f_fs: Optional[List[float]] = None
-    perp_neg_f_sf: Optional[List[float]] = None
-    overhead_negatives: Dict[str, float] = field(default_factory=dict)
-    negative_prompt_weight: float = 0.0
-
-    # D-SDS dynamic score clipping (dsds.py)
-    score_clipping: bool = False
-    clip_schedule: Optional[str] = None  # linear | constant | cosine (None: linear)
-    clip_start: Optional[float] = None  # SD 2.0, IF 0.5
-    clip_end: Optional[float] = None  # SD 8.0, IF 2.0
-    clip_start_step: Optional[int] = None  # None: 0
-    clip_end_step: Optional[int] = None  # None: trainer_max_steps, else the run's trainer.max_steps
-    clip_target: Optional[str] = None  # None: the recipe of the path (gradient); or residual
-
-    #: Perp-Neg when ``perp_neg`` is unset and the processor output has no ``use_perp_neg``.
-    PERP_NEG_WITHOUT_PROCESSOR: ClassVar[bool] = True
-
-
-@dataclass
-class DSDSConfig(ScoreDistillationConfig):
-    """`dsds-guidance`: the same guidance with D-SDS score clipping on by default; Perp-Neg with
-    ``perp_neg: true`` (or the processor's ``use_perp_neg``)."""
-
-    score_clipping: bool = True
-    PERP_NEG_WITHOUT_PROCESSOR: ClassVar[bool] = False
-
-
-@dataclass(frozen=True)
-class ClipSettings:
-    """D-SDS clipping as configured; the end step may only be known once training runs."""
-
-    kind: str
-    start: float
-    end: float
-    start_step: int
-    end_step: Optional[int]  # None: the schedule length (trainer_max_steps / trainer.max_steps)
-    target: str
-
-    @property
-    def needs_length(self) -> bool:
-        return self.end_step is None and self.kind != "constant"
-
-    def schedule(self, length: Optional[int]) -> ClipSchedule:
-        end_step = self.end_step if self.end_step is not None else length
-        if end_step is None:  # constant: no end
-            end_step = self.start_step + 1
-        return ClipSchedule(self.kind, self.start, self.end, self.start_step, end_step).validate()
-
-    def describe(self, schedule: ClipSchedule, use_sjc: bool, length_source: str) -> str:
-        what = f"D-SDS clipping of {describe_clip(self.target, use_sjc)}"
-        if self.kind == "constant":
-            return f"{what}: constant {self.start:g}"
-        source = "clip_end_step" if self.end_step is not None else length_source
-        return (f"{what}: {self.kind} {self.start:g} -> {self.end:g} from step {self.start_step} "
-                f"to step {schedule.end_step} ({source})")
-
-
-@dataclass(frozen=True)
-class ResolvedConfig:
-    backbone: str
-    guidance_scale: float
-    own_weights: Optional[PerpNegWeights]  # None: the guidance sets no Perp-Neg weight key
-    overhead_negative: tuple
-    clip: Optional[ClipSettings]
-    warnings: Tuple[str, ...] = ()  # config-time warnings (keys without effect, double clipping)
-
-
-def resolve_config(config: ScoreDistillationConfig) -> ResolvedConfig:
-    """Check every key (raising ConfigError that names it) and resolve the weight functions."""
-    name = config.backbone or detect_backbone(config.pretrained_model_name_or_path)
-    require_choice("backbone", name, BACKBONES)
-    backbone = BACKBONES[name]
-    guidance_scale = backbone.DEFAULT_GUIDANCE_SCALE if config.guidance_scale is None else config.guidance_scale
-    require_positive("guidance_scale", guidance_scale)
-    require_choice("weighting_strategy", config.weighting_strategy, WEIGHTING_STRATEGIES)
-    check_step_range("min_step_percent", config.min_step_percent,
-                     "max_step_percent", config.max_step_percent)
-    if config.trainer_max_steps is not None:
-        require_positive("trainer_max_steps", config.trainer_max_steps)
-    if config.grad_clip is not None:
-        check_schedule("grad_clip", config.grad_clip, 0.0, float("inf"))
-    check_path_keys(config)
-    if config.perp_neg_preset is not None:
-        require_choice("perp_neg_preset", config.perp_neg_preset, PERP_NEG_PRESETS)
-    require_non_negative("negative_prompt_weight", config.negative_prompt_weight)
-    if config.perp_neg and not config.view_dependent_prompting:
-        raise ConfigError("view_dependent_prompting", False,
-                          "Perp-Neg needs view-dependent prompts (or set perp_neg: false)", [True])
-    return ResolvedConfig(
-        backbone=name,
-        guidance_scale=float(guidance_scale),
-        own_weights=own_perp_neg_weights(config),
-        overhead_negative=overhead_negative_vector(config.overhead_negatives),
-        clip=clip_settings(config, backbone.DEFAULT_CLIP),
-        warnings=tuple(config_warnings(config)),
-    )
-
-
-def check_path_keys(config: ScoreDistillationConfig) -> None:
-    """Keys of one path (SDS or SJC) that would have no effect on the other are errors."""
-    if config.use_sjc:
-        if config.weighting_strategy != "sds":
-            raise ConfigError("weighting_strategy", config.weighting_strategy,
-                              "has no effect with use_sjc: true (SJC's score has no w(t))", ["sds"])
-        if config.use_img_loss:
-            raise ConfigError("use_img_loss", True, "has no effect with use_sjc: true (HiFA's image "
-                              "loss is built on the SDS path; threestudio returns 0 for it)", [False])
-        if config.clip_target == "residual":
-            raise ConfigError("clip_target", "residual", "is the SDS option (clip before w(t)); SJC "
-                              "has no w(t), its score is clipped directly", [None, "gradient"])
-    elif not config.var_red:
-        raise ConfigError("var_red", False, "has no effect without use_sjc: true "
-                          "(SJC's variance reduction)", [True])
-
-
-def own_perp_neg_weights(config: ScoreDistillationConfig) -> Optional[PerpNegWeights]:
-    """The guidance's own weight functions (preset, then per-function overrides), or None when
-    it sets no Perp-Neg weight key (the processor's weights, or the threestudio preset, apply)."""
-    overrides = {key: getattr(config, key) for key in WEIGHT_FUNCTIONS if getattr(config, key) is not None}
-    if config.perp_neg_preset is None and not overrides:
-        return None
-    preset = PERP_NEG_PRESETS[config.perp_neg_preset or DEFAULT_PRESET]
-    functions = {key[len("perp_neg_"):]: getattr(preset, key[len("perp_neg_"):]) for key in WEIGHT_FUNCTIONS}
-    for key, value in overrides.items():
-        functions[key[len("perp_neg_"):]] = DecayWeight.from_config(key, value)
-    return PerpNegWeights(**functions)
-
-
-def processor_weights(weights: Dict[str, tuple]) -> PerpNegWeights:
-    return PerpNegWeights(**{key[len("perp_neg_"):]: DecayWeight.from_config(f"prompt_processor.{key}", value)
-                             for key, value in weights.items()})
-
-
-def clip_settings(config: ScoreDistillationConfig, default_clip: Tuple[float, float]) -> Optional[ClipSettings]:
-    if not config.score_clipping:
-        return None
-    kind = config.clip_schedule or "linear"
-    require_choice("clip_schedule", kind, CLIP_SCHEDULES)
-    if config.clip_target is not None:
-        require_choice("clip_target", config.clip_target, CLIP_TARGETS)
-    settings = ClipSettings(
-        kind=kind,
-        start=float(default_clip[0] if config.clip_start is None else config.clip_start),
-        end=float(default_clip[1] if config.clip_end is None else config.clip_end),
-        start_step=int(config.clip_start_step or 0),
-        end_step=None if config.clip_end_step is None else int(config.clip_end_step),
-        target=clip_target_of_path(config.clip_target),
-    )
-    settings.schedule(settings.start_step + 1)  # the checks that do not need the run length
-    return settings
-
-
-def perp_neg_keys_set(config: ScoreDistillationConfig) -> List[str]:
-    """The guidance's Perp-Neg-only keys that are set (they act only while Perp-Neg is on)."""
-    keys = [key for key in ("perp_neg_preset", *WEIGHT_FUNCTIONS) if getattr(config, key) is not None]
-    return keys + (["overhead_negatives"] if config.overhead_negatives else [])
-
-
-def config_warnings(config: ScoreDistillationConfig) -> List[str]:
-    """One line each for keys that are valid but have no effect, or that act twice."""
-    warnings = []
-    clip_keys = [key for key in CLIP_KEYS if getattr(config, key) is not None]
-    if clip_keys and not config.score_clipping:
-        warnings.append(f"{', '.join(clip_keys)} set but score_clipping is false: D-SDS clipping is "
-                        "off and these keys have no effect (set score_clipping: true to clip)")
-    perp_neg_keys = perp_neg_keys_set(config)
-    if perp_neg_keys and config.perp_neg is False:
-        warnings.append(f"{', '.join(perp_neg_keys)} set but perp_neg is false: Perp-Neg is off and "
-                        "these keys have no effect (set perp_neg: true, or remove them)")
-    if config.grad_clip is not None and config.score_clipping:
-        warnings.append(f"grad_clip ({config.grad_clip!r}) and score_clipping: true both clip the "
-                        "gradient, so the smaller bound of the two acts at every step (grad_clip also "
-                        "clamps HiFA's image gradient). The D-SDS authors' recipe grad_clip "
-                        "[0, 2.0, 8.0, ...] is what score_clipping does by itself: remove grad_clip, "
-                        "or set score_clipping: false to clip with grad_clip alone")
-    if config.token_merging_params and not config.token_merging:
-        warnings.append("token_merging_params set but token_merging is false: ToMe is off and "
-                        "token_merging_params has no effect (set token_merging: true)")
-    return warnings
 
 
 def build_backbone(config: ScoreDistillationConfig, device: torch.device, name: str) -> DiffusionBackbone:
@@ -309,59 +88,49 @@ class GuidedNoise:
     variance: Optional[Tensor] = None  # learned variance of the positive rows (IF), when asked
 
 
-@dataclass(frozen=True)
-class PerpNegDecision:
-    enabled: bool
-    weights: PerpNegWeights
-    message: str  # logged once
-    conflict: bool  # the guidance overrides the processor: logged as a warning
+#: Negative rows: embeddings [R, tokens, features], sample of each [R] long, weight [R].
+NegativeRows = Tuple[Tensor, Tensor, Tensor]
 
 
-def decide_perp_neg(config: ScoreDistillationConfig, resolved: ResolvedConfig, prompt_utils: Any) -> PerpNegDecision:
-    """Perp-Neg on/off and its weights, from the guidance's keys and the processor's output.
+def perp_neg_rows(views: ViewEmbeddings, direction: Tensor, azimuth: Tensor, weights: PerpNegWeights,
+                  overhead_negative: tuple) -> Tuple[Tensor, NegativeRows]:
+    """Perp-Neg's interpolated positive [B, tokens, features] and its negative view rows."""
+    device = direction.device
+    is_overhead = views.canonical_of_direction.to(device)[direction] == OVERHEAD
+    plan = plan_perp_neg(azimuth.to(device), is_overhead, weights, overhead_negative)
+    mix = plan.positive_mix.to(views.positive.dtype)
+    positive = torch.einsum("bv,vtf->btf", mix, views.positive)
+    # A view that *is* the positive has e_i_perp = 0 exactly: never evaluate it.
+    used = (plan.negative_weight > 0) & (plan.positive_mix < 1.0) & views.available.to(device)
+    rows, view = used.nonzero(as_tuple=True)
+    return positive, (views.positive[view], rows, plan.negative_weight[rows, view])
 
-    The guidance's explicit ``perp_neg`` and its own weight keys win; unset ones follow the
-    processor's ``use_perp_neg`` / ``perp_neg_f_*`` (threestudio's processor-side Perp-Neg), else
-    the name's default and the `threestudio` preset (equal to threestudio's processor defaults).
-    """
-    processor = processor_perp_neg(prompt_utils)
-    conflicts: List[str] = []
-    if config.perp_neg is not None:
-        enabled = bool(config.perp_neg)
-        source = "set by the guidance's perp_neg"
-        if processor is not None and processor.use_perp_neg != enabled:
-            conflicts.append(f"the guidance's perp_neg: {str(enabled).lower()} wins over the prompt "
-                             f"processor's use_perp_neg: {str(processor.use_perp_neg).lower()}")
-    elif processor is not None:
-        enabled = processor.use_perp_neg
-        source = f"perp_neg unset: following the prompt processor's use_perp_neg: {str(enabled).lower()}"
-        if not enabled:
-            source += ("; for Perp-Neg set use_perp_neg: true on the prompt processor or perp_neg: "
-                       "true on the guidance")
+
+def negative_prompt_rows(negative_prompt: Tensor, empty: Tensor, weight: float) -> NegativeRows:
+    """The user's negative prompt [B, tokens, features] as a Perp-Neg negative of each sample
+    whose negative prompt is not the empty one [1, tokens, features]."""
+    differs = (negative_prompt != empty).flatten(1).any(1)
+    rows = torch.arange(negative_prompt.shape[0], device=negative_prompt.device)[differs]
+    return negative_prompt[rows], rows, torch.full((rows.shape[0],), float(weight), device=rows.device)
+
+
+def assemble_conditioning(positive: Tensor, unconditional: Tensor, negatives: List[NegativeRows]
+                          ) -> Conditioning:
+    """[positive (B), unconditional (B), negatives (R)], each row with its sample."""
+    sample = torch.arange(positive.shape[0], device=positive.device)
+    if negatives:
+        embeddings, index, weight = (torch.cat(part) for part in zip(*negatives))
+        weight = weight.float()
     else:
-        enabled = type(config).PERP_NEG_WITHOUT_PROCESSOR
-        source = f"perp_neg unset and the prompt processor has no use_perp_neg: {str(enabled).lower()}"
-    unused = perp_neg_keys_set(config)
-    if not enabled and config.perp_neg is None and unused:  # explicit false: a config-time warning
-        conflicts.append(f"{', '.join(unused)} set but Perp-Neg is off, so they have no effect (set "
-                         "perp_neg: true to use them, or remove them)")
-    if resolved.own_weights is not None:
-        weights, weight_source = resolved.own_weights, "the guidance's perp_neg_* keys"
-        # a warning only against weights the user set on the processor (not its defaults)
-        if (enabled and processor is not None and processor.weights is not None
-                and processor.use_perp_neg and processor_weights(processor.weights) != weights
-                and processor_weights(processor.weights) != PERP_NEG_PRESETS[DEFAULT_PRESET]):
-            conflicts.append("the guidance's perp_neg_preset / perp_neg_f_* win over the prompt "
-                             f"processor's perp_neg_f_* {processor.weights}")
-    elif processor is not None and processor.weights is not None:
-        weights, weight_source = processor_weights(processor.weights), "the prompt processor's perp_neg_f_*"
-    else:
-        weights, weight_source = PERP_NEG_PRESETS[DEFAULT_PRESET], f"the {DEFAULT_PRESET} preset"
-    state = f"on, weights from {weight_source}" if enabled else "off"
-    message = f"Perp-Neg {state} ({source})"
-    if conflicts:
-        message += "; " + "; ".join(conflicts)
-    return PerpNegDecision(enabled, weights, message, bool(conflicts))
+        embeddings = positive.new_zeros(0, *positive.shape[1:])
+        index = sample.new_zeros(0)
+        weight = positive.new_zeros(0, dtype=torch.float32)
+    return Conditioning(
+        embeddings=torch.cat([positive, unconditional, embeddings.to(positive.dtype)]),
+        sample_index=torch.cat([sample, sample, index]),
+        neg_index=index,
+        neg_weight=weight,
+    )
 
 
 class ScoreDistillationGuidance:
@@ -533,29 +302,17 @@ class ScoreDistillationGuidance:
         decision = decision or self.perp_neg(prompt_utils)
         batch = elevation.shape[0]
         device = prompt_utils.text_embeddings_vd.device
-        sample = torch.arange(batch, device=device)
         if c.view_dependent_prompting:
             direction = direction_indices(prompt_utils, elevation, azimuth, camera_distances).to(device)
             negative_prompt = prompt_utils.uncond_text_embeddings_vd[direction]
         else:
             negative_prompt = prompt_utils.uncond_text_embeddings.expand(batch, -1, -1)
 
-        neg_embeddings: List[Tensor] = []
-        neg_index: List[Tensor] = []
-        neg_weight: List[Tensor] = []
+        negatives: List[NegativeRows] = []
         if decision.enabled:
-            views = ViewEmbeddings.from_prompt_output(prompt_utils)
-            is_overhead = views.canonical_of_direction.to(device)[direction] == OVERHEAD
-            plan = plan_perp_neg(azimuth.to(device), is_overhead, decision.weights,
-                                 self.resolved.overhead_negative)
-            mix = plan.positive_mix.to(views.positive.dtype)
-            positive = torch.einsum("bv,vtf->btf", mix, views.positive)
-            # A view that *is* the positive has e_i_perp = 0 exactly: never evaluate it.
-            used = (plan.negative_weight > 0) & (plan.positive_mix < 1.0) & views.available.to(device)
-            rows, view = used.nonzero(as_tuple=True)
-            neg_embeddings.append(views.positive[view])
-            neg_index.append(rows)
-            neg_weight.append(plan.negative_weight[rows, view])
+            positive, rows = perp_neg_rows(ViewEmbeddings.from_prompt_output(prompt_utils), direction,
+                                           azimuth, decision.weights, self.resolved.overhead_negative)
+            negatives.append(rows)
         elif c.view_dependent_prompting:
             positive = prompt_utils.text_embeddings_vd[direction]
         else:
@@ -566,26 +323,8 @@ class ScoreDistillationGuidance:
             # The user's negative prompt becomes a Perp-Neg negative; "" is the unconditional.
             empty = self.empty_embedding(prompt_utils).to(device, negative_prompt.dtype)
             unconditional = empty.expand(batch, -1, -1)
-            differs = (negative_prompt != empty).flatten(1).any(1)
-            rows = sample[differs]
-            neg_embeddings.append(negative_prompt[rows])
-            neg_index.append(rows)
-            neg_weight.append(torch.full((rows.shape[0],), float(c.negative_prompt_weight), device=device))
-
-        if neg_embeddings:
-            negatives = torch.cat(neg_embeddings)
-            index = torch.cat(neg_index)
-            weight = torch.cat(neg_weight).float()
-        else:
-            negatives = positive.new_zeros(0, *positive.shape[1:])
-            index = sample.new_zeros(0)
-            weight = positive.new_zeros(0, dtype=torch.float32)
-        return Conditioning(
-            embeddings=torch.cat([positive, unconditional, negatives.to(positive.dtype)]),
-            sample_index=torch.cat([sample, sample, index]),
-            neg_index=index,
-            neg_weight=weight,
-        )
+            negatives.append(negative_prompt_rows(negative_prompt, empty, c.negative_prompt_weight))
+        return assemble_conditioning(positive, unconditional, negatives)
 
     def guided_noise(
         self, x_t: Tensor, t: Tensor, prompt_utils: Any, elevation: Tensor, azimuth: Tensor,
@@ -609,6 +348,7 @@ class ScoreDistillationGuidance:
         )
         return GuidedNoise(eps_hat, cond, coefficient, variance)
 
+
     # -- one step ---------------------------------------------------------------------------
     def __call__(
         self,
@@ -628,14 +368,7 @@ class ScoreDistillationGuidance:
         decision = self.perp_neg(prompt_utils)
         self.check_prompt_output(prompt_utils, decision)
 
-        rgb_bchw = rgb.permute(0, 3, 1, 2)
-        image = None
-        if c.use_img_loss:
-            if rgb_as_latents:
-                raise ConfigError("use_img_loss", True, "needs RGB renders, but this system passes "
-                                  "latents (rgb_as_latents=True)", [False])
-            image = self.backbone.render_to_image(rgb_bchw)
-        latents = self.backbone.to_model_space(rgb_bchw, rgb_as_latents)
+        latents, image = self.model_inputs(rgb, rgb_as_latents)
         batch = latents.shape[0]
         t = torch.randint(self.min_step, self.max_step + 1, [batch], dtype=torch.long,
                           device=latents.device)
@@ -645,25 +378,8 @@ class ScoreDistillationGuidance:
 
         guided = self.guided_noise(x_t, t, prompt_utils, elevation, azimuth, camera_distances, decision,
                                    with_variance=guidance_eval)
-        eps_hat = guided.eps_hat
         w = sds_weight(alphas_cumprod_t, c.weighting_strategy).view(-1, 1, 1, 1)
-        clip = self.resolved.clip
-        diagnostics: Dict[str, Any] = {}
-        if c.use_sjc:
-            grad = sjc_score(eps_hat, noise, c.var_red)  # SJC: no w(t)
-        else:
-            residual = eps_hat - noise
-            if clip is not None and clip.target == "residual":
-                residual, diagnostics["dsds/clipped_fraction"] = clip_score(
-                    torch.nan_to_num(residual), self.clip_threshold)
-            grad = w * residual
-        grad = torch.nan_to_num(grad)
-        if clip is not None and clip.target == "gradient":
-            grad, diagnostics["dsds/clipped_fraction"] = clip_score(grad, self.clip_threshold)  # Eq. (13)
-        if clip is not None:
-            diagnostics["dsds/clip_threshold"] = float(self.clip_threshold)
-        if self.grad_clip_value is not None:
-            grad = grad.clamp(-self.grad_clip_value, self.grad_clip_value)
+        grad, diagnostics = self.score_gradient(guided.eps_hat, noise, w)
 
         out: Dict[str, Any] = {
             "loss_sds": sds_loss(latents, grad),
@@ -678,11 +394,45 @@ class ScoreDistillationGuidance:
             else guided.coefficient.new_zeros(()),
         }
         if c.use_img_loss:
-            out["loss_sds_img"] = self.image_loss(image, x_t, eps_hat, alphas_cumprod_t, w)
+            out["loss_sds_img"] = self.image_loss(image, x_t, guided.eps_hat, alphas_cumprod_t, w)
         if guidance_eval:
-            out["eval"] = self.previews(x_t, t, with_variance(eps_hat, guided.variance), prompt_utils,
-                                        elevation, azimuth, camera_distances, decision)
+            model_output = with_variance(guided.eps_hat, guided.variance)
+            out["eval"] = self.previews(x_t, t, model_output, prompt_utils, elevation, azimuth,
+                                        camera_distances, decision)
         return out
+
+    def model_inputs(self, rgb: Tensor, rgb_as_latents: bool) -> Tuple[Tensor, Optional[Tensor]]:
+        """Renders [B, H, W, C] -> the model's x_0 (fp32), and HiFA's image when use_img_loss."""
+        rgb_bchw = rgb.permute(0, 3, 1, 2)
+        image = None
+        if self.config.use_img_loss:
+            if rgb_as_latents:
+                raise ConfigError("use_img_loss", True, "needs RGB renders, but this system passes "
+                                  "latents (rgb_as_latents=True)", [False])
+            image = self.backbone.render_to_image(rgb_bchw)
+        return self.backbone.to_model_space(rgb_bchw, rgb_as_latents), image
+
+    def score_gradient(self, eps_hat: Tensor, noise: Tensor, w: Tensor) -> Tuple[Tensor, Dict[str, Any]]:
+        """The gradient of the step (SDS's w(t)(eps_hat - eps) or SJC's score), D-SDS-clipped and
+        clamped by grad_clip, with the clipping diagnostics."""
+        clip = self.resolved.clip
+        diagnostics: Dict[str, Any] = {}
+        if self.config.use_sjc:
+            grad = sjc_score(eps_hat, noise, self.config.var_red)  # SJC: no w(t)
+        else:
+            residual = eps_hat - noise
+            if clip is not None and clip.target == "residual":
+                residual, diagnostics["dsds/clipped_fraction"] = clip_score(
+                    torch.nan_to_num(residual), self.clip_threshold)
+            grad = w * residual
+        grad = torch.nan_to_num(grad)
+        if clip is not None and clip.target == "gradient":
+            grad, diagnostics["dsds/clipped_fraction"] = clip_score(grad, self.clip_threshold)  # Eq. (13)
+        if clip is not None:
+            diagnostics["dsds/clip_threshold"] = float(self.clip_threshold)
+        if self.grad_clip_value is not None:
+            grad = grad.clamp(-self.grad_clip_value, self.grad_clip_value)
+        return grad, diagnostics
 
     def image_loss(self, image: Tensor, x_t: Tensor, eps_hat: Tensor, alphas_cumprod_t: Tensor,
                    w: Tensor) -> Tensor:

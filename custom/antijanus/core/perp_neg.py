@@ -1,6 +1,6 @@
 """Perp-Neg: perpendicular negative guidance (Armandpour et al. 2023, arXiv 2304.04968).
 
-Notation (ALGORITHMS.md section 1), per sample, inner products over all latent dimensions:
+Notation (docs/algorithms.md section 1.1), per sample, inner products over all latent dimensions:
 
     e_pos    = eps(x_t, t, c_pos) - eps(x_t, t)
     e_i      = eps(x_t, t, c_neg_i) - eps(x_t, t)

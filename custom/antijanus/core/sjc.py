@@ -17,24 +17,18 @@ threestudio's ``compute_grad_sjc``:
 There is no weighting w(t). x_t above is exactly the DDPM forward process, so the guidance path
 noises renders with ``add_noise`` as for SDS. threestudio runs SJC on Stable Diffusion's own
 scaled-linear schedule (beta 0.00085 -> 0.012), forced whatever the folder's scheduler says;
-``sjc_alphas_cumprod`` is that schedule. D-SDS's official code is built on SJC and clips this
-score (no w(t)).
+``sjc_alphas_cumprod`` (``backbones/schedules.py``) is that schedule. D-SDS's official code is
+built on SJC and clips this score (no w(t)).
 """
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
-#: The noise schedule threestudio forces for SJC (Stable Diffusion's own).
-SJC_SCHEDULE = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
+# SJC's schedule lives with the backbones (they load it); importable from here too.
+from ..backbones.schedules import SJC_SCHEDULE, sjc_alphas_cumprod
 
-
-def sjc_alphas_cumprod(num_train_timesteps: int) -> Tensor:
-    """abar_t of the scaled-linear schedule: betas = linspace(sqrt(b0), sqrt(b1), T)^2."""
-    betas = torch.linspace(SJC_SCHEDULE["beta_start"] ** 0.5, SJC_SCHEDULE["beta_end"] ** 0.5,
-                           num_train_timesteps, dtype=torch.float32) ** 2
-    return torch.cumprod(1.0 - betas, dim=0)
+__all__ = ["SJC_SCHEDULE", "sjc_alphas_cumprod", "sjc_sigma", "sjc_score"]
 
 
 def sjc_sigma(alphas_cumprod_t: Tensor) -> Tensor:

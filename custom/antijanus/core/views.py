@@ -2,7 +2,7 @@
 
 Azimuth is in degrees, 0 = front, +-180 = back (threestudio's convention); elevation in degrees.
 
-Perp-Neg view interpolation (ALGORITHMS.md section 1), with a = |azimuth| in [0, 180]:
+Perp-Neg view interpolation (docs/algorithms.md section 1.2), with a = |azimuth| in [0, 180]:
 
     front<->side (a < 90):  r = 1 - a/90
         positive = r*emb_front + (1-r)*emb_side ; negatives = [f_fs(r) * front, f_sf(1-r) * side]

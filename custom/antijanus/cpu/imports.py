@@ -13,6 +13,8 @@ import importlib.util
 import os
 import sys
 
+import torch
+
 STANDINS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "standins")
 
 
@@ -30,10 +32,8 @@ def declare_torchvision_op_schemas() -> None:
     its pure-PyTorch parts (transforms) work, its C ops (nms, roi_align, ...) stay unavailable."""
     if importlib.util.find_spec("torchvision") is None:
         return
-    import torch
-
     try:
-        import torchvision  # noqa: F401
+        import torchvision  # noqa: F401  (optional: torchvision, probed)
     except Exception:
         for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
             del sys.modules[name]

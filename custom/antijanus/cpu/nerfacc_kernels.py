@@ -43,7 +43,7 @@ def exclusive_prod(inputs, packed_info=None):
 def importance_sampling(intervals, cdfs, n_intervals_per_ray, stratified=False):
     """nerfacc.pdf.importance_sampling for dense rays ([n_rays, M+1] edges, int count), by
     piecewise-linear inversion of the CDF; returns (RayIntervals, RaySamples)."""
-    from nerfacc.data_specs import RayIntervals, RaySamples
+    from nerfacc.data_specs import RayIntervals, RaySamples  # threestudio dependency, imported after its stand-ins
 
     if not isinstance(n_intervals_per_ray, int) or intervals.vals.dim() != 2:
         raise NotImplementedError("CPU importance_sampling supports dense rays only")

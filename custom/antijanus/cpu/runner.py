@@ -1,10 +1,13 @@
 """Run threestudio's own, unchanged ``launch.py`` on a CPU, one process or several.
 
     python custom/antijanus/scripts/threestudio_cpu.py --config <yaml> --train [--gpu 0,1]
-        [--small] [--no-auto-overrides] [--launch path/to/launch.py] [key=value ...]
+        [--small] [--models DIR] [--verbose] [--no-auto-overrides] [--launch path/to/launch.py] [key=value ...]
 
 Run it from the threestudio folder (the one holding ``launch.py`` and ``custom/``), exactly as
-``python launch.py``. At run time only (threestudio's files are not touched): the stand-ins and
+``python launch.py``; threestudio is imported from that folder (it is not pip-installed).
+``--models DIR`` sets every model key of the config from local folders (``model_folders.py``);
+each model is checked before anything trains. Known harmless third-party warnings are filtered
+(``quiet.py``) unless ``--verbose``. At run time only (threestudio's files are not touched): the stand-ins and
 torchvision schemas of ``imports.py``; ``Trainer(accelerator="gpu")`` -> ``accelerator="cpu"``
 with as many processes as ``--gpu`` names (several: DDP over gloo); ``get_device()`` -> cpu;
 nerfacc's CUDA kernels on the importance-estimator path -> ``nerfacc_kernels.py``; and the
@@ -19,14 +22,28 @@ every rank is patched the same way.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import sys
 from typing import List, Optional
 
+
+import torch
+import transformers
+
+from .. import register_threestudio_modules
+from ..utils.errors import ConfigError
+from . import nerfacc_kernels
 from .imports import prepare_threestudio_import
+from .model_folders import models_overrides, unloadable_models
+from .overrides import CPUUnsupported, cpu_overrides, load_merged_config
+from .quiet import filter_known_warnings
 
 LAUNCH_ENV = "ANTIJANUS_CPU_LAUNCH"  # launch.py, for ranks started by Lightning
 APPLIED_ENV = "ANTIJANUS_CPU_OVERRIDES_APPLIED"  # ranks > 0 get the argv with the overrides in it
+VERBOSE_ENV = "ANTIJANUS_CPU_VERBOSE"  # --verbose, for ranks started by Lightning
+NO_THREESTUDIO = ("threestudio is not importable: run this from a threestudio checkout (the folder holding "
+                  "launch.py and threestudio/), or pass --launch /path/to/threestudio/launch.py")
 ENTRY_POINT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "__main__.py")
 
 
@@ -38,14 +55,10 @@ def visible_devices() -> int:
 
 def patch_threestudio() -> None:
     """Point threestudio at the CPU (Trainer, get_device, nerfacc kernels)."""
-    import nerfacc.volrend
-    import pytorch_lightning
-    import torch
-
-    import threestudio  # noqa: F401  (imports every threestudio module)
-    import threestudio.models.estimators as estimators
-
-    from . import nerfacc_kernels
+    import nerfacc.volrend  # threestudio's dependency, after the stand-ins
+    import pytorch_lightning  # threestudio's dependency, after the stand-ins
+    import threestudio  # noqa: F401  (threestudio: imports every threestudio module)
+    import threestudio.models.estimators as estimators  # threestudio
 
     cpu = lambda: torch.device("cpu")  # noqa: E731
     for name, module in list(sys.modules.items()):
@@ -78,8 +91,6 @@ def load_t5_without_8bit() -> None:
     """threestudio's ``deep-floyd-prompt-processor`` loads T5 with ``load_in_8bit=True,
     variant="8bit", device_map="auto"`` (bitsandbytes: CUDA only). On a CPU the same weights load
     in the dtype asked for instead (said once), so stock IF configs run unchanged."""
-    import transformers
-
     cls = transformers.T5EncoderModel
     if getattr(cls.from_pretrained, "_antijanus_cpu", False):
         return
@@ -106,8 +117,24 @@ def parse(argv: List[str]):
     parser.add_argument("--launch", help="threestudio's launch.py (default: ./launch.py, else beside the package)")
     parser.add_argument("--small", action="store_true", help="smoke-run settings: 32x32, 16 samples per ray")
     parser.add_argument("--no-auto-overrides", action="store_true", help="apply no CPU overrides")
+    parser.add_argument("--models", help="a folder of local model folders (sd/, if/, bert/, blip/): sets every "
+                                         "model key of the config that has one")
+    parser.add_argument("--verbose", action="store_true", help="show every warning (known harmless ones too)")
     parser.add_argument("--config")
     return parser.parse_known_args(argv)
+
+
+def make_threestudio_importable(launch: Optional[str]) -> None:
+    """threestudio is not pip-installed: ``python launch.py`` imports it from the launch folder.
+    Do the same (the working folder, or --launch's), or stop with one line saying what to do."""
+    if importlib.util.find_spec("threestudio") is not None:
+        return
+    folders = ([os.path.dirname(os.path.abspath(launch))] if launch else []) + [os.getcwd()]
+    for folder in folders:
+        if os.path.isfile(os.path.join(folder, "threestudio", "__init__.py")):
+            sys.path.insert(0, folder)
+            return
+    sys.exit(f"antijanus CPU runner: {NO_THREESTUDIO}")
 
 
 def find_launch(given: Optional[str]) -> str:
@@ -117,35 +144,58 @@ def find_launch(given: Optional[str]) -> str:
         return os.environ[LAUNCH_ENV]
     if os.path.isfile("launch.py"):
         return os.path.abspath("launch.py")
-    import threestudio
+    import threestudio  # threestudio: where it is installed
 
     return os.path.join(os.path.dirname(os.path.dirname(threestudio.__file__)), "launch.py")
 
 
 def main(argv: Optional[List[str]] = None) -> None:
     known, rest = parse(sys.argv[1:] if argv is None else argv)
+    if known.verbose:
+        os.environ[VERBOSE_ENV] = "1"
+    if not os.environ.get(VERBOSE_ENV):
+        filter_known_warnings()
+    make_threestudio_importable(known.launch)
     prepare_threestudio_import()
     patch_threestudio()
     launch = find_launch(known.launch)
     launch_args = (["--config", known.config] if known.config else []) + rest
 
     overrides: List[str] = []
-    if known.config and not known.no_auto_overrides and not os.environ.get(APPLIED_ENV):
-        from .overrides import CPUUnsupported, cpu_overrides
-
-        user = [a for a in rest if "=" in a and not a.startswith("-")]
-        _register_antijanus()
-        try:
-            overrides, reasons = cpu_overrides(known.config, user, small=known.small)
-        except CPUUnsupported as error:
-            sys.exit(f"antijanus CPU runner: {error}")
-        for line in reasons:
-            print(f"[antijanus cpu] {line}", flush=True)
+    if known.config and not os.environ.get(APPLIED_ENV):
+        overrides = prepared_overrides(known, [a for a in rest if "=" in a and not a.startswith("-")])
     os.environ[LAUNCH_ENV] = launch
     os.environ[APPLIED_ENV] = "1"
     # the overrides first, so that the user's own key=value (later on the command line) win
     sys.argv = [ENTRY_POINT] + _insert_overrides(launch_args, overrides)
-    run_script(launch)
+    try:
+        run_script(launch)
+    except ConfigError as error:  # one line naming the key, not a traceback through launch.py
+        sys.exit(f"antijanus: {error}")
+
+
+def prepared_overrides(known, user: List[str]) -> List[str]:
+    """The CPU overrides and --models' (each printed with its reason), after checking that every
+    model of the resulting config can be loaded; stops with one line per problem otherwise."""
+    _register_antijanus()
+    overrides, reasons = [], []
+    if not known.no_auto_overrides:
+        try:
+            overrides, reasons = cpu_overrides(known.config, user, small=known.small)
+        except CPUUnsupported as error:
+            sys.exit(f"antijanus CPU runner: {error}")
+    if known.models:
+        try:
+            found, lines = models_overrides(load_merged_config(known.config, user), known.models)
+        except FileNotFoundError as error:
+            sys.exit(f"antijanus CPU runner: {error}")
+        overrides, reasons = overrides + found, reasons + lines
+    for line in reasons:
+        print(f"[antijanus cpu] {line}", flush=True)
+    problems = unloadable_models(load_merged_config(known.config, overrides + user))
+    if problems:
+        sys.exit("antijanus: a model cannot be loaded, nothing was trained:\n  " + "\n  ".join(problems))
+    return overrides
 
 
 def run_script(path: str) -> None:
@@ -169,6 +219,4 @@ def _insert_overrides(args: List[str], overrides: List[str]) -> List[str]:
 def _register_antijanus() -> None:
     """Our registered module types, so that their config keys are known to the overrides (a
     threestudio too old for them is said here, clearly, as the launcher would say it)."""
-    import antijanus
-
-    antijanus.register_threestudio_modules()
+    register_threestudio_modules()

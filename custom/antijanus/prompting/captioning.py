@@ -27,8 +27,10 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 from torch import Tensor
+from transformers import AutoConfig, BlipForConditionalGeneration, BlipProcessor
 
 from ..utils.errors import ConfigError
+from ..utils.imaging import to_pil
 from ..utils.loading import check_model_path, is_local_folder, load_pretrained, require_layout
 from ..utils.progress import progress_bar
 
@@ -101,7 +103,6 @@ def check_captioner(name_or_path: str, key: str = "captioner", max_new_tokens: i
         with open(os.path.join(os.path.expanduser(name_or_path), "config.json"), encoding="utf-8") as f:
             model_type = json.load(f).get("model_type")
     else:
-        from transformers import AutoConfig
 
         model_type = load_pretrained(key, name_or_path, WHAT,
                                      lambda: AutoConfig.from_pretrained(name_or_path)).model_type
@@ -112,7 +113,6 @@ def check_captioner(name_or_path: str, key: str = "captioner", max_new_tokens: i
 class BlipCaptioner:
     def __init__(self, name_or_path: str = DEFAULT_CAPTIONER, device="cpu", max_new_tokens: int = 30,
                  text_prompt: Optional[str] = None, key: str = "captioner") -> None:
-        from transformers import BlipForConditionalGeneration, BlipProcessor
 
         check_captioner(name_or_path, key, max_new_tokens)
         self.processor = load_pretrained(key, name_or_path, WHAT, lambda: BlipProcessor.from_pretrained(name_or_path))
@@ -137,8 +137,6 @@ class BlipCaptioner:
 
     @torch.no_grad()
     def caption_one(self, image: Tensor) -> str:
-        from ..utils.imaging import to_pil
-
         kwargs = {"text": self.text_prompt} if self.text_prompt else {}
         inputs = self.processor(images=to_pil(image), return_tensors="pt", **kwargs).to(self.device)
         out = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens)

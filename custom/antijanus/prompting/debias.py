@@ -1,5 +1,5 @@
 """D-SDS prompt debiasing with BERT point-wise mutual information (arXiv 2303.15413, Sec. 4.2,
-Eq. 14 and appendix C.3; ALGORITHMS.md section 2b).
+Eq. 14 and appendix C.3; docs/algorithms.md section 2b).
 
 For a word u of the user prompt and a view v (e.g. "smiling" and "back"):
 
@@ -44,6 +44,8 @@ masked LM in one batched forward pass with dynamic padding.
 
 from __future__ import annotations
 
+import dataclasses
+import os
 import re
 import string
 from dataclasses import dataclass, field
@@ -52,6 +54,7 @@ from typing import Dict, List, Mapping, Optional, Protocol, Sequence, Set, Tuple
 import torch
 from torch import Tensor
 
+from ..utils.cache import cache_key, read_json, write_json
 from ..utils.errors import ConfigError, require_choice
 
 DEFAULT_TEMPLATE = "This image is depicting a [MASK] view of {prompt}"
@@ -155,7 +158,6 @@ def rebuild_view_prompt(prompt: str, words: Sequence[Word], drop: Set[int], unit
 
 class ViewScorer(Protocol):
     """Masked-LM view probabilities: P(v | sentence) normalised over the given view words."""
-
     def view_probabilities(self, prompts: Sequence[str], view_words: Sequence[str]) -> Tensor:
         """[len(prompts), len(view_words)], rows sum to 1."""
 
@@ -377,10 +379,7 @@ def cached_debias(prompt: str, settings: DebiasSettings, model_name: str, cache_
     """``debias_prompt`` through an on-disk JSON cache keyed by everything that affects the
     result (model, prompt, all settings, the rules' version). The scorer is built only on a
     miss. Returns (result, cache path, hit)."""
-    import dataclasses
-    import os
 
-    from ..utils.cache import cache_key, read_json, write_json
 
     settings.validate()
     if not prompt or not prompt.strip():

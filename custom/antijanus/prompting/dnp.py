@@ -1,4 +1,4 @@
-"""Diffusion-negative sampling (DNS) and prompting (DNP) (Desai & Vasconcelos; ALGORITHMS.md 3).
+"""Diffusion-negative sampling (DNS) and prompting (DNP) (Desai & Vasconcelos; docs/algorithms.md section 3).
 
 DNS samples the image *least* compliant with a prompt p under the diffusion model by guiding
 away from p. With e_p = eps(x_t, p) and e_0 = eps(x_t, "") we use
@@ -26,10 +26,15 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Mapping, Optional, Protocol, Tuple
 
 import torch
+from diffusers import DDIMScheduler
 from torch import Tensor
 
+from ..backbones.base import BackboneOptions
+from ..backbones.stable_diffusion import StableDiffusionBackbone
+from ..utils.cache import atomic_write, cache_key, read_json, write_json
 from ..utils.errors import ConfigError, require_positive
 from ..utils.imaging import to_pil
+from ..utils.loading import check_model_path, load_pretrained, require_layout
 from ..utils.progress import progress_bar
 
 logger = logging.getLogger(__name__)
@@ -70,10 +75,7 @@ class Captioner(Protocol):
 
 class StableDiffusionSampler:
     """DDIM sampling on a Stable Diffusion backbone, in CFG or DNS mode."""
-
     def __init__(self, backbone) -> None:
-        from diffusers import DDIMScheduler
-
         self.backbone = backbone
         # The backbone always returns epsilon (v-prediction models are converted).
         self.scheduler = DDIMScheduler.from_pretrained(
@@ -140,8 +142,6 @@ def cached_dnp(
     its record, so a failed captioning leaves nothing behind). A cache hit builds no model.
     ``variant``: whatever else the makers use that changes the image or n* (the caption length
     limit, the sampling precision); part of the cache key."""
-    from ..utils.cache import atomic_write, cache_key, read_json, write_json
-
     if not prompt or not prompt.strip():
         raise ConfigError("prompt", prompt, "must not be empty")
     settings.validate()
@@ -172,10 +172,6 @@ STABLE_DIFFUSION_LAYOUT = ("unet", "vae", "scheduler", "tokenizer", "text_encode
 
 def load_sampler(model_name: str, device, half_precision: bool = True, key: str = "pretrained_model_name_or_path"):
     """A Stable Diffusion sampler and its prompt encoder, loaded from a hub id or a folder."""
-    from ..backbones.base import BackboneOptions
-    from ..backbones.stable_diffusion import StableDiffusionBackbone
-    from ..utils.loading import check_model_path, load_pretrained, require_layout
-
     check_model_path(key, model_name)
     require_layout(key, model_name, "Stable Diffusion", STABLE_DIFFUSION_LAYOUT)
     options = BackboneOptions(pretrained_model_name_or_path=model_name, half_precision_weights=half_precision)

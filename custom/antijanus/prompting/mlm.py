@@ -14,6 +14,7 @@ from typing import Dict, List, Sequence, Tuple
 
 import torch
 from torch import Tensor
+from transformers import AutoModelForMaskedLM, AutoTokenizer
 
 from ..utils.errors import ConfigError
 from ..utils.loading import check_model_path, load_pretrained, require_layout
@@ -23,7 +24,6 @@ from .debias import DEFAULT_TEMPLATE
 class MaskedLMViewScorer:
     def __init__(self, name_or_path: str = "bert-base-uncased", device: str = "cpu",
                  template: str = DEFAULT_TEMPLATE, key: str = "debias_model") -> None:
-        from transformers import AutoModelForMaskedLM, AutoTokenizer
 
         check_model_path(key, name_or_path)
         require_layout(key, name_or_path, "masked language model", ["config.json"])

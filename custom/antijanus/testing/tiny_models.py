@@ -9,11 +9,18 @@ measurements. Nothing here is meant to produce meaningful images.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 from typing import Mapping, Optional
 
+import diffusers
 import torch
+from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+from transformers import (BertConfig, BertForMaskedLM, BertTokenizer, BlipConfig, BlipForConditionalGeneration,
+                          BlipImageProcessor, BlipProcessor, CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPTextConfig,
+                          CLIPTextModel, CLIPTokenizer, T5Config, T5EncoderModel, T5TokenizerFast)
 
 from .clip_alphabet import bytes_to_unicode
 
@@ -28,7 +35,6 @@ def write_clip_tokenizer(folder: str) -> int:
         json.dump(vocab, f, ensure_ascii=False)
     with open(os.path.join(folder, "merges.txt"), "w", encoding="utf-8") as f:
         f.write("#version: 0.2\n")
-    from transformers import CLIPTokenizer
 
     tokenizer = CLIPTokenizer(
         os.path.join(folder, "vocab.json"), os.path.join(folder, "merges.txt"), model_max_length=77
@@ -76,8 +82,6 @@ def make_stable_diffusion(
     with_text_encoder: bool = True,
 ) -> str:
     """Write a Stable Diffusion folder (unet/, vae/, scheduler/, tokenizer/, text_encoder/)."""
-    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-
     torch.manual_seed(seed)
     unet_kwargs = _sd_unet_kwargs(size)
     UNet2DConditionModel(**unet_kwargs).save_pretrained(os.path.join(folder, "unet"))
@@ -87,7 +91,6 @@ def make_stable_diffusion(
         beta_schedule="scaled_linear", prediction_type=prediction_type,
     ).save_pretrained(os.path.join(folder, "scheduler"))
     if with_text_encoder:
-        from transformers import CLIPTextConfig, CLIPTextModel
 
         vocab_size = write_clip_tokenizer(os.path.join(folder, "tokenizer"))
         hidden = unet_kwargs["cross_attention_dim"]
@@ -112,8 +115,6 @@ def make_stable_diffusion(
 def _write_model_index(folder: str, pipeline: str, size: str, components: dict) -> None:
     """model_index.json as diffusers writes it, so that the pipeline classes (threestudio's
     built-in guidances load StableDiffusionPipeline / IFPipeline) can load the folder too."""
-    import diffusers
-
     with open(os.path.join(folder, "model_index.json"), "w") as f:
         json.dump({"_class_name": pipeline, "_diffusers_version": diffusers.__version__,
                    "_antijanus_random_weights": size, **components}, f, indent=2)
@@ -136,11 +137,7 @@ def write_t5_tokenizer(folder: str) -> int:
     by the slow ``T5Tokenizer`` (as threestudio's DeepFloyd processor loads it) and, through the
     ``tokenizer.json`` written beside it, by the fast one. Needs ``sentencepiece``. Returns the
     vocab size."""
-    import io
-
-    import sentencepiece as spm
-    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
-    from transformers import T5TokenizerFast
+    import sentencepiece as spm  # optional: sentencepiece (the test extra)
 
     os.makedirs(folder, exist_ok=True)
     model = io.BytesIO()
@@ -168,8 +165,6 @@ def make_deepfloyd_if(folder: str, seed: int = 0, with_text_encoder: bool = True
     """Write a tiny DeepFloyd IF stage-I folder: a UNet with IF's layout (3 -> 6 channels:
     epsilon + learned variance, simple cross-attention blocks, text-pooled time embedding,
     scale-shift resnets), IF's DDPM schedule (squaredcos_cap_v2, learned_range), a tiny T5."""
-    from diffusers import DDPMScheduler, UNet2DConditionModel
-
     torch.manual_seed(seed)
     t5_dim = 16
     UNet2DConditionModel(
@@ -186,7 +181,6 @@ def make_deepfloyd_if(folder: str, seed: int = 0, with_text_encoder: bool = True
         prediction_type="epsilon", clip_sample=True,
     ).save_pretrained(os.path.join(folder, "scheduler"))
     if with_text_encoder:
-        from transformers import T5Config, T5EncoderModel
 
         vocab_size = write_t5_tokenizer(os.path.join(folder, "tokenizer"))
         T5EncoderModel(T5Config(vocab_size=vocab_size, d_model=t5_dim, d_kv=8, d_ff=32,
@@ -218,8 +212,6 @@ def make_bert(folder: str, words, seed: int = 0, size: str = "tiny",
     "peaky" tiny model with set weights, so that prompt-debiasing rules fire: each tied word
     raises the logit of its view word at [MASK] in proportion to its share of the sentence
     (``_set_peaky_weights``)."""
-    from transformers import BertConfig, BertForMaskedLM, BertTokenizer
-
     os.makedirs(folder, exist_ok=True)
     vocab = list(BERT_SPECIAL_TOKENS)
     tied = {w.lower(): v.lower() for w, v in (view_ties or {}).items()}
@@ -282,9 +274,6 @@ def _set_peaky_weights(model, vocab, tied: Mapping[str, str], strength: float = 
 def make_blip(folder: str, words=("a", "photo", "of", "blurry", "dark", "ugly", "dog", "cat"), seed: int = 0) -> str:
     """A tiny BLIP image-captioning folder (BlipProcessor + BlipForConditionalGeneration) with
     an uncased WordPiece vocabulary from ``words``; random weights, random captions."""
-    from transformers import (BertTokenizer, BlipConfig, BlipForConditionalGeneration,
-                              BlipImageProcessor, BlipProcessor)
-
     os.makedirs(folder, exist_ok=True)
     vocab = list(BERT_SPECIAL_TOKENS) + [w for w in words if w not in BERT_SPECIAL_TOKENS]
     vocab_file = os.path.join(folder, "vocab.txt")
@@ -312,8 +301,6 @@ def make_clip(folder: str, seed: int = 0) -> str:
     ``CLIPModel`` config + weights, ``CLIPProcessor`` preprocessor and tokenizer files side by
     side), for the metrics and the 2D experiment on a CPU: 32x32 images, byte-level BPE, random
     weights (the similarities mean nothing)."""
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
-
     # written file by file, so that every transformers version (4.28 .. 5.x) reads the folder:
     # vocab.json + merges.txt (+ tokenizer.json), preprocessor_config.json, config.json + weights
     vocab_size = write_clip_tokenizer(folder)

@@ -1,6 +1,6 @@
 """Metrics of a finished threestudio run, from its checkpoint or from a folder of renders.
 
-- ``render_orbit``: threestudio's own ``launch.py --test`` on the run's ``configs/parsed.yaml`` and
+- ``render_run_orbit``: threestudio's own ``launch.py --test`` on the run's ``configs/parsed.yaml`` and
   checkpoint, with ``data.n_test_views`` (default 100, the D-SDS paper's A-LPIPS orbit) and
   optionally ``data.eval_elevation_deg`` overridden. The renders go to their own trial folder,
   ``<run>/metrics/orbit-n<N>[-e<E>]/save/it<step>-test/``, so they never mix with the 120 test
@@ -20,6 +20,9 @@ import shutil
 import subprocess
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import torch
+from omegaconf import OmegaConf
 
 from ..utils.cache import write_json
 from ..utils.errors import ConfigError, require_choice
@@ -110,8 +113,6 @@ def run_config(run_dir: str) -> str:
 
 def run_prompt(run_dir: str) -> str:
     """The prompt a threestudio run was trained with."""
-    from omegaconf import OmegaConf
-
     cfg = OmegaConf.load(run_config(run_dir))
     prompt = OmegaConf.select(cfg, "system.prompt_processor.prompt")
     if not prompt:
@@ -178,8 +179,8 @@ def orbit_folder(run_dir: str, n_views: int = 100, elevation_deg: Optional[float
     return folder if rendered_from == stamp and os.path.isdir(folder) else None
 
 
-def render_orbit_command(run_dir: str, launch: Sequence[str], n_views: int = 100,
-                         elevation_deg: Optional[float] = None, checkpoint: Optional[str] = None) -> List[str]:
+def render_run_orbit_command(run_dir: str, launch: Sequence[str], n_views: int = 100,
+                             elevation_deg: Optional[float] = None, checkpoint: Optional[str] = None) -> List[str]:
     """threestudio's ``launch.py --test`` for the run's checkpoint, into <run>/metrics/<orbit tag>."""
     command = list(launch) + [
         "--config", run_config(run_dir), "--test", f"resume={checkpoint or find_checkpoint(run_dir)}",
@@ -191,13 +192,13 @@ def render_orbit_command(run_dir: str, launch: Sequence[str], n_views: int = 100
     return command
 
 
-def render_orbit(run_dir: str, launch: Sequence[str], n_views: int = 100, elevation_deg: Optional[float] = None,
-                 checkpoint: Optional[str] = None, cwd: Optional[str] = None,
-                 env: Optional[Mapping[str, str]] = None) -> str:
+def render_run_orbit(run_dir: str, launch: Sequence[str], n_views: int = 100, elevation_deg: Optional[float] = None,
+                     checkpoint: Optional[str] = None, cwd: Optional[str] = None,
+                     env: Optional[Mapping[str, str]] = None) -> str:
     """Render the orbit from the checkpoint (run from the threestudio folder ``cwd``); returns the
     folder of renders. An earlier, possibly interrupted render of the same orbit is replaced."""
     checkpoint = checkpoint or find_checkpoint(run_dir)
-    command = render_orbit_command(run_dir, launch, n_views, elevation_deg, checkpoint)
+    command = render_run_orbit_command(run_dir, launch, n_views, elevation_deg, checkpoint)
     trial = orbit_trial(run_dir, n_views, elevation_deg)
     shutil.rmtree(trial, ignore_errors=True)
     os.makedirs(trial)
@@ -230,8 +231,6 @@ class MetricModels:
         ``identity``: what a given classifier / extra metrics are (e.g. their weights'
         fingerprint); part of the sweep's metrics cache key, so that runs evaluated with other
         models are evaluated again (the settings alone name only the default models)."""
-        import torch
-
         self.settings = settings
         self.identity = identity
         self.extra_metrics = extra_metrics
@@ -294,7 +293,7 @@ def evaluate_run(run_dir: str, settings: MetricSettings, launch: Optional[Sequen
     if settings.render and is_trial:
         if not launch:
             raise ConfigError("launch", launch, "rendering from the checkpoint needs the launch command")
-        folder = orbit_folder(run_dir, settings.n_views, settings.elevation_deg) or render_orbit(
+        folder = orbit_folder(run_dir, settings.n_views, settings.elevation_deg) or render_run_orbit(
             run_dir, launch, settings.n_views, settings.elevation_deg, cwd=cwd, env=env)
     else:
         folder = newest_test_folder(run_dir)
@@ -325,10 +324,10 @@ def plot_per_azimuth(rows: List[Dict[str, float]], path: str, front: float, back
     """CLIP similarity of every azimuth to each view prompt, front and back regions shaded
     (D-SDS Fig. 5); None when matplotlib is not installed."""
     try:
-        import matplotlib
+        import matplotlib  # optional: matplotlib, for the plot only
 
         matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        import matplotlib.pyplot as plt  # optional: matplotlib
     except ImportError:
         return None
     azimuths = [r["azimuth"] for r in rows]

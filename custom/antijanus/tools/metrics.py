@@ -1,4 +1,4 @@
-"""View-consistency metrics of a finished run (D-SDS Sec. 5 / ALGORITHMS.md 2d).
+"""View-consistency metrics of a finished run (D-SDS Sec. 5 / docs/algorithms.md section 2d).
 
 - A-LPIPS: LPIPS between adjacent renders of an orbit of uniformly spaced azimuths at one
   elevation, averaged (lower = more view-consistent). threestudio's test split renders
@@ -18,6 +18,7 @@ linear heads (the ``lpips`` package's ``weights/v0.1/{vgg,alex}.pth``), without 
 from __future__ import annotations
 
 import glob
+import importlib.util
 import os
 import re
 from typing import Dict, List, Mapping, Optional, Protocol, Sequence, Tuple
@@ -25,9 +26,12 @@ from typing import Dict, List, Mapping, Optional, Protocol, Sequence, Tuple
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from PIL import Image
 from torch import Tensor
 
 from ..utils.errors import ConfigError
+from ..utils.imaging import to_pil
+from ..utils.loading import check_model_path, load_pretrained, looks_local
 
 # torchvision feature stacks: (out channels, kernel, stride, padding) convs, "M" max-pools; LPIPS
 # reads the ReLU after the listed convs (VGG16: conv1_2, 2_2, 3_3, 4_3, 5_3; AlexNet: conv1..5).
@@ -139,8 +143,6 @@ def _default_backbone_weights(pattern: str) -> Optional[str]:
 
 
 def _default_lpips_weights(net: str) -> Optional[str]:
-    import importlib.util
-
     spec = importlib.util.find_spec("lpips")
     if spec is None or not spec.submodule_search_locations:
         return None
@@ -194,8 +196,6 @@ def load_orbit(folder: str, panel_width: Optional[int] = None) -> Tuple[Tensor, 
     """Frames of a threestudio test folder (``it<step>-test/<index>.png``) in index order,
     cropped to the first panel (threestudio saves RGB | normal | opacity side by side; the
     panel is square unless panel_width is given), and their azimuths linspace(0, 360, N)."""
-    from PIL import Image
-
     files = [f for f in os.listdir(folder) if re.fullmatch(r"\d+\.png", f)]
     if len(files) < 2:
         raise ConfigError("folder", folder, "needs at least two numbered renders (<index>.png)")
@@ -223,9 +223,7 @@ class CLIPScorer:
     local folder, default openai/clip-vit-base-patch32)."""
 
     def __init__(self, name_or_path: str = "openai/clip-vit-base-patch32", device="cpu", key: str = "clip_model"):
-        from transformers import CLIPModel, CLIPProcessor
-
-        from ..utils.loading import check_model_path, load_pretrained
+        from transformers import CLIPModel, CLIPProcessor  # heavy (seconds): only when a scorer is built
 
         check_model_path(key, name_or_path)
         what = "CLIP model (transformers CLIPModel + CLIPProcessor)"
@@ -237,8 +235,6 @@ class CLIPScorer:
     @torch.no_grad()
     def similarity(self, images: Tensor, texts: Sequence[str]) -> Tensor:
         """[N images, T texts] cosine similarities; images in [0, 1]."""
-        from ..utils.imaging import to_pil
-
         inputs = self.processor(text=list(texts), images=[to_pil(i) for i in images], return_tensors="pt",
                                 padding=True).to(self.device)
         image = self.model.get_image_features(pixel_values=inputs.pixel_values)
@@ -256,7 +252,7 @@ class OpenCLIPScorer:
 
     def __init__(self, arch: str, pretrained: Optional[str] = None, device="cpu", key: str = "clip_model"):
         try:
-            import open_clip
+            import open_clip  # optional: open_clip_torch, for open_clip:<arch> models only
         except ImportError:
             raise ConfigError(key, f"{OPEN_CLIP_PREFIX}{arch}", "needs the `open_clip_torch` package "
                               "(pip install open_clip_torch)") from None
@@ -273,8 +269,6 @@ class OpenCLIPScorer:
     @torch.no_grad()
     def similarity(self, images: Tensor, texts: Sequence[str]) -> Tensor:
         """[N images, T texts] cosine similarities; images in [0, 1]."""
-        from ..utils.imaging import to_pil
-
         pixels = torch.stack([self.preprocess(to_pil(i)) for i in images]).to(self.device)
         image = self.model.encode_image(pixels)
         text = self.model.encode_text(self.tokenizer(list(texts)).to(self.device))
@@ -283,8 +277,6 @@ class OpenCLIPScorer:
 
 def _looks_like_path(value: str) -> bool:
     """An open_clip checkpoint file rather than a pretrained tag (tags have no '/' or suffix)."""
-    from ..utils.loading import looks_local
-
     return looks_local(value) or os.sep in value or value.endswith((".bin", ".pt", ".pth", ".safetensors"))
 
 

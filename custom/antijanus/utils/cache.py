@@ -22,6 +22,7 @@ import time
 from typing import Any, Callable, Dict, List, Optional
 
 import torch
+from safetensors.torch import save
 
 CACHE_VERSION = 1
 # Temporary files of atomic writes: "<prefix><random>-<target name>" in the target's folder.
@@ -98,8 +99,6 @@ def atomic_write(path: str, write: Callable[[Any], None], binary: bool = False) 
 def save_safetensors(tensors: Dict[str, torch.Tensor], path: str, metadata: Optional[Dict[str, str]] = None) -> None:
     """``safetensors.torch.save_file`` written atomically and with the umask's mode (save_file
     itself creates the file 0600: another user of a shared model folder could not read it)."""
-    from safetensors.torch import save
-
     data = save(tensors, metadata=metadata)
     atomic_write(path, lambda f: f.write(data), binary=True)
 

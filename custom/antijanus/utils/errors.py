@@ -21,10 +21,22 @@ class ConfigError(ValueError):
     ) -> None:
         self.key = key
         self.value = value
+        self.problem = problem
+        self.allowed = None if allowed is None else tuple(allowed)
         message = f"config key `{key}` = {value!r}: {problem}"
-        if allowed is not None:
-            message += "; allowed values: " + ", ".join(repr(a) for a in allowed)
+        if self.allowed is not None:
+            message += "; allowed values: " + ", ".join(repr(a) for a in self.allowed)
         super().__init__(message)
+
+    def __reduce__(self):  # crosses process boundaries intact (worker pools)
+        return (type(self), (self.key, self.value, self.problem, self.allowed))
+
+    def within(self, block: str) -> "ConfigError":
+        """The same error with the key's full path in the run's config (``block`` + '.' + key),
+        unless the key already is a full path."""
+        if self.key.startswith(block + ".") or self.key.startswith(("system.", "data.", "trainer.")):
+            return self
+        return type(self)(f"{block}.{self.key}", self.value, self.problem, self.allowed)
 
 
 def require_choice(key: str, value: Any, allowed: Iterable[Any]) -> None:

@@ -5,14 +5,17 @@ from __future__ import annotations
 import textwrap
 from typing import Optional, Sequence
 
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageDraw
 from torch import Tensor
+
+from .errors import ConfigError, require_probability
 
 
 def at_resolution(images: Tensor, side: int) -> Tensor:
     """Images [B, C, H, W] in [0, 1] shrunk to ``side`` x ``side`` (antialiased) and enlarged back to
     H x W (bilinear): the same picture with ``side`` pixels of detail."""
-    import torch.nn.functional as F
-
     H, W = images.shape[-2:]
     small = F.interpolate(images, (side, side), mode="bilinear", align_corners=False, antialias=True)
     return F.interpolate(small, (H, W), mode="bilinear", align_corners=False).clamp(0.0, 1.0)
@@ -21,8 +24,6 @@ def at_resolution(images: Tensor, side: int) -> Tensor:
 def check_lowres(p_key: str, p, sides_key: str, sides, largest: Optional[int] = None) -> None:
     """A ConfigError naming the key unless ``p`` is a probability and ``sides`` two integer sides
     (smallest, largest), 2 <= smallest <= largest (<= ``largest`` when given)."""
-    from .errors import ConfigError, require_probability
-
     require_probability(p_key, p)
     bound = "" if largest is None else f" <= {largest}"
     if (not isinstance(sides, (tuple, list)) or len(sides) != 2
@@ -34,8 +35,6 @@ def check_lowres(p_key: str, p, sides_key: str, sides, largest: Optional[int] = 
 def lower_resolution(images: Tensor, p: float, sides, generator) -> Tensor:
     """A share ``p`` of the images [B, C, H, W] in [0, 1] ``at_resolution`` of a side uniform in
     ``sides`` (smallest, largest; inclusive); the draws: which images, then every image's side."""
-    import torch
-
     B = images.shape[0]
     chosen = torch.rand(B, generator=generator) < p
     drawn = torch.randint(sides[0], sides[1] + 1, (B,), generator=generator)
@@ -50,8 +49,6 @@ def lower_resolution(images: Tensor, p: float, sides, generator) -> Tensor:
 
 def to_pil(image: Tensor):
     """[3, H, W] in [0, 1] -> PIL image."""
-    from PIL import Image
-
     array = (image.detach().float().clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255).round().astype("uint8")
     return Image.fromarray(array)
 
@@ -59,8 +56,6 @@ def to_pil(image: Tensor):
 def image_grid(images: Sequence[Tensor], labels: Sequence[str], columns: Optional[int] = None,
                cell: int = 256, label_height: int = 40):
     """A grid of images, each with a label (wrapped to two lines) above it."""
-    from PIL import Image, ImageDraw
-
     columns = columns or len(images)
     rows = (len(images) + columns - 1) // columns
     canvas = Image.new("RGB", (cell * columns, (cell + label_height) * rows), "white")

@@ -13,7 +13,7 @@ def progress_bar(total: int, description: str, unit: str = "it", enabled: bool =
     if not enabled:
         return _Silent()
     try:
-        from tqdm import tqdm
+        from tqdm import tqdm  # optional: tqdm
     except ImportError:
         return _Silent()
     return tqdm(total=total, desc=description, unit=unit)

@@ -16,7 +16,15 @@ import os
 import sys
 import time
 
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # before transformers is imported
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))  # custom/ of this checkout
+import torch  # noqa: E402
+
+from antijanus.utils.imaging import image_grid  # noqa: E402
+from janus_lab.checks import CheckSettings, format_figures, run_checks  # noqa: E402
+from janus_lab.data import WorldBias, format_statistics, make_samples, statistics  # noqa: E402
+from janus_lab.model_files import model_path  # noqa: E402
+from janus_lab.world import VIEWS  # noqa: E402
 
 
 def main() -> None:
@@ -30,13 +38,6 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default=None, help="folder for figures.json and samples.png")
     args = parser.parse_args()
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    import torch
-
-    from janus_lab.checks import CheckSettings, format_figures, run_checks
-    from janus_lab.data import WorldBias, format_statistics, make_samples, statistics
-    from janus_lab.model_files import model_path
-
     args.prior = args.prior or model_path("prior")
     args.judge = args.judge or model_path("judge")
 
@@ -51,9 +52,6 @@ def main() -> None:
     print(f"({time.time() - start:.0f} s, {args.steps} DDIM steps, guidance {args.guidance_scale}, "
           f"{args.n} images per prompt)")
     if args.out:
-        from janus_lab.world import VIEWS
-        from antijanus.utils.imaging import image_grid
-
         os.makedirs(args.out, exist_ok=True)
         with open(os.path.join(args.out, "figures.json"), "w") as f:
             json.dump({"settings": vars(args), "figures": figures}, f, indent=2)

@@ -18,11 +18,14 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))  # custom/ of this checkout
-from janus_lab.experiment3d import (CALIBRATION_VOLUMES, CAMERA_PRESETS, VARIANT_NAMES,  # noqa: E402
-                                        Experiment, FastSettings, LabModels, calibrate, lab_prompts)
+from janus_lab.experiment3d.calibration import CALIBRATION_VOLUMES, CalibrationGrid, calibrate  # noqa: E402
+from janus_lab.experiment3d.experiment import Experiment  # noqa: E402
+from janus_lab.experiment3d.lab_models import LabModels  # noqa: E402
+from janus_lab.experiment3d.settings import CAMERA_PRESETS, FastSettings  # noqa: E402
+from janus_lab.experiment3d.variants import VARIANT_NAMES, lab_prompts  # noqa: E402
 
 
-def main(argv=None) -> int:
+def parse_args(argv=None) -> argparse.Namespace:
     defaults = FastSettings()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="outputs/lab-3d")
@@ -67,16 +70,23 @@ def main(argv=None) -> int:
                           ("--reconstruction-control", args.reconstruction_control)):
         if given and not args.calibrate:
             parser.error(f"{option} goes with --calibrate")
+    args.prompts_given = "--prompts" in (argv or sys.argv)  # the calibration's default prompts otherwise
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
     settings = FastSettings(steps=args.steps, lr=args.lr, orbit_views=args.orbit_views,
                             guidance_scale=args.guidance_scale, cameras=args.cameras,
                             **({"volume": CALIBRATION_VOLUMES[args.volume]} if args.volume else {}))
     models = LabModels(**{**LabModels.default().__dict__, "captioner": args.captioner, "judge": args.judge})
     start = time.time()
     if args.calibrate:
-        prompts = args.prompts if "--prompts" in (argv or sys.argv) else None
-        path = calibrate(args.out, args.steps_options, args.lr_options, prompts, args.seeds, settings, models,
-                         args.jobs, volumes=args.volume_options, guidance_scales=args.guidance_scale_options,
-                         camera_options=args.camera_options, reconstruction=args.reconstruction_control)
+        prompts = args.prompts if args.prompts_given else None
+        grid = CalibrationGrid(args.steps_options, args.lr_options, volumes=args.volume_options,
+                               guidance_scales=args.guidance_scale_options, camera_options=args.camera_options,
+                               reconstruction=args.reconstruction_control)
+        path = calibrate(args.out, grid, prompts, args.seeds, settings, models, args.jobs)
         print(open(path).read())
         print(f"calibration: {path} ({time.time() - start:.0f} s)")
         return 0

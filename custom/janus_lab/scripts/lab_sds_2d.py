@@ -20,7 +20,9 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))  # custom/ of this checkout
 import torch  # noqa: E402
 
-from janus_lab.experiment3d import Experiment, FastSettings, LabModels, _worker_models, lab_prompts  # noqa: E402
+from antijanus.core.guidance import ScoreDistillationGuidance  # noqa: E402
+from antijanus.utils.imaging import to_pil  # noqa: E402
+from janus_lab.experiment3d import Experiment, FastSettings, LabModels, lab_prompts, worker_models  # noqa: E402
 from janus_lab.sds2d import PARAMETERISATIONS, SDS2DSettings, optimise_image  # noqa: E402
 from janus_lab.world import ATTRIBUTES, KINDS, VIEWS  # noqa: E402
 
@@ -40,16 +42,13 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     start = time.time()
-    from antijanus.core.guidance import ScoreDistillationGuidance
-    from antijanus.utils.imaging import to_pil
-
     # the baseline variant's guidance config and prompt outputs, as the fast path builds them
     experiment = Experiment(os.path.join(args.out, "prompts"), variants=("baseline",), prompts=tuple(args.prompts),
                             seeds=(args.seed,), settings=FastSettings(steps=args.steps,
                                                                       guidance_scale=args.guidance_scale),
                             models=dataclasses.replace(LabModels.default(), **({"judge": args.judge} if args.judge else {})))
     tasks = experiment.tasks(log=lambda m: None)
-    backbone, judge = _worker_models(experiment.models, args.threads)
+    backbone, judge = worker_models(experiment.models, args.threads)
     settings = []
     for parameterisation, lr in itertools.product(args.parameterisations, args.lrs):
         for resolution in (args.resolutions if parameterisation == "pixels" else [32]):

@@ -18,16 +18,26 @@ Finished runs are skipped when the sweep is run again. See README, "The 3D exper
 """
 
 import argparse
+import importlib.util
+import json
 import os
 import sys
 import time
+from typing import Optional
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(HERE)))  # the antijanus checkout
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))  # custom/ of this checkout
-from janus_lab.experiment3d import (CAMERA_PRESETS, VARIANT_NAMES, launcher_results, orbit_grid,  # noqa: E402
-                                        prior_camera_overrides, write_tables)
+from antijanus.tools.evaluate import MetricModels  # noqa: E402
+from antijanus.tools.sweep import Sweep, SweepFailed, collect, dry_run_command, run_sweep  # noqa: E402
+from janus_lab.classifier import JudgeViewClassifier  # noqa: E402
+from janus_lab.experiment3d.grids import orbit_grid  # noqa: E402
+from janus_lab.experiment3d.launcher import janus_metrics_of_orbit, launcher_results  # noqa: E402
+from janus_lab.experiment3d.settings import CAMERA_PRESETS, FastSettings, prior_camera_overrides  # noqa: E402
+from janus_lab.experiment3d.tables import write_tables  # noqa: E402
+from janus_lab.experiment3d.variants import VARIANT_NAMES  # noqa: E402
 from janus_lab.locations import CONFIGS_ENV, SWEEP_CONFIG_DIR, lab_root, plugin_config_dir  # noqa: E402
+from janus_lab.model_files import folder_fingerprint, model_path  # noqa: E402
 
 SWEEPS = {  # the representation -> its sweep file (same variants, README: "The launcher path")
     "latent": os.path.join(SWEEP_CONFIG_DIR, "janus-3d-sweep-latent.yaml"),  # Latent-NeRF, the calibrated one
@@ -36,7 +46,7 @@ SWEEPS = {  # the representation -> its sweep file (same variants, README: "The 
 RUNNER = os.path.join(REPO, "scripts", "threestudio_cpu.py")
 
 
-def main(argv=None) -> int:
+def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--representation", choices=sorted(SWEEPS), default=None,
                         help="latent (default): the NeRF variants on threestudio's Latent-NeRF system at the "
@@ -64,12 +74,11 @@ def main(argv=None) -> int:
     if args.sweep and args.representation:
         parser.error("--sweep and --representation both name the sweep file: give one")
     args.sweep = args.sweep or SWEEPS[args.representation or "latent"]
+    return args
 
-    os.environ.setdefault("JANUS_LAB_MODELS", lab_root())
-    os.environ.setdefault(CONFIGS_ENV, plugin_config_dir())  # the sweep files name the shipped configs through it
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from antijanus.tools.sweep import Sweep, SweepFailed, collect, dry_run_command, run_sweep
 
+def load_sweep(args: argparse.Namespace) -> Sweep:
+    """The sweep file with the command line's choices applied."""
     sweep = Sweep.load(args.sweep)
     sweep.launch = list(args.launch or [sys.executable, RUNNER])
     if args.out:
@@ -94,29 +103,40 @@ def main(argv=None) -> int:
         sweep.metrics.n_views = args.n_views
     if sweep.metrics is None or sweep.metrics.elevation_deg is None:
         raise SystemExit("the sweep's metrics block must set elevation_deg (the orbit's elevation, for the judge)")
+    return sweep
 
+
+def launch_runs(sweep: Sweep, args: argparse.Namespace) -> Optional[SweepFailed]:
+    """The sweep's runs through threestudio's launch.py; the failure, if runs failed."""
+    root = threestudio_root()
+    if root is None and not args.launch:
+        raise SystemExit("lab_sweep.py: threestudio not found: run it from a threestudio checkout (the folder "
+                         "holding launch.py) or with threestudio importable (README, \"The launcher path\")")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
+    if args.jobs > 1:
+        env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    try:
+        run_sweep(sweep, gpus=[str(i) for i in range(args.jobs)] if args.jobs > 1 else None, env=env)
+    except SweepFailed as error:
+        print(error, file=sys.stderr)
+        return error
+    return None
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    os.environ.setdefault("JANUS_LAB_MODELS", lab_root())
+    os.environ.setdefault(CONFIGS_ENV, plugin_config_dir())  # the sweep files name the shipped configs through it
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    sweep = load_sweep(args)
     if args.dry_run:
         for run in run_sweep(sweep, dry_run=True):
             print(dry_run_command(sweep, run))
         return 0
     start = time.time()
-    failed = None
-    if not args.collect_only:
-        root = threestudio_root()
-        if root is None and not args.launch:
-            raise SystemExit("lab_sweep.py: threestudio not found: run it from a threestudio checkout (the folder "
-                             "holding launch.py) or with threestudio importable (README, \"The launcher path\")")
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root,
-                                                                      os.environ.get("PYTHONPATH")])))
-        if args.jobs > 1:
-            env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-        try:
-            run_sweep(sweep, gpus=[str(i) for i in range(args.jobs)] if args.jobs > 1 else None, env=env)
-        except SweepFailed as error:
-            failed = error
-            print(error, file=sys.stderr)
+    failed = None if args.collect_only else launch_runs(sweep, args)
     train_s = time.time() - start
-    paths = collect_lab(sweep, collect)
+    paths = collect_lab(sweep)
     print(open(paths["markdown"]).read())
     for key, path in paths.items():
         print(f"{key}: {path}")
@@ -126,8 +146,6 @@ def main(argv=None) -> int:
 
 def positive_scale(text: str) -> float:
     """--guidance-scale, checked by the fast path's own rule (FastSettings.guidance_scale: finite, > 0)."""
-    from janus_lab.experiment3d import FastSettings
-
     try:
         value = float(text)
         FastSettings(guidance_scale=value)
@@ -141,8 +159,6 @@ def threestudio_root(cwd=None):
     run from (launch.py and threestudio/ in it; ``python script.py`` does not put the working
     folder on sys.path), else wherever threestudio is installed (found, not imported); None if
     neither."""
-    import importlib.util
-
     cwd = os.path.abspath(cwd or os.getcwd())
     if os.path.isfile(os.path.join(cwd, "launch.py")) and os.path.isfile(os.path.join(cwd, "threestudio", "__init__.py")):
         return cwd
@@ -152,15 +168,9 @@ def threestudio_root(cwd=None):
     return os.path.dirname(os.path.dirname(spec.origin))
 
 
-def collect_lab(sweep, collect):
+def collect_lab(sweep):
     """The sweep's own collection with the judge (view classifier) and the Janus metric (extra
     metrics of each orbit), then the lab table and the orbit grids."""
-    from janus_lab.classifier import JudgeViewClassifier
-    from janus_lab.experiment3d import janus_metrics_of_orbit
-    from antijanus.tools.evaluate import MetricModels
-
-    from janus_lab.model_files import folder_fingerprint, model_path
-
     classifier = JudgeViewClassifier.load()
     extra = janus_metrics_of_orbit(classifier.judge, sweep.metrics.elevation_deg)
     # runs judged by another judge (retrained in place) are judged again
@@ -181,8 +191,6 @@ def collect_lab(sweep, collect):
 
 def forget_metrics_without(sweep, key):
     """Runs evaluated before without the lab's metrics are evaluated again."""
-    import json
-
     for run in sweep.runs():
         path = os.path.join(run.run_dir, "metrics.json")
         if os.path.exists(path):

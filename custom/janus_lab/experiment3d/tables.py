@@ -1,0 +1,174 @@
+"""The 3D experiment's tables: per variant and prompt group the Janus rate with its Wilson
+interval and the means of the other metrics; each variant paired against the baseline (exact
+McNemar) with its registered reading; written as Markdown, CSV and JSON."""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+from typing import Any, Dict, Iterator, List, Mapping, Sequence, Tuple
+
+from antijanus.utils.cache import write_json
+
+from ..stats import mcnemar_exact, wilson_rate
+
+RATES = ("janus", "face_in_back", "janus_two_fronts")  # yes/no per run
+METRICS = ("face_in_front", "face_scrambled", "view_accuracy", "a_jfd", "kind_accuracy", "coverage")
+METRIC_LABELS = {"face_in_front": "face in front", "face_scrambled": "face on scrambled (control)",
+                 "view_accuracy": "view accuracy", "a_jfd": "a_jfd", "kind_accuracy": "kind accuracy",
+                 "coverage": "coverage"}
+# the reading rule written down before the confirmatory runs (custom/janus_lab/docs/preregistration.md,
+# first entry): a reduction counts as one only if the variant still draws the face where it
+# belongs, at least this share of the baseline's mean face_in_front
+READING_FACE_RATIO = 0.8
+READING_ALPHA = 0.05  # family-wise, split over the variants compared with the baseline (Bonferroni)
+
+
+def summarise(results: Sequence[Mapping[str, Any]]) -> Dict[str, Any]:
+    """Janus rate with its 95 % Wilson interval (and its two parts), mean +- std of the rest."""
+    row: Dict[str, Any] = {"runs": len(results)}
+    for key in RATES:
+        rate, (low, high) = wilson_rate([r["metrics"][key] for r in results])
+        row[key] = {"rate": rate, "ci": [low, high], "count": int(sum(r["metrics"][key] >= 0.5 for r in results))}
+    for key in METRICS:
+        values = [float(r["metrics"][key]) for r in results if not math.isnan(r["metrics"].get(key, math.nan))]
+        mean = sum(values) / len(values) if values else math.nan
+        std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
+        row[key] = {"mean": mean, "std": std}
+    row["train_s"] = sum(r.get("train_s", math.nan) for r in results) / max(1, len(results))
+    return row
+
+
+def grouped(results: Sequence[Mapping[str, Any]], variants: Sequence[str], prompts: Sequence[str]
+            ) -> Iterator[Tuple[str, str, List[Mapping[str, Any]]]]:
+    """(variant, group, rows) for each variant: every prompt, then the pooled groups."""
+    for variant in variants:
+        mine = [r for r in results if r["variant"] == variant]
+        groups = [(p, [r for r in mine if r["prompt"] == p]) for p in prompts]
+        groups.append(("all prompts", mine))
+        groups.append(("without 'smiling'", [r for r in mine if "smiling" not in r["prompt"]]))
+        groups.append(("with 'smiling'", [r for r in mine if "smiling" in r["prompt"]]))
+        for name, rows in groups:
+            if rows:
+                yield variant, name, rows
+
+
+def format_rate(cell: Mapping[str, Any]) -> str:
+    low, high = cell["ci"]
+    return f"{cell['rate']:.2f} [{low:.2f}, {high:.2f}] ({cell['count']})"
+
+
+def format_mean(cell: Mapping[str, Any]) -> str:
+    return "-" if math.isnan(cell["mean"]) else f"{cell['mean']:.3f} ± {cell['std']:.3f}"
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> List[str]:
+    """A Markdown table's lines."""
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    return lines + ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+
+
+def paired_against_baseline(results: Sequence[Mapping[str, Any]], variants: Sequence[str],
+                            keys: Sequence[str] = ("janus", "face_in_back"), reference: str = "baseline"
+                            ) -> List[Dict[str, Any]]:
+    """Each variant against ``reference`` on the runs both have (the same prompt and seed: the
+    same scene initialisation and camera / noise draws): discordant counts and the exact McNemar
+    p-value per key. Empty when the reference did not run."""
+    by_run = {(r["variant"], r["prompt"], r["seed"]): r["metrics"] for r in results}
+    if reference not in variants:
+        return []
+    rows = []
+    for variant in variants:
+        if variant == reference:
+            continue
+        pairs = [(by_run[(reference, p, s)], m) for (v, p, s), m in by_run.items()
+                 if v == variant and (reference, p, s) in by_run]
+        if not pairs:
+            continue
+        row: Dict[str, Any] = {"variant": variant, "pairs": len(pairs)}
+        for key in keys:
+            b = sum(1 for ref, m in pairs if ref[key] >= 0.5 and m[key] < 0.5)
+            c = sum(1 for ref, m in pairs if ref[key] < 0.5 and m[key] >= 0.5)
+            row[key] = {"b": b, "c": c, "p": mcnemar_exact(b, c)}
+        rows.append(row)
+    return rows
+
+
+def registered_reading(b: int, c: int, p: float, face_in_front: float, baseline_face_in_front: float,
+                       comparisons: int, alpha: float = READING_ALPHA) -> str:
+    """The registered reading of one variant's Janus verdicts paired against the baseline's (b: runs
+    Janus only in the baseline, c: only in the variant; p: exact McNemar): significant only at
+    p < alpha / comparisons; then fewer Janus runs with the face kept in front (>= 0.8 x the
+    baseline's) is "fewer Janus", with fewer faces "fewer faces, not a cure"."""
+    if comparisons < 1:
+        raise ValueError(f"comparisons must be >= 1, got {comparisons}")
+    if not p < alpha / comparisons:
+        return "not established"
+    if c > b:
+        return "more Janus"
+    if math.isnan(face_in_front) or math.isnan(baseline_face_in_front):
+        return "fewer Janus (face in front not measured)"
+    if face_in_front >= READING_FACE_RATIO * baseline_face_in_front:
+        return "fewer Janus"
+    return "fewer faces, not a cure"
+
+
+def summary_lines(rows: Sequence[Mapping[str, Any]]) -> List[str]:
+    """The summary table: the pooled rows first, then each prompt group."""
+    header = ["variant", "prompts", "runs", "Janus rate [95 % CI] (count)", "face in back", "two fronts",
+              *(METRIC_LABELS[k] for k in METRICS)]
+    ordered = [r for r in rows if r["group"] == "all prompts"] + [r for r in rows if r["group"] != "all prompts"]
+    return markdown_table(header, [[r["variant"], r["group"], r["runs"], *(format_rate(r[k]) for k in RATES),
+                                    *(format_mean(r[k]) for k in METRICS)] for r in ordered])
+
+
+def paired_lines(paired: Sequence[Mapping[str, Any]]) -> List[str]:
+    """The paired comparison with its reading rule stated above it."""
+    intro = ("Paired against the baseline (the same prompt and seed; b: runs where only the baseline "
+             "has it, c: only the variant; exact McNemar p; reading: Janus at "
+             f"p < {READING_ALPHA} / {len(paired)} (Bonferroni), a reduction with face in front below "
+             f"{READING_FACE_RATIO} x the baseline's is \"fewer faces, not a cure\"):")
+    header = ["variant", "pairs", "Janus b / c", "Janus p", "face in back b / c", "face in back p", "reading"]
+    cells = [[r["variant"], r["pairs"], f"{r['janus']['b']} / {r['janus']['c']}", f"{r['janus']['p']:.3f}",
+              f"{r['face_in_back']['b']} / {r['face_in_back']['c']}", f"{r['face_in_back']['p']:.3f}", r["reading"]]
+             for r in paired]
+    return ["", intro, ""] + markdown_table(header, cells)
+
+
+def add_readings(paired: List[Dict[str, Any]], rows: Sequence[Mapping[str, Any]]) -> None:
+    """Each paired row's registered reading (face in front: the pooled rows' means)."""
+    face = {r["variant"]: r["face_in_front"]["mean"] for r in rows if r["group"] == "all prompts"}
+    for row in paired:
+        row["reading"] = registered_reading(row["janus"]["b"], row["janus"]["c"], row["janus"]["p"],
+                                            face[row["variant"]], face["baseline"], len(paired))
+
+
+def write_csv(path: str, rows: Sequence[Mapping[str, Any]]) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["variant", "prompts", "runs", "janus", "janus_low", "janus_high", "face_in_back",
+                         "janus_two_fronts", *[f"{k}_mean" for k in METRICS], *[f"{k}_std" for k in METRICS],
+                         "train_s"])
+        for row in rows:
+            writer.writerow([row["variant"], row["group"], row["runs"], row["janus"]["rate"], *row["janus"]["ci"],
+                             row["face_in_back"]["rate"], row["janus_two_fronts"]["rate"],
+                             *[row[k]["mean"] for k in METRICS], *[row[k]["std"] for k in METRICS], row["train_s"]])
+
+
+def write_tables(results: Sequence[Mapping[str, Any]], out: str, variants: Sequence[str], prompts: Sequence[str]
+                 ) -> Dict[str, str]:
+    """table.md, table.csv and table.json in ``out``."""
+    rows = [{"variant": v, "group": g, **summarise(rs)} for v, g, rs in grouped(results, variants, prompts)]
+    lines = summary_lines(rows)
+    paired = paired_against_baseline(results, variants)
+    if paired:
+        add_readings(paired, rows)
+        lines += paired_lines(paired)
+    os.makedirs(out, exist_ok=True)
+    md, csv_path, js = (os.path.join(out, name) for name in ("table.md", "table.csv", "table.json"))
+    with open(md, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    write_csv(csv_path, rows)
+    write_json(js, {"rows": rows, "paired_against_baseline": paired})
+    return {"markdown": md, "csv": csv_path, "json": js}

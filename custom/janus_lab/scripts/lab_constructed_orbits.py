@@ -1,0 +1,63 @@
+#!/usr/bin/env python3
+"""The Janus metric (janus_lab.janus) on constructed orbits, judged by the committed judge: each
+kind, plain and with every attribute, as the ground-truth creature, a two-faced one and one turned
+around, rendered by the world's ray caster from one orbit camera. Prints a Markdown table.
+
+    python custom/janus_lab/scripts/lab_constructed_orbits.py                            # the world's cameras
+    python custom/janus_lab/scripts/lab_constructed_orbits.py --distance 2.0 --fovy 70   # the 3D experiment's orbit
+"""
+
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))  # custom/ of this checkout
+import torch  # noqa: E402
+
+from janus_lab.janus import orbit_metrics  # noqa: E402
+from janus_lab.judge import Judge  # noqa: E402
+from janus_lab.model_files import model_path  # noqa: E402
+from janus_lab.orbits import orbit_azimuths, render_creature_orbit  # noqa: E402
+from janus_lab.world import KINDS, Creature  # noqa: E402
+
+KEYS = ("janus", "face_in_back", "front_segments", "view_accuracy", "a_jfd")
+
+
+def constructed_orbits_report(judge=None, n: int = 36, elevation: float = 15.0, distance: float = 1.5,
+                              fovy: float = 60.0) -> str:
+    """The metric on constructed orbits (each kind, plain and with every attribute; the
+    ground-truth creature, a two-faced one and one turned around) seen from one orbit camera
+    (``distance``, ``fovy``), as a Markdown table."""
+    judge = judge or Judge.load(model_path("judge"))
+    azimuths = orbit_azimuths(n)
+    camera = dict(elevation=elevation, distance=distance, fovy=fovy)
+    lines = ["| creature | orbit | " + " | ".join(KEYS) + " |", "| --- | --- |" + " --- |" * len(KEYS)]
+    for kind in KINDS:
+        for creature in (Creature(kind), Creature(kind, smiling=True, striped=True, hat=True)):
+            name = " ".join([a for a in ("smiling", "striped", "hat") if getattr(creature, a)] + [kind])
+            for orbit, frames in (("ground truth", render_creature_orbit(creature, azimuths, **camera)),
+                                  ("two-faced", render_creature_orbit(creature, azimuths, two_faced=True, **camera)),
+                                  ("turned around", render_creature_orbit(creature, azimuths + 180.0, **camera))):
+                m = orbit_metrics(frames, azimuths, elevation, judge, kind=kind)
+                lines.append(f"| {name} | {orbit} | " + " | ".join(
+                    f"{m[k]:.3f}" if k in ("view_accuracy", "a_jfd") else f"{m[k]:g}" for k in KEYS) + " |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--elevation", type=float, default=15.0, help="the orbit's elevation (degrees)")
+    parser.add_argument("--distance", type=float, default=1.5, help="1.5: the world's cameras; 2.0: the 3D experiment's orbit")
+    parser.add_argument("--fovy", type=float, default=60.0, help="60: the world's cameras; 70: the 3D experiment's orbit")
+    parser.add_argument("--azimuths", type=int, default=36, help="frames of the orbit, uniformly spaced from 0")
+    args = parser.parse_args(argv)
+    if args.azimuths < 2:
+        parser.error("--azimuths: an orbit needs at least 2 frames")
+    torch.set_num_threads(1)
+    print(constructed_orbits_report(n=args.azimuths, elevation=args.elevation, distance=args.distance,
+                                    fovy=args.fovy))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
