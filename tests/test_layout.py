@@ -167,3 +167,13 @@ def test_the_readme_package_layout_names_every_folder():
         row = re.search(rf"^\| `{part}/` \|.*$", layout, flags=re.M).group(0)
         modules = {m.split(".")[2] for m in MODULES if m.startswith(f"antijanus.{part}.")} - {"__main__"}
         assert all(f"`{m}`" in row or f"`{m}/`" in row for m in modules), (part, modules)
+
+
+def test_functions_fit_on_a_screen():
+    long = []
+    for module, path in MODULES.items():
+        with open(path, encoding="utf-8") as f:
+            tree = ast.parse(f.read())
+        long += [f"{module}.{n.name}: {n.end_lineno - n.lineno + 1} lines" for n in ast.walk(tree)
+                 if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.end_lineno - n.lineno + 1 > 60]
+    assert long == []

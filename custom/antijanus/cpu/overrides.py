@@ -137,27 +137,44 @@ def _near_far(data: Dict, system: Dict) -> Tuple[float, float]:
     return round(max(0.05, min(distances) - reach), 3), round(max(distances) + reach, 3)
 
 
+class _Overrides:
+    """``key=value`` strings for launch.py and one line per change with its reason."""
+
+    def __init__(self) -> None:
+        self.out: List[str] = []
+        self.why: List[str] = []
+
+    def put(self, key: str, value: Any, reason: str) -> None:
+        text = "[" + ",".join(str(v) for v in value) + "]" if isinstance(value, list) else (
+            str(value).lower() if isinstance(value, bool) else str(value))
+        self.out.append(f"{key}={text}")
+        self.why.append(f"{key}={text}: {reason}")
+
+
 def cpu_overrides(config_path: str, cli_overrides: Sequence[str] = (), small: bool = False
                   ) -> Tuple[List[str], List[str]]:
     """(overrides, reasons): ``key=value`` strings for launch.py and one line per change."""
     cfg = OmegaConf.to_container(load_merged_config(config_path, cli_overrides), resolve=False)
     system, data = cfg.get("system", {}) or {}, cfg.get("data", {}) or {}
-    out: List[str] = []
-    why: List[str] = []
-
-    def put(key: str, value: Any, reason: str) -> None:
-        text = "[" + ",".join(str(v) for v in value) + "]" if isinstance(value, list) else (
-            str(value).lower() if isinstance(value, bool) else str(value))
-        out.append(f"{key}={text}")
-        why.append(f"{key}={text}: {reason}")
-
+    found = _Overrides()
     if cfg.get("data_type") in GPU_ONLY_DATA:
         raise CPUUnsupported(f"data_type={cfg['data_type']} {GPU_ONLY_DATA[cfg['data_type']]}: "
                              "this config runs on a GPU only")
     precision = str((cfg.get("trainer") or {}).get("precision", 32))
     if "16" in precision:
-        put("trainer.precision", 32, f"{precision} needs a GPU")
+        found.put("trainer.precision", 32, f"{precision} needs a GPU")
+    renderer_type, renderer, renderer_key, renderer_fields = _renderer(system)
+    full_system = _with_module_defaults(system)
+    _encodings(full_system, found)
+    _renderer_overrides(renderer_type, renderer, renderer_key, renderer_fields, data, system, small, found)
+    _precision_and_processes(system, found)
+    if small:
+        _small_data(cfg.get("data_type"), data, found)
+    return found.out, found.why
 
+
+def _renderer(system: Dict) -> Tuple[Any, Dict, str, Optional[Set[str]]]:
+    """The renderer's type, block, config key and fields (a patch renderer's base renderer)."""
     renderer_type = system.get("renderer_type")
     renderer = system.get("renderer") or {}
     renderer_key, renderer_fields = "system.renderer", _config_fields(renderer_type)
@@ -168,62 +185,73 @@ def cpu_overrides(config_path: str, cli_overrides: Sequence[str] = (), small: bo
     if renderer_type in GPU_ONLY_RENDERERS:
         raise CPUUnsupported(f"system.renderer_type={renderer_type} {GPU_ONLY_RENDERERS[renderer_type]}: "
                              "this config runs on a GPU only")
+    return renderer_type, renderer, renderer_key, renderer_fields
 
-    full_system = _with_module_defaults(system)
+
+def _encodings(full_system: Dict, found: _Overrides) -> None:
+    """tiny-cuda-nn encodings and networks -> threestudio's pure-PyTorch ones."""
     for path, node in _walk(full_system, "system"):
         otype = node.get("otype")
         if not isinstance(otype, str):
             continue
         name = path.rsplit(".", 1)[-1]
         if name.endswith("encoding_config") and otype not in PURE_TORCH_ENCODINGS:
-            put(f"{path}.otype", "ProgressiveBandFrequency", f"{otype} needs tiny-cuda-nn (CUDA)")
-            put(f"{path}.n_frequencies", 2 if name.startswith("dir") else 4, "pure-PyTorch encoding")
+            found.put(f"{path}.otype", "ProgressiveBandFrequency", f"{otype} needs tiny-cuda-nn (CUDA)")
+            found.put(f"{path}.n_frequencies", 2 if name.startswith("dir") else 4, "pure-PyTorch encoding")
         elif name.endswith("network_config") and otype not in PURE_TORCH_NETWORKS:
-            put(f"{path}.otype", "VanillaMLP", f"{otype} needs tiny-cuda-nn (CUDA)")
-
+            found.put(f"{path}.otype", "VanillaMLP", f"{otype} needs tiny-cuda-nn (CUDA)")
     geometry = full_system.get("geometry") or {}
     if geometry.get("finite_difference_normal_eps") == "progressive" and \
             (geometry.get("pos_encoding_config") or {}).get("otype") not in PURE_TORCH_ENCODINGS:
-        put("system.geometry.finite_difference_normal_eps", 0.01,
-            "'progressive' follows the hash grid's levels; 0.01 is threestudio's default")
+        found.put("system.geometry.finite_difference_normal_eps", 0.01,
+                  "'progressive' follows the hash grid's levels; 0.01 is threestudio's default")
 
-    if _has(renderer, renderer_fields, "estimator"):
-        estimator = renderer.get("estimator", "occgrid")
-        if estimator not in ESTIMATORS_ON_CPU and renderer_type == "neus-volume-renderer" and \
-                not renderer.get("use_volsdf", False):
-            raise CPUUnsupported(f"{renderer_key}.estimator={estimator}: nerfacc's {estimator} estimator needs "
-                                 "CUDA, and the NeuS renderer samples by importance only with use_volsdf: true "
-                                 "(another density): this config runs on a GPU only")
-        if estimator not in ESTIMATORS_ON_CPU:
-            put(f"{renderer_key}.estimator", "importance", f"nerfacc's {estimator} estimator needs CUDA")
-        if _has(renderer, renderer_fields, "near_plane") and not renderer.get("near_plane") and \
-                _number(renderer.get("far_plane"), 1e10) >= 1e9:
-            near, far = _near_far(data, system)
-            put(f"{renderer_key}.near_plane", near, "the importance estimator needs finite planes")
-            put(f"{renderer_key}.far_plane", far, "(scene box seen from the camera distances)")
-        if small and _has(renderer, renderer_fields, "num_samples_per_ray"):
-            put(f"{renderer_key}.num_samples_per_ray", 16, "small run")
 
+def _renderer_overrides(renderer_type, renderer: Dict, renderer_key: str, renderer_fields, data: Dict,
+                        system: Dict, small: bool, found: _Overrides) -> None:
+    """nerfacc's CUDA estimators -> importance sampling between finite planes."""
+    if not _has(renderer, renderer_fields, "estimator"):
+        return
+    estimator = renderer.get("estimator", "occgrid")
+    if estimator not in ESTIMATORS_ON_CPU and renderer_type == "neus-volume-renderer" and \
+            not renderer.get("use_volsdf", False):
+        raise CPUUnsupported(f"{renderer_key}.estimator={estimator}: nerfacc's {estimator} estimator needs "
+                             "CUDA, and the NeuS renderer samples by importance only with use_volsdf: true "
+                             "(another density): this config runs on a GPU only")
+    if estimator not in ESTIMATORS_ON_CPU:
+        found.put(f"{renderer_key}.estimator", "importance", f"nerfacc's {estimator} estimator needs CUDA")
+    if _has(renderer, renderer_fields, "near_plane") and not renderer.get("near_plane") and \
+            _number(renderer.get("far_plane"), 1e10) >= 1e9:
+        near, far = _near_far(data, system)
+        found.put(f"{renderer_key}.near_plane", near, "the importance estimator needs finite planes")
+        found.put(f"{renderer_key}.far_plane", far, "(scene box seen from the camera distances)")
+    if small and _has(renderer, renderer_fields, "num_samples_per_ray"):
+        found.put(f"{renderer_key}.num_samples_per_ray", 16, "small run")
+
+
+def _precision_and_processes(system: Dict, found: _Overrides) -> None:
+    """fp16 weights, xformers and spawned text-encoder processes need a GPU."""
     for module in ("guidance", "prompt_processor"):
         node = system.get(module) or {}
         fields = _config_fields(system.get(f"{module}_type"))
         if _has(node, fields, "half_precision_weights") and node.get("half_precision_weights", True) is not False:
-            put(f"system.{module}.half_precision_weights", False, "fp16 weights need a GPU")
+            found.put(f"system.{module}.half_precision_weights", False, "fp16 weights need a GPU")
         if node.get("enable_memory_efficient_attention"):
-            put(f"system.{module}.enable_memory_efficient_attention", False, "xformers needs CUDA")
+            found.put(f"system.{module}.enable_memory_efficient_attention", False, "xformers needs CUDA")
         if _has(node, fields, "spawn") and node.get("spawn", True) is not False:
-            put(f"system.{module}.spawn", False, "no spawned text-encoder process on a CPU")
+            found.put(f"system.{module}.spawn", False, "no spawned text-encoder process on a CPU")
 
-    if small:
-        fields = _data_fields(cfg.get("data_type"))
-        for key in ("width", "height"):
-            value = data.get(key, 64)
-            if _has(data, fields, key):
-                put(f"data.{key}", [SMALL_RESOLUTION] * len(value) if isinstance(value, list)
-                    else SMALL_RESOLUTION, "small run")
-        for key in ("eval_width", "eval_height"):
-            if _has(data, fields, key):
-                put(f"data.{key}", SMALL_RESOLUTION, "small run")
-        if _has(data, fields, "n_test_views"):
-            put("data.n_test_views", 2, "small run")
-    return out, why
+
+def _small_data(data_type: Any, data: Dict, found: _Overrides) -> None:
+    """Smoke-run settings, only for the keys the data module has."""
+    fields = _data_fields(data_type)
+    for key in ("width", "height"):
+        value = data.get(key, 64)
+        if _has(data, fields, key):
+            found.put(f"data.{key}", [SMALL_RESOLUTION] * len(value) if isinstance(value, list)
+                      else SMALL_RESOLUTION, "small run")
+    for key in ("eval_width", "eval_height"):
+        if _has(data, fields, key):
+            found.put(f"data.{key}", SMALL_RESOLUTION, "small run")
+    if _has(data, fields, "n_test_views"):
+        found.put("data.n_test_views", 2, "small run")
