@@ -54,6 +54,7 @@ def register_threestudio_modules():
     check_threestudio_version(threestudio)
     from . import adapters  # imports threestudio at module level
 
+    adapters.model_keys.check_launch_command(_sys.argv)  # launch.py --train: every model loadable?
     return adapters
 
 

@@ -109,3 +109,19 @@ def test_outside_a_threestudio_checkout_the_cpu_command_says_what_to_do(tmp_path
     assert done.returncode != 0 and "Traceback" not in output, output[-3000:]
     assert "threestudio is not importable: run this from a threestudio checkout" in output
     assert len(output.strip().splitlines()) <= 2
+
+
+def test_the_gpu_command_without_the_hub_stops_before_anything_loads(checkout):
+    """launch.py as the README shows it: the plugin checks the config's models when threestudio
+    loads it, before the config is read into a system (here: no hub, no GPU)."""
+    if hub_reachable():
+        pytest.skip("the model hub is reachable here")
+    probe = subprocess.run([sys.executable, "-c", "import torchvision"], env=user_env(), capture_output=True)
+    if probe.returncode != 0:  # a CPU machine with PyPI's CUDA torchvision: launch.py cannot even import
+        pytest.skip("plain launch.py cannot import pytorch_lightning here (torchvision's C extension)")
+    (line,) = readme_commands("Running on a GPU")
+    done = run(line, checkout, timeout=300)
+    output = done.stdout + done.stderr
+    assert done.returncode == 2 and "Traceback" not in output, output[-3000:]
+    assert "system.guidance.pretrained_model_name_or_path='stabilityai/stable-diffusion-2-1-base'" in output
+    assert "nothing was trained" in output

@@ -12,4 +12,5 @@ from .prompt_processors import (  # noqa: F401
     BertPMIPromptProcessor,
     DNPPromptProcessor,
 )
+from . import model_keys  # noqa: F401  (the model checks before training)
 from .registry import core_config, register  # noqa: F401

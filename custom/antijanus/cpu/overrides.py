@@ -23,6 +23,8 @@ from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 
 from omegaconf import DictConfig, OmegaConf
 
+from ..utils.config_defaults import module_defaults
+
 PURE_TORCH_ENCODINGS = ("ProgressiveBandFrequency",)
 PURE_TORCH_NETWORKS = ("VanillaMLP", "SphereInitVanillaMLP")
 ESTIMATORS_ON_CPU = ("importance",)
@@ -75,18 +77,6 @@ def _data_fields(type_name: Any) -> Optional[Set[str]]:
     return {f.name for f in dataclasses.fields(configs[0])} if len(configs) == 1 else None
 
 
-def _defaults(type_name: Any) -> Dict:
-    """A registered module's Config defaults as a plain dict ({} if unknown)."""
-    threestudio = sys.modules.get("threestudio")
-    if threestudio is None or not isinstance(type_name, str):
-        return {}
-    try:
-        config = threestudio.find(type_name).Config
-        return OmegaConf.to_container(OmegaConf.structured(config), resolve=False)
-    except Exception:
-        return {}
-
-
 def _merge(base: Any, top: Any) -> Any:
     """``top`` over ``base``, recursively for mappings."""
     if isinstance(base, dict) and isinstance(top, dict):
@@ -101,7 +91,7 @@ def _with_module_defaults(system: Dict) -> Dict:
     for key, type_name in system.items():
         if key.endswith("_type"):
             part = key[: -len("_type")]
-            full[part] = _merge(_defaults(type_name), system.get(part) or {})
+            full[part] = _merge(module_defaults(type_name), system.get(part) or {})
     return full
 
 

@@ -5,7 +5,7 @@
 
 Run it from the threestudio folder (the one holding ``launch.py`` and ``custom/``), exactly as
 ``python launch.py``; threestudio is imported from that folder (it is not pip-installed).
-``--models DIR`` sets every model key of the config from local folders (``model_folders.py``);
+``--models DIR`` sets every model key of the config from local folders (``adapters/model_keys.py``);
 each model is checked before anything trains. Known harmless third-party warnings are filtered
 (``quiet.py``) unless ``--verbose``. At run time only (threestudio's files are not touched): the stand-ins and
 torchvision schemas of ``imports.py``; ``Trainer(accelerator="gpu")`` -> ``accelerator="cpu"``
@@ -35,7 +35,6 @@ from .. import register_threestudio_modules
 from ..utils.errors import ConfigError
 from . import nerfacc_kernels
 from .imports import prepare_threestudio_import
-from .model_folders import models_overrides, unloadable_models
 from .overrides import CPUUnsupported, cpu_overrides, load_merged_config
 from .quiet import filter_known_warnings
 
@@ -178,6 +177,8 @@ def prepared_overrides(known, user: List[str]) -> List[str]:
     """The CPU overrides and --models' (each printed with its reason), after checking that every
     model of the resulting config can be loaded; stops with one line per problem otherwise."""
     _register_antijanus()
+    from ..adapters.model_keys import models_overrides, unloadable_models  # threestudio: after the stand-ins
+
     overrides, reasons = [], []
     if not known.no_auto_overrides:
         try:

@@ -1,5 +1,6 @@
 """Running without the model hub: which keys of a config name a model, setting them all from one
-folder of local models (``--models DIR``), and checking every one before training starts.
+folder of local models (the CPU mode's ``--models DIR``), and checking every one before training
+starts (the CPU mode, and ``launch.py --train`` through ``check_launch_command``).
 
 ``DIR`` holds folders in the real diffusers / transformers layouts, named as
 ``scripts/make_tiny_models.py DIR`` writes them (tiny random weights for smoke runs) or as you put
@@ -10,21 +11,22 @@ masked LM of prompt debiasing), ``blip`` (the DNP captioner).
 from __future__ import annotations
 
 import os
+import sys
 from typing import Dict, List, Optional, Tuple
 
 import huggingface_hub
 from omegaconf import DictConfig, OmegaConf
 
 from ..utils.loading import is_local_folder, looks_local
-from .overrides import _defaults
+from ..utils.config_defaults import module_defaults
 
 GUIDANCE_PATH = "system.guidance.pretrained_model_name_or_path"
 PROCESSOR_PATH = "system.prompt_processor.pretrained_model_name_or_path"
-#: processor type -> (its model key, the folder name in DIR)
+#: processor type -> (its model key, the folder name in DIR, (the key that switches it on, the value))
 PROCESSOR_MODELS = {
-    "bert-pmi-prompt-processor": ("debias_model", "bert"),
-    "bert-pmi-deep-floyd-prompt-processor": ("debias_model", "bert"),
-    "dnp-prompt-processor": ("captioner", "blip"),
+    "bert-pmi-prompt-processor": ("debias_model", "bert", ("use_prompt_debiasing", True)),
+    "bert-pmi-deep-floyd-prompt-processor": ("debias_model", "bert", ("use_prompt_debiasing", True)),
+    "dnp-prompt-processor": ("captioner", "blip", ("negative_prompt", "auto")),
 }
 
 
@@ -32,7 +34,7 @@ def _value(cfg: DictConfig, key: str, type_key: str) -> Optional[str]:
     """The key's value in the config (interpolations resolved), else its module's default."""
     value = OmegaConf.select(cfg, key, default=None)
     if value is None:
-        value = _defaults(OmegaConf.select(cfg, type_key, default=None)).get(key.rsplit(".", 1)[-1])
+        value = module_defaults(OmegaConf.select(cfg, type_key, default=None)).get(key.rsplit(".", 1)[-1])
     return None if value is None else str(value)
 
 
@@ -52,9 +54,11 @@ def model_keys(cfg: DictConfig) -> Dict[str, Tuple[Optional[str], str]]:
             keys[key] = (value, diffusion_folder(value, module_type))
     processor = OmegaConf.select(cfg, "system.prompt_processor_type", default=None)
     if processor in PROCESSOR_MODELS:
-        name, folder = PROCESSOR_MODELS[processor]
-        key = f"system.prompt_processor.{name}"
-        keys[key] = (_value(cfg, key, "system.prompt_processor_type"), folder)
+        name, folder, (switch, on) = PROCESSOR_MODELS[processor]
+        used = _value(cfg, f"system.prompt_processor.{switch}", "system.prompt_processor_type")
+        if str(used).strip().lower() == str(on).lower():  # a model the run loads
+            key = f"system.prompt_processor.{name}"
+            keys[key] = (_value(cfg, key, "system.prompt_processor_type"), folder)
     return keys
 
 
@@ -110,3 +114,23 @@ def _hub_problem(repo_id: str) -> Optional[str]:
         return None
     except Exception as error:  # no network, unknown id, gated
         return f"not a local folder, and the model hub cannot give it ({type(error).__name__})"
+
+
+def check_launch_command(argv: List[str]) -> None:
+    """Under ``python launch.py --config <yaml> --train [key=value ...]`` (threestudio loads this
+    plugin before it reads the config): every model of the config checked first; one message per
+    unloadable model and exit 2, before anything loads or trains."""
+    if not argv or os.path.basename(argv[0]) != "launch.py" or "--train" not in argv or "--config" not in argv:
+        return
+    config = argv[argv.index("--config") + 1]
+    extras = [a for a in argv[1:] if "=" in a and not a.startswith("-")]
+    try:
+        cfg = OmegaConf.merge(OmegaConf.load(config), OmegaConf.from_cli(extras))
+    except Exception:  # launch.py itself reports a config it cannot read
+        return
+    problems = unloadable_models(cfg)
+    if problems:
+        print("antijanus: a model cannot be loaded, nothing was trained:\n  " + "\n  ".join(problems),
+              file=sys.stderr, flush=True)
+        raise SystemExit(2)
+
