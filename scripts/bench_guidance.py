@@ -120,6 +120,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 4])
     args = parser.parse_args()
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        parser.error(f"--device {args.device}: no CUDA device here (torch {torch.__version__}); use --device cpu")
     device = torch.device(args.device)
 
     with tempfile.TemporaryDirectory() as tmp:

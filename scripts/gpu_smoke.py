@@ -18,6 +18,7 @@ on a CPU with tiny models and CPU-capable overrides (to check the script itself)
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import subprocess
@@ -136,6 +137,13 @@ def main() -> int:
         run_one(args.run_one, args.cpu, args.warmup, [a for a in launch_args if a != "--"])
         return 0
 
+    if not args.cpu:
+        import torch
+
+        if not torch.cuda.is_available():
+            parser.error("needs a CUDA GPU (none here); --cpu checks the script itself on a CPU")
+    if importlib.util.find_spec("threestudio") is None and not os.path.isdir("threestudio"):
+        parser.error("needs threestudio: run it from a threestudio checkout (the folder holding launch.py)")
     if args.cpu:
         from antijanus.cpu.imports import prepare_threestudio_import
 
