@@ -1,5 +1,7 @@
 import csv
+import hashlib
 import importlib.util
+import json
 import os
 import re
 import shlex
@@ -16,7 +18,8 @@ from antijanus.testing.tiny_models import make_clip
 from antijanus.utils.errors import ConfigError
 from antijanus.tools.evaluate import RENDERED_MARKER, MetricModels, MetricSettings, orbit_folder
 from antijanus.tools.sweep import (
-    DONE_MARKER, Sweep, SweepFailed, collect, evaluate_runs, parse_slurm_parameters, run_sweep, submit_slurm,
+    DONE_MARKER, IDENTITY_FILE, Sweep, SweepFailed, claim_folder, collect, evaluate_runs, parse_slurm_parameters,
+    run_sweep, submit_slurm,
 )
 from helpers import REPO  # noqa: E402
 
@@ -93,7 +96,8 @@ def test_sweep_expands_variants_prompts_and_seeds(sweep_file, tmp_path):
     runs = sweep.runs()
     assert len(runs) == 3 * 2 * 2 and len({r.tag for r in runs}) == 12
     baseline = runs[0]
-    assert baseline.tag == "baseline--a_dslr_photo_of_a_corgi--s0"
+    assert re.fullmatch(r"baseline--a_dslr_photo_of_a_corgi--s0--[0-9a-f]{10}", baseline.tag)
+    assert baseline.run_dir == os.path.join(sweep.out, "ablation", "runs", "ablation", baseline.tag)
     command = baseline.command(sweep.launch, sweep.name, sweep.exp_root)
     assert command[2:4] == ["--config", str(tmp_path / "a.yaml")]
     assert "seed=0" in command and "system.prompt_processor.prompt=a DSLR photo of a corgi" in command
@@ -105,7 +109,7 @@ def test_sweep_skips_finished_runs_and_aggregates(sweep_file):
     sweep = Sweep.load(str(sweep_file))
     done = sweep.runs()[:4]  # the baseline runs
     for run in done:  # pretend these finished earlier (their metrics are collected too)
-        os.makedirs(run.run_dir)
+        claim_folder(run)
         open(os.path.join(run.run_dir, DONE_MARKER), "w").close()
     assert len(run_sweep(sweep, dry_run=True)) == 8
     launched = run_sweep(sweep, progress=False)
@@ -174,9 +178,11 @@ def test_sweep_script_reports_failed_runs_and_collects_the_finished_ones(sweep_f
     result = subprocess.run([sys.executable, script, str(sweep_file)], capture_output=True, text=True)
     assert result.returncode == 1 and "Traceback" not in result.stderr
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    runs = sweep_file.parent / "out" / "ablation" / "runs" / "ablation"
-    assert errors == [f"error: {v}--fail_on_purpose--s0: training failed (exit 3), see "
-                      f"{runs / (v + '--fail_on_purpose--s0') / 'sweep.log'}" for v in ("baseline", "dsds", "perp-neg")]
+    runs = Sweep.load(str(sweep_file)).runs()
+    failed = sorted((r for r in runs if r.prompt == "FAIL on purpose"), key=lambda r: r.tag)
+    assert [r.variant for r in failed] == ["baseline", "dsds", "perp-neg"]
+    assert errors == [f"error: {r.tag}: training failed (exit 3), see {os.path.join(r.run_dir, 'sweep.log')}"
+                      for r in failed]
     assert "6 of 6 runs launched (0 already done, 3 failed)" in result.stdout and "collected 3 runs" in result.stdout
     results = list(csv.DictReader(open(sweep_file.parent / "out" / "ablation" / "results.csv")))
     assert sorted(r["variant"] for r in results) == ["baseline", "dsds", "perp-neg"]
@@ -424,3 +430,191 @@ def _umask():
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+# Issue "Ablation runs that never report a wrong number": a run's identity (exact prompt, seed,
+# overrides, config contents) names its folder; collections refuse duplicates; errors in one line.
+
+def only_variant(sweep, variant, prompts, seeds=(0,)):
+    sweep.variants = {variant: sweep.variants[variant]}
+    sweep.prompts, sweep.seeds = list(prompts), list(seeds)
+    return sweep
+
+
+def parsed_prompt(run):
+    """The prompt the (fake) launcher trained the run's folder with."""
+    parsed = yaml.safe_load(open(os.path.join(run.run_dir, "configs", "parsed.yaml")))
+    return parsed["system"]["prompt_processor"]["prompt"]
+
+
+def test_prompts_that_share_a_slug_get_runs_of_their_own(sweep_file):
+    """(1) 'a DSLR photo of a corgi' and 'A DSLR photo of a corgi!' had one run folder (the second
+    prompt skipped, or trained over the first: one prompt's metrics under the other's name); so
+    had long prompts that differ after the slug's 60 characters."""
+    sweep = only_variant(Sweep.load(str(sweep_file)), "perp-neg", ["a DSLR photo of a corgi"])
+    run_sweep(sweep, progress=False)
+    sweep.prompts = ["A DSLR photo of a corgi!"]
+    assert [r.prompt for r in run_sweep(sweep, dry_run=True)] == ["A DSLR photo of a corgi!"]  # not "done" by its tag
+    long = " ".join(["a highly detailed DSLR photo of a corgi"] * 10)
+    prompts = ["a DSLR photo of a corgi", "A DSLR photo of a corgi!", f"{long} in a hat", f"{long} in a scarf"]
+    sweep.prompts = prompts
+    assert [r.prompt for r in run_sweep(sweep, progress=False)] == prompts[1:]
+    runs = sweep.runs()
+    assert len({r.run_dir for r in runs}) == 4 and all(r.done for r in runs)
+    for run in runs:  # each folder trained once, with its own exact prompt
+        assert open(os.path.join(run.run_dir, "train-count")).read() == "1"
+        assert parsed_prompt(run) == run.prompt
+        assert json.load(open(os.path.join(run.run_dir, IDENTITY_FILE)))["prompt"] == run.prompt
+    rows = list(csv.DictReader(open(collect(sweep, progress=False)["csv"])))
+    assert sorted(r["prompt"] for r in rows) == sorted(prompts)  # exact prompts, not slugs
+
+
+def test_edited_settings_give_new_runs_and_old_ones_are_not_reported(sweep_file):
+    """(2) After editing a variant's overrides the sweep said '0 of 2 runs to launch (2 already
+    done)' and reported the old results under the edited variant. The same for the sweep-wide
+    overrides and the contents of a config file; the old runs stay on disk, untouched."""
+    text = sweep_file.read_text().replace("seeds: [0, 1]", "seeds: [0]")
+    sweep_file.write_text(text)
+    before = Sweep.load(str(sweep_file))
+    assert len(run_sweep(before, progress=False)) == 6
+    edited = text.replace("baseline: {overrides: [system.guidance.perp_neg=false]}",
+                          "baseline: {overrides: [system.guidance.perp_neg=true]}")
+    sweep_file.write_text(edited)
+    script = os.path.join(REPO, "scripts", "sweep.py")
+    out = subprocess.run([sys.executable, script, str(sweep_file), "--dry-run"], capture_output=True, text=True).stdout
+    assert "2 of 6 runs to launch (4 already done)" in out
+    sweep = Sweep.load(str(sweep_file))
+    assert sorted(r.variant for r in run_sweep(sweep, progress=False)) == ["baseline", "baseline"]
+    rows = list(csv.DictReader(open(collect(sweep, progress=False)["csv"])))
+    assert len(rows) == 6  # the current runs only
+    # perp_neg=false added 1 to grad_norm; the edited baseline does not have it
+    assert [float(r["train/grad_norm"]) for r in rows if r["variant"] == "baseline"] == [1.0, 1.0]
+    for run in before.runs():  # the old runs: still there, untouched, no longer reported
+        assert run.done and open(os.path.join(run.run_dir, "train-count")).read() == "1"
+
+    sweep_file.write_text(edited.replace("trainer.max_steps=3", "trainer.max_steps=4"))
+    assert len(run_sweep(Sweep.load(str(sweep_file)), dry_run=True)) == 6
+    sweep_file.write_text(edited)
+    (sweep_file.parent / "b.yaml").write_text("name: y\nsystem: {guidance: {perp_neg: true}}\n")
+    assert [r.variant for r in run_sweep(Sweep.load(str(sweep_file)), dry_run=True)] == ["dsds"] * 2
+
+
+def test_a_run_is_done_only_when_its_identity_file_matches(sweep_file, tmp_path):
+    """(2) The identity is written beside the run; a finished folder without it, or with another
+    identity, is not done, and is never trained over (the run fails, saying why)."""
+    sweep = only_variant(Sweep.load(str(sweep_file)), "perp-neg", ["a corgi", "a lion"])
+    run_sweep(sweep, progress=False)
+    corgi, lion = sweep.runs()
+    identity = json.load(open(corgi.identity_file))
+    assert identity == {"variant": "perp-neg", "prompt": "a corgi", "seed": 0,
+                        "config_sha256": hashlib.sha256((tmp_path / "a.yaml").read_bytes()).hexdigest(),
+                        "overrides": ["trainer.max_steps=3"], "variant_overrides": []}
+    os.remove(corgi.identity_file)
+    with open(lion.identity_file, "w") as f:  # the lion's folder says it holds the corgi's run
+        json.dump(identity, f)
+    assert not corgi.done and not lion.done
+    with pytest.raises(SweepFailed) as failed:
+        run_sweep(sweep, progress=False)
+    lines = sorted(f.line() for f in failed.value.failures)
+    assert lines == [f"error: {corgi.tag}: the folder holds a finished run without a readable identity.json (made by "
+                     f"another tool or an older sweep); move it away to run this one, see {corgi.run_dir}",
+                     f"error: {lion.tag}: the folder holds another run (its identity.json differs in prompt); move "
+                     f"it away to run this one, see {lion.identity_file}"]
+    assert all(open(os.path.join(r.run_dir, "train-count")).read() == "1" for r in (corgi, lion))
+    # a replaced block is part of the derived config's contents: another value, another run
+    (tmp_path / "m.yaml").write_text("name: m\nsystem: {material: {n_output_dims: 3}}\n")
+
+    def replaced(dims):
+        return Sweep.from_dict({"name": "r", "config": "m.yaml", "prompts": ["a bear"], "out": str(tmp_path / "o"),
+                                "replace": {"system.material": {"n_output_dims": dims}}}, str(tmp_path)).runs()[0]
+
+    assert replaced(4).tag != replaced(3).tag and replaced(4).tag == replaced(4).tag
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"variants": {}}, "`variants` = {}: needs at least one variant"),
+    ({"variants": []}, "`variants` = \\[\\]: needs at least one variant"),
+    ({"variants": None}, "`variants` = None: needs at least one variant"),
+    ({"variants": {1: {}, "1": {}}}, "`variants`.*'1' names two variants"),
+    ({"seeds": [0, 0, -1]}, "`seeds` = \\[0, 0, -1\\]: 0 is given twice"),
+    ({"seeds": [0, -1]}, "`seeds`.*-1 is not a seed in \\[0, 4294967295\\]"),
+    ({"seeds": [2 ** 32]}, "`seeds`.*4294967296 is not a seed"),
+    ({"prompts": ["a corgi", "a lion", "a corgi"]}, "`prompts`.*'a corgi' is given twice"),
+    ({"prompts": ["a corgi", "  "]}, "`prompts`.*prompt 2 is empty"),
+    ({"prompts": [""]}, "`prompts` = \\[''\\]: prompt 1 is empty"),
+])
+def test_collections_refuse_duplicates_and_empty_lists(tmp_path, change, message):
+    """(3) An empty variant list became one 'default' variant; duplicate seeds, prompts or
+    variant names ran (and were reported) twice; a seed Lightning replaces by a random one ran."""
+    (tmp_path / "a.yaml").write_text("name: x\n")
+    with pytest.raises(ConfigError, match=message):
+        Sweep.from_dict({"name": "x", "config": "a.yaml", "prompts": ["a corgi"], **change}, str(tmp_path))
+    with pytest.raises(ConfigError, match="`slurm` = 'timeout_min=600': timeout_min is given twice"):
+        parse_slurm_parameters(["timeout_min=5", "timeout_min=600"])
+    assert Sweep.from_dict({"name": "x", "config": "a.yaml", "prompts": ["p"]}, str(tmp_path)).seeds == [0]
+    assert list(Sweep.from_dict({"name": "x", "config": "a.yaml", "prompts": ["p"]}, str(tmp_path)).variants) == [
+        "default"]  # the key left out: one variant with the sweep's config
+
+
+@pytest.mark.parametrize("text, line, problem", [
+    ('name: x\nconfig: a.yaml\nprompts: ["a corgi", "a lion"\nseeds: [0]\n', 4, "did not find expected ',' or ']'"),
+    ("name: x\nconfig: a.yaml\nprompts: [a]\nvariants:\n  a: {}\n  a: {}\n", 6, "found duplicate key a"),
+])
+def test_a_sweep_files_yaml_error_is_one_line_naming_the_file_and_line(tmp_path, text, line, problem):
+    """(4) A YAML syntax error in the sweep file was a traceback."""
+    (tmp_path / "a.yaml").write_text("name: x\n")
+    path = tmp_path / "sweep.yaml"
+    path.write_text(text)
+    script = os.path.join(REPO, "scripts", "sweep.py")
+    result = subprocess.run([sys.executable, script, str(path), "--dry-run"], capture_output=True, text=True)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith(f"error: config key `sweep` = '{path}': not valid YAML: line {line}, ")
+    assert problem in lines[0]
+    with pytest.raises(ConfigError, match="no such sweep file"):
+        Sweep.load(str(tmp_path / "missing.yaml"))
+
+
+def test_collect_only_without_a_finished_run_fails_and_says_so(sweep_file):
+    """(5) Collecting a sweep with no finished run exited 0 ('collected 0 runs', empty tables)."""
+    script = os.path.join(REPO, "scripts", "sweep.py")
+    result = subprocess.run([sys.executable, script, str(sweep_file), "--collect-only"], capture_output=True, text=True)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "error: no finished run of sweep ablation" in result.stderr and "0 of 12 runs" in result.stderr
+    assert not os.path.exists(sweep_file.parent / "out" / "ablation" / "results.csv")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--gpus", "-1"], "argument --gpus: '-1' is not a GPU"),
+    (["--gpus", "0", "x"], "argument --gpus: 'x' is not a GPU"),
+    (["--gpus", "0", "1", "0"], "argument --gpus: 0 is given twice"),
+    (["--metrics", "a_lpips", "a_lpips"], "argument --metrics: a_lpips is given twice"),
+])
+def test_sweep_script_refuses_bad_gpu_and_column_lists(sweep_file, args, message):
+    """(5) The command line's lists are checked by argparse (exit 2, one message): --gpus -1 hid
+    every GPU from its runs, --gpus 0 0 put two runs on one GPU at once. (The script has no count
+    option such as --jobs: its parallelism is the --gpus list.)"""
+    script = os.path.join(REPO, "scripts", "sweep.py")
+    result = subprocess.run([sys.executable, script, str(sweep_file), "--dry-run", *args], capture_output=True,
+                            text=True)
+    assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_500_word_prompt_gets_a_run_folder_name_that_fits(sweep_file):
+    """(6) The run folder's name stays short (<= 100 bytes: far below the 255 of most file systems
+    and the 143 of eCryptfs) for a 500-word prompt, in any script, and still tells prompts apart."""
+    words = "a zoomed out DSLR photo of a corgi wearing a tiny knitted hat".split()
+    english = " ".join(words[i % len(words)] for i in range(500))
+    chinese = " ".join(["一只", "戴着", "小帽子的", "柯基犬"] * 125)
+    prompts = [english, english + " at dusk", chinese]
+    assert len(english.split()) == 500 and len(chinese.split()) == 500
+    sweep = only_variant(Sweep.load(str(sweep_file)), "perp-neg", prompts)
+    runs = sweep.runs()
+    names = [os.path.basename(r.run_dir) for r in runs]
+    assert len(set(names)) == 3, names
+    assert all(len(name.encode("utf-8")) <= 100 for name in names), names
+    assert names[2].startswith("perp-neg--一只_戴着_小帽子的_柯基犬")
+    assert re.search(r"--s0--[0-9a-f]{10}$", names[2])
+    run_sweep(sweep, progress=False)
+    assert [parsed_prompt(r) for r in sweep.runs()] == prompts

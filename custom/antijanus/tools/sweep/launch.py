@@ -1,7 +1,10 @@
 """Running a sweep: each run trained (and its test orbit rendered) on local GPUs one after the
 other or in parallel, or as a SLURM job array through submitit.
 
-A run that finished (it wrote ``.antijanus-done``) is skipped when the sweep is run again. With a
+A run that finished (it wrote ``.antijanus-done`` beside its ``identity.json``) is skipped when the
+sweep is run again with the same identity (spec: the exact prompt, seed, overrides and config
+contents); a folder that holds another run (its ``identity.json`` differs, or a finished run has
+none) is never trained over: that run fails with a line saying so. With a
 ``metrics`` block, each run then renders its test orbit from its checkpoint in the same slot
 (GPU / SLURM task) with threestudio's ``launch.py --test`` (a run whose orbit is missing is
 rendered again, not retrained). A failed run does not stop the others; each failure is reported
@@ -10,6 +13,7 @@ with the log that says why.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -19,10 +23,11 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from typing import Dict, List, Mapping, Optional, Sequence
 
+from ...utils.cache import write_json
 from ...utils.errors import ConfigError
 from ...utils.progress import progress_bar
 from ..evaluate import orbit_folder, render_run_orbit
-from .spec import DONE_MARKER, Run, Sweep
+from .spec import DONE_MARKER, IDENTITY_FILE, Run, Sweep
 
 
 class StepFailed(RuntimeError):
@@ -67,11 +72,28 @@ def training_log(run: Run) -> str:
     return os.path.join(run.run_dir, "sweep.log")
 
 
+def claim_folder(run: Run) -> None:
+    """Write the run's identity into its folder before it trains; a folder that holds another run
+    (its identity.json differs, or a finished run has none) is refused (StepFailed), never
+    trained over."""
+    recorded, identity = run.recorded_identity(), json.loads(run.identity)
+    if recorded is not None and recorded != identity:
+        differ = sorted(k for k in set(recorded) | set(identity) if recorded.get(k) != identity.get(k))
+        raise StepFailed(f"the folder holds another run (its {IDENTITY_FILE} differs in {', '.join(differ)}); "
+                         "move it away to run this one", run.identity_file)
+    if recorded is None and os.path.exists(os.path.join(run.run_dir, DONE_MARKER)):
+        raise StepFailed(f"the folder holds a finished run without a readable {IDENTITY_FILE} (made by another "
+                         "tool or an older sweep); move it away to run this one", run.run_dir)
+    write_json(run.identity_file, identity)
+
+
 def execute_run(sweep: Sweep, run: Run, cwd: Optional[str] = None, env: Optional[Mapping[str, str]] = None) -> None:
-    """Train the run (unless it finished before), then render its test orbit from the checkpoint
-    when the sweep has a metrics block. Raises RuntimeError (naming the log) when a step fails."""
+    """Train the run (unless it finished before with the same identity), then render its test
+    orbit from the checkpoint when the sweep has a metrics block. Raises RuntimeError (naming the
+    log) when a step fails or the folder holds another run."""
     os.makedirs(run.run_dir, exist_ok=True)
     if not run.done:
+        claim_folder(run)
         with open(training_log(run), "w") as log:
             code = subprocess.run(run.command(sweep.launch, sweep.name, sweep.exp_root), cwd=cwd,
                                   env=None if env is None else dict(env), stdout=log,
@@ -145,6 +167,8 @@ def parse_slurm_parameters(items: Sequence[str]) -> Dict[str, object]:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise ConfigError("slurm", item, "expects KEY=VALUE, e.g. slurm_partition=gpu timeout_min=600")
+        if key.strip() in params:
+            raise ConfigError("slurm", item, f"{key.strip()} is given twice")
         params[key.strip()] = int(value) if re.fullmatch(r"-?\d+", value) else value
     return params
 
