@@ -10,6 +10,8 @@ Modules, bottom of the import order first (a module imports only modules above i
     stats             Wilson intervals and the exact McNemar test
     training          helpers the training loops share (a throttled progress log)
     locations         where the lab finds its files (models, sweep files, the plugin's configs)
+    cli_args          the command lines' argument checks (counts, numbers, repeats, output folders)
+    worker_pool       runs in worker processes; a worker's failure ends the pool with its message
     model_files       the committed models' folders and their checksums
     vocab             the real CLIP BPE and uncased WordPiece vocabularies, read from PyPI wheels
     prior             the prior's settings and model definitions (a small text-to-image latent
@@ -39,5 +41,5 @@ Scripts (``custom/janus_lab/scripts``, each answers ``--help``) train the models
 and experiments and print the constructed-orbits table. Model versions and the settings each
 used: ``docs/model-history.md``.
 
-The lab sits at the end of the import order: it may import every other part, nothing imports it.
+The lab imports the plugin (antijanus); the plugin never imports the lab.
 """

@@ -119,7 +119,7 @@ def test_a_corrupt_debiasing_cache_is_recomputed(tmp_path, caplog, monkeypatch):
 
     def fake_debias(prompt, settings, scorer):  # stands in for the BERT scoring
         computed.append(prompt)
-        return debias.DebiasResult(prompt, {"front": prompt}, {"front": []}, None)
+        return debias.DebiasResult(prompt, {v: prompt for v in settings.views}, {v: [] for v in settings.views}, None)
 
     monkeypatch.setattr(debias, "debias_prompt", fake_debias)
     settings = debias.DebiasSettings()
@@ -129,7 +129,8 @@ def test_a_corrupt_debiasing_cache_is_recomputed(tmp_path, caplog, monkeypatch):
         f.write('{"prompt": "a co')  # e.g. a disk that filled up under an older, non-atomic writer
     with caplog.at_level(logging.WARNING, logger="antijanus.utils.cache"):
         result, path2, hit = debias.cached_debias("a corgi", settings, "bert", str(tmp_path), lambda: None)
-    assert path2 == path and not hit and computed == ["a corgi"] * 2 and result.view_prompts == {"front": "a corgi"}
+    assert path2 == path and not hit and computed == ["a corgi"] * 2
+    assert result.view_prompts == {v: "a corgi" for v in settings.views}
     assert len(caplog.records) == 1 and path in caplog.text
     assert debias.cached_debias("a corgi", settings, "bert", str(tmp_path), lambda: None)[2]  # rewritten: a hit
 

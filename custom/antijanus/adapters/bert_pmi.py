@@ -13,7 +13,8 @@ from threestudio.models.prompt_processors.base import DirectionConfig, PromptPro
 from threestudio.models.prompt_processors.stable_diffusion_prompt_processor import StableDiffusionPromptProcessor
 
 from ..core.views import ViewRanges
-from ..prompting.debias import DEFAULT_TEMPLATE, DEFAULT_VIEWS, DebiasResult, DebiasSettings, cached_debias
+from ..prompting.debias import (DEFAULT_TEMPLATE, DEFAULT_VIEWS, DebiasResult, DebiasSettings, cached_debias,
+                                threshold_problem)
 from ..prompting import mlm
 from ..prompting.text_encoders import resolve_load_in_8bit
 from ..prompting.view_prompts import comma_phrase
@@ -33,6 +34,7 @@ DEFAULT_PMI_VIEW_WORDS = dict(zip(DEFAULT_VIEWS, DEFAULT_VIEWS))
 @dataclass
 class DebiasingKeys:
     """The keys both debiasing processors add to threestudio's prompt-processor keys."""
+    prompt: Optional[str] = "a hamburger"  # threestudio's; Optional: `prompt=` (None) is our ConfigError
     use_prompt_debiasing: bool = True  # threestudio's key; false: view phrases only, no BERT
     front_threshold: float = 22.5  # D-SDS Sec. 4.2: the front region is halved
     view_phrases: Dict[str, str] = field(default_factory=lambda: dict(DEFAULT_VIEW_PHRASES))
@@ -75,15 +77,15 @@ class DebiasingPromptProcessorMixin(AntijanusPromptProcessorMixin):
                                            view_condition(name, ranges)) for name in DIRECTION_ORDER]
         self.direction2idx = {d.name: i for i, d in enumerate(self.directions)}
         self.prompt_library = load_prompt_library()
-        self.prompt = self.preprocess_prompt(cfg.prompt)
-        if not self.prompt or not self.prompt.strip():
-            raise ConfigError("prompt", cfg.prompt, "must not be empty")
+        self.prompt = self.require_prompt(self.preprocess_prompt(self.require_prompt(cfg.prompt)))
+        self.check_prompt_subject(self.prompt, list(phrases.values()))
         self.negative_prompt = cfg.negative_prompt
         self.configure_text_encoder_choice()
         self.check_view_phrases_fit()  # configuration errors before any model loads
         self.settings = self.debias_settings()
         self.debiased: Optional[DebiasResult] = None
         if cfg.use_prompt_debiasing:
+            self.warn_unreachable_threshold()
             self.debiased = self.debias()
         else:
             self.warn_unused_debias_keys()
@@ -116,6 +118,12 @@ class DebiasingPromptProcessorMixin(AntijanusPromptProcessorMixin):
             p_word=float(cfg.debias_p_word), normalization=cfg.pmi_normalization,
             word_units=cfg.debias_word_units, template=cfg.debias_template,
         ).validate()
+
+    def warn_unreachable_threshold(self) -> None:
+        problem = threshold_problem(self.settings)
+        if problem:
+            threestudio.warn(f"antijanus: `system.prompt_processor.debias_threshold` = {self.settings.threshold:g}: "
+                             f"{problem}")
 
     def warn_unused_debias_keys(self) -> None:
         changed = keys_changed_from_defaults(self.cfg, self.Config, _DEBIAS_ONLY)

@@ -18,6 +18,8 @@ from .prompt_base import (AntijanusPromptProcessorMixin, expand_trial_dir, keys_
                           load_prompt_library, no_model_on_other_ranks, rank_zero_then_shared)
 from .registry import register
 
+# the view phrases threestudio's processor appends ("<prompt>, side view"; "backside view of <prompt>")
+THREESTUDIO_VIEW_PHRASES = ("side view", "front view", "back view", "backside view", "overhead view")
 # keys that only matter with negative_prompt: auto
 _AUTO_DNP_ONLY = ("dns_steps", "dns_guidance_scale", "dns_seed", "dns_half_precision", "captioner",
                   "caption_max_new_tokens", "dnp_cache_dir", "dnp_output_dir")
@@ -34,6 +36,7 @@ class DNPPromptProcessor(AntijanusPromptProcessorMixin, StableDiffusionPromptPro
     n* written by hand after looking at the saved DNS image."""
     @dataclass
     class Config(StableDiffusionPromptProcessor.Config):
+        prompt: Optional[str] = "a hamburger"  # threestudio's; Optional: `prompt=` (None) is our ConfigError
         negative_prompt: str = "auto"
         dns_steps: int = 50
         dns_guidance_scale: float = 7.5
@@ -49,6 +52,9 @@ class DNPPromptProcessor(AntijanusPromptProcessorMixin, StableDiffusionPromptPro
 
     def configure(self) -> None:
         cfg = self.cfg
+        self.prompt_library = load_prompt_library()
+        prompt = self.require_prompt(self.preprocess_prompt(self.require_prompt(cfg.prompt)))
+        self.check_prompt_subject(prompt, THREESTUDIO_VIEW_PHRASES)  # before any sampling
         self.dnp = None
         if cfg.negative_prompt.strip().lower() == "auto":
             settings = SamplingSettings(cfg.dns_steps, cfg.dns_guidance_scale, cfg.dns_seed).validate()
@@ -70,8 +76,7 @@ class DNPPromptProcessor(AntijanusPromptProcessorMixin, StableDiffusionPromptPro
 
     def run_dnp(self, settings):
         cfg = self.cfg
-        self.prompt_library = load_prompt_library()
-        prompt = self.preprocess_prompt(cfg.prompt)
+        prompt = self.preprocess_prompt(cfg.prompt)  # (the prompt library: loaded by configure)
         device = self.device
         output_dir = expand_trial_dir("dnp_output_dir", cfg.dnp_output_dir)
 

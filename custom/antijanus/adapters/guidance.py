@@ -18,13 +18,14 @@ from ..backbones import detect_backbone
 from ..core.guidance import ScoreDistillationGuidance
 from ..core.guidance_config import DSDSConfig, ScoreDistillationConfig
 from .registry import calling_system, core_config, register
+from .resumed_run import length_change_warning
 
 #: How far up the call stack to look for the LightningModule that runs this guidance.
 TRAINER_SEARCH_DEPTH = 12
 
 
-def running_trainer_max_steps(depth: int = TRAINER_SEARCH_DEPTH) -> Optional[int]:
-    """``trainer.max_steps`` of the Lightning trainer running the current step, if any.
+def running_trainer(depth: int = TRAINER_SEARCH_DEPTH) -> Optional[Any]:
+    """The Lightning trainer running the current step (one with an integer ``max_steps``), if any.
 
     threestudio hands a guidance only its own config block, but every call into it
     (``update_step`` through the system's ``do_update_step``, ``__call__`` from
@@ -32,7 +33,7 @@ def running_trainer_max_steps(depth: int = TRAINER_SEARCH_DEPTH) -> Optional[int
     the running trainer: the nearest caller with one (a few frames up).
     """
     system = calling_system(lambda owner: isinstance(_max_steps_of(owner), int), depth)
-    return None if system is None else _max_steps_of(system)
+    return None if system is None else system._trainer
 
 
 def _max_steps_of(owner) -> Any:
@@ -55,23 +56,33 @@ class _GuidanceAdapter(BaseObject):
             info=lambda message: threestudio.info(f"antijanus: {message}"),
             warn=lambda message: threestudio.warn(f"antijanus: {message}"))
 
-    def _learn_run_length(self) -> None:
+    def _learn_run_length(self, global_step: int) -> None:
         """The clip schedule / sqrt_anneal stretch over the run's real trainer.max_steps unless
-        clip_end_step / trainer_max_steps say otherwise."""
+        clip_end_step / trainer_max_steps say otherwise; a resumed run whose trainer.max_steps
+        differs from the run it resumes is said once (resumed_run.py)."""
         engine = self.engine
         if engine.needs_schedule_length() and engine.schedule_length() is None:
-            max_steps = running_trainer_max_steps()
-            if max_steps is not None:
-                engine.set_run_max_steps(max_steps)
+            trainer = running_trainer()
+            if trainer is not None:
+                engine.set_run_max_steps(trainer.max_steps)
+                self._warn_changed_length(getattr(trainer, "ckpt_path", None), trainer.max_steps, global_step)
+
+    def _warn_changed_length(self, ckpt_path, max_steps: int, global_step: int) -> None:
+        clip = self.engine.resolved.clip
+        uses_clip = clip is not None and clip.needs_length
+        threshold = (lambda length, step: clip.schedule(length)(step)) if uses_clip else None
+        message = length_change_warning(ckpt_path, max_steps, uses_clip, global_step, threshold)
+        if message:
+            threestudio.warn(f"antijanus: {message}")
 
     def __call__(self, rgb, prompt_utils, elevation, azimuth, camera_distances,
                  rgb_as_latents: bool = False, guidance_eval: bool = False, **kwargs):
-        self._learn_run_length()
+        self._learn_run_length(self.engine.current_step)
         return self.engine(rgb, prompt_utils, elevation, azimuth, camera_distances,
                            rgb_as_latents=rgb_as_latents, guidance_eval=guidance_eval)
 
     def update_step(self, epoch: int, global_step: int, on_load_weights: bool = False):
-        self._learn_run_length()
+        self._learn_run_length(global_step)
         self.engine.update_step(epoch, global_step, on_load_weights=on_load_weights)
 
     # -- threestudio's public guidance methods ----------------------------------------------

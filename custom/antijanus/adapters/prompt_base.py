@@ -19,11 +19,15 @@ from threestudio.utils.misc import barrier, get_rank
 
 from ..core.views import VIEWS, ViewRanges, classify_views
 from ..prompting.text_encoders import (clip_text_embeddings, encoder_max_tokens, load_tokenizer,
-                                       t5_text_embeddings, token_counter)
-from ..prompting.view_prompts import check_room_for_words, fit_view_prompt
-from ..utils.cache import load_tensor, save_tensor
+                                       t5_text_embeddings, text_encoder_width, token_counter)
+from ..prompting.trial_tag import register_tag_resolver
+from ..prompting.view_prompts import check_room_for_words, fit_view_prompt, subject_words, view_phrases_in
+from ..utils.cache import load_tensor_of_shape, save_tensor
 from ..utils.errors import ConfigError
 from .registry import calling_system
+
+# the shipped configs' `tag: ${antijanus_tag:...}`, there before threestudio's launcher reads them
+register_tag_resolver()
 
 # threestudio's direction order (its built-in Perp-Neg indexes side=0, front=1, back=2, overhead=3)
 DIRECTION_ORDER = ("side", "front", "back", "overhead")
@@ -166,25 +170,58 @@ class AntijanusPromptProcessorMixin:
         return os.path.join(self._cache_dir, f"{hash_prompt(self.cfg.pretrained_model_name_or_path, prompt)}.pt")
 
     def drop_unreadable_embeddings(self, prompts: Sequence[str]) -> None:
-        """Cached embeddings that cannot be loaded (truncated, garbage) are removed, each with one
-        warning naming the file, so that threestudio's existence check computes them again."""
+        """Cached embeddings that cannot be loaded (truncated, garbage) or hold something else
+        than this model's embedding (another shape, inf/nan) are removed, each with one warning
+        naming the file, so that threestudio's existence check computes them again."""
         for prompt in dict.fromkeys(prompts):
-            load_tensor(self.embedding_path(prompt))
+            self.load_embedding(self.embedding_path(prompt))
+
+    def embedding_shape(self) -> Tuple[int, Optional[int]]:
+        """(tokens, width) of this model's text embeddings: the encoder's window and its width
+        (None when its config cannot be read)."""
+        if getattr(self, "_embedding_shape", None) is None:
+            self._embedding_shape = (self.token_budget()[1], text_encoder_width(self.cfg.pretrained_model_name_or_path))
+        return self._embedding_shape
+
+    def load_embedding(self, path: str, map_location=None):
+        """The cached embedding in ``path``, or None (missing; invalid: removed with a warning)."""
+        return load_tensor_of_shape(path, self.embedding_shape(), map_location)
 
     def load_from_cache(self, prompt: str):
-        """threestudio's ``load_from_cache``; an unreadable file is computed again here instead
-        of a crash in ``torch.load``."""
+        """threestudio's ``load_from_cache``; an unreadable or invalid file is computed again
+        here instead of a crash in ``torch.load`` or ``torch.stack``."""
         path = self.embedding_path(prompt)
         if not os.path.exists(path):
             raise FileNotFoundError(f"Text embedding file {path} for model {self.cfg.pretrained_model_name_or_path} "
                                     f"and prompt [{prompt}] not found.")
-        embedding = load_tensor(path, map_location=self.device)
-        if embedding is None:  # unreadable: removed with a warning naming it
+        embedding = self.load_embedding(path, map_location=self.device)
+        if embedding is None:  # unreadable or invalid: removed with a warning naming it
             self.spawn_func(self.cfg.pretrained_model_name_or_path, [prompt], self._cache_dir)
-            embedding = load_tensor(path, map_location=self.device)
+            embedding = self.load_embedding(path, map_location=self.device)
         if embedding is None:
             raise RuntimeError(f"antijanus: the text embedding {path} of [{prompt}] cannot be read after computing it")
         return embedding
+
+    def require_prompt(self, prompt) -> str:
+        """The prompt, or a ConfigError naming it when there is none (``prompt=`` gives None)."""
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise ConfigError("prompt", prompt, "must not be empty: give the prompt, e.g. "
+                              "system.prompt_processor.prompt=\"a DSLR photo of a corgi\"")
+        return prompt
+
+    def check_prompt_subject(self, prompt: str, phrases: Sequence[str]) -> None:
+        """A prompt made only of view words is a ConfigError (nothing to train on); a prompt that
+        names a view itself ('..., back view') is one warning: every view's prompt says it."""
+        if not subject_words(prompt, phrases):
+            raise ConfigError("prompt", prompt, "names only views, no object: there is nothing to train on "
+                              "(every view would be trained on '<views>, <view phrase>'); name the object, "
+                              "e.g. \"a corgi\"")
+        named = view_phrases_in(prompt, phrases)
+        if named:
+            threestudio.warn(f"antijanus: `system.prompt_processor.prompt` = {prompt!r} names the view(s) {named} "
+                             "itself, so every view's prompt says it ('<prompt>, front view' says "
+                             f"{named[0]!r} too) and view-dependent prompting contradicts itself; remove "
+                             f"{named} from the prompt")
 
     def token_budget(self) -> Tuple[Callable[[str], int], int]:
         """(token counter of the text encoder's tokenizer, its window), the tokenizer loaded once."""
@@ -229,7 +266,7 @@ class AntijanusPromptProcessorMixin:
     def load_empty_text_embeddings(self) -> None:
         """The "" embedding (``empty_text_embeddings``): the guidances use it as the
         unconditional when the negative prompt is a Perp-Neg negative."""
-        if get_rank() == 0 and load_tensor(self.embedding_path("")) is None:  # missing or unreadable
+        if get_rank() == 0 and self.load_embedding(self.embedding_path("")) is None:  # missing or invalid
             self.spawn_func(self.cfg.pretrained_model_name_or_path, [""], self._cache_dir)
         barrier()
         self.empty_text_embeddings = self.load_from_cache("")[None, ...]

@@ -30,7 +30,7 @@ from typing import Optional, Tuple
 
 from torch import Tensor
 
-from ..utils.errors import ConfigError, require_choice, require_non_negative
+from ..utils.errors import ConfigError, require_choice, require_finite, require_non_negative
 
 CLIP_SCHEDULES = ("linear", "constant", "cosine")
 CLIP_TARGETS = ("gradient", "residual")
@@ -67,6 +67,8 @@ class ClipSchedule:
 
     def validate(self, prefix: str = "clip_") -> "ClipSchedule":
         require_choice(prefix + "schedule", self.kind, CLIP_SCHEDULES)
+        for name in ("start", "end", "start_step", "end_step"):
+            require_finite(prefix + name, getattr(self, name))
         require_non_negative(prefix + "start", self.start)
         require_non_negative(prefix + "end", self.end)
         if self.kind != "constant" and self.start > self.end:

@@ -35,6 +35,7 @@ from ..backbones import BACKBONES
 from ..backbones.base import BackboneOptions, DiffusionBackbone
 from ..utils.errors import ConfigError
 from .dsds import ClipSchedule, clip_score
+from .finite_check import FiniteWatch, NonFiniteStepError, likely_suspects
 from .guidance_config import (DSDSConfig, PerpNegDecision, ScoreDistillationConfig, config_warnings,
                               decide_perp_neg, resolve_config)
 from .perp_neg import perp_neg_noise
@@ -168,6 +169,7 @@ class ScoreDistillationGuidance:
         self._checked_prompts = False
         self._empty_embedding: Optional[Tensor] = None
         self._sampler = None
+        self._finite = FiniteWatch()
         self.update_step(0, 0)
 
     def _once(self, message: str, warning: bool = False) -> None:
@@ -183,6 +185,11 @@ class ScoreDistillationGuidance:
         if self.run_max_steps is not None:
             return int(self.run_max_steps), "trainer.max_steps of the running trainer"
         return None
+
+    @property
+    def current_step(self) -> int:
+        """The global step of the last ``update_step``."""
+        return self._step[1]
 
     def needs_schedule_length(self) -> bool:
         clip = self.resolved.clip
@@ -399,7 +406,19 @@ class ScoreDistillationGuidance:
             model_output = with_variance(guided.eps_hat, guided.variance)
             out["eval"] = self.previews(x_t, t, model_output, prompt_utils, elevation, azimuth,
                                         camera_distances, decision)
+        self.check_finite(rgb, out)
         return out
+
+    def check_finite(self, rgb: Tensor, out: Dict[str, Any]) -> None:
+        """A step whose renders, loss or gradient norm are not finite stops the run, without a
+        device sync: on a GPU the step is checked once the GPU has finished it (finite_check.py)."""
+        values = {"rgb": rgb, **{k: out[k] for k in ("loss_sds", "grad_norm", "loss_sds_img") if k in out}}
+        self._finite.record(self._step[1], values)
+        bad = self._finite.first_bad()
+        if bad is not None:
+            raise NonFiniteStepError(bad[0], bad[1], likely_suspects(
+                bad[1], self.resolved.guidance_scale, self.config.half_precision_weights,
+                self.resolved.unusual_keys))
 
     def model_inputs(self, rgb: Tensor, rgb_as_latents: bool) -> Tuple[Tensor, Optional[Tensor]]:
         """Renders [B, H, W, C] -> the model's x_0 (fp32), and HiFA's image when use_img_loss."""

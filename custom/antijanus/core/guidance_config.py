@@ -4,7 +4,8 @@ model loads.
 ``resolve_config`` checks every key (a ``ConfigError`` naming it) and resolves what the keys
 leave open: the backbone (detected from the model), the guidance scale and D-SDS clip range
 (the backbone's defaults), the Perp-Neg weight functions (preset, then per-function keys).
-``config_warnings`` lists keys that are valid but have no effect, or that act twice.
+``config_warnings`` lists keys that are valid but have no effect, or that act twice. Every number
+key must be finite, and one outside its sensible range is said once (``config_ranges.py``).
 
 Perp-Neg on or off (``decide_perp_neg``, at the first step, when the processor's output is
 known): ``perp_neg: null`` (the default of both registered names) follows the prompt processor's
@@ -24,6 +25,7 @@ from typing import Any, ClassVar, Dict, List, Optional, Tuple
 from ..backbones import BACKBONES, detect_backbone
 from ..backbones.base import BackboneOptions
 from ..utils.errors import ConfigError, require_choice, require_non_negative, require_positive
+from .config_ranges import check_finite_keys, range_warnings
 from .dsds import CLIP_SCHEDULES, CLIP_TARGETS, ClipSchedule, clip_target_of_path, describe_clip
 from .prompts import ProcessorPerpNeg, processor_perp_neg
 from .sds import WEIGHTING_STRATEGIES, check_schedule, check_step_range
@@ -123,7 +125,8 @@ class ResolvedConfig:
     own_weights: Optional[PerpNegWeights]  # None: the guidance sets no Perp-Neg weight key
     overhead_negative: tuple
     clip: Optional[ClipSettings]
-    warnings: Tuple[str, ...] = ()  # config-time warnings (keys without effect, double clipping)
+    warnings: Tuple[str, ...] = ()  # config-time warnings (keys without effect, double clipping, ranges)
+    unusual_keys: Tuple[str, ...] = ()  # keys outside their sensible range (config_ranges.py)
 
 
 def resolve_config(config: ScoreDistillationConfig) -> ResolvedConfig:
@@ -131,6 +134,7 @@ def resolve_config(config: ScoreDistillationConfig) -> ResolvedConfig:
     name = config.backbone or detect_backbone(config.pretrained_model_name_or_path)
     require_choice("backbone", name, BACKBONES)
     backbone = BACKBONES[name]
+    check_finite_keys(config)  # inf passes "> 0": every number key is checked for it first
     guidance_scale = backbone.DEFAULT_GUIDANCE_SCALE if config.guidance_scale is None else config.guidance_scale
     require_positive("guidance_scale", guidance_scale)
     require_choice("weighting_strategy", config.weighting_strategy, WEIGHTING_STRATEGIES)
@@ -147,13 +151,17 @@ def resolve_config(config: ScoreDistillationConfig) -> ResolvedConfig:
     if config.perp_neg and not config.view_dependent_prompting:
         raise ConfigError("view_dependent_prompting", False,
                           "Perp-Neg needs view-dependent prompts (or set perp_neg: false)", [True])
+    own_weights, overhead = own_perp_neg_weights(config), overhead_negative_vector(config.overhead_negatives)
+    clip = clip_settings(config, backbone.DEFAULT_CLIP)
+    unusual = range_warnings(config, float(guidance_scale), None if clip is None else clip.kind)
     return ResolvedConfig(
         backbone=name,
         guidance_scale=float(guidance_scale),
-        own_weights=own_perp_neg_weights(config),
-        overhead_negative=overhead_negative_vector(config.overhead_negatives),
-        clip=clip_settings(config, backbone.DEFAULT_CLIP),
-        warnings=tuple(config_warnings(config)),
+        own_weights=own_weights,
+        overhead_negative=overhead,
+        clip=clip,
+        warnings=tuple(config_warnings(config)) + tuple(unusual.values()),
+        unusual_keys=tuple(unusual),
     )
 
 

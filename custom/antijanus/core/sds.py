@@ -109,6 +109,13 @@ def check_schedule(key: str, value: Any, low: float, high: float) -> None:
     for v in _schedule_values(value, convert=False):
         if not isinstance(v, (int, float)) or not low <= v <= high or math.isnan(v):
             raise ConfigError(key, value, f"values must lie in [{low}, {high}]")
+        if math.isinf(v):
+            raise ConfigError(key, value, "values must be finite numbers (inf is not)")
+    if not isinstance(value, (int, float)):
+        spec = list(value)
+        steps = spec[2:3] if len(spec) == 3 else [spec[0]] + spec[3::2]
+        if not all(isinstance(p, (int, float)) and not isinstance(p, bool) and math.isfinite(p) for p in steps):
+            raise ConfigError(key, value, "the steps of a schedule must be finite numbers")
 
 
 def schedule_breakpoints(value: Any) -> Tuple[str, List[float]]:
@@ -158,6 +165,11 @@ def check_step_range(min_key: str, min_value: Any, max_key: str, max_value: Any)
         raise ConfigError(min_key, min_value, f"and {max_key} ({max_value!r}) are scheduled in "
                           "different units (steps / epochs) and their ranges overlap, so min may "
                           "exceed max; use the same unit for both")
+
+
+def schedule_values(value: Any) -> List[float]:
+    """Every value a scalar/schedule takes at its breakpoints: its extremes are among them."""
+    return _schedule_values(value)
 
 
 def _schedule_values(value: Any, convert: bool = True) -> List[Any]:

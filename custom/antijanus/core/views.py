@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Dict, Mapping, Optional, Sequence, Tuple
+from typing import Dict, Iterable, Mapping, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
 
-from ..utils.errors import ConfigError, require_non_negative
+from ..utils.errors import ConfigError, require_finite, require_non_negative
 
 #: Canonical view order used by every tensor indexed by view in this package.
 VIEWS: Tuple[str, ...] = ("front", "side", "back", "overhead")
@@ -98,18 +98,41 @@ class DecayWeight:
 
     @classmethod
     def from_config(cls, key: str, value: Sequence[float]) -> "DecayWeight":
-        values = [float(v) for v in value]
-        if len(values) not in (3, 4):
-            raise ConfigError(key, list(value), "must be [a, b, c] or [a, b, c, cutoff] for "
-                              "f(x) = a*exp(-b*x) + c (0 where x > cutoff)")
-        weight = cls(*values)
+        shape = "must be [a, b, c] or [a, b, c, cutoff] for f(x) = a*exp(-b*x) + c (0 where x > cutoff)"
+        if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
+            raise ConfigError(key, value, shape)
+        given = list(value)
+        if len(given) not in (3, 4):
+            raise ConfigError(key, given, shape)
+        for name, v in zip(("a", "b", "c", "cutoff"), given):
+            try:
+                require_finite(f"{key}.{name}", v)
+            except ConfigError as error:
+                raise ConfigError(key, given, f"{name} = {v!r} {error.problem}; {shape}") from None
+        weight = cls(*[float(v) for v in given])
         # a*exp(-b*x) + c is monotone in x, so checking both ends covers x in [0, 1].
         for x in (0.0, 1.0):
-            fx = weight.a * math.exp(-weight.b * x) + weight.c
+            fx = weight.at(x)
+            if not math.isfinite(fx):
+                raise ConfigError(key, given, f"gives f({x:g}) = {fx}: exp(-b*x) overflows; use a smaller |b|")
             if not fx >= 0:
-                raise ConfigError(key, list(value), f"gives a negative weight f({x:g}) = {fx:.4g}; "
+                raise ConfigError(key, given, f"gives a negative weight f({x:g}) = {fx:.4g}; "
                                   "Perp-Neg weights must be >= 0 for x in [0, 1]")
         return weight
+
+    def at(self, x: float) -> float:
+        """f(x) for a number x, ignoring the cutoff (inf where exp overflows)."""
+        try:
+            return self.a * math.exp(-self.b * x) + self.c
+        except OverflowError:
+            return math.copysign(math.inf, self.a) if self.a else self.c
+
+    def peak(self) -> float:
+        """The largest weight f takes for x in [0, 1] (f is monotone: at an end, or the cutoff)."""
+        if self.cutoff is not None and self.cutoff < 0:
+            return 0.0
+        upper = 1.0 if self.cutoff is None else min(1.0, self.cutoff)
+        return max(self.at(0.0), self.at(upper))
 
 
 @dataclass(frozen=True)
@@ -174,7 +197,7 @@ def overhead_negative_vector(
     for view, weight in dict(overhead_negatives).items():
         if view not in allowed:
             raise ConfigError(f"{key}.{view}", weight, f"unknown view name {view!r}", allowed)
-        require_non_negative(f"{key}.{view}", float(weight))
+        require_non_negative(f"{key}.{view}", require_finite(f"{key}.{view}", weight))
         weights[VIEWS.index(view)] = float(weight)
     return tuple(weights)
 

@@ -54,8 +54,8 @@ from typing import Dict, List, Mapping, Optional, Protocol, Sequence, Set, Tuple
 import torch
 from torch import Tensor
 
-from ..utils.cache import cache_key, read_json, write_json
-from ..utils.errors import ConfigError, require_choice
+from ..utils.cache import cache_key, invalid_content, read_json, write_json
+from ..utils.errors import ConfigError, require_choice, require_finite
 
 DEFAULT_TEMPLATE = "This image is depicting a [MASK] view of {prompt}"
 NORMALIZATIONS = ("none", "mean", "max")
@@ -263,9 +263,10 @@ class DebiasSettings:
         for word in self.view_words:
             if not word or not word.strip():
                 raise ConfigError("pmi_view_words", list(self.view_words), "view words must not be empty")
+        require_finite("debias_threshold", self.threshold)
         if not 0.0 < self.threshold:
             raise ConfigError("debias_threshold", self.threshold, "must be > 0")
-        if not 0.0 < self.p_word < 1.0:
+        if not 0.0 < require_finite("debias_p_word", self.p_word) < 1.0:
             raise ConfigError("debias_p_word", self.p_word, "must lie in (0, 1)")
         require_choice("pmi_normalization", self.normalization, NORMALIZATIONS)
         require_choice("debias_word_units", self.word_units, WORD_UNITS)
@@ -273,6 +274,29 @@ class DebiasSettings:
         if problem:
             raise ConfigError("debias_template", self.template, problem)
         return self
+
+
+def threshold_problem(settings: DebiasSettings) -> Optional[str]:
+    """Why ``debias_threshold`` lies where it cannot act as a threshold, with the reachable
+    range, or None. With P(u) = p: PMI = P(v|u) / (p P(v|u) + (1 - p) P(v|not u)) < 1/p, so under
+    the "none" rule a threshold >= 1/p drops every unprotected word from every view; normalised by
+    the best view ("max") PMI is at most 1, by the mean ("mean") at most the number of views, so a
+    threshold above those leaves only the rule's PMI < 1."""
+    t = settings.threshold
+    if settings.normalization == "none":
+        top = 1.0 / settings.p_word
+        if t >= top:
+            return (f"PMI with P(u) = debias_p_word = {settings.p_word:g} is always below 1/P(u) = {top:g}, so every "
+                    "word that is not protected contradicts every view: each view loses all of them, or keeps "
+                    f"the whole prompt when nothing would be left, and debiasing does nothing useful; the "
+                    f"reachable range is (0, {top:g}) (default 0.95)")
+        return None
+    top = 1.0 if settings.normalization == "max" else float(len(settings.views))
+    if t > top:
+        return (f"the PMI normalised by the {settings.normalization} over the views is at most {top:g}, so the "
+                f"threshold no longer acts (every word with PMI < 1 is dropped); the reachable range is "
+                f"(0, {top:g}] (default 0.95)")
+    return None
 
 
 @dataclass
@@ -388,10 +412,53 @@ def cached_debias(prompt: str, settings: DebiasSettings, model_name: str, cache_
     key = cache_key(kind="bert-pmi-debias", rules=RULES_VERSION, model=model_name, prompt=prompt,
                     settings=dataclasses.asdict(settings))
     path = os.path.join(cache_dir, f"{key}.json")
-    if use_cache:
-        data = read_json(path)
-        if data is not None:
+    data = read_json(path) if use_cache else None
+    if data is not None:
+        problem = cached_result_problem(data, prompt, settings, model_name)
+        if problem is None:
             return DebiasResult.from_dict(data), path, True
+        invalid_content(path, problem)
     result = debias_prompt(prompt, settings, make_scorer())
-    write_json(path, result.as_dict())
+    write_json(path, {**result.as_dict(), "model": model_name})
     return result, path, False
+
+
+def cached_result_problem(data: Mapping, prompt: str, settings: DebiasSettings, model_name: str) -> Optional[str]:
+    """Why a cached debiasing result cannot be used (a key missing, another prompt, model or set
+    of views, a malformed PMI table), or None."""
+    missing = [key for key in ("prompt", "view_prompts", "removed") if key not in data]
+    if missing:
+        return f"the key {missing[0]!r} is missing"
+    if data["prompt"] != prompt:
+        return f"it is the result of another prompt ({str(data['prompt'])[:60]!r})"
+    if data.get("model", model_name) != model_name:
+        return f"it is the result of another masked LM ({data['model']!r})"
+    views = set(settings.views)
+    for key in ("view_prompts", "removed"):
+        if not isinstance(data[key], Mapping) or set(data[key]) != views:
+            return f"{key!r} does not hold one entry per view {sorted(views)}"
+    if not all(isinstance(text, str) and text.strip() for text in data["view_prompts"].values()):
+        return "a view prompt is not a non-empty string"
+    if not all(isinstance(words, list) for words in data["removed"].values()):
+        return "'removed' does not hold a list of words per view"
+    if not set(data.get("kept_whole", [])) <= views:
+        return "'kept_whole' names a view that does not exist"
+    return table_problem(data.get("table"), list(settings.views))
+
+
+def table_problem(table: Optional[Mapping], views: List[str]) -> Optional[str]:
+    """Why a cached PMI table is malformed (keys, view order, a [words x views] shape), or None."""
+    if table is None:
+        return None
+    try:
+        words = len(table["words"])
+        matrices = [torch.tensor(table[key], dtype=torch.float64) for key in
+                    ("p_view_given_word", "p_view_given_no_word", "pmi", "normalized_pmi", "dropped")]
+        p_u = torch.tensor(table["p_u"], dtype=torch.float64)
+    except (KeyError, TypeError, ValueError, RuntimeError) as error:
+        return f"the PMI table is malformed ({type(error).__name__}: {str(error)[:80]})"
+    if list(table.get("views", [])) != views:
+        return f"the PMI table's views are {table.get('views')}, not {views}"
+    if any(tuple(m.shape) != (words, len(views)) for m in matrices) or tuple(p_u.shape) != (words,):
+        return f"the PMI table is not {words} words x {len(views)} views"
+    return None

@@ -27,11 +27,12 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Protocol, Tuple
 
 import torch
 from diffusers import DDIMScheduler
+from PIL import Image
 from torch import Tensor
 
 from ..backbones.base import BackboneOptions
 from ..backbones.stable_diffusion import StableDiffusionBackbone
-from ..utils.cache import atomic_write, cache_key, read_json, write_json
+from ..utils.cache import atomic_write, cache_key, invalid_content, read_json, write_json
 from ..utils.errors import ConfigError, require_positive
 from ..utils.imaging import to_pil
 from ..utils.loading import check_model_path, load_pretrained, require_layout
@@ -151,7 +152,10 @@ def cached_dnp(
     image_path = os.path.join(cache_dir, f"{key}.png")
     record = read_json(record_path) if use_cache else None
     if record is not None and os.path.exists(image_path):
-        return DNPResult(prompt, record["negative_prompt"], image_path, record_path, True)
+        problem = dnp_record_problem(record, prompt, model_name, captioner_name) or image_problem(image_path)
+        if problem is None:
+            return DNPResult(prompt, record["negative_prompt"], image_path, record_path, True)
+        invalid_content(record_path, problem)
     log(f"antijanus: DNS sampling of [{prompt}] with {model_name}: {settings.steps} DDIM steps, "
         f"guidance scale {settings.guidance_scale}, seed {settings.seed}")
     sampler, encode = make_sampler()
@@ -165,6 +169,28 @@ def cached_dnp(
                              "captioner": captioner_name, "settings": dataclasses.asdict(settings),
                              "variant": dict(variant or {})})
     return DNPResult(prompt, negative, image_path, record_path, False)
+
+
+def dnp_record_problem(record: Mapping, prompt: str, model_name: str, captioner_name: str) -> Optional[str]:
+    """Why a cached auto-DNP record cannot be used (n* missing or not a string, another prompt,
+    model or captioner where the record names them), or None."""
+    negative = record.get("negative_prompt")
+    if not isinstance(negative, str):
+        return "the key 'negative_prompt' is missing" if negative is None else "'negative_prompt' is not a string"
+    for key, expected in (("prompt", prompt), ("model", model_name), ("captioner", captioner_name)):
+        if key in record and record[key] != expected:
+            return f"it was made for another {key} ({str(record[key])[:60]!r})"
+    return None
+
+
+def image_problem(path: str) -> Optional[str]:
+    """Why the cached DNS image cannot be read as an image (truncated, garbage), or None."""
+    try:
+        with Image.open(path) as image:
+            image.verify()
+    except Exception as error:  # noqa: BLE001 (PIL raises many kinds for a damaged file)
+        return f"its DNS image {os.path.basename(path)} is unreadable ({type(error).__name__})"
+    return None
 
 
 STABLE_DIFFUSION_LAYOUT = ("unet", "vae", "scheduler", "tokenizer", "text_encoder")

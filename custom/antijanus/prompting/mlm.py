@@ -74,7 +74,10 @@ class MaskedLMViewScorer:
         scores = torch.full((len(prompts), len(view_words)), float("-inf"))
         for row, (i, length) in enumerate(rows):
             if int(is_mask[row].sum()) != length:  # the prompt was truncated into the masks
-                raise ValueError(f"prompt too long for the masked LM: {prompts[i][:60]!r}...")
+                raise ConfigError("debias_template", self.template, "puts [MASK] after {prompt}, and with this "
+                                  f"prompt ({prompts[i][:60]!r}...) the masked LM's {self.tokenizer.model_max_length} "
+                                  "tokens end before the [MASK]: put [MASK] before {prompt} (as the default "
+                                  "template does) or shorten the prompt")
             start = int(first_mask[row])
             for v in by_length[length]:
                 scores[i, v] = sum(log_probs[start + j, t] for j, t in enumerate(pieces[v]))

@@ -44,3 +44,17 @@ def encoder_max_tokens(tokenizer, kind: str) -> int:
 def token_counter(tokenizer):
     """Number of tokens of a text with the encoder's special tokens, untruncated."""
     return lambda text: len(tokenizer(text, add_special_tokens=True, verbose=False).input_ids)
+
+
+def text_encoder_width(model: str) -> Optional[int]:
+    """The width of the text encoder's embeddings (CLIP ``hidden_size``, T5 ``d_model``) from the
+    model's ``text_encoder/config.json``; None when it cannot be read (then only the token count
+    of a cached embedding is checked)."""
+    from transformers import AutoConfig  # deferred: slow import
+
+    try:
+        config = AutoConfig.from_pretrained(model, subfolder="text_encoder")
+    except Exception:  # noqa: BLE001 (no config.json, an id not in the hub cache: not checked)
+        return None
+    width = getattr(config, "hidden_size", None) or getattr(config, "d_model", None)
+    return int(width) if isinstance(width, int) else None

@@ -9,9 +9,11 @@ shortens the user's part instead (whole words from the end) until the view promp
 
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence, Tuple
+import re
+from typing import Callable, Iterable, List, Optional, Sequence, Tuple
 
 from ..utils.errors import ConfigError
+from .debias import FUNCTION_WORDS
 
 
 def comma_phrase(phrase: str) -> Callable[[str], str]:
@@ -60,3 +62,31 @@ def fit_view_prompt(user_part: str, make_prompt: Callable[[str], str], count_tok
 
 def _join(words) -> str:
     return " ".join(words).rstrip(",;:&-")
+
+
+_WORDS = re.compile(r"\w+", re.UNICODE)
+VIEW_FILLERS = frozenset({"view", "views", "side", "sides", "front", "back", "backside", "top", "overhead"})
+
+
+def phrase_words(phrases: Iterable[str]) -> frozenset:
+    """The lower-case words of the view phrases, with the usual view words ('view', 'front', ...)."""
+    return VIEW_FILLERS | frozenset(w.lower() for phrase in phrases for w in _WORDS.findall(phrase))
+
+
+def subject_words(prompt: str, phrases: Iterable[str]) -> List[str]:
+    """The prompt's words that say what the object is: neither a view word nor a function word
+    ('a', 'of', ...). None left: the prompt only names views, there is nothing to train on."""
+    views = phrase_words(phrases)
+    return [w for w in _WORDS.findall(prompt) if w.lower() not in views and w.lower() not in FUNCTION_WORDS]
+
+
+def view_phrases_in(prompt: str, phrases: Iterable[str]) -> List[str]:
+    """The view phrases ('back view') the prompt itself contains, as whole words, any case: each
+    view's prompt then names that view too ('<prompt>, front view' says 'back view' as well)."""
+    text = " ".join(_WORDS.findall(prompt.lower()))
+    found = []
+    for phrase in phrases:
+        words = " ".join(_WORDS.findall(phrase.lower()))
+        if words and re.search(rf"(?<!\w){re.escape(words)}(?!\w)", text) and phrase not in found:
+            found.append(phrase)
+    return found

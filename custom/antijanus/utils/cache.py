@@ -8,7 +8,8 @@ own cache files. A run killed mid-write leaves its temporary file (``.tmp-antija
 behind; a later write into that folder removes it once it is an hour old (see
 ``remove_stale_temporaries``; no other file is touched). A cache file that cannot
 be read (truncated, garbage, another format) is a cache miss with one warning naming the file,
-so the value is computed again and the file rewritten.
+so the value is computed again and the file rewritten; so is a file that reads but does not hold
+what its reader expects (``invalid_content``: a key missing, a tensor of another shape).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import logging
 import os
 import tempfile
 import time
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import torch
 from safetensors.torch import save
@@ -171,3 +172,42 @@ def _remove_quietly(path: str) -> None:
         os.remove(path)
     except OSError:
         pass
+
+
+def invalid_content(path: str, problem: str) -> None:
+    """One warning naming a cache file that reads but does not hold what it should (a key
+    missing, a tensor of another shape, another model's result): the caller computes it again."""
+    logger.warning("antijanus: cache file %s is not valid (%s); computing it again", path, problem)
+
+
+def load_torch_checked(path: str, problem: Callable[[Any], Optional[str]], map_location=None) -> Any:
+    """``load_torch`` with a check that says what is wrong: ``problem(value)`` is None for a
+    valid value, else the reason, in the one warning naming the file (which is then removed, so
+    that threestudio's existence check computes it again too)."""
+    value = load_torch(path, lambda _: True, "anything", map_location)
+    if value is None:
+        return None
+    reason = problem(value)
+    if reason is not None:
+        invalid_content(path, reason)
+        _remove_quietly(path)
+        return None
+    return value
+
+
+def tensor_problem(value: Any, shape: Sequence[Optional[int]]) -> Optional[str]:
+    """Why ``value`` is not a finite tensor of ``shape`` (None in ``shape``: any size), or None."""
+    if not isinstance(value, torch.Tensor):
+        return f"holds a {type(value).__name__}, not a tensor"
+    expected = "(" + ", ".join("*" if n is None else str(n) for n in shape) + ")"
+    if value.dim() != len(shape) or any(n is not None and n != m for n, m in zip(shape, value.shape)):
+        return f"holds a tensor of shape {tuple(value.shape)}, not {expected}"
+    if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+        return "holds a tensor with inf or nan values"
+    return None
+
+
+def load_tensor_of_shape(path: str, shape: Sequence[Optional[int]], map_location=None) -> Optional[torch.Tensor]:
+    """The finite tensor of ``shape`` in ``path``; anything else is a cache miss with one warning
+    naming the file (``load_torch_checked``)."""
+    return load_torch_checked(path, lambda value: tensor_problem(value, shape), map_location)

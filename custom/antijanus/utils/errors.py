@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import numbers
 from typing import Any, Iterable, Optional
 
 
@@ -59,3 +61,17 @@ def require_non_negative(key: str, value: float) -> None:
 def require_positive(key: str, value: float) -> None:
     if not value > 0:
         raise ConfigError(key, value, "must be > 0")
+
+
+def require_finite(key: str, value: Any) -> float:
+    """A finite real number (not a bool, a string, inf or NaN), else a ConfigError naming the
+    key; returns it as a float. (``inf`` passes ``> 0`` and ``>= 0``: check this first.)"""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ConfigError(key, value, "must be a number")
+    try:
+        number = float(value)
+    except OverflowError:  # an int beyond float's range
+        number = math.inf
+    if not math.isfinite(number):
+        raise ConfigError(key, value, "must be a finite number (inf and nan are not)")
+    return number

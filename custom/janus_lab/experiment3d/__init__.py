@@ -18,7 +18,8 @@ variant, so that variants differ only by their method.
     lab_models              ``LabModels`` (the model folders) and the prior as a backbone
     prompts                 ``PromptFactory``: each (variant, prompt)'s prompt output
     keys                    content keys of the experiment and its runs (no paths)
-    runs                    ``RunSpec``, ``RunTask``, ``run_one`` and the worker pool ``run_tasks``
+    runs                    ``RunSpec``, ``RunTask``, ``run_one`` and ``run_tasks`` (the runs in
+                            ``janus_lab.worker_pool``)
     experiment              ``Experiment``: finished runs, tasks, results, report
     tables                  the tables, the paired comparison and its registered reading
     grids                   the orbit grids
@@ -39,7 +40,7 @@ from .lab_models import LabModels, load_backbone
 from .launcher import janus_metrics_of_orbit, launcher_results
 from .prompts import PromptFactory
 from .reconstruction_control import reconstruction_for
-from .runs import RESULT, RunSpec, RunTask, run_one, run_tasks, worker_models
+from .runs import RESULT, RunsFailed, RunSpec, RunTask, run_one, run_tasks, worker_models
 from .settings import CAMERA_PRESETS, FastSettings, Representation, prior_camera_overrides, prior_framed
 from .tables import paired_against_baseline, registered_reading, summarise, write_tables
 from .variants import (REPRESENTATION_CONFIG, VARIANT_NAMES, VARIANTS, Variant, block, guidance_config, lab_prompts,
@@ -48,7 +49,7 @@ from .variants import (REPRESENTATION_CONFIG, VARIANT_NAMES, VARIANTS, Variant, 
 __all__ = [
     "CALIBRATION_VOLUMES", "CAMERA_PRESETS", "REPRESENTATION_CONFIG", "RESULT", "VARIANTS", "VARIANT_NAMES",
     "CalibrationGrid", "CalibrationPoint", "Experiment", "FastSettings", "LabModels", "PromptFactory",
-    "Representation", "RunSpec", "RunTask", "Variant", "block", "calibrate", "choose_calibration",
+    "Representation", "RunSpec", "RunTask", "RunsFailed", "Variant", "block", "calibrate", "choose_calibration",
     "experiment_key", "guidance_config", "janus_metrics_of_orbit", "judge_identity", "lab_prompts",
     "launcher_results", "load_backbone", "load_config", "model_identity", "orbit_grid",
     "paired_against_baseline", "prior_camera_overrides", "prior_framed", "reconstruction_for",

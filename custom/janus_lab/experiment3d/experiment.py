@@ -20,7 +20,7 @@ from .grids import orbit_grid
 from .keys import experiment_key, judge_identity, run_key
 from .lab_models import LabModels
 from .prompts import PromptFactory
-from .runs import RESULT, RunSpec, RunTask, run_tasks
+from .runs import RESULT, RunsFailed, RunSpec, RunTask, run_tasks
 from .settings import FastSettings, Representation, variant_guidance
 from .tables import write_tables
 from .variants import REPRESENTATION_CONFIG, VARIANT_NAMES, lab_prompts, variant_by_name
@@ -33,6 +33,16 @@ def _check_unique(key: str, values: Sequence[Any]) -> None:
         if value in seen:
             raise ConfigError(key, value, "is listed twice (its runs would count twice)")
         seen.add(value)
+
+
+def _check_own_folders(prompts: Sequence[str]) -> None:
+    """Two prompts with one slug ("a bear", "A bear,") would share their runs' folders: one run
+    counted for both."""
+    first = {}
+    for prompt in prompts:
+        other = first.setdefault(slug(prompt), prompt)
+        if other != prompt:
+            raise ConfigError("prompts", prompt, f"shares its runs' folder ({slug(prompt)}) with {other!r}")
 
 
 @dataclass
@@ -48,6 +58,7 @@ class Experiment:
     def __post_init__(self) -> None:
         for key in ("variants", "prompts", "seeds"):
             _check_unique(key, getattr(self, key))
+        _check_own_folders(self.prompts)
 
     def specs(self) -> List[RunSpec]:
         """Seed-major order: every variant and prompt gets seed 0 before any gets seed 1."""
@@ -72,7 +83,8 @@ class Experiment:
     def finished(self, spec: RunSpec) -> Optional[Dict[str, Any]]:
         """The run's result when it finished at this key, else None."""
         result = read_json(os.path.join(self.run_dir(spec), RESULT))
-        if result is None or result.get("variant") != spec.variant or result.get("key") != self.run_key(spec.variant):
+        if result is None or (result.get("variant"), result.get("prompt"), result.get("seed")) != (
+                spec.variant, spec.prompt, spec.seed) or result.get("key") != self.run_key(spec.variant):
             return None
         return result
 
@@ -126,7 +138,7 @@ class Experiment:
         error = None
         try:
             run_tasks(tasks, jobs, log, verdicts=verdicts)
-        except RuntimeError as failed:
+        except RunsFailed as failed:
             error = failed
         paths = self.report(tables=verdicts)
         if error is not None:

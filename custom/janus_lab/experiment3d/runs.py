@@ -1,11 +1,10 @@
 """One 3D run (train the volume with the variant's guidance, render and judge its test orbit)
-and the worker pool that runs many of them."""
+and ``run_tasks``, which runs many of them (in ``janus_lab.worker_pool``)."""
 
 from __future__ import annotations
 
 import dataclasses
 import math
-import multiprocessing as mp
 import os
 import time
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from ..fast3d import make_scene, render_orbit, train
 from ..judge import Judge
 from ..orbits import orbit_azimuths
 from ..volume_orbits import judge_run_orbit, save_orbit
+from ..worker_pool import failure_message, outcomes
 from .keys import judge_identity
 from .lab_models import LabModels, load_backbone
 from .settings import FastSettings, Representation
@@ -105,42 +105,30 @@ def progress_line(result: Dict[str, Any], verdicts: bool) -> str:
             f"face in front {m.get('face_in_front', math.nan):.2f} coverage {m['coverage']:.3f}")
 
 
-def _init_worker(threads: int) -> None:
-    torch.set_num_threads(threads)
-
-
-def _outcomes(tasks: Sequence[RunTask], jobs: int):
-    """(task, call giving its result) for each task: in this process, or from a pool of ``jobs``."""
-    if jobs <= 1:
-        for task in tasks:
-            yield task, lambda task=task: run_one(task)
-        return
-    context = mp.get_context("spawn")
-    with context.Pool(jobs, initializer=_init_worker, initargs=(tasks[0].settings.threads,)) as pool:
-        pending = [(task, pool.apply_async(run_one, (task,))) for task in tasks]
-        for task, handle in pending:
-            yield task, handle.get
+class RunsFailed(RuntimeError):
+    """Runs failed (one line each: the run and its error); the others finished."""
 
 
 def run_tasks(tasks: Sequence[RunTask], jobs: int = 1, log: Callable[[str], None] = print,
               verdicts: bool = True) -> List[Dict[str, Any]]:
     """Run the tasks, ``jobs`` at a time in worker processes (1: in this process). A failed run
-    is reported and the others go on; the failures are raised at the end. ``verdicts=False``: the
-    progress lines leave out the Janus verdict and view accuracy (the calibration)."""
+    is reported and the others go on; the failures are raised at the end (``RunsFailed``), a
+    worker's whatever it was (``worker_pool.outcomes``). ``verdicts=False``: the progress lines leave
+    out the Janus verdict and view accuracy (the calibration)."""
     results: List[Dict[str, Any]] = []
     failures: List[str] = []
     if not tasks:  # nothing to do (every run finished before): no pool
         return results
-    for task, outcome in _outcomes(tasks, jobs):
+    for task, outcome in outcomes(run_one, tasks, jobs):  # run_one sets each worker's torch threads
         try:
             result = outcome()
         except Exception as error:  # noqa: BLE001 - reported, the sweep goes on
-            failures.append(f"{task.spec.tag}: {type(error).__name__}: {error}")
+            failures.append(f"{task.spec.tag}: {failure_message(error)}")
             log(f"error: {failures[-1]}")
             continue
         results.append(result)
         log(f"[{len(results) + len(failures)}/{len(tasks)}] {task.spec.tag}: {progress_line(result, verdicts)} "
             f"({result['train_s']:.0f} s)")
     if failures:
-        raise RuntimeError(f"{len(failures)} run(s) failed:\n" + "\n".join(failures))
+        raise RunsFailed(f"{len(failures)} run(s) failed:\n" + "\n".join(failures))
     return results

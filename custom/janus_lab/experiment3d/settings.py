@@ -37,14 +37,31 @@ class FastSettings:
 
     def __post_init__(self) -> None:
         scale = self.guidance_scale
-        if scale is not None and not (isinstance(scale, (int, float)) and math.isfinite(scale) and scale > 0):
+        if scale is not None and not _finite_number(scale, 0.0):
             raise ConfigError("guidance_scale", scale, "a finite scale > 0, or None for each config's own")
         if self.cameras not in CAMERA_PRESETS:
             raise ConfigError("cameras", self.cameras, "the 3D runs' cameras", list(CAMERA_PRESETS))
+        for key, minimum in (("steps", 1), ("threads", 1), ("orbit_views", 2)):  # an orbit: two azimuths at least
+            _require_integer(key, getattr(self, key), minimum)
+        if not _finite_number(self.lr, 0.0):
+            raise ConfigError("lr", self.lr, "a finite learning rate > 0")
+        if not (_finite_number(self.orbit_elevation) and -90.0 <= self.orbit_elevation <= 90.0):
+            raise ConfigError("orbit_elevation", self.orbit_elevation, "an elevation in degrees, in [-90, 90]")
 
     def to_dict(self) -> Dict[str, Any]:
         """Every setting (the experiment key's part)."""
         return dataclasses.asdict(self)
+
+
+def _finite_number(value: Any, above: float = -math.inf) -> bool:
+    """A finite number (not a bool) greater than ``above``."""
+    return (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+            and value > above)
+
+
+def _require_integer(key: str, value: Any, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(key, value, f"an integer >= {minimum}")
 
 
 def variant_guidance(variant: Variant, settings: FastSettings, prior: str) -> ScoreDistillationConfig:

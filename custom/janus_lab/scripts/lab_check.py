@@ -21,23 +21,32 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 import torch  # noqa: E402
 
 from antijanus.utils.imaging import image_grid  # noqa: E402
+from janus_lab.cli_args import count, existing_folder, positive_number, require_output_folder, seed  # noqa: E402
 from janus_lab.checks import CheckSettings, format_figures, run_checks  # noqa: E402
 from janus_lab.data import WorldBias, format_statistics, make_samples, statistics  # noqa: E402
 from janus_lab.model_files import model_path  # noqa: E402
 from janus_lab.world import VIEWS  # noqa: E402
 
 
-def main() -> None:
+def parse_args(argv=None) -> argparse.Namespace:
+    """The arguments, every one checked (one line and exit 2 otherwise) before any sampling."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--prior", default=None, help="prior folder (default: the committed one)")
-    parser.add_argument("--judge", default=None, help="judge folder (default: the committed one)")
-    parser.add_argument("--n", type=int, default=32, help="images per prompt")
-    parser.add_argument("--steps", type=int, default=30, help="DDIM steps")
-    parser.add_argument("--guidance-scale", type=float, default=7.5)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--prior", type=existing_folder, default=None, help="prior folder (default: the committed one)")
+    parser.add_argument("--judge", type=existing_folder, default=None, help="judge folder (default: the committed one)")
+    parser.add_argument("--n", type=count, default=32, help="images per prompt")
+    parser.add_argument("--steps", type=count, default=30, help="DDIM steps")
+    parser.add_argument("--guidance-scale", type=positive_number, default=7.5)
+    parser.add_argument("--seed", type=seed, default=0)
+    parser.add_argument("--threads", type=count, default=1)
     parser.add_argument("--out", default=None, help="folder for figures.json and samples.png")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    if args.out is not None:
+        require_output_folder(parser, "--out", args.out)
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
     args.prior = args.prior or model_path("prior")
     args.judge = args.judge or model_path("judge")
 
@@ -63,7 +72,8 @@ def main() -> None:
                 labels.append(f"{r['prompt']} -> {VIEWS[int(r['judged_view'][i])]}" if i == 0 else VIEWS[int(r['judged_view'][i])])
         image_grid(images, labels, columns=cols, cell=96, label_height=30).save(os.path.join(args.out, "samples.png"))
         print(f"wrote {args.out}/figures.json and samples.png")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

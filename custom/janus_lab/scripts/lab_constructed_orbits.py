@@ -14,6 +14,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))  # custom/ of this checkout
 import torch  # noqa: E402
 
+from janus_lab.cli_args import integer_at_least, number_in, positive_number  # noqa: E402
 from janus_lab.janus import orbit_metrics  # noqa: E402
 from janus_lab.judge import Judge  # noqa: E402
 from janus_lab.model_files import model_path  # noqa: E402
@@ -46,13 +47,15 @@ def constructed_orbits_report(judge=None, n: int = 36, elevation: float = 15.0, 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--elevation", type=float, default=15.0, help="the orbit's elevation (degrees)")
-    parser.add_argument("--distance", type=float, default=1.5, help="1.5: the world's cameras; 2.0: the 3D experiment's orbit")
-    parser.add_argument("--fovy", type=float, default=60.0, help="60: the world's cameras; 70: the 3D experiment's orbit")
-    parser.add_argument("--azimuths", type=int, default=36, help="frames of the orbit, uniformly spaced from 0")
+    parser.add_argument("--elevation", type=number_in(-90.0, 90.0), default=15.0,
+                        help="the orbit's elevation (degrees)")
+    parser.add_argument("--distance", type=positive_number, default=1.5,
+                        help="1.5: the world's cameras; 2.0: the 3D experiment's orbit")
+    parser.add_argument("--fovy", type=number_in(0.0, 180.0, low_open=True, high_open=True), default=60.0,
+                        help="60: the world's cameras; 70: the 3D experiment's orbit")
+    parser.add_argument("--azimuths", type=integer_at_least(2), default=36,
+                        help="frames of the orbit, uniformly spaced from 0 (an orbit needs at least 2)")
     args = parser.parse_args(argv)
-    if args.azimuths < 2:
-        parser.error("--azimuths: an orbit needs at least 2 frames")
     torch.set_num_threads(1)
     print(constructed_orbits_report(n=args.azimuths, elevation=args.elevation, distance=args.distance,
                                     fovy=args.fovy))

@@ -30,6 +30,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 import torch  # noqa: E402
 
 from antijanus.utils.imaging import at_resolution  # noqa: E402
+from janus_lab.cli_args import count, existing_folder, first_repeat, integer_at_least, refuse_repeats  # noqa: E402
 from janus_lab.experiment3d import FastSettings, Representation, load_backbone  # noqa: E402
 from janus_lab.fast3d import render_orbit as render_volume_orbit  # noqa: E402
 from janus_lab.images import object_mask  # noqa: E402
@@ -46,18 +47,23 @@ from janus_lab.world import ATTRIBUTES, Creature  # noqa: E402
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--judges", nargs="+", default=[model_path("judge")])
+    parser.add_argument("--judges", nargs="+", type=existing_folder, default=[model_path("judge")])
     parser.add_argument("--sides", nargs="+", type=int, default=[12, 16, 32])
-    parser.add_argument("--prior", default=model_path("prior"), help="the prior whose VAE the probe uses")
-    parser.add_argument("--n", type=int, default=None, help="held-out renders (default: the recipe's n_test)")
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--prior", type=existing_folder, default=model_path("prior"),
+                        help="the prior whose VAE the probe uses")
+    parser.add_argument("--n", type=integer_at_least(8), default=None,
+                        help="held-out renders, at least 8: a quarter of them without the face "
+                             "(default: the recipe's n_test)")
+    parser.add_argument("--threads", type=count, default=1)
     parser.add_argument("--volume-probe", action="store_true",
                         help="also fit a bear with and without its face into the latent volume (README)")
     args = parser.parse_args(argv)
-    if args.n is not None and args.n < 8:
-        parser.error("--n: at least 8 held-out renders (a quarter of them without the face)")
     if any(not 2 <= side <= 32 for side in args.sides):
         parser.error(f"--sides: pixels per side between 2 and 32, not {args.sides}")
+    refuse_repeats(parser, args, ("--judges", "--sides"))
+    names = [os.path.basename(os.path.normpath(folder)) for folder in args.judges]
+    if first_repeat(names) is not None:  # the judges are told apart by their folder's name
+        parser.error(f"argument --judges: two judge folders named {first_repeat(names)!r}")
     torch.set_num_threads(args.threads)
     start = time.time()
     recipe = JudgeSettings()

@@ -21,38 +21,62 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 import torch  # noqa: E402
 
 from antijanus.core.guidance import ScoreDistillationGuidance  # noqa: E402
+from antijanus.utils.errors import ConfigError  # noqa: E402
 from antijanus.utils.imaging import to_pil  # noqa: E402
+from janus_lab.cli_args import (count, existing_folder, integer_at_least, positive_number,  # noqa: E402
+                                refuse_repeats, require_output_folder, seed)
 from janus_lab.experiment3d import Experiment, FastSettings, LabModels, lab_prompts, worker_models  # noqa: E402
 from janus_lab.sds2d import PARAMETERISATIONS, SDS2DSettings, optimise_image  # noqa: E402
+from janus_lab.volume_orbits import kind_of  # noqa: E402
 from janus_lab.world import ATTRIBUTES, KINDS, VIEWS  # noqa: E402
 
 
-def main(argv=None) -> int:
+def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="outputs/lab-sds2d")
     parser.add_argument("--prompts", nargs="+", default=[p for p in lab_prompts() if "smiling" not in p])
     parser.add_argument("--parameterisations", nargs="+", choices=PARAMETERISATIONS, default=["pixels", "latents"])
-    parser.add_argument("--resolutions", nargs="+", type=int, default=[32], help="pixels per side (pixels only)")
-    parser.add_argument("--lrs", nargs="+", type=float, default=[0.1])
-    parser.add_argument("--steps", type=int, default=600)
-    parser.add_argument("--guidance-scale", type=float, default=None, help="default: the baseline config's (100)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--judge", default=None, help="the judge folder (default: the lab's)")
+    parser.add_argument("--resolutions", nargs="+", type=integer_at_least(2), default=[32],
+                        help="pixels per side (pixels only)")
+    parser.add_argument("--lrs", nargs="+", type=positive_number, default=[0.1])
+    parser.add_argument("--steps", type=count, default=600)
+    parser.add_argument("--guidance-scale", type=positive_number, default=None,
+                        help="default: the baseline config's (100)")
+    parser.add_argument("--seed", type=seed, default=0)
+    parser.add_argument("--threads", type=count, default=1)
+    parser.add_argument("--judge", type=existing_folder, default=None, help="the judge folder (default: the lab's)")
+    return parser
+
+
+def parse_args(argv=None):
+    """The arguments, the baseline's experiment (its prompt outputs and guidance) and the settings
+    tried, every one checked (one line and exit 2 otherwise) before any model is loaded."""
+    parser = make_parser()
     args = parser.parse_args(argv)
+    refuse_repeats(parser, args, ("--prompts", "--parameterisations", "--resolutions", "--lrs"))
+    try:
+        for prompt in args.prompts:
+            kind_of(prompt)
+        # the baseline variant's guidance config and prompt outputs, as the fast path builds them
+        experiment = Experiment(
+            os.path.join(args.out, "prompts"), variants=("baseline",), prompts=tuple(args.prompts),
+            seeds=(args.seed,), settings=FastSettings(steps=args.steps, guidance_scale=args.guidance_scale),
+            models=dataclasses.replace(LabModels.default(), **({"judge": args.judge} if args.judge else {})))
+        settings = [SDS2DSettings(parameterisation, resolution, args.steps, lr)
+                    for parameterisation, lr in itertools.product(args.parameterisations, args.lrs)
+                    for resolution in (args.resolutions if parameterisation == "pixels" else [32])]
+    except ConfigError as error:
+        parser.error(str(error))
+    require_output_folder(parser, "--out", args.out)
+    return args, experiment, settings
+
+
+def main(argv=None) -> int:
+    args, experiment, settings = parse_args(argv)
     torch.set_num_threads(args.threads)
     start = time.time()
-    # the baseline variant's guidance config and prompt outputs, as the fast path builds them
-    experiment = Experiment(os.path.join(args.out, "prompts"), variants=("baseline",), prompts=tuple(args.prompts),
-                            seeds=(args.seed,), settings=FastSettings(steps=args.steps,
-                                                                      guidance_scale=args.guidance_scale),
-                            models=dataclasses.replace(LabModels.default(), **({"judge": args.judge} if args.judge else {})))
     tasks = experiment.tasks(log=lambda m: None)
     backbone, judge = worker_models(experiment.models, args.threads)
-    settings = []
-    for parameterisation, lr in itertools.product(args.parameterisations, args.lrs):
-        for resolution in (args.resolutions if parameterisation == "pixels" else [32]):
-            settings.append(SDS2DSettings(parameterisation, resolution, args.steps, lr))
     face = ATTRIBUTES.index("face")
     lines = ["| parameterisation | resolution | lr | " + " | ".join(args.prompts) + " |",
              "|" + " --- |" * (3 + len(args.prompts))]

@@ -30,6 +30,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(HERE)))  # the antijanus 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))  # custom/ of this checkout
 from antijanus.tools.evaluate import MetricModels  # noqa: E402
 from antijanus.tools.sweep import Sweep, SweepFailed, collect, dry_run_command, run_sweep  # noqa: E402
+from antijanus.utils.errors import ConfigError  # noqa: E402
+from janus_lab.cli_args import count, folder_problem, integer_at_least, refuse_repeats, seed  # noqa: E402
 from janus_lab.classifier import JudgeViewClassifier  # noqa: E402
 from janus_lab.experiment3d.grids import orbit_grid  # noqa: E402
 from janus_lab.experiment3d.launcher import janus_metrics_of_orbit, launcher_results  # noqa: E402
@@ -46,7 +48,7 @@ SWEEPS = {  # the representation -> its sweep file (same variants, README: "The 
 RUNNER = os.path.join(REPO, "scripts", "threestudio_cpu.py")
 
 
-def parse_args(argv=None) -> argparse.Namespace:
+def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--representation", choices=sorted(SWEEPS), default=None,
                         help="latent (default): the NeRF variants on threestudio's Latent-NeRF system at the "
@@ -56,7 +58,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--out", help="where the runs go (default: the sweep file's out, from here)")
     parser.add_argument("--variants", nargs="+", choices=VARIANT_NAMES, help="a subset of the variants")
     parser.add_argument("--prompts", nargs="+", help="a subset of the prompts")
-    parser.add_argument("--seeds", nargs="+", type=int, help="seeds (default: the sweep file's)")
+    parser.add_argument("--seeds", nargs="+", type=seed, help="seeds (default: the sweep file's)")
     parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
                         help="more threestudio overrides for every run (e.g. trainer.max_steps=2 for a smoke run)")
     parser.add_argument("--cameras", choices=CAMERA_PRESETS, default="configs",
@@ -65,16 +67,42 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--guidance-scale", type=positive_scale, default=None,
                         help="every variant's system.guidance.guidance_scale (default: each config's own, SD's "
                              "recipe 100); the fast path's --guidance-scale, e.g. the calibration's 7.5 (README)")
-    parser.add_argument("--n-views", type=int, help="orbit views (default: the sweep file's metrics.n_views)")
-    parser.add_argument("--jobs", type=int, default=1, help="runs at a time (one torch thread each when > 1)")
+    parser.add_argument("--n-views", type=integer_at_least(3),
+                        help="orbit views, at least 3: threestudio's orbit repeats its first view at the end "
+                             "(default: the sweep file's metrics.n_views)")
+    parser.add_argument("--jobs", type=count, default=1, help="runs at a time (one torch thread each when > 1)")
     parser.add_argument("--launch", nargs="+", help="the launch command (default: this python + the CPU runner)")
     parser.add_argument("--collect-only", action="store_true")
     parser.add_argument("--dry-run", action="store_true")
+    return parser
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    """The arguments and the sweep they make (``args.loaded``), every one checked (one line and
+    exit 2 otherwise) before any run: counts, no value listed twice, an --out it can write."""
+    parser = make_parser()
     args = parser.parse_args(argv)
     if args.sweep and args.representation:
         parser.error("--sweep and --representation both name the sweep file: give one")
+    refuse_repeats(parser, args, ("--variants", "--prompts", "--seeds"))
     args.sweep = args.sweep or SWEEPS[args.representation or "latent"]
+    lab_environment()
+    try:
+        args.loaded = load_sweep(args)
+    except ConfigError as error:
+        parser.error(str(error))
+    problem = None if args.dry_run else folder_problem(args.loaded.out)
+    if problem is not None:
+        parser.error(f"argument --out: {problem}")
     return args
+
+
+def lab_environment() -> None:
+    """The lab's models, the shipped configs (the sweep files name them through CONFIGS_ENV) and
+    no model hub, unless set."""
+    os.environ.setdefault("JANUS_LAB_MODELS", lab_root())
+    os.environ.setdefault(CONFIGS_ENV, plugin_config_dir())
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 def load_sweep(args: argparse.Namespace) -> Sweep:
@@ -90,16 +118,16 @@ def load_sweep(args: argparse.Namespace) -> Sweep:
     if args.seeds:
         sweep.seeds = list(args.seeds)
     if args.cameras == "prior":
-        # its own sweep name: a run's folder and done-marker do not depend on the overrides, so runs
-        # with the configs' cameras must not be taken for these
+        # its own sweep name, so that its tables stand apart (run folders differ anyway: their
+        # names carry a hash of the run's overrides)
         sweep.name = f"{sweep.name}-cam-prior"
         sweep.overrides = sweep.overrides + prior_camera_overrides()
     if args.guidance_scale is not None:
-        # a sweep of its own name, like --cameras: the runs' folders do not depend on the overrides
+        # a sweep of its own name, like --cameras
         sweep.name = f"{sweep.name}-gs{args.guidance_scale:g}"
         sweep.overrides = sweep.overrides + [f"system.guidance.guidance_scale={args.guidance_scale:g}"]
     sweep.overrides = sweep.overrides + list(args.set)
-    if args.n_views:
+    if args.n_views is not None:
         sweep.metrics.n_views = args.n_views
     if sweep.metrics is None or sweep.metrics.elevation_deg is None:
         raise SystemExit("the sweep's metrics block must set elevation_deg (the orbit's elevation, for the judge)")
@@ -125,10 +153,7 @@ def launch_runs(sweep: Sweep, args: argparse.Namespace) -> Optional[SweepFailed]
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    os.environ.setdefault("JANUS_LAB_MODELS", lab_root())
-    os.environ.setdefault(CONFIGS_ENV, plugin_config_dir())  # the sweep files name the shipped configs through it
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    sweep = load_sweep(args)
+    sweep = args.loaded
     if args.dry_run:
         for run in run_sweep(sweep, dry_run=True):
             print(dry_run_command(sweep, run))

@@ -23,6 +23,7 @@ import time
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # before transformers is imported
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))  # custom/ of this checkout
 from antijanus.utils.errors import ConfigError  # noqa: E402
+from janus_lab.cli_args import first_repeat, require_output_folder  # noqa: E402
 from janus_lab.data import WorldBias  # noqa: E402
 from janus_lab.judge_settings import JudgeSettings  # noqa: E402
 from janus_lab.judge_training import train_judge  # noqa: E402
@@ -48,18 +49,21 @@ def settings_with(cls, overrides):
     return cls(**values)
 
 
-def main() -> None:
+def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model", choices=["prior", "mlm", "judge", "all"])
     parser.add_argument("--out", required=True)
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                         help="override settings fields (JSON values); bias fields as bias.<name>")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     known = {f.name for c in (PriorSettings, MLMSettings, JudgeSettings) for f in dataclasses.fields(c)}
     known |= {"bias." + f.name for f in dataclasses.fields(WorldBias)}
     unknown = [s for s in args.set if s.partition("=")[0] not in known]
     if unknown:
         parser.error(f"unknown setting(s) {unknown}; known: {sorted(known)}")
+    repeated = first_repeat(s.partition("=")[0] for s in args.set)
+    if repeated is not None:
+        parser.error(f"argument --set: {repeated} is set twice")
     plain = [s for s in args.set if not s.startswith("bias.")]
     names = ["prior", "mlm", "judge"] if args.model == "all" else [args.model]
     try:  # every setting checked before anything trains
@@ -70,6 +74,7 @@ def main() -> None:
         chosen = {name: settings[name]() for name in names}
     except ConfigError as error:
         parser.error(str(error))
+    require_output_folder(parser, "--out", args.out)
     jobs = {"prior": train_prior, "mlm": train_mlm, "judge": train_judge}
     for name in names:
         out = os.path.join(args.out, name) if args.model == "all" else args.out
@@ -77,7 +82,8 @@ def main() -> None:
         record = jobs[name](out, chosen[name])
         shown = {k: record[k] for k in ("figures", "held_out", "held_out_augmented", "held_out_faceless", "timings") if k in record}
         print(f"{name}: wrote {out} in {time.time() - start:.0f} s\n{json.dumps(shown, indent=2)}", flush=True)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -27,6 +27,8 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))  # custom/ of this checkout
 from janus_lab.classifier import JudgeViewClassifier  # noqa: E402
+from janus_lab.cli_args import (count, existing_folder, integer_at_least, non_negative_number,  # noqa: E402
+                                positive_number, refuse_repeats, require_output_folder, seed)
 from janus_lab.experiment2d import (  # noqa: E402
     REQUESTED, LabViewSettings, format_shares, format_table, run_lab_view_experiment, save_results,
 )
@@ -37,40 +39,58 @@ from antijanus.tools.view2d import METHODS  # noqa: E402
 from antijanus.utils.errors import ConfigError  # noqa: E402
 
 
-def main() -> int:
+def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--kinds", nargs="+", default=list(KINDS))
-    parser.add_argument("--views", nargs="+", default=list(REQUESTED))
-    parser.add_argument("--methods", nargs="+", default=list(METHODS))
-    parser.add_argument("--seeds", nargs="+", type=int, default=list(range(50)))
-    parser.add_argument("--negative-weights", nargs="+", type=float, default=[1.0],
+    parser.add_argument("--kinds", nargs="+", choices=KINDS, default=list(KINDS))
+    parser.add_argument("--views", nargs="+", choices=REQUESTED, default=list(REQUESTED))
+    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    parser.add_argument("--seeds", nargs="+", type=seed, default=list(range(50)))
+    parser.add_argument("--negative-weights", nargs="+", type=non_negative_number, default=[1.0],
                         help="the first is the default row; further weights are extra rows")
-    parser.add_argument("--steps", type=int, default=50)
-    parser.add_argument("--scale", type=float, default=7.5)
-    parser.add_argument("--batch-size", type=int, default=25, help="seeds sampled together")
-    parser.add_argument("--interpolation-steps", type=int, default=9, help="0 = no interpolation grid")
-    parser.add_argument("--prior", default=model_path("prior"))
-    parser.add_argument("--judge", default=model_path("judge"))
+    parser.add_argument("--steps", type=count, default=50)
+    parser.add_argument("--scale", type=positive_number, default=7.5)
+    parser.add_argument("--batch-size", type=count, default=25, help="seeds sampled together")
+    parser.add_argument("--interpolation-steps", type=integer_at_least(0), default=9,
+                        help="0 = no interpolation grid")
+    parser.add_argument("--prior", type=existing_folder, default=model_path("prior"))
+    parser.add_argument("--judge", type=existing_folder, default=model_path("judge"))
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--threads", type=int, default=1,
+    parser.add_argument("--threads", type=integer_at_least(0), default=1,
                         help="torch CPU threads (default 1: on the shared 2-core CPU one thread was several times "
                              "faster than two; 0: torch's default)")
     parser.add_argument("--out", default="outputs/lab-view2d")
-    args = parser.parse_args()
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
-    start = time.time()
+    return parser
+
+
+def parse_args(argv=None):
+    """The arguments and the experiment's settings, every one checked (one line and exit 2
+    otherwise) before any model is loaded: counts and numbers, no value listed twice, the output folder."""
+    parser = make_parser()
+    args = parser.parse_args(argv)
+    refuse_repeats(parser, args, ("--kinds", "--views", "--methods", "--seeds", "--negative-weights"))
     try:
         settings = LabViewSettings(kinds=args.kinds, views=args.views, methods=args.methods, seeds=args.seeds,
                                    negative_weights=args.negative_weights, steps=args.steps,
                                    guidance_scale=args.scale, batch_size=args.batch_size,
                                    interpolation_steps=args.interpolation_steps).validate()
+    except ConfigError as error:
+        parser.error(str(error))
+    require_output_folder(parser, "--out", args.out)
+    return args, settings
+
+
+def main(argv=None) -> int:
+    args, settings = parse_args(argv)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    start = time.time()
+    try:
         sampler, _ = load_sampler(args.prior, torch.device(args.device), half_precision=False, key="--prior")
         classifier = JudgeViewClassifier.load(args.judge, device=args.device)
-        result = run_lab_view_experiment(sampler, classifier, settings)
-    except ConfigError as error:
-        print(f"error: {error}", file=sys.stderr)
+    except ConfigError as error:  # a folder that is not the model it names
+        print(f"lab_view_experiment_2d.py: error: {error}", file=sys.stderr)
         return 2
+    result = run_lab_view_experiment(sampler, classifier, settings)
     result["timings"]["wall_s"] = time.time() - start
     save_results(result, args.out)
     for group in [*settings.kinds, "all"]:
