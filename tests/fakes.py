@@ -80,3 +80,14 @@ def with_linear_schedule(folder: str, copy_to: str) -> str:
     with open(path, "w") as f:
         json.dump(config, f)
     return copy_to
+
+
+class SmilingScorer:
+    """Stand-in masked LM: "smiling" pulls towards the front view; everything else is neutral."""
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def view_probabilities(self, prompts, view_words):
+        rows = [[0.1, 0.75, 0.05, 0.1] if "smiling" in p else [0.25] * 4 for p in prompts]
+        return torch.tensor(rows, dtype=torch.float64)

@@ -17,6 +17,7 @@ from antijanus.prompting.trial_tag import MAX_TAG_BYTES, prompt_tag, register_ta
 from antijanus.utils.errors import ConfigError
 
 from helpers import REPO
+from fakes import SmilingScorer  # noqa: E402
 
 CONFIGS = sorted(glob.glob(os.path.join(REPO, "configs", "*.yaml")))
 LONG_PROMPT = " ".join(["a smiling corgi wearing a very tall red hat, sitting on a wooden chair"] * 40)  # 520 words
@@ -63,15 +64,6 @@ def test_the_tag_is_a_safe_unique_name():
     register_tag_resolver()  # idempotent
     register_tag_resolver()
     assert OmegaConf.has_resolver("antijanus_tag")
-
-
-class SmilingScorer:
-    def __init__(self, *args, **kwargs):
-        pass
-
-    def view_probabilities(self, prompts, view_words):
-        rows = [[0.1, 0.75, 0.05, 0.1] if "smiling" in p else [0.25] * 4 for p in prompts]
-        return torch.tensor(rows, dtype=torch.float64)
 
 
 @pytest.fixture

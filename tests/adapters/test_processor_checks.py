@@ -14,17 +14,7 @@ import threestudio
 import antijanus.adapters  # noqa: F401  (registers the modules)
 from antijanus.prompting.debias import DebiasSettings, threshold_problem
 from antijanus.utils.errors import ConfigError
-
-
-class SmilingScorer:
-    """'smiling' pulls towards the front view; everything else is neutral."""
-
-    def __init__(self, *args, **kwargs):
-        pass
-
-    def view_probabilities(self, prompts, view_words):
-        rows = [[0.1, 0.75, 0.05, 0.1] if "smiling" in p else [0.25] * 4 for p in prompts]
-        return torch.tensor(rows, dtype=torch.float64)
+from fakes import SmilingScorer  # noqa: E402
 
 
 @pytest.fixture
