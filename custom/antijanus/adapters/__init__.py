@@ -1,12 +1,12 @@
 """threestudio adapters: the registered modules (thin shells over the pure-PyTorch parts).
 
 Importing this package imports threestudio and registers ``perp-neg-sds-guidance``,
-``dsds-guidance``, ``bert-pmi-prompt-processor``, ``bert-pmi-deep-floyd-prompt-processor`` and
+``dsds-guidance``, ``perp-neg-vsd-guidance``, ``bert-pmi-prompt-processor``, ``bert-pmi-deep-floyd-prompt-processor`` and
 ``dnp-prompt-processor`` (idempotent).
 Like threestudio's ``models/guidance`` and ``models/prompt_processors``, one module per kind.
 """
 
-from .guidance import DSDSGuidance, PerpNegSDSGuidance  # noqa: F401  (registration)
+from .guidance import DSDSGuidance, PerpNegSDSGuidance, PerpNegVSDGuidance  # noqa: F401  (registration)
 from .prompt_processors import (  # noqa: F401
     BertPMIDeepFloydPromptProcessor,
     BertPMIPromptProcessor,

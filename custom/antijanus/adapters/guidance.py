@@ -12,11 +12,13 @@ from dataclasses import dataclass
 from typing import Any, Optional, Type
 
 import threestudio
-from threestudio.utils.base import BaseObject
+from threestudio.utils.base import BaseModule, BaseObject
 
 from ..backbones import detect_backbone
 from ..core.guidance import ScoreDistillationGuidance
-from ..core.guidance_config import DSDSConfig, ScoreDistillationConfig
+from ..core.guidance_config import DSDSConfig, ScoreDistillationConfig, VSDConfig
+from ..core.vsd_guidance import VSDGuidance
+from ..utils.errors import ConfigError
 from .registry import calling_system, core_config, register
 from .resumed_run import length_change_warning
 
@@ -40,10 +42,11 @@ def _max_steps_of(owner) -> Any:
     return getattr(getattr(owner, "_trainer", None), "max_steps", None)
 
 
-class _GuidanceAdapter(BaseObject):
-    """Shared shell: both registered guidances run the one core guidance path."""
+class _GuidanceMethods:
+    """Shared shell: every registered guidance runs the one core guidance path (``engine``)."""
 
     core_config_type: Type[ScoreDistillationConfig] = ScoreDistillationConfig
+    engine_type: Type[ScoreDistillationGuidance] = ScoreDistillationGuidance
     registered_name = ""
 
     def configure(self) -> None:
@@ -51,7 +54,7 @@ class _GuidanceAdapter(BaseObject):
         backbone = config.backbone or detect_backbone(config.pretrained_model_name_or_path)
         threestudio.info(f"antijanus: loading {backbone} for {self.registered_name} ...")
         # every message, the configuration-time ones included, through threestudio's logger
-        self.engine = ScoreDistillationGuidance(
+        self.engine = self.engine_type(
             config, self.device,
             info=lambda message: threestudio.info(f"antijanus: {message}"),
             warn=lambda message: threestudio.warn(f"antijanus: {message}"))
@@ -79,7 +82,12 @@ class _GuidanceAdapter(BaseObject):
                  rgb_as_latents: bool = False, guidance_eval: bool = False, **kwargs):
         self._learn_run_length(self.engine.current_step)
         return self.engine(rgb, prompt_utils, elevation, azimuth, camera_distances,
-                           rgb_as_latents=rgb_as_latents, guidance_eval=guidance_eval)
+                           rgb_as_latents=rgb_as_latents, guidance_eval=guidance_eval,
+                           **self.step_inputs(kwargs))
+
+    def step_inputs(self, batch: dict) -> dict:
+        """What the engine takes from the rest of the system's batch (SDS: nothing)."""
+        return {}
 
     def update_step(self, epoch: int, global_step: int, on_load_weights: bool = False):
         self._learn_run_length(global_step)
@@ -125,6 +133,10 @@ class _GuidanceAdapter(BaseObject):
         return self.engine.backbone.dtype
 
 
+class _GuidanceAdapter(_GuidanceMethods, BaseObject):
+    """The SDS-path guidances: threestudio ``BaseObject``s (no trainable weights)."""
+
+
 @register("perp-neg-sds-guidance")
 class PerpNegSDSGuidance(_GuidanceAdapter):
     """SDS (or SJC) with Perp-Neg view conditioning; D-SDS clipping with ``score_clipping: true``."""
@@ -149,3 +161,38 @@ class DSDSGuidance(_GuidanceAdapter):
     cfg: Config
     core_config_type = DSDSConfig
     registered_name = "dsds-guidance"
+
+
+@register("perp-neg-vsd-guidance")
+class PerpNegVSDGuidance(_GuidanceMethods, BaseModule):
+    """VSD (ProlificDreamer), drop-in for threestudio's ``stable-diffusion-vsd-guidance``:
+    Perp-Neg on the pretrained branch (the processor's ``use_perp_neg``), D-SDS clipping with
+    ``score_clipping: true``. A threestudio ``BaseModule`` like threestudio's: its parameters and
+    state dict are the LoRA (``lora_layers``) and the camera embedding (``camera_embedding``), under
+    threestudio's names, so the system's optimizer group ``guidance`` trains them and checkpoints
+    save and resume them; the diffusion model is not part of them."""
+
+    @dataclass
+    class Config(BaseModule.Config, VSDConfig):
+        pass
+
+    cfg: Config
+    core_config_type = VSDConfig
+    engine_type = VSDGuidance
+    registered_name = "perp-neg-vsd-guidance"
+
+    def configure(self) -> None:
+        super().configure()
+        self.lora_layers = self.engine.lora.lora
+        self.camera_embedding = self.engine.lora.camera
+
+    def step_inputs(self, batch: dict) -> dict:
+        return {key: batch.get(key) for key in ("mvp_mtx", "c2w")}
+
+    def sample(self, *args, **kwargs):
+        raise ConfigError("system.visualize_samples", True, "perp-neg-vsd-guidance does not draw "
+                          "samples (guidance.sample is not implemented yet)", [False])
+
+    def sample_lora(self, *args, **kwargs):
+        raise ConfigError("system.visualize_samples", True, "perp-neg-vsd-guidance does not draw "
+                          "LoRA samples (guidance.sample_lora is not implemented yet)", [False])

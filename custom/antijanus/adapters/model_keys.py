@@ -22,6 +22,9 @@ from ..utils.config_defaults import module_defaults
 
 GUIDANCE_PATH = "system.guidance.pretrained_model_name_or_path"
 PROCESSOR_PATH = "system.prompt_processor.pretrained_model_name_or_path"
+#: VSD's LoRA branch model (ours and threestudio's VSD guidance): a Stable Diffusion folder
+LORA_PATH = "system.guidance.pretrained_model_name_or_path_lora"
+VSD_GUIDANCES = ("perp-neg-vsd-guidance", "stable-diffusion-vsd-guidance")
 #: processor type -> (its model key, the folder name in DIR, (the key that switches it on, the value))
 PROCESSOR_MODELS = {
     "bert-pmi-prompt-processor": ("debias_model", "bert", ("use_prompt_debiasing", True)),
@@ -52,6 +55,8 @@ def model_keys(cfg: DictConfig) -> Dict[str, Tuple[Optional[str], str]]:
         if module_type is not None:
             value = _value(cfg, key, type_key)
             keys[key] = (value, diffusion_folder(value, module_type))
+    if OmegaConf.select(cfg, "system.guidance_type", default=None) in VSD_GUIDANCES:
+        keys[LORA_PATH] = (_value(cfg, LORA_PATH, "system.guidance_type"), "sd")
     processor = OmegaConf.select(cfg, "system.prompt_processor_type", default=None)
     if processor in PROCESSOR_MODELS:
         name, folder, (switch, on) = PROCESSOR_MODELS[processor]

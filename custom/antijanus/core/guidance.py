@@ -369,12 +369,7 @@ class ScoreDistillationGuidance:
         **kwargs: Any,
     ) -> Dict[str, Any]:
         c = self.config
-        if self._stale:  # a schedule needed the run length, unknown at the last update_step
-            self.require_schedule_length()
-            self.update_step(*self._step)
-        decision = self.perp_neg(prompt_utils)
-        self.check_prompt_output(prompt_utils, decision)
-
+        decision = self.begin_step(prompt_utils)
         latents, image = self.model_inputs(rgb, rgb_as_latents)
         batch = latents.shape[0]
         t = torch.randint(self.min_step, self.max_step + 1, [batch], dtype=torch.long,
@@ -409,10 +404,22 @@ class ScoreDistillationGuidance:
         self.check_finite(rgb, out)
         return out
 
+    def begin_step(self, prompt_utils: Any) -> PerpNegDecision:
+        """The schedules brought up to date, Perp-Neg decided, the prompts checked (once)."""
+        if self._stale:  # a schedule needed the run length, unknown at the last update_step
+            self.require_schedule_length()
+            self.update_step(*self._step)
+        decision = self.perp_neg(prompt_utils)
+        self.check_prompt_output(prompt_utils, decision)
+        return decision
+
+    #: The outputs a step checks for non-finite values (with the renders).
+    FINITE_KEYS: Tuple[str, ...] = ("loss_sds", "grad_norm", "loss_sds_img")
+
     def check_finite(self, rgb: Tensor, out: Dict[str, Any]) -> None:
         """A step whose renders, loss or gradient norm are not finite stops the run, without a
         device sync: on a GPU the step is checked once the GPU has finished it (finite_check.py)."""
-        values = {"rgb": rgb, **{k: out[k] for k in ("loss_sds", "grad_norm", "loss_sds_img") if k in out}}
+        values = {"rgb": rgb, **{k: out[k] for k in self.FINITE_KEYS if k in out}}
         self._finite.record(self._step[1], values)
         bad = self._finite.first_bad()
         if bad is not None:

@@ -24,11 +24,13 @@ from typing import Any, ClassVar, Dict, List, Optional, Tuple
 
 from ..backbones import BACKBONES, detect_backbone
 from ..backbones.base import BackboneOptions
-from ..utils.errors import ConfigError, require_choice, require_non_negative, require_positive
+from ..utils.errors import (ConfigError, require_choice, require_finite, require_non_negative,
+                            require_positive)
 from .config_ranges import check_finite_keys, range_warnings
 from .dsds import CLIP_SCHEDULES, CLIP_TARGETS, ClipSchedule, clip_target_of_path, describe_clip
 from .prompts import ProcessorPerpNeg, processor_perp_neg
 from .sds import WEIGHTING_STRATEGIES, check_schedule, check_step_range
+from .vsd import CAMERA_CONDITION_TYPES
 from .views import PERP_NEG_PRESETS, DecayWeight, PerpNegWeights, overhead_negative_vector
 
 WEIGHT_FUNCTIONS = ("perp_neg_f_sb", "perp_neg_f_fsb", "perp_neg_f_fs", "perp_neg_f_sf")
@@ -88,6 +90,47 @@ class DSDSConfig(ScoreDistillationConfig):
     PERP_NEG_WITHOUT_PROCESSOR: ClassVar[bool] = False
 
 
+@dataclass
+class VSDConfig(ScoreDistillationConfig):
+    """`perp-neg-vsd-guidance`: variational score distillation (ProlificDreamer), drop-in for
+    threestudio's ``stable-diffusion-vsd-guidance``: its keys, defaults and meanings (the CFG form
+    is the same, so guidance_scale 7.5 is 7.5). Perp-Neg on the pretrained branch follows the
+    processor's ``use_perp_neg`` (off without it, as threestudio's VSD); D-SDS clipping with
+    ``score_clipping: true``."""
+
+    pretrained_model_name_or_path: Optional[str] = "stabilityai/stable-diffusion-2-1-base"
+    pretrained_model_name_or_path_lora: Optional[str] = "stabilityai/stable-diffusion-2-1"
+    guidance_scale: Optional[float] = 7.5
+    guidance_scale_lora: float = 1.0  # the LoRA branch's camera CFG (below 1: ESD, core/vsd.py)
+    lora_cfg_training: bool = True  # camera dropout 0.1 while training the LoRA
+    lora_n_timestamp_samples: int = 1
+    camera_condition_type: str = "extrinsics"  # or mvp
+    PERP_NEG_WITHOUT_PROCESSOR: ClassVar[bool] = False
+
+
+def check_vsd_keys(config: VSDConfig, backbone: str) -> None:
+    """The VSD keys, and the keys of the SDS path that VSD does not have."""
+    if backbone != "stable-diffusion":
+        raise ConfigError("pretrained_model_name_or_path", config.pretrained_model_name_or_path,
+                          f"is a {backbone} model; VSD's LoRA branch needs Stable Diffusion")
+    if config.use_sjc:
+        raise ConfigError("use_sjc", True, "is not available with VSD (SJC's score has no "
+                          "LoRA branch)", [False])
+    if config.weighting_strategy != "sds":
+        raise ConfigError("weighting_strategy", config.weighting_strategy,
+                          "has no effect with VSD (its w(t) is 1 - abar_t, threestudio's)", ["sds"])
+    if not config.var_red:
+        raise ConfigError("var_red", False, "has no effect without use_sjc: true", [True])
+    require_finite("guidance_scale_lora", config.guidance_scale_lora)
+    require_choice("camera_condition_type", config.camera_condition_type, CAMERA_CONDITION_TYPES)
+    n = config.lora_n_timestamp_samples
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ConfigError("lora_n_timestamp_samples", n, "must be an integer >= 1")
+    if not config.pretrained_model_name_or_path_lora:
+        raise ConfigError("pretrained_model_name_or_path_lora", config.pretrained_model_name_or_path_lora,
+                          "must name the LoRA branch's model (the pretrained one to share its UNet)")
+
+
 @dataclass(frozen=True)
 class ClipSettings:
     """D-SDS clipping as configured; the end step may only be known once training runs."""
@@ -144,7 +187,10 @@ def resolve_config(config: ScoreDistillationConfig) -> ResolvedConfig:
         require_positive("trainer_max_steps", config.trainer_max_steps)
     if config.grad_clip is not None:
         check_schedule("grad_clip", config.grad_clip, 0.0, float("inf"))
-    check_path_keys(config)
+    if isinstance(config, VSDConfig):
+        check_vsd_keys(config, name)
+    else:
+        check_path_keys(config)
     if config.perp_neg_preset is not None:
         require_choice("perp_neg_preset", config.perp_neg_preset, PERP_NEG_PRESETS)
     require_non_negative("negative_prompt_weight", config.negative_prompt_weight)

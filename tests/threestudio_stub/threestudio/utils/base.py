@@ -1,4 +1,5 @@
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 
@@ -36,6 +37,24 @@ class BaseObject(Updateable):
         self.cfg = parse_structured(self.Config, cfg)
         self.device = get_device()
         self.configure(*args, **kwargs)
+
+    def configure(self, *args, **kwargs):
+        pass
+
+
+class BaseModule(torch.nn.Module, Updateable):
+    """threestudio's BaseModule without its ``weights`` loading: an nn.Module with a cfg."""
+
+    @dataclass
+    class Config:
+        weights: Optional[str] = None
+
+    def __init__(self, cfg=None, *args, **kwargs):
+        super().__init__()
+        self.cfg = parse_structured(self.Config, cfg)
+        self.device = get_device()
+        self.configure(*args, **kwargs)
+        self.register_buffer("_dummy", torch.zeros(0).float(), persistent=False)
 
     def configure(self, *args, **kwargs):
         pass

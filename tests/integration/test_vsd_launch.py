@@ -1,0 +1,63 @@
+"""Drop-in for VSD: threestudio's stock `prolificdreamer.yaml` (stage 1, NeRF), with only
+`stable-diffusion-vsd-guidance` changed to `perp-neg-vsd-guidance`, trains 2 steps through
+threestudio's own launch.py on a CPU (the CPU mode, tiny models) with `loss_vsd` and `loss_lora`
+logged, the LoRA in the checkpoint and the optimizer group `guidance`, and resumes from that
+checkpoint. Runs only in the threestudio tier (marker `threestudio`)."""
+
+import csv
+import math
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+import torch
+from helpers import REPO  # noqa: E402
+
+pytestmark = pytest.mark.threestudio
+
+RUNNER = os.path.join(REPO, "scripts", "threestudio_cpu.py")
+
+
+def threestudio_root():
+    import threestudio
+
+    return os.path.dirname(os.path.dirname(threestudio.__file__))
+
+
+def launch(work, config, tag, max_steps, *extra):
+    args = [sys.executable, RUNNER, "--launch", os.path.join(threestudio_root(), "launch.py"),
+            "--config", config, "--train", "--small", f"exp_root_dir={work}/outputs", "name=vsd", f"tag={tag}",
+            "use_timestamp=false", f"trainer.max_steps={max_steps}", f"trainer.val_check_interval={max_steps}",
+            "trainer.log_every_n_steps=1", "system.prompt_processor.prompt=a corgi", *extra]
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD="1",
+               PYTHONPATH=os.pathsep.join([threestudio_root(), os.environ.get("PYTHONPATH", "")]))
+    result = subprocess.run(args, cwd=work, env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
+    return work / "outputs" / "vsd" / tag
+
+
+def test_stock_prolificdreamer_trains_and_resumes_with_only_the_type_name_changed(tmp_path, tiny_sd):
+    text = open(os.path.join(threestudio_root(), "configs", "prolificdreamer.yaml")).read()
+    ported, count = re.subn(r'(guidance_type: )"?stable-diffusion-vsd-guidance"?', r'\g<1>"perp-neg-vsd-guidance"', text)
+    assert count == 1
+    config = tmp_path / "prolificdreamer.yaml"
+    config.write_text(ported)
+    os.makedirs(tmp_path / "custom")
+    os.symlink(os.path.join(REPO, "custom", "antijanus"), tmp_path / "custom" / "antijanus")
+    os.symlink(os.path.join(threestudio_root(), "load"), tmp_path / "load")
+    models = [f"system.guidance.pretrained_model_name_or_path={tiny_sd}",
+              f"system.guidance.pretrained_model_name_or_path_lora={tiny_sd}",
+              f"system.prompt_processor.pretrained_model_name_or_path={tiny_sd}"]
+    trial = launch(tmp_path, str(config), "first", 2, *models)
+    rows = list(csv.DictReader(open(trial / "csv_logs" / "version_0" / "metrics.csv")))
+    for key in ("train/loss_vsd", "train/loss_lora"):
+        values = [float(r[key]) for r in rows if r.get(key)]
+        assert len(values) == 2 and all(math.isfinite(v) for v in values), key
+    checkpoint = torch.load(trial / "ckpts" / "last.ckpt", map_location="cpu", weights_only=False)
+    lora = [k for k in checkpoint["state_dict"] if k.startswith("guidance.")]
+    assert lora and all(k.startswith(("guidance.lora_layers.", "guidance.camera_embedding.")) for k in lora)
+    groups = [g.get("name") for g in checkpoint["optimizer_states"][0]["param_groups"]]
+    assert "guidance" in groups
+    launch(tmp_path, str(config), "resumed", 3, *models, f"resume={trial / 'ckpts' / 'last.ckpt'}")
