@@ -16,6 +16,7 @@ import os
 
 import pytest
 import torch
+from fakes import make_sd512  # noqa: E402
 
 pytestmark = pytest.mark.threestudio
 
@@ -26,25 +27,7 @@ CUSTOM_WEIGHTS = dict(perp_neg_f_sb=[1.0, 0.5, -0.4], perp_neg_f_fsb=[2.0, 0.5, 
 @pytest.fixture(scope="module")
 def sd512(tmp_path_factory):
     """A tiny SD folder with SD's own geometry: VAE factor 8, UNet sample size 64."""
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-
-    from antijanus.testing.tiny_models import make_stable_diffusion
-
-    folder = str(tmp_path_factory.mktemp("sd512"))
-    make_stable_diffusion(folder)
-    torch.manual_seed(1)
-    UNet2DConditionModel(  # attention only at 16x16: a CPU step in well under a second
-        sample_size=64, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(8, 16, 32),
-        down_block_types=("DownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
-        cross_attention_dim=32, attention_head_dim=8, norm_num_groups=8,
-    ).save_pretrained(os.path.join(folder, "unet"))
-    AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=4, sample_size=512, block_out_channels=(8, 8, 8, 8),
-        layers_per_block=1, norm_num_groups=8, down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-    ).save_pretrained(os.path.join(folder, "vae"))
-    return folder
+    return make_sd512(str(tmp_path_factory.mktemp("sd512")))
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,7 @@ import os
 
 import pytest
 import torch
+from fakes import make_sd512  # noqa: E402
 
 pytestmark = pytest.mark.threestudio
 
@@ -16,25 +17,7 @@ pytestmark = pytest.mark.threestudio
 @pytest.fixture(scope="module")
 def sd512(tmp_path_factory):
     """A tiny SD folder with SD's geometry and a 1280-wide time embedding."""
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-
-    from antijanus.testing.tiny_models import make_stable_diffusion
-
-    folder = str(tmp_path_factory.mktemp("sd512-vsd"))
-    make_stable_diffusion(folder)
-    torch.manual_seed(1)
-    UNet2DConditionModel(
-        sample_size=64, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(8, 16, 32),
-        down_block_types=("DownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
-        cross_attention_dim=32, attention_head_dim=8, norm_num_groups=8, time_embedding_dim=1280,
-    ).save_pretrained(os.path.join(folder, "unet"))
-    AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=4, sample_size=512, block_out_channels=(8, 8, 8, 8),
-        layers_per_block=1, norm_num_groups=8, down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-    ).save_pretrained(os.path.join(folder, "vae"))
-    return folder
+    return make_sd512(str(tmp_path_factory.mktemp("sd512-vsd")), time_embedding_dim=1280)
 
 
 @pytest.fixture(scope="module")
