@@ -115,3 +115,17 @@ def make_sd512(folder: str, time_embedding_dim=None) -> str:
         up_block_types=("UpDecoderBlock2D",) * 4,
     ).save_pretrained(os.path.join(folder, "vae"))
     return folder
+
+
+def threestudio_root() -> str:
+    """The threestudio checkout this test run imports (the threestudio tier)."""
+    import threestudio  # threestudio tier only
+
+    return os.path.dirname(os.path.dirname(threestudio.__file__))
+
+
+def launcher_env(**more) -> dict:
+    """The environment of a CPU-mode launcher run: no hub, threestudio importable, ``more``."""
+    return dict(os.environ, HF_HUB_OFFLINE="1", **more,
+                PYTHONPATH=os.pathsep.join([threestudio_root(), os.environ.get("PYTHONPATH", "")]))
+

@@ -16,6 +16,7 @@ import sys
 
 import pytest
 from helpers import REPO  # noqa: E402
+from fakes import launcher_env, threestudio_root  # noqa: E402
 
 pytestmark = pytest.mark.threestudio
 
@@ -56,12 +57,6 @@ STOCK = {
 OURS = {"stable-diffusion-guidance": "perp-neg-sds-guidance", "deep-floyd-guidance": "dsds-guidance"}
 #: second stage -> first stage whose checkpoint it starts from (system.weights)
 REFINES = {"latentnerf-refine.yaml": "latentnerf.yaml", "sketchshape-refine.yaml": "sketchshape.yaml"}
-
-
-def threestudio_root():
-    import threestudio
-
-    return os.path.dirname(os.path.dirname(threestudio.__file__))
 
 
 def stock_configs():
@@ -110,8 +105,7 @@ def run(workspace, config, extra=()):
             "system.prompt_processor.prompt=a corgi",
             f"system.prompt_processor.pretrained_model_name_or_path={model}",
             f"system.guidance.pretrained_model_name_or_path={model}", *extra]
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD="1",
-               PYTHONPATH=os.pathsep.join([threestudio_root(), os.environ.get("PYTHONPATH", "")]))
+    env = launcher_env(TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD="1")
     result = subprocess.run(args, cwd=work, env=env, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
     return work / "outputs" / "stock" / tag

@@ -15,6 +15,7 @@ import sys
 
 import pytest
 from helpers import REPO  # noqa: E402
+from fakes import launcher_env  # noqa: E402,F401  (also used by test_guidance_launch)
 
 pytestmark = pytest.mark.threestudio
 
@@ -67,14 +68,6 @@ def workspace(tmp_path_factory, tiny_sd, tiny_if):
     models = {"sd": tiny_sd, "if": tiny_if, "bert": make_bert(str(work / "bert"), words),
               "blip": make_blip(str(work / "blip"))}
     return work, models
-
-
-def launcher_env():
-    import threestudio
-
-    return dict(os.environ, HF_HUB_OFFLINE="1",
-                PYTHONPATH=os.pathsep.join([os.path.dirname(os.path.dirname(threestudio.__file__)),
-                                            os.environ.get("PYTHONPATH", "")]))
 
 
 def launch(workspace, config, tag, steps, extra=(), log=None):

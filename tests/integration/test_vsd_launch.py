@@ -14,16 +14,11 @@ import sys
 import pytest
 import torch
 from helpers import REPO  # noqa: E402
+from fakes import launcher_env, threestudio_root  # noqa: E402
 
 pytestmark = pytest.mark.threestudio
 
 RUNNER = os.path.join(REPO, "scripts", "threestudio_cpu.py")
-
-
-def threestudio_root():
-    import threestudio
-
-    return os.path.dirname(os.path.dirname(threestudio.__file__))
 
 
 def launch(work, config, tag, max_steps, *extra):
@@ -31,8 +26,7 @@ def launch(work, config, tag, max_steps, *extra):
             "--config", config, "--train", "--small", f"exp_root_dir={work}/outputs", "name=vsd", f"tag={tag}",
             "use_timestamp=false", f"trainer.max_steps={max_steps}", f"trainer.val_check_interval={max_steps}",
             "trainer.log_every_n_steps=1", "system.prompt_processor.prompt=a corgi", *extra]
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD="1",
-               PYTHONPATH=os.pathsep.join([threestudio_root(), os.environ.get("PYTHONPATH", "")]))
+    env = launcher_env(TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD="1")
     result = subprocess.run(args, cwd=work, env=env, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
     return work / "outputs" / "vsd" / tag

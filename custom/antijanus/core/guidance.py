@@ -387,13 +387,7 @@ class ScoreDistillationGuidance:
             "loss_sds": sds_loss(latents, grad),
             "grad_norm": grad.norm(),
             **diagnostics,
-            "min_step": float(self.min_step),
-            "max_step": float(self.max_step),
-            "unet_rows": float(guided.cond.num_rows),
-            # 0-dim float tensors: logging them needs no device sync here
-            "perp_neg/mean_neg_weight": guided.cond.neg_weight.sum() / batch,
-            "perp_neg/mean_abs_proj": guided.coefficient.abs().mean() if guided.coefficient.numel()
-            else guided.coefficient.new_zeros(()),
+            **self.step_diagnostics(guided, batch, guided.cond.num_rows),
         }
         if c.use_img_loss:
             out["loss_sds_img"] = self.image_loss(image, x_t, guided.eps_hat, alphas_cumprod_t, w)
@@ -415,6 +409,18 @@ class ScoreDistillationGuidance:
 
     #: The outputs a step checks for non-finite values (with the renders).
     FINITE_KEYS: Tuple[str, ...] = ("loss_sds", "grad_norm", "loss_sds_img")
+
+    def step_diagnostics(self, guided, batch: int, unet_rows: int) -> Dict[str, Any]:
+        """The step range, the UNet rows and Perp-Neg's weights of a step, as every path logs them."""
+        return {
+            "min_step": float(self.min_step),
+            "max_step": float(self.max_step),
+            "unet_rows": float(unet_rows),
+            # 0-dim float tensors: logging them needs no device sync here
+            "perp_neg/mean_neg_weight": guided.cond.neg_weight.sum() / batch,
+            "perp_neg/mean_abs_proj": guided.coefficient.abs().mean() if guided.coefficient.numel()
+            else guided.coefficient.new_zeros(()),
+        }
 
     def check_finite(self, rgb: Tensor, out: Dict[str, Any]) -> None:
         """A step whose renders, loss or gradient norm are not finite stops the run, without a

@@ -101,12 +101,7 @@ class VSDGuidance(ScoreDistillationGuidance):
             "loss_vsd": vsd_loss(latents, grad),
             "grad_norm": grad.norm(),
             **diagnostics,
-            "min_step": float(self.min_step),
-            "max_step": float(self.max_step),
-            "unet_rows": float(guided.cond.num_rows + 2 * batch),
-            "perp_neg/mean_neg_weight": guided.cond.neg_weight.sum() / batch,
-            "perp_neg/mean_abs_proj": guided.coefficient.abs().mean() if guided.coefficient.numel()
-            else guided.coefficient.new_zeros(()),
+            **self.step_diagnostics(guided, batch, guided.cond.num_rows + 2 * batch),  # + the LoRA's 2B rows
         }
         if self.config.use_img_loss:
             out["loss_vsd_img"] = self.vsd_image_loss(image, x_t, guided.eps_hat, eps_lora, abar)
