@@ -1,0 +1,98 @@
+#!/usr/bin/env python3
+"""Labelled sets of method outputs: the judge validated on what it judges (preregistration.md,
+seventh entry). Run from the repository root:
+
+    # 1. the items (shuffled, random ids) and the labellers' sheets (images only)
+    python custom/janus_lab/scripts/lab_label_set.py sheets --set custom/janus_lab/validation/set-a \
+        --runs outputs/lab-label-a-s7.5 outputs/lab-label-a-s100 --view2d outputs/lab-label-a-2d \
+        --sheets outputs/label-sheets-a
+    # 2. labellers write <set>/labels-<name>-orbits.csv and labels-<name>-images.csv
+    #    (custom/janus_lab/validation/INSTRUCTIONS.md); the reference labels and their agreement:
+    python custom/janus_lab/scripts/lab_label_set.py merge --set custom/janus_lab/validation/set-a \
+        --labellers first second [--third third]
+    # 3. the judge against the reference (only after the labels are committed)
+    python custom/janus_lab/scripts/lab_label_set.py evaluate --set custom/janus_lab/validation/set-a
+"""
+
+import argparse
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))  # custom/ of this checkout
+
+from janus_lab.cli_args import existing_folder, refuse_repeats, require_output_folder  # noqa: E402
+
+
+def sheets(args) -> int:
+    from janus_lab.label_sets import (image_sources, make_items, orbit_sources, write_manifest,  # deferred: torch
+                                      write_sheets)
+    items = make_items(orbit_sources(args.runs), image_sources(args.view2d))
+    if not items:
+        print("error: no finished runs or 2D samples under --runs / --view2d", file=sys.stderr)
+        return 1
+    manifest = write_manifest(items, args.set)
+    paths = write_sheets(items, args.sheets)
+    print(f"{sum(i.kind == 'orbit' for i in items)} orbits, {sum(i.kind == 'image' for i in items)} images; "
+          f"manifest {manifest}; {len(paths)} sheets in {args.sheets}")
+    return 0
+
+
+def merge(args) -> int:
+    from janus_lab.label_agreement import cohen_kappa, labeller_files, reference  # deferred: one import path
+    files = labeller_files(args.set)
+    missing = [n for n in [*args.labellers, *([args.third] if args.third else [])] if n not in files]
+    if missing:
+        print(f"error: no labels-<name>*.csv in {args.set} for {missing}; found {sorted(files)}", file=sys.stderr)
+        return 1
+    first, second = files[args.labellers[0]], files[args.labellers[1]]
+    ref, pending = reference(first, second, files.get(args.third, {}) if args.third else {})
+    fields = sorted({f for item in first.values() for f in item})
+    kappa = {f: cohen_kappa([(first[i][f], second[i][f]) for i in first if i in second and f in first[i]
+                             and f in second[i]]) for f in fields}
+    with open(os.path.join(args.set, "reference.json"), "w") as f:
+        json.dump({"labellers": args.labellers, "third": args.third, "labels": ref,
+                   "pending": pending, "kappa": kappa}, f, indent=1)
+    print(f"{len(ref)} items; cells still undecided (first two disagree, no third label): {len(pending)}")
+    print("Cohen's kappa of the first two: " + ", ".join(f"{k} {v:.2f}" for k, v in kappa.items()))
+    if pending:
+        with open(os.path.join(args.set, "pending.csv"), "w") as f:
+            f.write("id,field\n" + "".join(f"{i},{fld}\n" for i, fld in pending))
+        print(f"the cells to give a third labeller: {os.path.join(args.set, 'pending.csv')}")
+    return 0
+
+
+def evaluate(args) -> int:
+    from janus_lab.label_judging import evaluate_set  # deferred: loads the judge
+    report = evaluate_set(args.set, args.judge)
+    print(report)
+    return 0
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("sheets", help="the items and the labellers' sheets")
+    p.add_argument("--set", required=True, help="the set's folder (manifest.json, labels, reference)")
+    p.add_argument("--runs", nargs="*", type=existing_folder, default=[], help="3D experiment output folders")
+    p.add_argument("--view2d", nargs="*", type=existing_folder, default=[], help="2D experiment output folders")
+    p.add_argument("--sheets", required=True, help="folder for the sheets (images only)")
+    p = sub.add_parser("merge", help="reference labels from the labellers' files")
+    p.add_argument("--set", required=True, type=existing_folder)
+    p.add_argument("--labellers", nargs=2, required=True, metavar="NAME")
+    p.add_argument("--third", help="the labeller who decides where the first two disagree")
+    p = sub.add_parser("evaluate", help="the judge against the reference labels: the gate")
+    p.add_argument("--set", required=True, type=existing_folder)
+    p.add_argument("--judge", type=existing_folder, default=None, help="a judge folder (default: the committed judge)")
+    args = parser.parse_args(argv)
+    if args.command == "sheets":
+        refuse_repeats(parser, args, ["--runs", "--view2d"])
+        for option, path in (("--set", args.set), ("--sheets", args.sheets)):
+            require_output_folder(parser, option, path)
+    if args.command == "merge":
+        refuse_repeats(parser, args, ["--labellers"])
+    return {"sheets": sheets, "merge": merge, "evaluate": evaluate}[args.command](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

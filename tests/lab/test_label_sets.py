@@ -1,0 +1,148 @@
+"""Labelled sets of method outputs (janus_lab.label_sets, label_agreement, scripts/lab_label_set.py):
+items shuffled under ids that reveal nothing, sheets without verdicts, labels read strictly, the
+reference from two labellers and a third, agreement and the pre-registered gate."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from antijanus.utils.errors import ConfigError
+from janus_lab.label_agreement import (GATE, agreement, cohen_kappa, gate_verdict, read_labels, reference)
+from janus_lab.label_sets import (SHOWN_AZIMUTHS, image_sources, item_images, make_items, orbit_sources,
+                                  read_manifest, shown_frame_indices, write_manifest, write_sheets)
+from tests.helpers import REPO
+
+SCRIPT = os.path.join(REPO, "custom", "janus_lab", "scripts", "lab_label_set.py")
+
+
+def fake_run(root, variant, prompt, seed, value):
+    folder = root / "runs" / variant / prompt.replace(" ", "_") / f"s{seed}"
+    folder.mkdir(parents=True)
+    frames = torch.full((36, 3, 32, 32), value, dtype=torch.uint8)
+    frames[:, 0, 0, 0] = torch.arange(36, dtype=torch.uint8)  # frame index in a pixel
+    torch.save(frames, folder / "orbit.pt")
+    (folder / "result.json").write_text(json.dumps({"variant": variant, "prompt": prompt, "seed": seed}))
+    return folder
+
+
+@pytest.fixture
+def sources(tmp_path):
+    runs = tmp_path / "lab3d"
+    for n, variant in enumerate(("baseline", "perp-neg", "dsds-clip")):
+        fake_run(runs, variant, "a bear", 60, 10 * n)
+    (runs / "runs" / "unfinished").mkdir(parents=True)  # no result.json: not an item
+    view2d = tmp_path / "lab2d"
+    view2d.mkdir()
+    records = [{"method": m, "kind": "bear", "view": "back", "seed": s, "row": m} for m in ("vanilla", "perp-neg")
+               for s in (0, 1)]
+    torch.save({"images": torch.randint(0, 255, (4, 3, 32, 32), dtype=torch.uint8), "records": records},
+               view2d / "samples.pt")
+    return str(runs), str(view2d)
+
+
+def test_items_are_shuffled_under_ids_that_reveal_nothing_and_reproducible(sources):
+    orbits, images = orbit_sources([sources[0]]), image_sources([sources[1]])
+    assert len(orbits) == 3 and len(images) == 4
+    items = make_items(orbits, images)
+    assert [i.id for i in items] == ["o000", "o001", "o002", "i000", "i001", "i002", "i003"]
+    assert make_items(orbits, images) == items
+    for item in items:
+        assert "baseline" not in item.id and "bear" not in item.id
+
+
+def test_manifest_round_trip_and_sheets(sources, tmp_path):
+    items = make_items(orbit_sources([sources[0]]), image_sources([sources[1]]))
+    write_manifest(items, str(tmp_path / "set"))
+    assert read_manifest(str(tmp_path / "set")) == items
+    paths = write_sheets(items, str(tmp_path / "sheets"))
+    assert sorted(os.path.basename(p) for p in paths) == ["images-00.png", "orbits-00.png"]
+    orbit = next(i for i in items if i.kind == "orbit")
+    shown = item_images(orbit)
+    assert len(shown) == len(SHOWN_AZIMUTHS)
+    # the shown frames are those at azimuth 0, 30, ... of the 36-view orbit (every third frame)
+    assert [round(float(f[0, 0, 0]) * 255) for f in shown] == list(range(0, 36, 3))
+
+
+def test_shown_frames_need_an_orbit_with_those_azimuths():
+    assert shown_frame_indices(36) == list(range(0, 36, 3))
+    assert shown_frame_indices(12) == list(range(12))
+    with pytest.raises(ValueError, match="azimuth 30"):
+        shown_frame_indices(8)
+
+
+def write(path, text):
+    path.write_text(text)
+    return str(path)
+
+
+def test_labels_are_read_strictly(tmp_path):
+    good = write(tmp_path / "labels-a-images.csv", "id,view,face\ni000,Back,no\ni001,unclear, yes\n")
+    assert read_labels(good) == {"i000": {"view": "back", "face": "no"}, "i001": {"view": "unclear", "face": "yes"}}
+    bad = write(tmp_path / "labels-b-images.csv", "id,view,face\ni000,behind,no\n")
+    with pytest.raises(ConfigError, match=r"labels-b-images.csv:i000.view.*front"):
+        read_labels(bad)
+    twice = write(tmp_path / "labels-c-images.csv", "id,view,face\ni000,back,no\ni000,back,no\n")
+    with pytest.raises(ConfigError, match="twice"):
+        read_labels(twice)
+
+
+def test_reference_agreement_third_labeller_and_pending_cells():
+    first = {"o1": {"outcome": "janus"}, "o2": {"outcome": "no_face"}, "o3": {"outcome": "janus"}}
+    second = {"o1": {"outcome": "janus"}, "o2": {"outcome": "one_face_front"}, "o3": {"outcome": "no_face"}}
+    ref, pending = reference(first, second, {})
+    assert ref["o1"]["outcome"] == "janus" and ref["o2"]["outcome"] == "unclear"
+    assert sorted(pending) == [("o2", "outcome"), ("o3", "outcome")]
+    ref, pending = reference(first, second, {"o2": {"outcome": "no_face"}, "o3": {"outcome": "face_elsewhere"}})
+    assert ref["o2"]["outcome"] == "no_face"  # majority of three
+    assert ref["o3"]["outcome"] == "unclear"  # three different answers
+    assert pending == []
+
+
+def test_kappa_and_agreement_leave_out_unclear_truth():
+    assert cohen_kappa([("a", "a"), ("b", "b")]) == 1.0
+    assert cohen_kappa([("a", "a"), ("b", "b"), ("a", "b"), ("b", "a")]) == 0.0
+    assert math.isnan(cohen_kappa([]))
+    result = agreement({"x": "janus", "y": "no_face", "z": "unclear"}, {"x": "janus", "y": "janus", "z": "janus"})
+    assert (result["n"], result["agree"], result["rate"], result["unclear"]) == (2, 1, 0.5, 1)
+    assert result["confusion"] == {"janus": {"janus": 1}, "no_face": {"janus": 1}}
+
+
+def test_gate_needs_every_figure_at_its_threshold():
+    passing = {k: {"rate": v} for k, v in GATE.items()}
+    assert gate_verdict(passing)["passed"]
+    for key in GATE:
+        failing = dict(passing, **{key: {"rate": GATE[key] - 0.01}})
+        assert not gate_verdict(failing)["passed"]
+    assert not gate_verdict(dict(passing, outcome={"rate": float("nan")}))["passed"]
+    assert not gate_verdict({"outcome": {"rate": 1.0}})["passed"]  # a missing figure fails
+
+
+def run_script(*args):
+    return subprocess.run([sys.executable, SCRIPT, *args], cwd=REPO, capture_output=True, text=True, timeout=300)
+
+
+def test_script_sheets_and_merge(sources, tmp_path):
+    out = run_script("sheets", "--set", str(tmp_path / "set"), "--runs", sources[0], "--view2d", sources[1],
+                     "--sheets", str(tmp_path / "sheets"))
+    assert out.returncode == 0, out.stderr
+    assert "3 orbits, 4 images" in out.stdout
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    out = run_script("sheets", "--set", str(tmp_path / "set2"), "--runs", str(empty), "--sheets", str(tmp_path / "s2"))
+    assert out.returncode == 1 and "no finished runs" in out.stderr
+    write(tmp_path / "set" / "labels-ann-images.csv", "id,view,face\ni000,back,no\ni001,side,yes\n")
+    write(tmp_path / "set" / "labels-bob-images.csv", "id,view,face\ni000,back,no\ni001,front,yes\n")
+    out = run_script("merge", "--set", str(tmp_path / "set"), "--labellers", "ann", "bob")
+    assert out.returncode == 0, out.stderr
+    assert "undecided (first two disagree, no third label): 1" in out.stdout
+    saved = json.loads((tmp_path / "set" / "reference.json").read_text())
+    assert saved["labels"]["i000"] == {"view": "back", "face": "no"} and saved["pending"] == [["i001", "view"]]
+    out = run_script("merge", "--set", str(tmp_path / "set"), "--labellers", "ann", "carol")
+    assert out.returncode == 1 and "carol" in out.stderr
+    out = run_script("merge", "--set", str(tmp_path / "set"), "--labellers", "ann", "ann")
+    assert out.returncode == 2 and "listed twice" in out.stderr
