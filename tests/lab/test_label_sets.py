@@ -146,3 +146,32 @@ def test_script_sheets_and_merge(sources, tmp_path):
     assert out.returncode == 1 and "carol" in out.stderr
     out = run_script("merge", "--set", str(tmp_path / "set"), "--labellers", "ann", "ann")
     assert out.returncode == 2 and "listed twice" in out.stderr
+
+
+def test_evaluate_set_judges_items_and_writes_the_gate(tmp_path):
+    from janus_lab.label_judging import evaluate_set, rule_on_labelled_frames
+    from janus_lab.orbits import orbit_azimuths, render_creature_orbit
+    from janus_lab.volume_orbits import save_orbit
+    from janus_lab.world import Creature
+
+    torch.set_num_threads(1)
+    azimuths = orbit_azimuths(36)
+    runs = tmp_path / "runs"
+    for name, two_faced in (("one", False), ("two", True)):
+        folder = fake_run(runs, name, "a bear", 60, 0)
+        save_orbit(str(folder), render_creature_orbit(Creature("bear"), azimuths, two_faced=two_faced, elevation=15.0))
+    items = make_items(orbit_sources([str(runs)]), [])
+    set_folder = tmp_path / "set"
+    write_manifest(items, str(set_folder))
+    truth = {i.id: ("janus" if i.meta["variant"] == "two" else "one_face_front") for i in items}
+    faces = {a: a in (0, 30, 330) for a in SHOWN_AZIMUTHS}
+    ref = {i: {"outcome": o, **{f"face_{a:03d}": ("yes" if faces[a] or (o == "janus" and a in (150, 180, 210)) else "no")
+                                for a in SHOWN_AZIMUTHS}} for i, o in truth.items()}
+    assert rule_on_labelled_frames(ref) == truth
+    (set_folder / "reference.json").write_text(json.dumps({"labels": ref}))
+    report = evaluate_set(str(set_folder))
+    assert "outcome: 2 / 2 = 1.000" in report  # the committed judge on the world's own creatures
+    saved = json.loads(next(set_folder.glob("evaluation-*.json")).read_text())
+    assert {i: saved["judged"][i]["outcome"] for i in truth} == truth
+    assert saved["figures"]["frame_face"]["n"] == 24
+    assert not saved["gate"]["passed"]  # no images labelled: the image figures are missing
