@@ -22,6 +22,15 @@ one frame already spans 20 degrees and counts. Note that ``face_in_back`` also f
 one-faced result turned around (its only face at the back): that is a failure of the view
 conditioning, not two faces; ``janus_two_fronts`` (``front_segments >= 2``) tells them apart.
 
+The **outcome** of an orbit (``docs/preregistration.md``, seventh entry, item 1; the headline, the
+verdicts above stay beside it): frames "with a face" = a front-only attribute judged visible, over
+the whole circle, in runs with the rules above (``face_segments``: how many). Exactly one of
+``OUTCOMES``: ``janus`` (``face_in_back``, or ``face_segments >= 2``), ``one_face_front``
+(otherwise one face run that overlaps the front region, |azimuth| < 45), ``face_elsewhere``
+(otherwise one face run, only on a side) or ``no_face`` (no face run). ``outcome`` is its index
+in ``OUTCOMES`` (metrics are numbers), ``outcome_<name>`` its one-hot columns. ``orbit_outcome``
+applies the same rule to face verdicts from elsewhere (e.g. labellers' per-frame labels).
+
 Also:
 
 * ``face_in_front``: share of the frames whose camera lies in the front region (|azimuth| < 45)
@@ -55,7 +64,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -64,12 +73,14 @@ from torch import Tensor
 
 from antijanus.tools.metrics import a_lpips
 from .images import scramble_object_pixels
-from .world import ATTRIBUTES, BACK_THRESHOLD, FRONT_ONLY, IMAGE_SIZE, KINDS, VIEWS, view_region, wrap_azimuth
+from .world import (ATTRIBUTES, BACK_THRESHOLD, FRONT_ONLY, FRONT_THRESHOLD, IMAGE_SIZE, KINDS, VIEWS, view_region,
+                    wrap_azimuth)
 
 MIN_SEGMENT_DEG = 20.0  # a run of frames counts when it spans at least this much azimuth
 MIN_GAP_DEG = 20.0  # gaps narrower than this between two runs are closed
 ATTRIBUTE_THRESHOLD = 0.5  # judged visible when the judge's probability exceeds this (its own rule)
 FRONT = VIEWS.index("front")
+OUTCOMES = ("janus", "one_face_front", "face_elsewhere", "no_face")  # the seventh entry's outcomes of an orbit
 
 
 # ----------------------------------------------------------------------------- per frame
@@ -205,6 +216,57 @@ def robust_runs(mask: Sequence[bool], step: float, circular: bool, min_segment_d
     return runs(mask, circular)
 
 
+# ----------------------------------------------------------------------------- the outcome of an orbit
+
+
+def face_outcome(face: Sequence[bool], azimuth: Sequence[float], step: float, circular: bool,
+                 min_segment_deg: float = MIN_SEGMENT_DEG, min_gap_deg: float = MIN_GAP_DEG
+                 ) -> Tuple[str, List[Tuple[int, int]], List[Tuple[int, int]]]:
+    """(outcome, face runs, face runs in the back region) of face verdicts and wrapped azimuths
+    in azimuth order (``orbit_order``'s): the seventh entry's rule, item 1."""
+    face = [bool(f) for f in face]
+    back = [f and abs(a) > 180.0 - BACK_THRESHOLD for f, a in zip(face, azimuth)]
+    face_runs = robust_runs(face, step, circular, min_segment_deg, min_gap_deg)
+    back_runs = robust_runs(back, step, circular, min_segment_deg, min_gap_deg)  # as face_in_back
+    if back_runs or len(face_runs) >= 2:
+        return "janus", face_runs, back_runs
+    if not face_runs:
+        return "no_face", face_runs, back_runs
+    start, length = face_runs[0]
+    front = any(abs(azimuth[(start + k) % len(face)]) < FRONT_THRESHOLD for k in range(length))
+    return ("one_face_front" if front else "face_elsewhere"), face_runs, back_runs
+
+
+def outcome_name(metrics: Dict[str, float]) -> str:
+    """The outcome's name from an orbit's metrics (``outcome``: its index in ``OUTCOMES``)."""
+    return OUTCOMES[int(metrics["outcome"])]
+
+
+def _verdict(value: Any) -> bool:
+    if value is None or value not in (True, False):
+        raise ValueError(f"a frame's face verdict must be True or False (decide unclear frames first); got {value!r}")
+    return bool(value)
+
+
+def orbit_outcome(frames: Any, face_visible: Any = None, min_segment_deg: float = MIN_SEGMENT_DEG,
+                  min_gap_deg: float = MIN_GAP_DEG) -> str:
+    """The outcome (one of ``OUTCOMES``) of per-frame face verdicts: ``frames`` a sequence of
+    (azimuth_deg, face_visible) pairs, or azimuths [N] with ``face_visible`` [N] (lists or
+    tensors). Azimuths uniformly spaced, in any order; a repeated azimuth counts once (its first)."""
+    if face_visible is None:
+        pairs = list(frames)
+        frames, face_visible = [float(a) for a, _ in pairs], [f for _, f in pairs]
+    azimuth = wrap_azimuth(torch.as_tensor(frames, dtype=torch.float32).reshape(-1).cpu())
+    faces = [_verdict(f) for f in (face_visible.reshape(-1) if isinstance(face_visible, Tensor) else face_visible)]
+    if len(faces) != azimuth.shape[0]:
+        raise ValueError(f"{azimuth.shape[0]} azimuths but {len(faces)} face verdicts")
+    kept = [i for i, d in enumerate(duplicate_azimuths(azimuth).tolist()) if not d]
+    order, step, circular = orbit_order(azimuth[kept])
+    order = [kept[i] for i in order]
+    return face_outcome([faces[i] for i in order], [float(azimuth[i]) for i in order], step, circular,
+                        min_segment_deg, min_gap_deg)[0]
+
+
 # ----------------------------------------------------------------------------- the metric
 
 
@@ -277,13 +339,15 @@ def metrics_of(orbit: OrbitFrames, frames: Tensor, judge, min_segment_deg: float
     front = [int(orbit.judged_view[i]) == FRONT for i in order]
     face_back = [bool(orbit.front_only_visible[i] and orbit.in_back[i]) for i in order]
     front_runs = robust_runs(front, step, circular, min_segment_deg, min_gap_deg)
-    face_runs = robust_runs(face_back, step, circular, min_segment_deg, min_gap_deg)
+    outcome, face_runs, back_runs = face_outcome([bool(orbit.front_only_visible[i]) for i in order],
+                                                 [float(orbit.azimuth[i]) for i in order], step, circular,
+                                                 min_segment_deg, min_gap_deg)
     n = len(order)
     in_front = [i for i in order if int(orbit.camera_view[i]) == FRONT]
     ordered = frames[torch.tensor(order)]  # adjacent azimuths, a repeated end frame once
     metrics = {
-        "janus": float(bool(face_runs) or len(front_runs) >= 2),
-        "face_in_back": float(bool(face_runs)),
+        "janus": float(bool(back_runs) or len(front_runs) >= 2),
+        "face_in_back": float(bool(back_runs)),
         "janus_two_fronts": float(len(front_runs) >= 2),
         "front_segments": float(len(front_runs)),
         "face_in_back_frames": float(sum(face_back)),
@@ -295,6 +359,9 @@ def metrics_of(orbit: OrbitFrames, frames: Tensor, judge, min_segment_deg: float
         "a_jfd": a_jfd(ordered, judge),
         "n_frames": float(n),
         "azimuth_step": step,
+        "face_segments": float(len(face_runs)),
+        "outcome": float(OUTCOMES.index(outcome)),  # its name: outcome_name(metrics)
+        **{f"outcome_{name}": float(name == outcome) for name in OUTCOMES},
     }
     if kind is not None:
         metrics["kind_accuracy"] = sum(int(orbit.judged_kind[i]) == KINDS.index(kind) for i in order) / n

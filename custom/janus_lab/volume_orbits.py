@@ -1,8 +1,9 @@
 """A trained volume's test orbit as the 3D experiment keeps and judges it: frames stored as uint8
 (``orbit.pt``, with an ``orbit.png`` strip) and judged from what is stored, with the Janus
-metric (``janus.orbit_metrics``) at the run settings' azimuths and elevation and the kind the
-prompt names. A 3D run's orbit (``experiment3d``) and a reconstruction's (``reconstruction``)
-are judged alike."""
+metric (``janus.orbit_metrics``, the orbit's outcome included: ``outcome`` and the one-hot
+``outcome_*`` columns, which go into a run's result.json with the other metrics) at the run
+settings' azimuths and elevation and the kind the prompt names. A 3D run's orbit
+(``experiment3d``) and a reconstruction's (``reconstruction``) are judged alike."""
 
 from __future__ import annotations
 
@@ -51,7 +52,7 @@ def load_orbit_frames(run_dir: str) -> torch.Tensor:
 
 
 def judge_run_orbit(frames: torch.Tensor, judge, prompt: str, settings) -> Dict[str, float]:
-    """The Janus metric of a run's orbit (``settings``: a ``FastSettings``, its ``orbit_views``
-    azimuths and ``orbit_elevation``; the prompt's kind)."""
+    """The Janus metric and outcome of a run's orbit (``settings``: a ``FastSettings``, its
+    ``orbit_views`` azimuths and ``orbit_elevation``; the prompt's kind)."""
     return orbit_metrics(frames, orbit_azimuths(settings.orbit_views), settings.orbit_elevation, judge,
                          kind=kind_of(prompt))

@@ -470,6 +470,30 @@ def test_a_run_judged_by_other_weights_is_judged_again_from_its_orbit(tmp_path):
     assert glob.glob(os.path.join(experiment.run_dir(RunSpec("baseline", "a bear", 0)), "metrics-judge-*.json"))
 
 
+def test_a_run_finished_before_the_outcomes_gets_them_from_its_orbit(tmp_path):
+    """results(): a run judged by the current judge before the outcome existed (seventh entry)
+    gets the outcome columns from its saved orbit; the metrics it has are kept as recorded."""
+    from janus_lab.experiment3d.runs import RESULT, RunSpec
+    from janus_lab.janus import outcome_name
+    from janus_lab.orbits import orbit_azimuths
+    from janus_lab.volume_orbits import save_orbit
+    from janus_lab.world import Creature, render
+
+    experiment = Experiment(str(tmp_path / "out"), variants=("baseline",), prompts=("a bear",), seeds=(0,))
+    frames = render([Creature("bear")] * 36, torch.full((36,), 15.0), orbit_azimuths(36), 2.0, 70.0)["image"]
+    spec = RunSpec("baseline", "a bear", 0)
+    os.makedirs(experiment.run_dir(spec))
+    save_orbit(experiment.run_dir(spec), frames)
+    old = {"janus": 1.0, "view_accuracy": 0.0, "face_scrambled": 0.5, "coverage": 0.25}
+    record = {"variant": "baseline", "prompt": "a bear", "seed": 0, "key": experiment.run_key("baseline"),
+              "metrics": dict(old), "train_s": 1.0, "judge": experiment.judge_identity()}
+    with open(os.path.join(experiment.run_dir(spec), RESULT), "w") as f:
+        json.dump(record, f)
+    metrics = experiment.results()[0]["metrics"]
+    assert {k: metrics[k] for k in old} == old
+    assert outcome_name(metrics) == "one_face_front" and metrics["outcome_one_face_front"] == 1.0
+
+
 def test_an_edited_variant_config_runs_again(tmp_path, monkeypatch):
     """The configs are found when loaded (ANTIJANUS_CONFIGS read then, not at import); an edit to
     a variant's config changes that variant's run key only."""

@@ -288,7 +288,8 @@ def test_face_scrambled_is_reported_as_a_share_of_frames():
 
 def test_constructed_orbits_script_prints_the_metric_on_known_orbits(judge, capsys):
     """scripts/lab_constructed_orbits.py: one row per kind, creature and orbit; the ground truth is
-    never Janus, a two-faced creature always, one turned around by its face at the back."""
+    never Janus and has one face in front, a two-faced creature always Janus, one turned around by
+    its face at the back, a faceless one has no face (the outcome column)."""
     spec = importlib.util.spec_from_file_location("lab_constructed_orbits", CONSTRUCTED_ORBITS)
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
@@ -296,9 +297,11 @@ def test_constructed_orbits_script_prints_the_metric_on_known_orbits(judge, caps
         script.main(["--help"])
     assert done.value.code == 0 and "--distance" in capsys.readouterr().out
     lines = script.constructed_orbits_report(judge).splitlines()
-    assert lines[0] == "| creature | orbit | janus | face_in_back | front_segments | view_accuracy | a_jfd |"
+    assert lines[0] == ("| creature | orbit | janus | face_in_back | front_segments | view_accuracy | a_jfd "
+                        "| outcome |")
     rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in lines[2:]]
-    assert len(rows) == len(KINDS) * 2 * 3
-    assert {(r[1], r[2], r[3]) for r in rows} == {("ground truth", "0", "0"), ("two-faced", "1", "1"),
-                                                  ("turned around", "1", "1")}
+    assert len(rows) == len(KINDS) * 2 * 4
+    assert {(r[1], r[2], r[3], r[7]) for r in rows} == {
+        ("ground truth", "0", "0", "one_face_front"), ("two-faced", "1", "1", "janus"),
+        ("turned around", "1", "1", "janus"), ("faceless", "0", "0", "no_face")}
     assert {r[0] for r in rows} == {f"{k}" for k in KINDS} | {f"smiling striped hat {k}" for k in KINDS}

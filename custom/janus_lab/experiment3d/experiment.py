@@ -171,14 +171,20 @@ class Experiment:
             r["judge"] = identity
 
     def _add_late_metrics(self, results: List[Dict[str, Any]]) -> None:
-        """Metrics added after a run finished (``face_scrambled``) from its saved orbit."""
-        missing = [r for r in results if "face_scrambled" not in r["metrics"]]
+        """Metrics added after a run finished (``face_scrambled``; the outcome, seventh entry)
+        from its saved orbit; the metrics it already has are kept."""
+        missing = [r for r in results if "face_scrambled" not in r["metrics"] or "outcome" not in r["metrics"]]
         if not missing:
             return
         judge = Judge.load(self.models.judge)
         for r in missing:
             spec = RunSpec(r["variant"], r["prompt"], r["seed"])
-            r["metrics"]["face_scrambled"] = face_scrambled(load_orbit_frames(self.run_dir(spec)), judge)
+            frames = load_orbit_frames(self.run_dir(spec))
+            if "face_scrambled" not in r["metrics"]:
+                r["metrics"]["face_scrambled"] = face_scrambled(frames, judge)
+            if "outcome" not in r["metrics"]:
+                late = judge_run_orbit(frames, judge, spec.prompt, self.settings)
+                r["metrics"].update({k: v for k, v in late.items() if k not in r["metrics"]})
 
     def report(self, tables: bool = True, out: Optional[str] = None) -> Dict[str, str]:
         """table.md / table.csv / table.json and one orbit grid per variant, from the finished

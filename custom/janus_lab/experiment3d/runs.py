@@ -17,6 +17,7 @@ from antijanus.utils.cache import write_json
 from antijanus.utils.naming import slug
 
 from ..fast3d import make_scene, render_orbit, train
+from ..janus import OUTCOMES
 from ..judge import Judge
 from ..orbits import orbit_azimuths
 from ..volume_orbits import judge_run_orbit, save_orbit
@@ -96,11 +97,12 @@ def run_one(task: RunTask) -> Dict[str, Any]:
 
 
 def progress_line(result: Dict[str, Any], verdicts: bool) -> str:
-    """A finished run's metrics in a progress line (``verdicts=False``: without the Janus verdict
-    and view accuracy, as the calibration shows them)."""
+    """A finished run's metrics in a progress line (``verdicts=False``: without the Janus verdict,
+    the outcome and view accuracy, as the calibration shows them)."""
     m = result["metrics"]
     if verdicts:
-        return f"janus {m['janus']:.0f} view accuracy {m['view_accuracy']:.2f}"
+        outcome = f" outcome {OUTCOMES[int(m['outcome'])]}" if "outcome" in m else ""
+        return f"janus {m['janus']:.0f}{outcome} view accuracy {m['view_accuracy']:.2f}"
     return (f"kind accuracy {m.get('kind_accuracy', math.nan):.2f} "
             f"face in front {m.get('face_in_front', math.nan):.2f} coverage {m['coverage']:.3f}")
 

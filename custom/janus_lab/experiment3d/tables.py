@@ -1,6 +1,9 @@
 """The 3D experiment's tables: per variant and prompt group the Janus rate with its Wilson
-interval and the means of the other metrics; each variant paired against the baseline (exact
-McNemar) with its registered reading; written as Markdown, CSV and JSON."""
+interval and the means of the other metrics, and the rates of the four outcomes of an orbit
+(``janus.OUTCOMES``, docs/preregistration.md, seventh entry, item 1); each variant paired against
+the baseline (exact McNemar) with its registered reading; written as Markdown, CSV and JSON.
+Runs judged before the outcomes existed have none: the outcome rates count the runs that have
+them (``outcome_runs``)."""
 
 from __future__ import annotations
 
@@ -11,9 +14,15 @@ from typing import Any, Dict, Iterator, List, Mapping, Sequence, Tuple
 
 from antijanus.utils.cache import write_json
 
+from ..janus import OUTCOMES
 from ..stats import mcnemar_exact, wilson_rate
 
 RATES = ("janus", "face_in_back", "janus_two_fronts")  # yes/no per run
+OUTCOME_RATES = tuple(f"outcome_{name}" for name in OUTCOMES)  # one of them 1 per run
+OUTCOME_LABELS = {"outcome_janus": "Janus", "outcome_one_face_front": "one face, front",
+                  "outcome_face_elsewhere": "face elsewhere", "outcome_no_face": "no face"}
+PAIRED_KEYS = ("janus", "face_in_back", "outcome_janus", "outcome_one_face_front")
+OUTCOME_GROUPS = ("all prompts", "with 'smiling'", "without 'smiling'")  # the outcome table's rows
 METRICS = ("face_in_front", "face_scrambled", "view_accuracy", "a_jfd", "kind_accuracy", "coverage")
 METRIC_LABELS = {"face_in_front": "face in front", "face_scrambled": "face on scrambled (control)",
                  "view_accuracy": "view accuracy", "a_jfd": "a_jfd", "kind_accuracy": "kind accuracy",
@@ -26,11 +35,15 @@ READING_ALPHA = 0.05  # family-wise, split over the variants compared with the b
 
 
 def summarise(results: Sequence[Mapping[str, Any]]) -> Dict[str, Any]:
-    """Janus rate with its 95 % Wilson interval (and its two parts), mean +- std of the rest."""
+    """Janus rate with its 95 % Wilson interval (and its two parts), the four outcome rates with
+    theirs (over the ``outcome_runs`` that have outcomes), mean +- std of the rest."""
     row: Dict[str, Any] = {"runs": len(results)}
     for key in RATES:
-        rate, (low, high) = wilson_rate([r["metrics"][key] for r in results])
-        row[key] = {"rate": rate, "ci": [low, high], "count": int(sum(r["metrics"][key] >= 0.5 for r in results))}
+        row[key] = rate_cell([r["metrics"][key] for r in results])
+    judged = [r["metrics"] for r in results if all(k in r["metrics"] for k in OUTCOME_RATES)]
+    row["outcome_runs"] = len(judged)
+    for key in OUTCOME_RATES:
+        row[key] = rate_cell([m[key] for m in judged])
     for key in METRICS:
         values = [float(r["metrics"][key]) for r in results if not math.isnan(r["metrics"].get(key, math.nan))]
         mean = sum(values) / len(values) if values else math.nan
@@ -38,6 +51,12 @@ def summarise(results: Sequence[Mapping[str, Any]]) -> Dict[str, Any]:
         row[key] = {"mean": mean, "std": std}
     row["train_s"] = sum(r.get("train_s", math.nan) for r in results) / max(1, len(results))
     return row
+
+
+def rate_cell(values: Sequence[float]) -> Dict[str, Any]:
+    """The share of values >= 0.5 with its 95 % Wilson interval and count (NaN when empty)."""
+    rate, (low, high) = wilson_rate(values)
+    return {"rate": rate, "ci": [low, high], "count": int(sum(v >= 0.5 for v in values))}
 
 
 def grouped(results: Sequence[Mapping[str, Any]], variants: Sequence[str], prompts: Sequence[str]
@@ -55,6 +74,8 @@ def grouped(results: Sequence[Mapping[str, Any]], variants: Sequence[str], promp
 
 
 def format_rate(cell: Mapping[str, Any]) -> str:
+    if math.isnan(cell["rate"]):
+        return "-"
     low, high = cell["ci"]
     return f"{cell['rate']:.2f} [{low:.2f}, {high:.2f}] ({cell['count']})"
 
@@ -70,11 +91,13 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> List
 
 
 def paired_against_baseline(results: Sequence[Mapping[str, Any]], variants: Sequence[str],
-                            keys: Sequence[str] = ("janus", "face_in_back"), reference: str = "baseline"
+                            keys: Sequence[str] = PAIRED_KEYS, reference: str = "baseline"
                             ) -> List[Dict[str, Any]]:
     """Each variant against ``reference`` on the runs both have (the same prompt and seed: the
     same scene initialisation and camera / noise draws): discordant counts and the exact McNemar
-    p-value per key. Empty when the reference did not run."""
+    p-value per key. A key only some of the pairs have (the outcomes, on runs judged before they
+    existed) is tested on those (its ``pairs`` then says how many) and left out when none has it.
+    Empty when the reference did not run."""
     by_run = {(r["variant"], r["prompt"], r["seed"]): r["metrics"] for r in results}
     if reference not in variants:
         return []
@@ -88,9 +111,14 @@ def paired_against_baseline(results: Sequence[Mapping[str, Any]], variants: Sequ
             continue
         row: Dict[str, Any] = {"variant": variant, "pairs": len(pairs)}
         for key in keys:
-            b = sum(1 for ref, m in pairs if ref[key] >= 0.5 and m[key] < 0.5)
-            c = sum(1 for ref, m in pairs if ref[key] < 0.5 and m[key] >= 0.5)
+            both = [(ref, m) for ref, m in pairs if key in ref and key in m]
+            if not both:
+                continue
+            b = sum(1 for ref, m in both if ref[key] >= 0.5 and m[key] < 0.5)
+            c = sum(1 for ref, m in both if ref[key] < 0.5 and m[key] >= 0.5)
             row[key] = {"b": b, "c": c, "p": mcnemar_exact(b, c)}
+            if len(both) < len(pairs):
+                row[key]["pairs"] = len(both)
         rows.append(row)
     return rows
 
@@ -123,15 +151,38 @@ def summary_lines(rows: Sequence[Mapping[str, Any]]) -> List[str]:
                                     *(format_mean(r[k]) for k in METRICS)] for r in ordered])
 
 
+def outcome_lines(rows: Sequence[Mapping[str, Any]]) -> List[str]:
+    """The outcomes of the orbits (seventh entry, item 1): per variant, pooled and per prompt group
+    with / without a front-only word, the four rates with their Wilson intervals."""
+    intro = ("Outcomes of the orbits (docs/preregistration.md, seventh entry, item 1; exactly one per run; "
+             "rate [95 % Wilson CI] (count) over the runs judged with outcomes):")
+    header = ["variant", "prompts", "runs with outcomes", *(OUTCOME_LABELS[k] for k in OUTCOME_RATES)]
+    ordered = [r for g in OUTCOME_GROUPS for r in rows if r["group"] == g]
+    return ["", intro, ""] + markdown_table(header, [[r["variant"], r["group"], r["outcome_runs"],
+                                                      *(format_rate(r[k]) for k in OUTCOME_RATES)] for r in ordered])
+
+
+def paired_cell(row: Mapping[str, Any], key: str) -> List[str]:
+    """``b / c`` (with ``of n`` pairs when not every pair has the key) and p, or dashes."""
+    if key not in row:
+        return ["-", "-"]
+    cell = row[key]
+    of = f" of {cell['pairs']}" if "pairs" in cell else ""
+    return [f"{cell['b']} / {cell['c']}{of}", f"{cell['p']:.3f}"]
+
+
 def paired_lines(paired: Sequence[Mapping[str, Any]]) -> List[str]:
     """The paired comparison with its reading rule stated above it."""
     intro = ("Paired against the baseline (the same prompt and seed; b: runs where only the baseline "
              "has it, c: only the variant; exact McNemar p; reading: Janus at "
              f"p < {READING_ALPHA} / {len(paired)} (Bonferroni), a reduction with face in front below "
-             f"{READING_FACE_RATIO} x the baseline's is \"fewer faces, not a cure\"):")
-    header = ["variant", "pairs", "Janus b / c", "Janus p", "face in back b / c", "face in back p", "reading"]
+             f"{READING_FACE_RATIO} x the baseline's is \"fewer faces, not a cure\"; the outcome columns, "
+             "seventh entry item 1, have no registered reading here):")
+    header = ["variant", "pairs", "Janus b / c", "Janus p", "face in back b / c", "face in back p", "reading",
+              "outcome Janus b / c", "outcome Janus p", "one face, front b / c", "one face, front p"]
     cells = [[r["variant"], r["pairs"], f"{r['janus']['b']} / {r['janus']['c']}", f"{r['janus']['p']:.3f}",
-              f"{r['face_in_back']['b']} / {r['face_in_back']['c']}", f"{r['face_in_back']['p']:.3f}", r["reading"]]
+              f"{r['face_in_back']['b']} / {r['face_in_back']['c']}", f"{r['face_in_back']['p']:.3f}", r["reading"],
+              *paired_cell(r, "outcome_janus"), *paired_cell(r, "outcome_one_face_front")]
              for r in paired]
     return ["", intro, ""] + markdown_table(header, cells)
 
@@ -149,18 +200,20 @@ def write_csv(path: str, rows: Sequence[Mapping[str, Any]]) -> None:
         writer = csv.writer(f)
         writer.writerow(["variant", "prompts", "runs", "janus", "janus_low", "janus_high", "face_in_back",
                          "janus_two_fronts", *[f"{k}_mean" for k in METRICS], *[f"{k}_std" for k in METRICS],
-                         "train_s"])
+                         "train_s", "outcome_runs",
+                         *[f"{k}{end}" for k in OUTCOME_RATES for end in ("", "_low", "_high")]])
         for row in rows:
             writer.writerow([row["variant"], row["group"], row["runs"], row["janus"]["rate"], *row["janus"]["ci"],
                              row["face_in_back"]["rate"], row["janus_two_fronts"]["rate"],
-                             *[row[k]["mean"] for k in METRICS], *[row[k]["std"] for k in METRICS], row["train_s"]])
+                             *[row[k]["mean"] for k in METRICS], *[row[k]["std"] for k in METRICS], row["train_s"],
+                             row["outcome_runs"], *[v for k in OUTCOME_RATES for v in (row[k]["rate"], *row[k]["ci"])]])
 
 
 def write_tables(results: Sequence[Mapping[str, Any]], out: str, variants: Sequence[str], prompts: Sequence[str]
                  ) -> Dict[str, str]:
     """table.md, table.csv and table.json in ``out``."""
     rows = [{"variant": v, "group": g, **summarise(rs)} for v, g, rs in grouped(results, variants, prompts)]
-    lines = summary_lines(rows)
+    lines = summary_lines(rows) + outcome_lines(rows)
     paired = paired_against_baseline(results, variants)
     if paired:
         add_readings(paired, rows)

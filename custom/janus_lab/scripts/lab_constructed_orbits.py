@@ -1,13 +1,16 @@
 #!/usr/bin/env python3
-"""The Janus metric (janus_lab.janus) on constructed orbits, judged by the committed judge: each
-kind, plain and with every attribute, as the ground-truth creature, a two-faced one and one turned
-around, rendered by the world's ray caster from one orbit camera. Prints a Markdown table.
+"""The Janus metric (janus_lab.janus) and the outcome of the orbit (its ``OUTCOMES``) on
+constructed orbits, judged by the committed judge: each kind, plain and with every attribute, as
+the ground-truth creature, a two-faced one, one turned around and the same creature without its
+face and smile (faceless), rendered by the world's ray caster from one orbit camera. Prints a
+Markdown table.
 
     python custom/janus_lab/scripts/lab_constructed_orbits.py                            # the world's cameras
     python custom/janus_lab/scripts/lab_constructed_orbits.py --distance 2.0 --fovy 70   # the 3D experiment's orbit
 """
 
 import argparse
+import dataclasses
 import os
 import sys
 
@@ -15,7 +18,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 import torch  # noqa: E402
 
 from janus_lab.cli_args import integer_at_least, number_in, positive_number  # noqa: E402
-from janus_lab.janus import orbit_metrics  # noqa: E402
+from janus_lab.janus import orbit_metrics, outcome_name  # noqa: E402
 from janus_lab.judge import Judge  # noqa: E402
 from janus_lab.model_files import model_path  # noqa: E402
 from janus_lab.orbits import orbit_azimuths, render_creature_orbit  # noqa: E402
@@ -26,22 +29,25 @@ KEYS = ("janus", "face_in_back", "front_segments", "view_accuracy", "a_jfd")
 
 def constructed_orbits_report(judge=None, n: int = 36, elevation: float = 15.0, distance: float = 1.5,
                               fovy: float = 60.0) -> str:
-    """The metric on constructed orbits (each kind, plain and with every attribute; the
-    ground-truth creature, a two-faced one and one turned around) seen from one orbit camera
-    (``distance``, ``fovy``), as a Markdown table."""
+    """The metric and the outcome on constructed orbits (each kind, plain and with every
+    attribute; the ground-truth creature, a two-faced one, one turned around and a faceless one)
+    seen from one orbit camera (``distance``, ``fovy``), as a Markdown table."""
     judge = judge or Judge.load(model_path("judge"))
     azimuths = orbit_azimuths(n)
     camera = dict(elevation=elevation, distance=distance, fovy=fovy)
-    lines = ["| creature | orbit | " + " | ".join(KEYS) + " |", "| --- | --- |" + " --- |" * len(KEYS)]
+    lines = ["| creature | orbit | " + " | ".join(KEYS) + " | outcome |", "| --- | --- |" + " --- |" * (len(KEYS) + 1)]
     for kind in KINDS:
         for creature in (Creature(kind), Creature(kind, smiling=True, striped=True, hat=True)):
             name = " ".join([a for a in ("smiling", "striped", "hat") if getattr(creature, a)] + [kind])
+            faceless = dataclasses.replace(creature, face=False, smiling=False)
             for orbit, frames in (("ground truth", render_creature_orbit(creature, azimuths, **camera)),
                                   ("two-faced", render_creature_orbit(creature, azimuths, two_faced=True, **camera)),
-                                  ("turned around", render_creature_orbit(creature, azimuths + 180.0, **camera))):
+                                  ("turned around", render_creature_orbit(creature, azimuths + 180.0, **camera)),
+                                  ("faceless", render_creature_orbit(faceless, azimuths, **camera))):
                 m = orbit_metrics(frames, azimuths, elevation, judge, kind=kind)
                 lines.append(f"| {name} | {orbit} | " + " | ".join(
-                    f"{m[k]:.3f}" if k in ("view_accuracy", "a_jfd") else f"{m[k]:g}" for k in KEYS) + " |")
+                    f"{m[k]:.3f}" if k in ("view_accuracy", "a_jfd") else f"{m[k]:g}" for k in KEYS)
+                    + f" | {outcome_name(m)} |")
     return "\n".join(lines)
 
 
