@@ -5,7 +5,8 @@ generator (``JudgeSettings``)."""
 
 from __future__ import annotations
 
-from typing import Dict, Optional
+import dataclasses
+from typing import Dict, List, Optional
 
 import torch
 import torch.nn.functional as F
@@ -14,11 +15,15 @@ from torch import Tensor
 from antijanus.utils import imaging
 from .images import gaussian_blur, object_mask, patch_shuffle
 from .judge_settings import JudgeSettings
-from .world import ATTRIBUTES, KINDS, Creature, render_batched
+from .world import ATTRIBUTES, FACE_RADIUS, KINDS, Creature, render_batched
 
 
-def render_labelled(settings: JudgeSettings, n: int, seed: int, chunk: int = 256) -> Dict[str, Tensor]:
-    """n rendered images with ground truth: uniform azimuth, random creatures and backgrounds."""
+def render_labelled(settings: JudgeSettings, n: int, seed: int, chunk: int = 256,
+                    training: bool = False) -> Dict[str, Tensor]:
+    """n rendered images with ground truth: uniform azimuth, random creatures and backgrounds,
+    some without their face or tail (``p_faceless`` / ``p_tailless``); ``training``: also the
+    training set's plain bodies and partial faces (``p_partless``, ``p_partial_face``, drawn
+    after every other draw: at 0 the images are v8's)."""
     g = torch.Generator().manual_seed(seed)
 
     def uniform(low, high, *shape):
@@ -38,12 +43,57 @@ def render_labelled(settings: JudgeSettings, n: int, seed: int, chunk: int = 256
     light = uniform(-settings.light_jitter, settings.light_jitter)
     # background: white half the time, else a random light or dark plain colour
     background = torch.where((torch.rand(n, 1, generator=g) < 0.5), torch.ones(n, 3), torch.rand(n, 3, generator=g))
+    if training:  # drawn last: v8's draws unchanged
+        creatures = partial_faces(plain_bodies(creatures, settings, g), settings, g)
     out = render_batched(creatures, elevation, azimuth, distance, fovy, chunk=chunk, light_jitter=light,
                          background=background)
     present = torch.tensor([[c.has(a) for a in ATTRIBUTES] for c in creatures], dtype=torch.bool).reshape(n, len(ATTRIBUTES))
     return {"image": (out["image"] * 255).round().to(torch.uint8), "silhouette": out["silhouette"] > 0,
             "view": out["view"], "kind": kinds,
             "attributes": (out["visible"] & present).float(), "elevation": elevation, "azimuth": azimuth}
+
+
+def plain_bodies(creatures: List[Creature], settings: JudgeSettings, g: torch.Generator) -> List[Creature]:
+    """A share ``p_partless`` of the creatures (whatever they had) made plain bodies of their kind:
+    no face, tail, smile, stripes or hat. No draw at share 0."""
+    if settings.p_partless <= 0 or not creatures:
+        return creatures
+    chosen = (torch.rand(len(creatures), generator=g) < settings.p_partless).tolist()
+    return [Creature(c.kind, face=False, tail=False) if plain else c for c, plain in zip(creatures, chosen)]
+
+
+def partial_faces(creatures: List[Creature], settings: JudgeSettings, g: torch.Generator) -> List[Creature]:
+    """A share ``p_partial_face`` of the creatures with a face get a partial one: half cut by a
+    half-plane through the face disk (a random direction, offset uniform within +-0.6 of its
+    radius: 20-80 % of the disk kept), half shrunk (``partial_face_min_scale`` .. 1). No draw at
+    share 0. The ground truth follows from the render (the renderer's visibility rule)."""
+    n = len(creatures)
+    if settings.p_partial_face <= 0 or n == 0:
+        return creatures
+    chosen = (torch.rand(n, generator=g) < settings.p_partial_face).tolist()
+    cut = (torch.rand(n, generator=g) < 0.5).tolist()
+    direction = (torch.rand(n, generator=g) * 360.0).tolist()
+    offset = ((torch.rand(n, generator=g) * 2.0 - 1.0) * 0.6 * FACE_RADIUS).tolist()
+    low = settings.partial_face_min_scale
+    scale = (low + torch.rand(n, generator=g) * (1.0 - low)).tolist()
+    return [c if not (chosen[i] and c.face) else
+            dataclasses.replace(c, face_cut=(direction[i], offset[i])) if cut[i] else
+            dataclasses.replace(c, face_scale=scale[i])
+            for i, c in enumerate(creatures)]
+
+
+def colour_drift(images: Tensor, silhouette: Tensor, settings: JudgeSettings, g: torch.Generator) -> Tensor:
+    """Images [B, 3, H, W] in [0, 1] with the object (``silhouette`` [B, 1, H, W], bool or its
+    share of each pixel) drifted in colour, as score distillation's orbits drift (a brown bear
+    turns red, a frog saturated green): per image and channel gain 1 + u, offset u / 2, u uniform
+    in [-colour_drift, colour_drift] (two draws). The background is kept."""
+    B = images.shape[0]
+    d = settings.colour_drift
+    gain = 1.0 + (torch.rand(B, 3, generator=g) * 2.0 - 1.0) * d
+    offset = (torch.rand(B, 3, generator=g) * 2.0 - 1.0) * d / 2.0
+    drifted = (images * gain[..., None, None] + offset[..., None, None]).clamp(0.0, 1.0)
+    weight = silhouette.float()
+    return images + weight * (drifted - images)
 
 
 def lower_resolution(images: Tensor, settings: JudgeSettings, g: torch.Generator) -> Tensor:

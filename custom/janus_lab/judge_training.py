@@ -14,8 +14,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .judge import JudgeNet, save_judge
-from .judge_data import augment, render_labelled, scrambled_negatives
+from .judge_data import augment, colour_drift, render_labelled, scrambled_negatives
 from .judge_evaluation import held_out_figures
+from .judge_sds_data import sds_like
 from .judge_settings import JudgeSettings
 from .training import log_every
 from .world import ATTRIBUTES, KINDS, VIEWS
@@ -36,9 +37,12 @@ def judge_loss(out: Dict[str, Tensor], batch: Dict[str, Tensor], real: Optional[
 
 
 def judge_data_sets(settings: JudgeSettings) -> Tuple[Dict[str, Tensor], Dict[str, Tensor], Dict[str, Tensor]]:
-    """The training renders (seed ``seed``) and the held-out ones: the world's own creatures, face
+    """The training renders (seed ``seed``, with the training set's extra creatures; a share
+    through the prior's VAE, ``sds_like`` with seed + 4) and the held-out ones, clean renders of
+    the world's creatures as for every judge: the world's own creatures, face
     and tail (seed + 1), and creatures without their face (seed + 3)."""
-    train = render_labelled(settings, settings.n_train, settings.seed)
+    train = sds_like(render_labelled(settings, settings.n_train, settings.seed, training=True), settings,
+                     settings.seed + 4)
     test = render_labelled(dataclasses.replace(settings, p_faceless=0.0, p_tailless=0.0), settings.n_test,
                            settings.seed + 1)
     faceless = render_labelled(dataclasses.replace(settings, p_faceless=1.0, p_tailless=0.0),
@@ -49,7 +53,8 @@ def judge_data_sets(settings: JudgeSettings) -> Tuple[Dict[str, Tensor], Dict[st
 def fit_judge(net: JudgeNet, train: Dict[str, Tensor], settings: JudgeSettings, g: torch.Generator,
               log=print) -> None:
     """``settings.steps`` AdamW steps on random batches of ``train`` (cosine learning rate), a
-    share ``p_scrambled`` of each batch replaced by scrambled negatives, every image augmented."""
+    share ``p_scrambled`` of each batch replaced by scrambled negatives, every image augmented
+    (colour drift on the object first, ``colour_drift``; no draw at 0)."""
     optimizer = torch.optim.AdamW(net.parameters(), lr=settings.lr, weight_decay=1e-4)
     tick = log_every(30.0, log)
     for step in range(settings.steps):
@@ -59,6 +64,8 @@ def fit_judge(net: JudgeNet, train: Dict[str, Tensor], settings: JudgeSettings, 
         index = torch.randint(0, settings.n_train, (settings.batch,), generator=g)
         batch = {k: v[index] for k, v in train.items()}
         images = batch["image"].float() / 255.0
+        if settings.colour_drift > 0:
+            images = colour_drift(images, batch["silhouette"], settings, g)
         scrambled = torch.rand(settings.batch, generator=g) < settings.p_scrambled
         if scrambled.any():
             images[scrambled] = scrambled_negatives(images[scrambled], settings, g, mask=batch["silhouette"][scrambled])

@@ -20,7 +20,7 @@ A creature is a body of one of three kinds (shape and colour), with
 Face and tail are intrinsic (every creature of the data set has them; captions do not name them,
 as a captioner does not say "a bear with eyes"); only the judge's training images also show
 creatures without one of them (``Creature(face=False)``), so that it decides "face" from the face
-itself and not from the pose. The face, mouth and stripes are decals on the body: a surface point belongs to a decal when its
+itself and not from the pose, and (judge v9) partial faces (``face_scale`` / ``face_cut``). The face, mouth and stripes are decals on the body: a surface point belongs to a decal when its
 direction from the body centre (azimuth, elevation in the body's frame) falls in the decal's
 region. The renderer returns RGB and, per image, which parts are visible (pixel counts), so
 captions and the judge's labels come from what the camera actually sees.
@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -77,6 +77,12 @@ class Creature:
     hat: bool = False
     face: bool = True  # intrinsic: False only in the judge's training images
     tail: bool = True
+    # a partial face (judge v9's training images only): the front decals (face, pupils, mouth)
+    # shrunk about the face's centre by ``face_scale`` (<= 1), and / or cut by the half-plane
+    # ``face_cut`` = (direction, offset) in degrees of the body frame: the decal points with
+    # az cos(direction) + el sin(direction) > offset (face centred at 0, 0) become body
+    face_scale: float = 1.0
+    face_cut: Optional[Tuple[float, float]] = None
 
     def has(self, attribute: str) -> bool:
         return bool(getattr(self, attribute))
@@ -228,19 +234,38 @@ PUPIL_AZIMUTH, PUPIL_ELEVATION, PUPIL_RADIUS = 17.0, 14.0, 9.0
 MOUTH_HALF_WIDTH, MOUTH_HALF_THICKNESS = 30.0, 5.5  # degrees
 
 
+def partial_front(azimuth: Tensor, elevation: Tensor, creatures: Sequence[Creature]):
+    """The front decals' coordinates and where they are kept, for partial faces
+    (``Creature.face_scale`` / ``face_cut``): (azimuth, elevation, kept [B, R] bool), or None
+    when every creature's face is whole (its renders then stay exactly as before)."""
+    if all(c.face_scale == 1.0 and c.face_cut is None for c in creatures):
+        return None
+    scale = torch.tensor([float(c.face_scale) for c in creatures])[:, None]
+    cut = torch.tensor([c.face_cut if c.face_cut is not None else (0.0, math.inf) for c in creatures])
+    direction = torch.deg2rad(cut[:, :1])
+    kept = azimuth * torch.cos(direction) + elevation * torch.sin(direction) <= cut[:, 1:]
+    # a shrunk decal lies inside the whole face's disk (no wrap-around onto the back)
+    kept = kept & (_angular_distance(azimuth, elevation, 0.0, FACE_ELEVATION) < FACE_RADIUS)
+    return azimuth / scale, elevation / scale, kept
+
+
 def decal_parts(azimuth: Tensor, elevation: Tensor, creatures: Sequence[Creature]) -> Tuple[Tensor, Tensor]:
     """Part id of each body point (face, smiling or striped decal; else body) and whether a
     face point is a pupil. azimuth / elevation [B, R] in the body frame."""
     part = torch.full(azimuth.shape, PART_IDS["body"], dtype=torch.long)
+    partial = partial_front(azimuth, elevation, creatures)
+    fa, fe = (azimuth, elevation) if partial is None else partial[:2]  # the front decals' frame
     has_face = torch.tensor([c.face for c in creatures])[:, None]
-    face = (_angular_distance(azimuth, elevation, 0.0, FACE_ELEVATION) < FACE_RADIUS) & has_face
-    pupil_distance = torch.minimum(_angular_distance(azimuth, elevation, PUPIL_AZIMUTH, PUPIL_ELEVATION),
-                                   _angular_distance(azimuth, elevation, -PUPIL_AZIMUTH, PUPIL_ELEVATION))
+    face = (_angular_distance(fa, fe, 0.0, FACE_ELEVATION) < FACE_RADIUS) & has_face
+    pupil_distance = torch.minimum(_angular_distance(fa, fe, PUPIL_AZIMUTH, PUPIL_ELEVATION),
+                                   _angular_distance(fa, fe, -PUPIL_AZIMUTH, PUPIL_ELEVATION))
     smiling = torch.tensor([c.smiling for c in creatures])[:, None]
     striped = torch.tensor([c.striped for c in creatures])[:, None]
     # the mouth: a smile arc under the eyes, lowest in the middle
-    arc = -22.0 + 0.010 * azimuth ** 2
-    mouth = (azimuth.abs() < MOUTH_HALF_WIDTH) & ((elevation - arc).abs() < MOUTH_HALF_THICKNESS) & smiling
+    arc = -22.0 + 0.010 * fa ** 2
+    mouth = (fa.abs() < MOUTH_HALF_WIDTH) & ((fe - arc).abs() < MOUTH_HALF_THICKNESS) & smiling
+    if partial is not None:
+        face, mouth = face & partial[2], mouth & partial[2]
     # three bands across the back
     back = azimuth.abs() > 140.0
     bands = ((elevation + 24.0).abs() < 5.0) | (elevation.abs() < 5.0) | ((elevation - 24.0).abs() < 5.0)
