@@ -395,6 +395,10 @@ def test_fast_path_command_smoke(tmp_path):
     assert records["dsds-full"]["debiasing"]["debias_model"] == model_path("mlm")
     assert records["dnp"]["negative_prompt"] and records["dnp"]["dnp"]["captioner"] == LabModels.default().captioner
     assert records["sjc-dsds"]["prompts_vd"]["overhead"].endswith("top view")
+    # the word-level lab LM (seventh entry, item 6) takes "smiling" out of the back view only
+    assert records["dsds-full"]["prompts_vd"]["back"].startswith("a bear")
+    assert records["dsds-full"]["prompts_vd"]["front"].startswith("a smiling bear")
+    assert "## Per-view prompts" in table and "| dsds-full | a smiling bear |" in table
     logs = {v.name: json.loads((out / "runs" / v.name / "a_smiling_bear" / "s0" / "result.json").read_text())
             ["guidance_log"] for v in VARIANTS}
     assert any("Perp-Neg on" in line for line in logs["perp-neg"])

@@ -19,7 +19,7 @@ from ..volume_orbits import judge_run_orbit, kind_of, load_orbit_frames
 from .grids import orbit_grid
 from .keys import experiment_key, judge_identity, run_key
 from .lab_models import LabModels
-from .prompts import PromptFactory
+from .prompts import PromptFactory, append_per_view_prompts
 from .runs import RESULT, RunsFailed, RunSpec, RunTask, run_tasks
 from .settings import FastSettings, Representation, variant_guidance
 from .tables import write_tables
@@ -193,6 +193,8 @@ class Experiment:
         out = out or self.out
         results = self.results()
         paths = write_tables(results, out, list(self.variants), list(self.prompts)) if tables else {}
+        if tables:  # the per-view prompts each variant's processor produced, under the table (issue 30)
+            append_per_view_prompts(paths["markdown"], os.path.join(self.out, "prompts"), self.variants, self.prompts)
         for variant in self.variants:
             grid = orbit_grid([r for r in results if r["variant"] == variant], out, variant,
                               lambda r: load_orbit_frames(self.run_dir(RunSpec(r["variant"], r["prompt"], r["seed"]))),
