@@ -1,7 +1,8 @@
 """`perp-neg-vsd-guidance`, against the real threestudio when importable, else the stub: registered,
 every key of threestudio's `stable-diffusion-vsd-guidance`, the outputs prolificdreamer-system
 uses, the LoRA in the module's parameters (the optimizer group `guidance`) and state dict
-(checkpoints) under threestudio's names, and the model keys of a VSD config."""
+(checkpoints) under threestudio's names, the samples as prolificdreamer-system asks for them, and
+the model keys of a VSD config."""
 
 import dataclasses
 
@@ -88,10 +89,20 @@ def test_the_lora_is_the_modules_parameters_and_state_dict_under_threestudios_na
         p.numel() for p in lora.parameters())
 
 
-def test_samples_are_refused_with_the_key_to_change(guidance):
-    for method in (guidance.sample, guidance.sample_lora):
-        with pytest.raises(ConfigError, match="visualize_samples"):
-            method(make_prompt_output(), **BATCH)
+def test_samples_take_the_systems_batch_as_prolificdreamer_passes_it(guidance, monkeypatch):
+    """prolificdreamer-system's visualize_samples: sample(prompt_utils, **batch, seed=step)[0] and
+    sample_lora(prompt_utils, **batch)[0], HWC images in [0, 1]; the LoRA's camera is the batch's
+    c2w (camera_condition_type extrinsics)."""
+    import antijanus.core.vsd_guidance as module  # to patch its step count
+
+    monkeypatch.setattr(module, "VSD_SAMPLE_STEPS", 3)  # threestudio's 25; fewer here for time
+    prompts = make_prompt_output()
+    size = guidance.engine.backbone.image_size
+    for images in (guidance.sample(prompts, **BATCH, seed=4), guidance.sample_lora(prompts, **BATCH)):
+        assert images.shape == (2, size, size, 3) and 0 <= images.min() and images.max() <= 1
+    expected = guidance.engine.sample_lora(prompts, BATCH["c2w"].reshape(2, 16), seed=0)
+    assert torch.equal(guidance.sample_lora(prompts, **BATCH), expected)
+    assert torch.equal(guidance.sample(prompts, **BATCH, seed=4), guidance.sample(prompts, **BATCH, seed=4))
 
 
 def test_bad_keys_fail_at_configuration(tiny_sd):

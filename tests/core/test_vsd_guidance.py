@@ -1,15 +1,15 @@
 """The VSD step on the one guidance path (core/vsd_guidance.py) on a tiny Stable Diffusion: its
 gradient and LoRA loss against core/vsd.py's functions, Perp-Neg at batch 4 equal to per-sample
-runs, D-SDS clipping on VSD's gradient, the LoRA trained through the step, one UNet or two, and
-the keys checked before any model loads."""
+runs, D-SDS clipping on VSD's gradient, the LoRA trained through the step, one UNet or two, the
+keys checked before any model loads, and the samples of both branches (system.visualize_samples)."""
 
 import pytest
 import torch
 
 from antijanus.core.guidance_config import VSDConfig, resolve_config
 from antijanus.core.sds import add_noise
-from antijanus.core.vsd import (camera_condition, cfg_noise, clamp_gradient, lora_guided_noise, lora_loss,
-                                lora_training_batch, vsd_gradient, vsd_loss)
+from antijanus.core.vsd import (camera_cfg_rows, camera_condition, cfg_noise, clamp_gradient, lora_guided_noise,
+                                lora_loss, lora_training_batch, vsd_gradient, vsd_loss)
 from antijanus.core.vsd_guidance import VSDGuidance
 from antijanus.utils.errors import ConfigError
 
@@ -188,3 +188,88 @@ def test_the_defaults_are_threestudios():
         "stabilityai/stable-diffusion-2-1-base", "stabilityai/stable-diffusion-2-1")
     assert (config.guidance_scale_lora, config.lora_cfg_training, config.lora_n_timestamp_samples,
             config.camera_condition_type) == (1.0, True, 1, "extrinsics")
+
+
+# -- samples (system.visualize_samples) --------------------------------------------------------------
+SAMPLE_STEPS = 5  # threestudio's 25, fewer here for time (the threestudio tier runs 25)
+
+
+@pytest.fixture
+def few_steps(monkeypatch):
+    import antijanus.core.vsd_guidance as module  # to patch its step count
+
+    monkeypatch.setattr(module, "VSD_SAMPLE_STEPS", SAMPLE_STEPS)
+
+
+def reference_sample(guidance, first_rows, rest_rows, scale, seed, use_lora=False, camera=None):
+    """threestudio's _sample written out on the tiny model: DPM-Solver++ from the folder's
+    scheduler config with steps_offset 1 (StableDiffusionPipeline's correction), SAMPLE_STEPS
+    steps, noise from torch.randn with the seed, CFG over 2B rows (for the LoRA
+    with class labels [camera; 0]), VAE decode at the latents' size, BHWC."""
+    from diffusers import DPMSolverMultistepScheduler  # deferred: slow import
+
+    sampler = DPMSolverMultistepScheduler.from_config(guidance.backbone.scheduler_config, steps_offset=1)
+    sampler.set_timesteps(SAMPLE_STEPS)
+    unet = guidance.backbone.unet
+    batch = first_rows.shape[0]
+    latents = torch.randn(batch, 4, unet.config.sample_size, unet.config.sample_size,
+                          generator=torch.Generator().manual_seed(seed))
+    text = torch.cat([first_rows, rest_rows])
+    for t in sampler.timesteps:
+        rows, ts = torch.cat([latents, latents]), t.reshape(1).expand(2 * batch)
+        if use_lora:
+            out = guidance.lora.output(rows, ts, text, camera_cfg_rows(camera))
+        else:
+            out = guidance.backbone.predict_noise(rows, ts, text)
+        latents = sampler.step(cfg_noise(*out.chunk(2), scale), t, latents).prev_sample
+    return guidance.backbone.decode(latents).permute(0, 2, 3, 1)
+
+
+def test_sample_is_threestudios_cfg_sampler_on_the_pretrained_model(guidance, few_steps):
+    prompts = make_prompt_output(features=FEATURES, negative_equals_empty=False)
+    elevation, azimuth, distances = cams(2)
+    images = guidance.sample(prompts, elevation, azimuth, distances, seed=7)
+    size = guidance.backbone.image_size
+    assert images.shape == (2, size, size, 3) and images.min() >= 0 and images.max() <= 1
+    assert images.std() > 0
+    direction = torch.tensor([1, 0])  # front, side
+    expected = reference_sample(guidance, prompts.text_embeddings_vd[direction],
+                                prompts.uncond_text_embeddings_vd[direction], 7.5, seed=7)
+    assert torch.allclose(images, expected, atol=1e-5)
+    assert torch.equal(images, guidance.sample(prompts, elevation, azimuth, distances, seed=7))
+    assert not torch.allclose(images, guidance.sample(prompts, elevation, azimuth, distances, seed=8))
+
+
+def test_sample_lora_is_the_lora_model_with_the_camera(guidance, few_steps):
+    prompts = make_prompt_output(features=FEATURES, negative_equals_empty=False)
+    g = torch.Generator().manual_seed(9)
+    camera, other = torch.randn(2, 16, generator=g), torch.randn(2, 16, generator=g)
+    images = guidance.sample_lora(prompts, camera, seed=0)
+    assert images.shape == (2, guidance.backbone.image_size, guidance.backbone.image_size, 3)
+    assert images.min() >= 0 and images.max() <= 1
+    expected = reference_sample(guidance, prompts.text_embeddings.expand(2, -1, -1),
+                                prompts.uncond_text_embeddings.expand(2, -1, -1), 1.0, seed=0,
+                                use_lora=True, camera=camera)
+    assert torch.allclose(images, expected, atol=1e-5)
+    assert torch.equal(images, guidance.sample_lora(prompts, camera, seed=0))
+    assert not torch.allclose(images, guidance.sample_lora(prompts, other, seed=0))  # the camera acts
+    elevation, azimuth, distances = cams(2)
+    pretrained = guidance.sample(prompts, elevation, azimuth, distances, seed=0)
+    assert not torch.allclose(images, pretrained)  # the LoRA branch, not the pretrained model
+
+
+def test_sample_lora_cfg_uses_the_unconditional_prompt_and_the_zero_camera(tiny_sd, few_steps):
+    guidance = make_guidance(tiny_sd, guidance_scale_lora=0.5)
+    prompts = make_prompt_output(features=FEATURES, negative_equals_empty=False)
+    camera = torch.randn(1, 16, generator=torch.Generator().manual_seed(10))
+    expected = reference_sample(guidance, prompts.text_embeddings, prompts.uncond_text_embeddings, 0.5,
+                                seed=3, use_lora=True, camera=camera)
+    assert torch.allclose(guidance.sample_lora(prompts, camera, seed=3), expected, atol=1e-5)
+
+
+def test_sample_uses_the_guidances_perp_neg_when_it_is_on(tiny_sd, guidance, few_steps):
+    prompts = make_prompt_output(features=FEATURES, negative_equals_empty=False)
+    side = (torch.tensor([10.0]), torch.tensor([60.0]), torch.tensor([2.0]))
+    with_perp_neg = make_guidance(tiny_sd, perp_neg=True)
+    assert with_perp_neg.perp_neg(prompts).enabled
+    assert not torch.allclose(with_perp_neg.sample(prompts, *side, seed=1), guidance.sample(prompts, *side, seed=1))

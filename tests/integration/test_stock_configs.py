@@ -3,7 +3,10 @@
 threestudio's own prompt processors included), runs through threestudio's own launch.py on a CPU
 (the CPU mode, tiny models): 2 steps, one validation and the --test pass.
 
-The list below is the README's table; configs that cannot run on a CPU name the reason.
+The list below is the README's table; configs that cannot run on a CPU name the reason, and the
+CPU mode refuses them with that reason before anything loads. Of the stock VSD configs
+(`stable-diffusion-vsd-guidance` -> `perp-neg-vsd-guidance`) the table holds
+prolificdreamer-texture (prolificdreamer.yaml itself runs in test_vsd_launch.py).
 Runs only in the threestudio tier (marker `threestudio`).
 """
 
@@ -45,7 +48,8 @@ STOCK = {
     "gradio/sjc.yaml": None,
     "gradio/textmesh-if.yaml": "GPU only: as textmesh-if",
     "magic3d-refine-sd.yaml": "GPU only: mesh refinement rasterises with nvdiffrast",
-    "prolificdreamer-geometry.yaml": "GPU only: mesh stage rasterises with nvdiffrast",
+    "prolificdreamer-geometry.yaml": "GPU only: mesh stage (tetrahedra-sdf-grid) rasterises with nvdiffrast",
+    "prolificdreamer-texture.yaml": "GPU only: mesh stage (tetrahedra-sdf-grid) rasterises with nvdiffrast",
     "fantasia3d.yaml": "GPU only: rasterises with nvdiffrast",
     "fantasia3d-texture.yaml": "GPU only: rasterises with nvdiffrast",
     "gradio/fantasia3d.yaml": "GPU only: rasterises with nvdiffrast",
@@ -54,24 +58,34 @@ STOCK = {
     "experimental/imagecondition_zero123nerf.yaml": "GPU only: single-image-datamodule puts its tensors on cuda:<rank>",
     "experimental/co3d-imagecondition.yaml": "needs the CO3D data set (not available here)",
 }
-OURS = {"stable-diffusion-guidance": "perp-neg-sds-guidance", "deep-floyd-guidance": "dsds-guidance"}
+#: the stock VSD configs in STOCK (the rest of STOCK are the SD / IF ones, every one of them)
+VSD_STOCK = {"prolificdreamer-texture.yaml"}
+OURS = {"stable-diffusion-guidance": "perp-neg-sds-guidance", "deep-floyd-guidance": "dsds-guidance",
+        "stable-diffusion-vsd-guidance": "perp-neg-vsd-guidance"}
+#: a reason of the table -> what the CPU mode says (cpu/overrides.py)
+CPU_MODE_SAYS = {
+    "nvdiffrast": "system.renderer_type=nvdiff-rasterizer rasterises meshes with nvdiffrast (CUDA/OpenGL)",
+    "NeuS renderer": "the NeuS renderer samples by importance only with use_volsdf: true",
+    "as textmesh-if": "the NeuS renderer samples by importance only with use_volsdf: true",
+    "single-image-datamodule": "data_type=single-image-datamodule puts its tensors on cuda:<rank>",
+}
 #: second stage -> first stage whose checkpoint it starts from (system.weights)
 REFINES = {"latentnerf-refine.yaml": "latentnerf.yaml", "sketchshape-refine.yaml": "sketchshape.yaml"}
 
 
-def stock_configs():
+def stock_configs(guidances=r"(stable-diffusion|deep-floyd)-guidance"):
     found = set()
     for folder, _, files in os.walk(os.path.join(threestudio_root(), "configs")):
         for name in files:
             path = os.path.join(folder, name)
-            if name.endswith(".yaml") and re.search(r'guidance_type: "?(stable-diffusion|deep-floyd)-guidance"?\s*$',
-                                                    open(path).read(), re.M):
+            if name.endswith(".yaml") and re.search(rf'guidance_type: "?{guidances}"?\s*$', open(path).read(), re.M):
                 found.add(os.path.relpath(path, os.path.join(threestudio_root(), "configs")))
     return found
 
 
-def test_the_table_lists_every_stock_sd_and_if_config():
-    assert stock_configs() == set(STOCK)
+def test_the_table_lists_every_stock_sd_and_if_config_and_stock_vsd_ones():
+    assert stock_configs() == set(STOCK) - VSD_STOCK
+    assert VSD_STOCK <= stock_configs("stable-diffusion-vsd-guidance")
 
 
 def port(config: str, folder) -> str:
@@ -146,3 +160,7 @@ def test_gpu_only_stock_configs_are_refused_with_the_reason(workspace, config):
         env=dict(os.environ, PYTHONPATH=os.pathsep.join([threestudio_root(), os.environ.get("PYTHONPATH", "")])))
     assert result.returncode != 0
     assert "this config runs on a GPU only" in result.stderr and "Traceback" not in result.stderr
+    says = next(text for reason, text in CPU_MODE_SAYS.items() if reason in STOCK[config])
+    assert says in result.stderr, result.stderr[-2000:]
+    if config in VSD_STOCK:  # the ported VSD config names our guidance
+        assert 'guidance_type: "perp-neg-vsd-guidance"' in open(port(config, work)).read()

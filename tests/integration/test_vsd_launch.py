@@ -1,8 +1,9 @@
 """Drop-in for VSD: threestudio's stock `prolificdreamer.yaml` (stage 1, NeRF), with only
 `stable-diffusion-vsd-guidance` changed to `perp-neg-vsd-guidance`, trains 2 steps through
 threestudio's own launch.py on a CPU (the CPU mode, tiny models) with `loss_vsd` and `loss_lora`
-logged, the LoRA in the checkpoint and the optimizer group `guidance`, and resumes from that
-checkpoint. Runs only in the threestudio tier (marker `threestudio`)."""
+logged, the LoRA in the checkpoint and the optimizer group `guidance`, with
+`system.visualize_samples=true` writes each validation view's samples (the pretrained model's and
+the LoRA's, side by side), and resumes from that checkpoint. Runs only in the threestudio tier (marker `threestudio`)."""
 
 import csv
 import math
@@ -13,6 +14,7 @@ import sys
 
 import pytest
 import torch
+from PIL import Image
 from helpers import REPO  # noqa: E402
 from fakes import launcher_env, threestudio_root  # noqa: E402
 
@@ -44,7 +46,7 @@ def test_stock_prolificdreamer_trains_and_resumes_with_only_the_type_name_change
     models = [f"system.guidance.pretrained_model_name_or_path={tiny_sd}",
               f"system.guidance.pretrained_model_name_or_path_lora={tiny_sd}",
               f"system.prompt_processor.pretrained_model_name_or_path={tiny_sd}"]
-    trial = launch(tmp_path, str(config), "first", 2, *models)
+    trial = launch(tmp_path, str(config), "first", 2, *models, "system.visualize_samples=true")
     rows = list(csv.DictReader(open(trial / "csv_logs" / "version_0" / "metrics.csv")))
     for key in ("train/loss_vsd", "train/loss_lora"):
         values = [float(r[key]) for r in rows if r.get(key)]
@@ -54,4 +56,12 @@ def test_stock_prolificdreamer_trains_and_resumes_with_only_the_type_name_change
     assert lora and all(k.startswith(("guidance.lora_layers.", "guidance.camera_embedding.")) for k in lora)
     groups = [g.get("name") for g in checkpoint["optimizer_states"][0]["param_groups"]]
     assert "guidance" in groups
+    # prolificdreamer-system's visualize_samples: guidance.sample and sample_lora, one grid per view
+    samples = sorted(p.name for p in (trial / "save").iterdir() if p.name.endswith("-sample.png"))
+    assert "it2-0-sample.png" in samples, samples
+    with Image.open(trial / "save" / "it2-0-sample.png") as grid:
+        width, height = grid.size
+        pixels = grid.convert("RGB").getextrema()
+    assert width == 2 * height  # two images of the model's size side by side
+    assert any(low < high for low, high in pixels)  # not a blank image
     launch(tmp_path, str(config), "resumed", 3, *models, f"resume={trial / 'ckpts' / 'last.ckpt'}")

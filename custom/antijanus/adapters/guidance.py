@@ -18,7 +18,6 @@ from ..backbones import detect_backbone
 from ..core.guidance import ScoreDistillationGuidance
 from ..core.guidance_config import DSDSConfig, ScoreDistillationConfig, VSDConfig
 from ..core.vsd_guidance import VSDGuidance
-from ..utils.errors import ConfigError
 from .registry import calling_system, core_config, register
 from .resumed_run import length_change_warning
 
@@ -189,10 +188,13 @@ class PerpNegVSDGuidance(_GuidanceMethods, BaseModule):
     def step_inputs(self, batch: dict) -> dict:
         return {key: batch.get(key) for key in ("mvp_mtx", "c2w")}
 
-    def sample(self, *args, **kwargs):
-        raise ConfigError("system.visualize_samples", True, "perp-neg-vsd-guidance does not draw "
-                          "samples (guidance.sample is not implemented yet)", [False])
+    def sample(self, prompt_utils, elevation, azimuth, camera_distances, seed: int = 0, **kwargs):
+        """threestudio's ``sample`` (``system.visualize_samples``): [B, H, W, 3] images in [0, 1]
+        from the pretrained model, 25 DPM-Solver++ steps, the path's CFG (Perp-Neg when on)."""
+        return self.engine.sample(prompt_utils, elevation, azimuth, camera_distances, seed=seed)
 
-    def sample_lora(self, *args, **kwargs):
-        raise ConfigError("system.visualize_samples", True, "perp-neg-vsd-guidance does not draw "
-                          "LoRA samples (guidance.sample_lora is not implemented yet)", [False])
+    def sample_lora(self, prompt_utils, elevation, azimuth, camera_distances, mvp_mtx=None, c2w=None,
+                    seed: int = 0, **kwargs):
+        """threestudio's ``sample_lora``: [B, H, W, 3] images in [0, 1] from the LoRA model with the
+        batch's camera (``camera_condition_type``) and ``guidance_scale_lora``."""
+        return self.engine.sample_lora(prompt_utils, self.engine.camera(mvp_mtx, c2w), seed=seed)

@@ -7,7 +7,8 @@ names the pretrained model, the LoRA goes on the backbone's own UNet, switched o
 ``lora_branch`` (the pretrained branch stays the base UNet, bit for bit); otherwise the LoRA
 model's UNet is loaded beside it (in the backbone's dtype, with its options; no second VAE or
 text encoder, as threestudio). The LoRA model's own noise schedule and prediction type convert
-its outputs and make its training targets (``alphas_cumprod``, ``prediction_type``).
+its outputs and make its training targets (``alphas_cumprod``, ``prediction_type``); its
+scheduler config makes ``sample_lora``'s sampler (``scheduler_config``).
 """
 
 from __future__ import annotations
@@ -40,10 +41,12 @@ class LoRAUNet:
             self.unet = backbone.unet
             self.alphas_cumprod: Tensor = backbone.alphas_cumprod
             self.prediction_type: str = backbone.prediction_type
+            self.scheduler_config = backbone.scheduler_config
         else:
             self.unet, scheduler = load_lora_model(lora_model, backbone)
             self.alphas_cumprod = scheduler.alphas_cumprod.to(self.device, torch.float32)
             self.prediction_type = scheduler.config.prediction_type
+            self.scheduler_config = scheduler.config
             if self.prediction_type not in PREDICTION_TYPES:
                 raise ConfigError(LORA_MODEL_KEY, lora_model, f"scheduler prediction_type "
                                   f"{self.prediction_type!r} is not supported", PREDICTION_TYPES)

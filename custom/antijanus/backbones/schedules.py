@@ -1,4 +1,4 @@
-"""Noise schedules that do not come from a model folder.
+"""Noise schedules that do not come from a model folder, and VSD's sample scheduler.
 
 Stable Diffusion's scaled-linear schedule (beta 0.00085 -> 0.012), which threestudio forces for
 Score Jacobian Chaining whatever the folder's scheduler says (``core/sjc.py``):
@@ -22,3 +22,17 @@ def sjc_alphas_cumprod(num_train_timesteps: int) -> Tensor:
     betas = torch.linspace(SJC_SCHEDULE["beta_start"] ** 0.5, SJC_SCHEDULE["beta_end"] ** 0.5,
                            num_train_timesteps, dtype=torch.float32) ** 2
     return torch.cumprod(1.0 - betas, dim=0)
+
+
+#: The sampler steps of threestudio's VSD ``sample`` / ``sample_lora`` (``num_inference_steps=25``).
+VSD_SAMPLE_STEPS = 25
+
+
+def dpm_solver_sampler(scheduler_config):
+    """threestudio's VSD sampler: ``DPMSolverMultistepScheduler.from_config`` of the model
+    folder's scheduler config (its defaults and ``timestep_spacing`` as threestudio gets them)
+    with ``steps_offset`` 1, as diffusers' ``StableDiffusionPipeline`` corrects an older config
+    before threestudio reads it; fed epsilon predictions (v outputs are converted first)."""
+    from diffusers import DPMSolverMultistepScheduler  # deferred: slow import
+
+    return DPMSolverMultistepScheduler.from_config(scheduler_config, prediction_type="epsilon", steps_offset=1)

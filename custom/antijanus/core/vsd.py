@@ -26,7 +26,8 @@ of the pretrained schedule (line 540); nan_to_num, then the clamp by grad_clip (
 the LoRA loss (lines 561-604). The camera c is the camera-to-world matrix (``extrinsics``) or the
 model-view-projection matrix (``mvp``), flattened to 16 numbers (lines 653-660, 497-501).
 
-ESD: see ``esd_lora_scale``. Nothing here loads a model; the UNet enters as a callable
+ESD: see ``esd_lora_scale``. Sampling (``system.visualize_samples``): ``sample_latents``, threestudio's
+``_sample`` loop (lines 233-301). Nothing here loads a model; the UNet enters as a callable
 ``unet(x_t [N, C, h, w], t [N], text [N, tokens, features], camera [N, 16]) -> raw output``.
 """
 
@@ -97,14 +98,17 @@ def epsilon_from_output(output: Tensor, x_t: Tensor, alphas_cumprod_t: Tensor, p
 
 @torch.no_grad()
 def lora_guided_noise(unet: UNetCall, x_t: Tensor, t: Tensor, text_cond: Tensor, camera: Tensor,
-                      guidance_scale_lora: float, alphas_cumprod_t: Tensor, prediction_type: str
-                      ) -> Tensor:
+                      guidance_scale_lora: float, alphas_cumprod_t: Tensor, prediction_type: str,
+                      text_uncond: Optional[Tensor] = None) -> Tensor:
     """eps_lora [B, C, h, w]: the LoRA UNet on 2B rows in one call, [camera; zero camera], both
     with the view-independent prompt ``text_cond`` [B, tokens, features]; v-outputs converted with
     the LoRA model's abar_t [B]; combined by CFG with ``guidance_scale_lora`` (1: plain VSD, below
-    1: ESD, see ``esd_lora_scale``). No gradient flows into the LoRA here (threestudio's no_grad)."""
+    1: ESD, see ``esd_lora_scale``). No gradient flows into the LoRA here (threestudio's no_grad).
+    ``text_uncond``: the camera-free row's prompt instead (threestudio's ``sample_lora`` pairs the
+    zero camera with the unconditional prompt; its VSD step with the same prompt)."""
     rows = torch.cat([x_t, x_t])
-    output = unet(rows, torch.cat([t, t]), torch.cat([text_cond, text_cond]), camera_cfg_rows(camera))
+    text_free = text_cond if text_uncond is None else text_uncond
+    output = unet(rows, torch.cat([t, t]), torch.cat([text_cond, text_free]), camera_cfg_rows(camera))
     eps = epsilon_from_output(output, rows, torch.cat([alphas_cumprod_t, alphas_cumprod_t]),
                               prediction_type)
     eps_camera, eps_no_camera = eps.chunk(2)
@@ -213,3 +217,25 @@ def lora_loss(unet: UNetCall, batch: LoRABatch) -> Tensor:
     Gradients reach the LoRA and the camera embedding only (the renders are detached)."""
     prediction = unet(batch.x_t, batch.t, batch.text, batch.camera)
     return F.mse_loss(prediction.float(), batch.target.float(), reduction="mean")
+
+
+# -- sampling (threestudio's ``sample`` / ``sample_lora``) ------------------------------------------
+def initial_latents(shape, seed: int, device: torch.device, dtype: torch.dtype) -> Tensor:
+    """The sampler's starting noise as threestudio's ``_sample`` draws it: ``torch.randn`` from a
+    generator on the device seeded with ``seed``, in the model's dtype (diffusers'
+    ``prepare_latents``; the DDPM-family samplers start at sigma 1), returned fp32."""
+    generator = torch.Generator(device=device).manual_seed(seed)
+    return torch.randn(tuple(shape), generator=generator, device=device, dtype=dtype).float()
+
+
+@torch.no_grad()
+def sample_latents(sampler, predict: Callable[[Tensor, Tensor], Tensor], latents: Tensor,
+                   steps: int) -> Tensor:
+    """Denoise ``latents`` [B, C, h, w] from pure noise with ``sampler`` (a diffusers scheduler
+    configured for epsilon) in ``steps`` steps; ``predict(x_t, t [B])`` is the guided epsilon."""
+    sampler.set_timesteps(steps, device=latents.device)
+    batch = latents.shape[0]
+    for timestep in sampler.timesteps:
+        t = timestep.reshape(1).to(latents.device, torch.long).expand(batch)
+        latents = sampler.step(predict(latents, t), timestep, latents).prev_sample
+    return latents

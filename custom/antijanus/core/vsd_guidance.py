@@ -11,6 +11,7 @@ clipping and grad_clip, and each step trains the LoRA once (``loss_lora``). The 
     loss_vsd  = 0.5 ||x - sg(x - grad)||^2 / B;   loss_lora: vsd.lora_loss
 
 y is the view-independent prompt and c the camera (``camera_condition_type``), as threestudio.
+``sample`` / ``sample_lora`` draw images from the two branches (``system.visualize_samples``).
 """
 
 from __future__ import annotations
@@ -23,12 +24,13 @@ from torch import Tensor
 
 from ..backbones.base import DiffusionBackbone
 from ..backbones.lora_unet import LoRAUNet
+from ..backbones.schedules import VSD_SAMPLE_STEPS, dpm_solver_sampler
 from ..utils.errors import ConfigError
 from .guidance import ScoreDistillationGuidance
 from .guidance_config import PerpNegDecision, VSDConfig
 from .sds import add_noise, predicted_x0
-from .vsd import (camera_condition, clamp_gradient, lora_guided_noise, lora_loss, lora_training_batch,
-                  vsd_image_gradient, vsd_loss, vsd_weight)
+from .vsd import (camera_condition, clamp_gradient, initial_latents, lora_guided_noise, lora_loss,
+                  lora_training_batch, sample_latents, vsd_image_gradient, vsd_loss, vsd_weight)
 
 
 class VSDGuidance(ScoreDistillationGuidance):
@@ -126,3 +128,45 @@ class VSDGuidance(ScoreDistillationGuidance):
                                   self.grad_clip_value)
         target = (image - grad_img).detach()
         return 0.5 * F.mse_loss(image, target, reduction="sum") / image.shape[0]
+
+    # -- samples (system.visualize_samples) -----------------------------------------------------
+    @torch.no_grad()
+    def sample(self, prompt_utils: Any, elevation: Tensor, azimuth: Tensor, camera_distances: Tensor,
+               seed: int = 0) -> Tensor:
+        """threestudio's ``sample``: images [B, H, W, 3] in [0, 1] drawn from the pretrained model
+        with 25 DPM-Solver++ steps from the noise of ``seed``, each step the path's guided noise
+        (CFG with the view-dependent prompts, as threestudio; Perp-Neg when it is on, which
+        threestudio's VSD sample never uses)."""
+        decision = self.perp_neg(prompt_utils)
+
+        def predict(x_t: Tensor, t: Tensor) -> Tensor:
+            return self.guided_noise(x_t, t, prompt_utils, elevation, azimuth, camera_distances, decision).eps_hat
+
+        sampler = dpm_solver_sampler(self.backbone.scheduler_config)
+        return self._draw(sampler, predict, self.backbone.unet, elevation.shape[0], seed)
+
+    @torch.no_grad()
+    def sample_lora(self, prompt_utils: Any, camera: Tensor, seed: int = 0) -> Tensor:
+        """threestudio's ``sample_lora``: images [B, H, W, 3] in [0, 1] drawn from the LoRA model
+        eps_phi with its camera [B, 16], CFG with ``guidance_scale_lora`` between (prompt, camera)
+        and (unconditional prompt, zero camera), the view-independent prompts (threestudio's)."""
+        batch = camera.shape[0]
+        text = prompt_utils.text_embeddings.expand(batch, -1, -1).to(self.device)
+        uncond = prompt_utils.uncond_text_embeddings.expand(batch, -1, -1).to(self.device)
+        camera = camera.to(self.device).float()
+
+        def predict(x_t: Tensor, t: Tensor) -> Tensor:
+            return lora_guided_noise(self.lora.output, x_t, t, text, camera, self.config.guidance_scale_lora,
+                                     self.lora.alphas_cumprod[t], self.lora.prediction_type, uncond)
+
+        return self._draw(dpm_solver_sampler(self.lora.scheduler_config), predict, self.lora.unet, batch, seed)
+
+    def _draw(self, sampler: Any, predict: Callable[[Tensor, Tensor], Tensor], unet: Any, batch: int,
+              seed: int) -> Tensor:
+        """Latents of the UNet's sample size from the seed's noise, denoised, VAE-decoded at their
+        own size (threestudio: the LoRA model's sample size, the pretrained model's VAE)."""
+        unet_config = unet.config
+        shape = (batch, unet_config.in_channels, unet_config.sample_size, unet_config.sample_size)
+        latents = initial_latents(shape, seed, self.device, self.backbone.dtype)
+        latents = sample_latents(sampler, predict, latents, VSD_SAMPLE_STEPS)
+        return self.backbone.decode(latents).permute(0, 2, 3, 1).float()
