@@ -94,27 +94,11 @@ class SmilingScorer:
 
 
 def make_sd512(folder: str, time_embedding_dim=None) -> str:
-    """A tiny SD folder with SD's own geometry (VAE factor 8, UNet sample size 64, attention only
-    at 16x16: a CPU step in well under a second); ``time_embedding_dim`` 1280 for VSD's camera
-    embedding."""
-    from diffusers import AutoencoderKL, UNet2DConditionModel  # deferred: slow import
+    """A tiny SD folder with SD's own geometry (``antijanus.testing.tiny_models.make_sd512``, shared
+    with scripts/bench_vsd.py); ``time_embedding_dim`` 1280 for VSD's camera embedding."""
+    from antijanus.testing.tiny_models import make_sd512 as make  # deferred: slow import (diffusers)
 
-    from antijanus.testing.tiny_models import make_stable_diffusion
-
-    make_stable_diffusion(folder)
-    torch.manual_seed(1)
-    UNet2DConditionModel(
-        sample_size=64, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(8, 16, 32),
-        down_block_types=("DownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
-        cross_attention_dim=32, attention_head_dim=8, norm_num_groups=8, time_embedding_dim=time_embedding_dim,
-    ).save_pretrained(os.path.join(folder, "unet"))
-    AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=4, sample_size=512, block_out_channels=(8, 8, 8, 8),
-        layers_per_block=1, norm_num_groups=8, down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-    ).save_pretrained(os.path.join(folder, "vae"))
-    return folder
+    return make(folder, time_embedding_dim)
 
 
 def threestudio_root() -> str:

@@ -9,7 +9,8 @@ from omegaconf import OmegaConf
 
 import threestudio
 import antijanus.adapters  # noqa: F401  (registers the modules)
-from antijanus.core.guidance_config import DSDSConfig, ScoreDistillationConfig, resolve_config
+from antijanus.core.guidance_config import (DSDSConfig, ScoreDistillationConfig, VSDConfig, check_vsd_keys,
+                                            resolve_config)
 from antijanus.adapters import core_config
 from helpers import REPO  # noqa: E402
 
@@ -42,7 +43,8 @@ perp_neg_f_fs perp_neg_f_sf use_prompt_debiasing pretrained_model_name_or_path_p
 prompt_debiasing_mask_ids
 """.split())
 
-CORE_CONFIGS = {"perp-neg-sds-guidance": ScoreDistillationConfig, "dsds-guidance": DSDSConfig}
+CORE_CONFIGS = {"perp-neg-sds-guidance": ScoreDistillationConfig, "dsds-guidance": DSDSConfig,
+                "perp-neg-vsd-guidance": VSDConfig}
 STOCK_PROMPT_PROCESSORS = {"stable-diffusion-prompt-processor", "deep-floyd-prompt-processor"}
 
 
@@ -81,7 +83,10 @@ def test_config_names_registered_modules_with_valid_keys(path):
             assert name in threestudio.__modules__
             module_cls = threestudio.find(name)
             parsed = OmegaConf.structured(module_cls.Config(**block))  # threestudio's parse_structured
-            resolve_config(core_config(CORE_CONFIGS[name], parsed))
+            config = core_config(CORE_CONFIGS[name], parsed)
+            resolve_config(config)
+            if name == "perp-neg-vsd-guidance":
+                check_vsd_keys(config, "stable-diffusion")  # VSD's own keys (at configuration)
         if name in ("bert-pmi-prompt-processor", "bert-pmi-deep-floyd-prompt-processor", "dnp-prompt-processor"):
             OmegaConf.structured(threestudio.find(name).Config(**block))  # every key is valid
         if name in STOCK_PROMPT_PROCESSORS:

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from antijanus.core.guidance import ScoreDistillationGuidance
-from antijanus.core.guidance_config import DSDSConfig, ScoreDistillationConfig
+from antijanus.core.guidance_config import DSDSConfig, ScoreDistillationConfig, VSDConfig
 from antijanus.utils.errors import ConfigError
 
 from helpers import make_prompt_output
@@ -166,7 +166,7 @@ def test_perp_neg_keys_with_perp_neg_false_warn_at_configuration(caplog):
 
 SHIPPED_PERP_NEG = {"perp-neg-nerf-sd.yaml", "perp-neg-dsds-nerf-sd.yaml", "magic3d-coarse-dsds-sd.yaml",
                     "magic3d-refine-dsds-sd.yaml", "dsds-nerf-if.yaml", "dnp-perp-neg-nerf-sd.yaml",
-                    "dnp-perp-neg-negative-nerf-sd.yaml"}
+                    "dnp-perp-neg-negative-nerf-sd.yaml", "perp-neg-vsd-sd.yaml", "perp-neg-dsds-vsd-sd.yaml"}
 
 
 def shipped_configs():
@@ -189,8 +189,8 @@ def test_shipped_configs_decide_perp_neg_without_a_warning(path):
     cfg = OmegaConf.load(path)
     block = OmegaConf.to_container(cfg.system.guidance, resolve=False)
     block = {k: v for k, v in block.items() if not (isinstance(v, str) and "${" in v)}
-    config = {"perp-neg-sds-guidance": ScoreDistillationConfig, "dsds-guidance": DSDSConfig}[
-        cfg.system.guidance_type](**block)
+    config = {"perp-neg-sds-guidance": ScoreDistillationConfig, "dsds-guidance": DSDSConfig,
+              "perp-neg-vsd-guidance": VSDConfig}[cfg.system.guidance_type](**block)
     processor = OmegaConf.to_container(cfg.system.prompt_processor, resolve=False)
     decision = decide_perp_neg(config, resolve_config(config), stock_output(processor.get("use_perp_neg", False)))
     assert decision.enabled == (os.path.basename(path) in SHIPPED_PERP_NEG)

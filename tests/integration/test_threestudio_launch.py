@@ -27,6 +27,7 @@ CPU = ["--small", "trainer.log_every_n_steps=1", "trainer.val_check_interval=100
 
 DNP = ["system.prompt_processor.captioner={blip}", "system.prompt_processor.dns_steps=2",
        "system.prompt_processor.dns_half_precision=false"]
+VSD = ["system.guidance.pretrained_model_name_or_path_lora={sd}"]  # the LoRA branch's model: one shared UNet
 CONFIGS = {  # config -> (extra overrides given the model folders, diagnostics that must be logged)
     "perp-neg-nerf-sd.yaml": ([], ["perp_neg/mean_neg_weight", "perp_neg/mean_abs_proj", "unet_rows"]),
     "dsds-nerf-sd.yaml": ([], ["dsds/clip_threshold", "dsds/clipped_fraction"]),
@@ -41,6 +42,10 @@ CONFIGS = {  # config -> (extra overrides given the model folders, diagnostics t
                          ["dsds/clip_threshold", "perp_neg/mean_neg_weight"]),
     "magic3d-coarse-dsds-sd.yaml": ([], ["dsds/clip_threshold", "perp_neg/mean_neg_weight"]),
     "dsds-sjc-sd.yaml": (["system.prompt_processor.debias_model={bert}"], ["dsds/clip_threshold", "unet_rows"]),
+    "perp-neg-vsd-sd.yaml": (VSD, ["loss_lora", "perp_neg/mean_neg_weight"]),
+    "perp-neg-dsds-vsd-sd.yaml": (VSD + ["system.prompt_processor.debias_model={bert}",
+                                         "system.prompt_processor.protected_words=[corgi]"],
+                                  ["loss_lora", "dsds/clip_threshold", "perp_neg/mean_neg_weight"]),
 }
 GPU_ONLY = {
     "magic3d-refine-dsds-sd.yaml": "mesh refinement rasterises with nvdiffrast (CUDA/OpenGL)",
@@ -98,7 +103,7 @@ def logged(rows, key):
 def test_config_trains_through_the_real_launcher(workspace, config):
     extra, diagnostics = CONFIGS[config]
     trial, rows = launch(workspace, config, config[:-5], steps=3, extra=extra)
-    losses = logged(rows, "loss_sds")
+    losses = logged(rows, "loss_vsd" if "-vsd-" in config else "loss_sds")
     assert sorted(losses) == [0, 1, 2] and all(math.isfinite(v) for v in losses.values())
     for key in diagnostics:
         assert len(logged(rows, key)) == 3, key

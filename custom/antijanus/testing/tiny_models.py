@@ -112,6 +112,27 @@ def make_stable_diffusion(
     return folder
 
 
+def make_sd512(folder: str, time_embedding_dim: Optional[int] = None) -> str:
+    """A tiny SD folder with SD's own geometry (VAE factor 8, 512x512 images, UNet sample size 64,
+    attention only at 16x16: a CPU step in well under a second), for what needs SD's sizes, e.g.
+    threestudio's built-in guidances (512 / 64 fixed); ``time_embedding_dim`` 1280 for VSD's
+    camera embedding (threestudio hard-codes that width)."""
+    make_stable_diffusion(folder)
+    torch.manual_seed(1)
+    UNet2DConditionModel(
+        sample_size=64, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(8, 16, 32),
+        down_block_types=("DownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
+        cross_attention_dim=32, attention_head_dim=8, norm_num_groups=8, time_embedding_dim=time_embedding_dim,
+    ).save_pretrained(os.path.join(folder, "unet"))
+    AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, sample_size=512, block_out_channels=(8, 8, 8, 8),
+        layers_per_block=1, norm_num_groups=8, down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+    ).save_pretrained(os.path.join(folder, "vae"))
+    return folder
+
+
 def _write_model_index(folder: str, pipeline: str, size: str, components: dict) -> None:
     """model_index.json as diffusers writes it, so that the pipeline classes (threestudio's
     built-in guidances load StableDiffusionPipeline / IFPipeline) can load the folder too."""
