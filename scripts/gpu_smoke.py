@@ -32,7 +32,10 @@ sys.path.insert(0, os.path.join(ROOT, "custom"))
 
 SD_CONFIGS = ["perp-neg-nerf-sd.yaml", "dsds-nerf-sd.yaml", "perp-neg-dsds-nerf-sd.yaml",
               "dsds-full-nerf-sd.yaml", "dnp-perp-neg-nerf-sd.yaml", "magic3d-coarse-dsds-sd.yaml",
-              "dsds-sjc-sd.yaml"]
+              "dsds-sjc-sd.yaml", "perp-neg-vsd-sd.yaml", "perp-neg-dsds-vsd-sd.yaml"]
+VSD_ONLY_KEYS = ("perp_neg", "perp_neg_f_sb", "perp_neg_f_fsb", "perp_neg_f_fs", "perp_neg_f_sf",
+                 "negative_prompt_weight", "score_clipping", "clip_schedule", "clip_start", "clip_end",
+                 "clip_end_step", "clip_target")  # ours: threestudio's VSD guidance has no such key
 
 
 # -- one run (this script re-invoked with --run-one): launch.py plus a timing callback ----------
@@ -97,6 +100,8 @@ def builtin_baseline(config_path: str, out_path: str, steps: int) -> bool:
     cfg = OmegaConf.load(config_path)
     ours = cfg.system.guidance
     system = cfg.system
+    if system.guidance_type == "perp-neg-vsd-guidance":
+        return builtin_vsd_baseline(cfg, out_path)
     if system.guidance_type not in ("perp-neg-sds-guidance", "dsds-guidance"):
         return False
     processor_cfg = system.prompt_processor
@@ -114,6 +119,25 @@ def builtin_baseline(config_path: str, out_path: str, steps: int) -> bool:
                  if k in ("pretrained_model_name_or_path", "prompt", "front_threshold", "back_threshold",
                           "overhead_threshold")}
     processor["use_perp_neg"] = bool(perp_neg)
+    system.prompt_processor_type = "stable-diffusion-prompt-processor"
+    system.prompt_processor = processor
+    OmegaConf.save(cfg, out_path)
+    return True
+
+
+def builtin_vsd_baseline(cfg, out_path: str) -> bool:
+    """A VSD config with threestudio's `stable-diffusion-vsd-guidance` (no Perp-Neg, no clipping
+    schedule: it has neither) and its stock prompt processor: the cost of VSD itself."""
+    from omegaconf import OmegaConf
+
+    system = cfg.system
+    system.guidance_type = "stable-diffusion-vsd-guidance"
+    system.guidance = {k: v for k, v in OmegaConf.to_container(system.guidance, resolve=False).items()
+                       if k not in VSD_ONLY_KEYS}
+    processor = {k: v for k, v in OmegaConf.to_container(system.prompt_processor, resolve=False).items()
+                 if k in ("pretrained_model_name_or_path", "prompt", "front_threshold", "back_threshold",
+                          "overhead_threshold")}
+    processor["use_perp_neg"] = False
     system.prompt_processor_type = "stable-diffusion-prompt-processor"
     system.prompt_processor = processor
     OmegaConf.save(cfg, out_path)
