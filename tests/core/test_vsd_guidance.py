@@ -144,6 +144,8 @@ def test_dsds_clipping_acts_on_the_vsd_gradient(tiny_sd):
     unclipped = make_guidance(tiny_sd).vsd_step(latents.detach(), None, t, noise, prompts, cams(2), camera,
                                                 guidance.perp_neg(prompts))
     assert unclipped["grad_norm"] > out["grad_norm"]
+    guidance.log_schedules()
+    assert any("D-SDS clipping of VSD's gradient w(t)(eps_pre - eps_lora)" in m for m in guidance._logged)
 
 
 def test_grad_clip_clamps_the_vsd_gradient(tiny_sd):

@@ -42,7 +42,10 @@ def clip_target_of_path(clip_target: Optional[str]) -> str:
     return "gradient" if clip_target is None else clip_target
 
 
-def describe_clip(target: str, use_sjc: bool) -> str:
+def describe_clip(target: str, use_sjc: bool, method: str = "sds") -> str:
+    if method == "vsd":
+        return ("VSD's gradient w(t)(eps_pre - eps_lora)" if target == "gradient"
+                else "VSD's residual eps_pre - eps_lora before w(t) (option `residual`)")
     if use_sjc:
         return "SJC's score eps_hat - eps (no w(t); the D-SDS paper's code)"
     if target == "gradient":

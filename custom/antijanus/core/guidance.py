@@ -242,7 +242,7 @@ class ScoreDistillationGuidance:
         length = self.schedule_length()
         if self._clip is not None:
             self._once(self.resolved.clip.describe(self._clip, self.config.use_sjc,
-                                                   length[1] if length else ""))
+                                                   length[1] if length else "", self.METHOD))
         if self.config.sqrt_anneal and length is not None:
             self._once(f"sqrt_anneal over {length[0]} steps ({length[1]})")
 
@@ -408,6 +408,7 @@ class ScoreDistillationGuidance:
         return decision
 
     #: The outputs a step checks for non-finite values (with the renders).
+    METHOD = "sds"  # what the step distils: "sds" (SDS or SJC) or "vsd" (VSDGuidance)
     FINITE_KEYS: Tuple[str, ...] = ("loss_sds", "grad_norm", "loss_sds_img")
 
     def step_diagnostics(self, guided, batch: int, unet_rows: int) -> Dict[str, Any]:

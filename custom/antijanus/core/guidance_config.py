@@ -152,8 +152,8 @@ class ClipSettings:
             end_step = self.start_step + 1
         return ClipSchedule(self.kind, self.start, self.end, self.start_step, end_step).validate()
 
-    def describe(self, schedule: ClipSchedule, use_sjc: bool, length_source: str) -> str:
-        what = f"D-SDS clipping of {describe_clip(self.target, use_sjc)}"
+    def describe(self, schedule: ClipSchedule, use_sjc: bool, length_source: str, method: str = "sds") -> str:
+        what = f"D-SDS clipping of {describe_clip(self.target, use_sjc, method)}"
         if self.kind == "constant":
             return f"{what}: constant {self.start:g}"
         source = "clip_end_step" if self.end_step is not None else length_source

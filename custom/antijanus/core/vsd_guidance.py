@@ -39,6 +39,7 @@ class VSDGuidance(ScoreDistillationGuidance):
     (``loss_vsd_img`` with ``use_img_loss``). ``lora`` (default: built from the backbone and
     ``pretrained_model_name_or_path_lora``) is eps_phi; its ``parameters()`` are what trains."""
 
+    METHOD = "vsd"
     FINITE_KEYS = ("loss_vsd", "loss_lora", "grad_norm", "loss_vsd_img")
 
     def __init__(self, config: VSDConfig, device: torch.device,

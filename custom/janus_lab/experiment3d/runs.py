@@ -1,5 +1,7 @@
 """One 3D run (train the volume with the variant's guidance, render and judge its test orbit)
-and ``run_tasks``, which runs many of them (in ``janus_lab.worker_pool``)."""
+and ``run_tasks``, which runs many of them (in ``janus_lab.worker_pool``). A VSD variant's run
+trains as threestudio's prolificdreamer-system (``fast3d.train`` with its ``VSDSettings``), the
+LoRA on the worker's prior UNet for the run only."""
 
 from __future__ import annotations
 
@@ -12,7 +14,10 @@ from typing import Any, Callable, Dict, List, Sequence, Tuple
 
 import torch
 
+from antijanus.backbones.lora import remove_lora
 from antijanus.core.guidance import ScoreDistillationConfig, ScoreDistillationGuidance
+from antijanus.core.guidance_config import VSDConfig
+from antijanus.core.vsd_guidance import VSDGuidance
 from antijanus.utils.cache import write_json
 from antijanus.utils.naming import slug
 
@@ -24,7 +29,8 @@ from ..volume_orbits import judge_run_orbit, save_orbit
 from ..worker_pool import failure_message, outcomes
 from .keys import judge_identity
 from .lab_models import LabModels, load_backbone
-from .settings import FastSettings, Representation
+from .settings import FastSettings, Representation, variant_vsd
+from .variants import variant_by_name
 
 RESULT = "result.json"
 
@@ -67,18 +73,33 @@ def worker_models(models: LabModels, threads: int) -> Tuple[Any, Judge]:
     return _WORKER["backbone"], _WORKER["judge"]
 
 
+def make_guidance(task: RunTask, backbone, messages: List[str]) -> ScoreDistillationGuidance:
+    """The run's guidance, its log lines into ``messages``. VSD's LoRA and camera embedding start
+    from the run's seed (the same initial weights for every VSD variant of a seed)."""
+    if isinstance(task.guidance, VSDConfig):
+        torch.manual_seed(task.spec.seed)
+        return VSDGuidance(task.guidance, "cpu", backbone=backbone, info=messages.append, warn=messages.append)
+    guidance = ScoreDistillationGuidance(task.guidance, "cpu", backbone=backbone)
+    guidance.info = guidance.warn = messages.append
+    return guidance
+
+
 def run_one(task: RunTask) -> Dict[str, Any]:
     """Train one run, render and judge its orbit; writes orbit.png, orbit.pt and result.json."""
     backbone, judge = worker_models(task.models, task.settings.threads)
     s, rep = task.settings, task.representation
     messages: List[str] = []
-    guidance = ScoreDistillationGuidance(task.guidance, "cpu", backbone=backbone)
-    guidance.info = guidance.warn = messages.append
+    guidance = make_guidance(task, backbone, messages)
+    vsd = variant_vsd(variant_by_name(task.spec.variant), s) if isinstance(task.guidance, VSDConfig) else None
     system = dataclasses.replace(rep.system, geometry_lr=s.lr)
     start = time.time()
     scene = make_scene(rep.volume, task.spec.seed)  # settings' volume with the config's density blob
-    trained = train(guidance, task.prompt_output, scene, rep.cameras, system, rep.material, s.steps,
-                    task.spec.seed, log_every=max(1, s.steps // 20))
+    try:
+        trained = train(guidance, task.prompt_output, scene, rep.cameras, system, rep.material, s.steps,
+                        task.spec.seed, log_every=max(1, s.steps // 20), vsd=vsd)
+    finally:
+        if vsd is not None:  # the worker's prior is the base UNet again for its next run
+            remove_lora(guidance.lora.lora)
     train_s = time.time() - start
     decode = backbone.decode_latents if s.volume.features == "latent" else None
     frames, opacity = render_orbit(scene, orbit_azimuths(s.orbit_views), s.orbit_elevation, rep.orbit_distance,
@@ -92,6 +113,8 @@ def run_one(task: RunTask) -> Dict[str, Any]:
               "metrics": metrics, "train_s": train_s, "total_s": time.time() - start,
               "final": {k: v[-1] for k, v in trained.history.items()}, "history": trained.history,
               "guidance_log": messages, "prompts": task.prompt_output.summary()}
+    if vsd is not None:
+        result["vsd"] = dataclasses.asdict(vsd)
     write_json(os.path.join(task.run_dir, RESULT), result)
     return result
 

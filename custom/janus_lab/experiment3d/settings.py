@@ -12,7 +12,8 @@ from antijanus.core.guidance import ScoreDistillationConfig
 from antijanus.utils.errors import ConfigError
 
 from ..data import WorldBias
-from ..fast3d import LAB_LATENT_RESOLUTION, LAB_RESOLUTION, CameraSettings, Material, SystemSettings, VolumeSettings
+from ..fast3d import (LAB_LATENT_RESOLUTION, LAB_RESOLUTION, CameraSettings, Material, SystemSettings, VolumeSettings,
+                      VSDSettings)
 from .variants import REPRESENTATION_CONFIG, Variant, block, guidance_config, load_config
 
 # "configs": threestudio's cameras from REPRESENTATION_CONFIG; "prior": framed as the prior's
@@ -66,11 +67,22 @@ def _require_integer(key: str, value: Any, minimum: int) -> None:
 
 def variant_guidance(variant: Variant, settings: FastSettings, prior: str) -> ScoreDistillationConfig:
     """The variant's guidance config for a run of ``settings`` (its steps; the shared guidance
-    scale, when set, in place of the config's)."""
+    scale, when set, in place of the config's: for VSD the pretrained branch's CFG scale, the LoRA
+    branch's ``guidance_scale_lora`` kept)."""
     config = guidance_config(load_config(variant.config, variant.overrides, settings.steps), prior)
     if settings.guidance_scale is not None:
         config = dataclasses.replace(config, guidance_scale=float(settings.guidance_scale))
     return config
+
+
+def variant_vsd(variant: Variant, settings: FastSettings) -> Optional[VSDSettings]:
+    """A VSD variant's own training terms (prolificdreamer-system's lambda_vsd / lambda_lora and
+    its guidance learning rate and optimiser, from the variant's config); None for the others.
+    The regularisers, the volume's optimiser and the cameras stay the Representation's."""
+    cfg = load_config(variant.config, variant.overrides, settings.steps)
+    if cfg.system.guidance_type != "perp-neg-vsd-guidance":
+        return None
+    return VSDSettings.from_blocks(block(cfg, "system.loss"), block(cfg, "system.optimizer"))
 
 
 def prior_framed(cameras: CameraSettings) -> CameraSettings:

@@ -1,6 +1,8 @@
 """The 3D experiment's variants (a shipped config plus the overrides that select a method), its
 prompts, and the configs read as the fast path reads them (the plugin's shipped configs, found
-when a config is loaded: ``locations.plugin_config_dir``)."""
+when a config is loaded: ``locations.plugin_config_dir``). ``VARIANTS`` are the SDS / SJC / DNP
+methods every command runs by default; ``VSD_VARIANTS`` (ProlificDreamer's VSD) run only when named
+(``--variants vsd ...``), so that the commands run before them keep their meaning."""
 
 from __future__ import annotations
 
@@ -12,13 +14,15 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 from omegaconf import OmegaConf
 
 from antijanus.core.guidance import DSDSConfig, ScoreDistillationConfig
+from antijanus.core.guidance_config import VSDConfig
 from antijanus.utils.errors import ConfigError
 
 from ..locations import plugin_config_dir
 from ..world import KINDS
 
 REPRESENTATION_CONFIG = "perp-neg-nerf-sd.yaml"  # cameras, losses, optimiser, material, blob
-GUIDANCE_CONFIGS = {"perp-neg-sds-guidance": ScoreDistillationConfig, "dsds-guidance": DSDSConfig}
+GUIDANCE_CONFIGS = {"perp-neg-sds-guidance": ScoreDistillationConfig, "dsds-guidance": DSDSConfig,
+                    "perp-neg-vsd-guidance": VSDConfig}
 
 
 @dataclass(frozen=True)
@@ -54,6 +58,26 @@ VARIANTS: Tuple[Variant, ...] = (
 )
 VARIANT_NAMES = tuple(v.name for v in VARIANTS)
 
+# VSD (ProlificDreamer, threestudio's prolificdreamer.yaml with our guidance): opt-in, never in the
+# default list. "vsd" is the plain one (threestudio's stock processor, Perp-Neg off, as "baseline");
+# "vsd-dsds-clip" adds perp-neg-dsds-vsd-sd.yaml's clipping of VSD's gradient without Perp-Neg or
+# debiasing (as "dsds-clip" for SDS).
+VSD_CLIP = ("system.guidance.score_clipping=true", "system.guidance.clip_schedule=linear",
+            "system.guidance.clip_start=2.0", "system.guidance.clip_end=8.0",
+            "system.guidance.clip_end_step=${trainer.max_steps}")
+VSD_VARIANTS: Tuple[Variant, ...] = (
+    Variant("vsd", "perp-neg-vsd-sd.yaml", ("system.prompt_processor.use_perp_neg=false",),
+            "VSD with view-dependent prompts (threestudio's stock processor, Perp-Neg off)"),
+    Variant("vsd-perp-neg", "perp-neg-vsd-sd.yaml", (), "VSD + Perp-Neg on the pretrained branch"),
+    Variant("vsd-dsds-clip", "perp-neg-vsd-sd.yaml", ("system.prompt_processor.use_perp_neg=false",) + VSD_CLIP,
+            "VSD + D-SDS score clipping 2 -> 8 of VSD's gradient (Perp-Neg off, no debiasing)"),
+    Variant("vsd-perp-neg-dsds", "perp-neg-dsds-vsd-sd.yaml", (),
+            "VSD + Perp-Neg + the full D-SDS (clipping 2 -> 8, prompt debiasing with the lab masked LM; "
+            "front +-22.5, 'top view')"),
+)
+VSD_VARIANT_NAMES = tuple(v.name for v in VSD_VARIANTS)
+ALL_VARIANT_NAMES = VARIANT_NAMES + VSD_VARIANT_NAMES  # what --variants accepts
+
 
 def lab_prompts(kinds: Sequence[str] = KINDS) -> List[str]:
     """Each kind with and without the front-only attribute: "a bear", "a smiling bear", ..."""
@@ -61,10 +85,11 @@ def lab_prompts(kinds: Sequence[str] = KINDS) -> List[str]:
 
 
 def variant_by_name(name: str) -> Variant:
-    for variant in VARIANTS:
+    """A variant of VARIANTS or VSD_VARIANTS."""
+    for variant in VARIANTS + VSD_VARIANTS:
         if variant.name == name:
             return variant
-    raise ConfigError("variants", name, "unknown variant", list(VARIANT_NAMES))
+    raise ConfigError("variants", name, "unknown variant", list(ALL_VARIANT_NAMES))
 
 
 def config_path(config: str) -> str:
@@ -91,7 +116,8 @@ def block(cfg, key: str) -> Dict[str, Any]:
 
 def guidance_config(cfg, prior: str) -> ScoreDistillationConfig:
     """The variant's guidance block as our guidance's config, on the lab prior (fp32 weights, as
-    the CPU mode sets them)."""
+    the CPU mode sets them); VSD's LoRA branch on the lab prior too (its one UNet shared, with
+    threestudio's rule: the LoRA model named as the pretrained one)."""
     kind = cfg.system.guidance_type
     if kind not in GUIDANCE_CONFIGS:
         raise ConfigError("system.guidance_type", kind, "has no lab equivalent", sorted(GUIDANCE_CONFIGS))
@@ -101,4 +127,6 @@ def guidance_config(cfg, prior: str) -> ScoreDistillationConfig:
     if unknown:
         raise ConfigError(f"system.guidance.{unknown[0]}", values[unknown[0]], "unknown guidance key")
     values.update(pretrained_model_name_or_path=prior, half_precision_weights=False)
+    if GUIDANCE_CONFIGS[kind] is VSDConfig:
+        values["pretrained_model_name_or_path_lora"] = prior
     return GUIDANCE_CONFIGS[kind](**values)

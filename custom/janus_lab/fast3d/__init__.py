@@ -22,11 +22,14 @@ What a threestudio NeRF run does, in plain PyTorch and small enough for many see
   background behind.
 * **Losses**: the guidance's ``loss_sds`` (times ``lambda_sds``), the orientation loss and the
   sparsity loss of threestudio's ``dreamfusion-system`` with the config's lambdas (schedules as
-  threestudio's ``C``); Adam with the config's per-module learning rates.
+  threestudio's ``C``); Adam with the config's per-module learning rates. With ``VSDSettings``:
+  ``prolificdreamer-system``'s lambda_vsd loss_vsd + lambda_lora loss_lora instead of the SDS
+  term, the guidance's LoRA and camera embedding trained by the VSD config's optimiser.
 
 The guidance is ``antijanus.core.guidance.ScoreDistillationGuidance`` itself, called like a
 threestudio system calls it (``update_step`` each step, renders [B, H, W, 3], the cameras'
-elevation / azimuth / distance), with a prompt output from ``lab.prompt_output``.
+elevation / azimuth / distance; VSD's ``VSDGuidance`` also the batch's ``c2w`` / ``mvp_mtx``),
+with a prompt output from ``lab.prompt_output``.
 
     cameras    camera settings, the training camera sampler, the test orbit's cameras
     volume     the voxel volume, the background, the scene
@@ -34,16 +37,17 @@ elevation / azimuth / distance), with a prompt output from ``lab.prompt_output``
     training   the losses, the optimiser's settings and the training loop
 """
 
-from .cameras import (LAB_LATENT_RESOLUTION, LAB_RESOLUTION, CameraSampler, Cameras, CameraSettings, look_at_rays,
-                      orbit_cameras, spherical)
+from .cameras import (LAB_LATENT_RESOLUTION, LAB_RESOLUTION, CameraSampler, Cameras, CameraSettings, SampledCameras,
+                      camera_matrices, look_at_rays, orbit_cameras, spherical)
 from .rendering import Material, ball_interval, render, render_orbit
-from .training import SystemSettings, TrainResult, opaque_loss, orientation_loss, sparsity_loss, train
+from .training import (GuidanceTraining, SystemSettings, TrainResult, VSDSettings, opaque_loss, orientation_loss,
+                       sparsity_loss, train)
 from .volume import (EnvironmentBackground, Scene, VolumeSettings, VoxelVolume, colour_channels, make_scene,
                      sh_basis)
 
 __all__ = [
     "LAB_LATENT_RESOLUTION", "LAB_RESOLUTION", "CameraSampler", "CameraSettings", "Cameras", "EnvironmentBackground",
-    "Material", "Scene", "SystemSettings", "TrainResult", "VolumeSettings", "VoxelVolume", "ball_interval",
-    "colour_channels", "look_at_rays", "make_scene", "opaque_loss", "orbit_cameras", "orientation_loss", "render",
+    "GuidanceTraining", "Material", "SampledCameras", "Scene", "SystemSettings", "TrainResult", "VSDSettings",
+    "VolumeSettings", "VoxelVolume", "ball_interval", "camera_matrices", "colour_channels", "look_at_rays", "make_scene", "opaque_loss", "orbit_cameras", "orientation_loss", "render",
     "render_orbit", "sh_basis", "sparsity_loss", "spherical", "train",
 ]

@@ -3,8 +3,9 @@
 uniform on the sphere (probability 1/2 each), azimuth stratified over the batch, distance and
 fovy uniform, camera / centre / up perturbations, the "dreamfusion" light near the camera; the
 first step looks from the front at the evaluation elevation (its ``progressive_view`` with
-``progressive_until: 0``). Pinhole rays in its convention (``lab.world`` uses the same); the test
-orbit's cameras unperturbed, the light at the camera."""
+``progressive_until: 0``). Pinhole rays in its convention (``lab.world`` uses the same), and the
+batch's ``c2w`` / ``mvp_mtx`` as it gives them; the test orbit's cameras unperturbed, the light at
+the camera."""
 
 from __future__ import annotations
 
@@ -77,13 +78,19 @@ def spherical(elevation_deg: Tensor, azimuth_deg: Tensor, distance: Tensor) -> T
                         distance * torch.sin(e)], -1)
 
 
+def look_at_frame(position: Tensor, center: Tensor, up: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+    """threestudio's look-at frame: (right, up, lookat), each [B, 3], unit."""
+    lookat = F.normalize(center - position, dim=-1)
+    right = F.normalize(torch.cross(lookat, up, dim=-1), dim=-1)
+    up = F.normalize(torch.cross(right, lookat, dim=-1), dim=-1)
+    return right, up, lookat
+
+
 def look_at_rays(position: Tensor, center: Tensor, up: Tensor, fovy_deg: Tensor, height: int,
                  width: int) -> Tuple[Tensor, Tensor]:
     """threestudio's look-at frame (right, up, -lookat) and pinhole rays through pixel centres,
     focal 0.5 H / tan(fovy / 2); rays [B, H, W, 3], normalised."""
-    lookat = F.normalize(center - position, dim=-1)
-    right = F.normalize(torch.cross(lookat, up, dim=-1), dim=-1)
-    up = F.normalize(torch.cross(right, lookat, dim=-1), dim=-1)
+    right, up, lookat = look_at_frame(position, center, up)
     focal = 0.5 * height / torch.tan(0.5 * torch.deg2rad(fovy_deg))
     u = torch.arange(width, dtype=torch.float32) + 0.5 - width / 2
     v = torch.arange(height, dtype=torch.float32) + 0.5 - height / 2
@@ -93,6 +100,40 @@ def look_at_rays(position: Tensor, center: Tensor, up: Tensor, fovy_deg: Tensor,
     directions = x[..., None] * right[:, None, None] + y[..., None] * up[:, None, None] + lookat[:, None, None]
     rays_d = F.normalize(directions, dim=-1)
     return position[:, None, None].expand_as(rays_d), rays_d
+
+
+def camera_matrices(position: Tensor, center: Tensor, up: Tensor, fovy_deg: Tensor,
+                    aspect_wh: float) -> Tuple[Tensor, Tensor]:
+    """threestudio's ``c2w`` [B, 4, 4] (columns right, up, -lookat, the position) and ``mvp_mtx``
+    (its ``get_projection_matrix``, near 0.01 / far 100, times the inverse of c2w), as its
+    random-camera data module gives them (``data/uncond.py``, ``utils/ops.py``)."""
+    right, up, lookat = look_at_frame(position, center, up)
+    batch = position.shape[0]
+    c2w = torch.zeros(batch, 4, 4)
+    c2w[:, :3, :3] = torch.stack([right, up, -lookat], -1)
+    c2w[:, :3, 3] = position
+    c2w[:, 3, 3] = 1.0
+    near, far = 0.01, 100.0
+    tan_half = torch.tan(torch.deg2rad(fovy_deg) / 2.0)
+    projection = torch.zeros(batch, 4, 4)
+    projection[:, 0, 0] = 1.0 / (tan_half * aspect_wh)
+    projection[:, 1, 1] = -1.0 / tan_half
+    projection[:, 2, 2] = -(far + near) / (far - near)
+    projection[:, 2, 3] = -2.0 * far * near / (far - near)
+    projection[:, 3, 2] = -1.0
+    w2c = torch.zeros(batch, 4, 4)
+    w2c[:, :3, :3] = c2w[:, :3, :3].transpose(1, 2)
+    w2c[:, :3, 3:] = -c2w[:, :3, :3].transpose(1, 2) @ c2w[:, :3, 3:]
+    w2c[:, 3, 3] = 1.0
+    return c2w, projection @ w2c
+
+
+@dataclass
+class SampledCameras(Cameras):
+    """A training batch: the cameras and their matrices (VSD's LoRA is conditioned on one)."""
+
+    c2w: Tensor  # [B, 4, 4]
+    mvp_mtx: Tensor  # [B, 4, 4]
 
 
 class CameraSampler:
@@ -136,8 +177,9 @@ class CameraSampler:
         light_distance = self._uniform(*s.light_distance_range)
         light_direction = F.normalize(position + torch.randn(B, 3, generator=self.g) * s.light_position_perturb, dim=-1)
         rays_o, rays_d = look_at_rays(position, center, up, fovy, s.height, s.width)
-        return Cameras(rays_o, rays_d, position, light_direction * light_distance[:, None], elevation,
-                       azimuth, distance)
+        c2w, mvp_mtx = camera_matrices(position, center, up, fovy, s.width / s.height)
+        return SampledCameras(rays_o, rays_d, position, light_direction * light_distance[:, None], elevation,
+                              azimuth, distance, c2w, mvp_mtx)
 
 
 def orbit_cameras(azimuths_deg: Tensor, elevation_deg: float, distance: float, fovy_deg: float,

@@ -8,6 +8,8 @@ intervals, view accuracy, a_jfd) and one orbit grid per variant.
     python custom/janus_lab/scripts/lab_experiment_3d.py --out outputs/lab-3d-calibration --calibrate \
         --volume-options grid48 grid24 pyramid --steps-options 300 600 --lr-options 0.03 0.1
                                                                   # the baseline alone
+    python custom/janus_lab/scripts/lab_experiment_3d.py --out outputs/lab-3d-vsd --variants baseline vsd vsd-perp-neg \
+        --cameras prior --guidance-scale 7.5                      # VSD variants: only when named
 
 Finished runs are kept (re-running continues where it stopped). See README, "The 3D experiment".
 """
@@ -26,7 +28,7 @@ from janus_lab.experiment3d.experiment import Experiment  # noqa: E402
 from janus_lab.experiment3d.lab_models import LabModels  # noqa: E402
 from janus_lab.experiment3d.runs import RunsFailed  # noqa: E402
 from janus_lab.experiment3d.settings import CAMERA_PRESETS, FastSettings  # noqa: E402
-from janus_lab.experiment3d.variants import VARIANT_NAMES, lab_prompts  # noqa: E402
+from janus_lab.experiment3d.variants import ALL_VARIANT_NAMES, VARIANT_NAMES, lab_prompts  # noqa: E402
 from janus_lab.volume_orbits import kind_of  # noqa: E402
 
 # options that list values: none may list one twice (a run would count twice, a setting run twice)
@@ -38,7 +40,9 @@ def make_parser() -> argparse.ArgumentParser:
     defaults = FastSettings()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="outputs/lab-3d")
-    parser.add_argument("--variants", nargs="+", default=list(VARIANT_NAMES), choices=VARIANT_NAMES)
+    parser.add_argument("--variants", nargs="+", default=list(VARIANT_NAMES), choices=ALL_VARIANT_NAMES,
+                        help="default: every SDS / SJC / DNP variant; the VSD ones (vsd, vsd-perp-neg, vsd-dsds-clip, "
+                             "vsd-perp-neg-dsds) run only when named")
     parser.add_argument("--prompts", nargs="+", default=lab_prompts())
     parser.add_argument("--seeds", nargs="+", type=seed, default=[0, 1, 2, 3, 4])
     parser.add_argument("--jobs", type=count, default=2, help="runs in parallel (one torch thread each)")
