@@ -53,6 +53,7 @@ GPU_ONLY = {
 # files the prompt processors write inside the run's trial folder
 TRIAL_FILES = {
     "dsds-full-nerf-sd.yaml": ["prompt-debiasing.json"],
+    "perp-neg-dsds-vsd-sd.yaml": ["prompt-debiasing.json"],  # written at the first step (processor made in configure)
     "dnp-nerf-sd.yaml": ["dnp/dnp.json", "dnp/dns-image.png"],
 }
 

@@ -107,6 +107,14 @@ def find_trial_dir() -> Optional[str]:
     return None if system is None else os.path.dirname(os.path.normpath(_save_dir_of(system)))
 
 
+def system_before_its_trial_dir() -> bool:
+    """A threestudio system is creating this module before the launcher gave it its save folder
+    (``prolificdreamer-system`` creates its processor in ``configure``): ``{trial_dir}`` is known
+    only from the system's first call."""
+    return calling_system(lambda owner: callable(getattr(type(owner), "get_save_dir", None))
+                          and _save_dir_of(owner) is None) is not None
+
+
 def _save_dir_of(obj) -> Optional[str]:
     if obj is None or not callable(getattr(type(obj), "get_save_dir", None)):
         return None
