@@ -34,18 +34,42 @@ def launch(work, config, tag, max_steps, *extra):
     return work / "outputs" / "vsd" / tag
 
 
-def test_stock_prolificdreamer_trains_and_resumes_with_only_the_type_name_changed(tmp_path, tiny_sd):
+def ported_prolificdreamer(work, tiny_sd):
+    """threestudio's prolificdreamer.yaml with only the guidance type changed, in a workspace with
+    the plugin in custom/; the model keys pointing at the tiny 512-capable folder."""
     text = open(os.path.join(threestudio_root(), "configs", "prolificdreamer.yaml")).read()
     ported, count = re.subn(r'(guidance_type: )"?stable-diffusion-vsd-guidance"?', r'\g<1>"perp-neg-vsd-guidance"', text)
     assert count == 1
-    config = tmp_path / "prolificdreamer.yaml"
+    config = work / "prolificdreamer.yaml"
     config.write_text(ported)
-    os.makedirs(tmp_path / "custom")
-    os.symlink(os.path.join(REPO, "custom", "antijanus"), tmp_path / "custom" / "antijanus")
-    os.symlink(os.path.join(threestudio_root(), "load"), tmp_path / "load")
+    os.makedirs(work / "custom")
+    os.symlink(os.path.join(REPO, "custom", "antijanus"), work / "custom" / "antijanus")
+    os.symlink(os.path.join(threestudio_root(), "load"), work / "load")
     models = [f"system.guidance.pretrained_model_name_or_path={tiny_sd}",
               f"system.guidance.pretrained_model_name_or_path_lora={tiny_sd}",
               f"system.prompt_processor.pretrained_model_name_or_path={tiny_sd}"]
+    return config, models
+
+
+def test_dnp_processor_with_perp_neg_drives_vsd(tmp_path, tiny_sd):
+    """The DNP processor (n* from a DNS image and a captioner) with Perp-Neg feeds VSD's
+    pretrained branch: one step through launch.py, the DNP record in the trial folder."""
+    from antijanus.testing.tiny_models import make_blip
+
+    config, models = ported_prolificdreamer(tmp_path, tiny_sd)
+    blip = make_blip(str(tmp_path / "blip"))
+    trial = launch(tmp_path, str(config), "dnp", 1, *models, "system.prompt_processor_type=dnp-prompt-processor",
+                   "system.prompt_processor.negative_prompt=auto", f"system.prompt_processor.captioner={blip}",
+                   "system.prompt_processor.dns_steps=2", "system.prompt_processor.dnp_output_dir={trial_dir}/dnp",
+                   "system.prompt_processor.use_perp_neg=true")
+    assert (trial / "dnp" / "dnp.json").exists()
+    rows = list(csv.DictReader(open(trial / "csv_logs" / "version_0" / "metrics.csv")))
+    assert [float(r["train/perp_neg/mean_neg_weight"]) for r in rows if r.get("train/perp_neg/mean_neg_weight")]
+    assert all(math.isfinite(float(r["train/loss_vsd"])) for r in rows if r.get("train/loss_vsd"))
+
+
+def test_stock_prolificdreamer_trains_and_resumes_with_only_the_type_name_changed(tmp_path, tiny_sd):
+    config, models = ported_prolificdreamer(tmp_path, tiny_sd)
     trial = launch(tmp_path, str(config), "first", 2, *models, "system.visualize_samples=true")
     rows = list(csv.DictReader(open(trial / "csv_logs" / "version_0" / "metrics.csv")))
     for key in ("train/loss_vsd", "train/loss_lora"):

@@ -20,9 +20,9 @@ from ..prompting.text_encoders import resolve_load_in_8bit
 from ..prompting.view_prompts import comma_phrase
 from ..utils.cache import write_json
 from ..utils.errors import ConfigError
-from .prompt_base import (DIRECTION_ORDER, TRIAL_DIR, AntijanusPromptProcessorMixin, expand_trial_dir,
-                          keys_changed_from_defaults, load_prompt_library, merged_view_mapping, no_model_on_other_ranks,
-                          rank_zero_then_shared, system_before_its_trial_dir, t5_spawn_func, view_condition)
+from .prompt_base import (DIRECTION_ORDER, AntijanusPromptProcessorMixin, keys_changed_from_defaults,
+                          load_prompt_library, merged_view_mapping, no_model_on_other_ranks, rank_zero_then_shared,
+                          t5_spawn_func, view_condition)
 from .registry import register
 
 # D-SDS Sec. 4.2: "front view", "side view", "back view", "top view", appended without "of"
@@ -130,19 +130,9 @@ class DebiasingPromptProcessorMixin(AntijanusPromptProcessorMixin):
         if changed:
             threestudio.warn(f"antijanus: use_prompt_debiasing is false, so {changed} have no effect")
 
-    def __call__(self):
-        output = super().__call__()
-        report = getattr(self, "_pending_report", None)
-        if report is not None:
-            self._pending_report = None
-            write_report(expand_trial_dir("report_path", self.cfg.report_path), report)
-        return output
-
     def debias(self) -> DebiasResult:
         """Computed on rank zero (cached, atomically written), shared through the cache file."""
         cfg, model = self.cfg, self.debias_model
-        later = bool(cfg.report_path) and TRIAL_DIR in cfg.report_path and system_before_its_trial_dir()
-        report_path = None if later else expand_trial_dir("report_path", cfg.report_path)
 
         def scorer():
             threestudio.info(f"antijanus: prompt debiasing: scoring [{self.prompt}] with the masked LM {model}")
@@ -165,10 +155,7 @@ class DebiasingPromptProcessorMixin(AntijanusPromptProcessorMixin):
                 "model": model, "threshold": cfg.debias_threshold, "normalization": cfg.pmi_normalization,
                 "p_word": cfg.debias_p_word, "word_units": cfg.debias_word_units,
                 "view_words": dict(zip(DIRECTION_ORDER, self.settings.view_words))}}
-            if report_path:
-                write_report(report_path, report)
-            elif later:  # written at the system's first call, when its trial folder is known
-                self._pending_report = report
+            self.when_trial_dir_known("report_path", cfg.report_path, lambda path: write_report(path, report))
             return result
 
         return rank_zero_then_shared("prompt debiasing", compute, lambda: run(no_model_on_other_ranks)[0])

@@ -14,8 +14,8 @@ from ..prompting import dnp
 from ..prompting.captioning import check_captioner, load_captioner
 from ..prompting.dnp import SamplingSettings, cached_dnp
 from ..utils.cache import write_json
-from .prompt_base import (AntijanusPromptProcessorMixin, expand_trial_dir, keys_changed_from_defaults,
-                          load_prompt_library, no_model_on_other_ranks, rank_zero_then_shared)
+from .prompt_base import (AntijanusPromptProcessorMixin, keys_changed_from_defaults, load_prompt_library,
+                          no_model_on_other_ranks, rank_zero_then_shared)
 from .registry import register
 
 # the view phrases threestudio's processor appends ("<prompt>, side view"; "backside view of <prompt>")
@@ -23,6 +23,15 @@ THREESTUDIO_VIEW_PHRASES = ("side view", "front view", "back view", "backside vi
 # keys that only matter with negative_prompt: auto
 _AUTO_DNP_ONLY = ("dns_steps", "dns_guidance_scale", "dns_seed", "dns_half_precision", "captioner",
                   "caption_max_new_tokens", "dnp_cache_dir", "dnp_output_dir")
+
+
+def write_dnp_outputs(folder: str, prompt: str, result) -> None:
+    """A copy of the DNS image and n* (JSON) in ``folder``."""
+    os.makedirs(folder, exist_ok=True)
+    shutil.copyfile(result.image_path, os.path.join(folder, "dns-image.png"))
+    write_json(os.path.join(folder, "dnp.json"), {"prompt": prompt, "negative_prompt": result.negative_prompt,
+                                                  "dns_image": result.image_path})
+    threestudio.info(f"antijanus: DNS image and n* in {folder}")
 
 
 @register("dnp-prompt-processor")
@@ -78,7 +87,6 @@ class DNPPromptProcessor(AntijanusPromptProcessorMixin, StableDiffusionPromptPro
         cfg = self.cfg
         prompt = self.preprocess_prompt(cfg.prompt)  # (the prompt library: loaded by configure)
         device = self.device
-        output_dir = expand_trial_dir("dnp_output_dir", cfg.dnp_output_dir)
 
         half_precision = cfg.dns_half_precision and device.type == "cuda"
 
@@ -98,13 +106,8 @@ class DNPPromptProcessor(AntijanusPromptProcessorMixin, StableDiffusionPromptPro
             result = run(sampler, captioner, cfg.use_cache)
             if result.cache_hit:
                 threestudio.info(f"antijanus: auto-DNP (cached) {result.record_path}")
-            if output_dir:
-                os.makedirs(output_dir, exist_ok=True)
-                shutil.copyfile(result.image_path, os.path.join(output_dir, "dns-image.png"))
-                write_json(os.path.join(output_dir, "dnp.json"),
-                           {"prompt": prompt, "negative_prompt": result.negative_prompt,
-                            "dns_image": result.image_path})
-                threestudio.info(f"antijanus: DNS image and n* in {output_dir}")
+            self.when_trial_dir_known("dnp_output_dir", cfg.dnp_output_dir,
+                                      lambda folder: write_dnp_outputs(folder, prompt, result))
             return result
 
         return rank_zero_then_shared("diffusion-negative sampling", compute,

@@ -279,9 +279,20 @@ class AntijanusPromptProcessorMixin:
         barrier()
         self.empty_text_embeddings = self.load_from_cache("")[None, ...]
 
+    def when_trial_dir_known(self, key: str, path: Optional[str], write: Callable[[str], None]) -> None:
+        """``write(path)`` with ``{trial_dir}`` expanded: now, or at the first call when the system
+        creating this processor has no trial folder yet (``system_before_its_trial_dir``)."""
+        if path and TRIAL_DIR in path and system_before_its_trial_dir():
+            self._pending_writes = [*getattr(self, "_pending_writes", []), (key, path, write)]
+        elif path:
+            write(expand_trial_dir(key, path))
+
     def __call__(self):
         output = super().__call__()
         output.empty_text_embeddings = self.empty_text_embeddings
+        pending, self._pending_writes = getattr(self, "_pending_writes", []), []
+        for key, path, write in pending:  # the system now calls from training_step: its folder is set
+            write(expand_trial_dir(key, path))
         return output
 
 
