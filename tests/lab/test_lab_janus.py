@@ -10,11 +10,12 @@ import torch
 
 from janus_lab.images import scramble_object_pixels
 from janus_lab.janus import a_jfd, frame_rows, judge_orbit, orbit_metrics, orbit_order, robust_runs, runs
-from janus_lab.judge import Judge, JudgeNet
+from janus_lab.judge import Judge
 from janus_lab.orbits import orbit_azimuths, render_creature_orbit as render_orbit
 from janus_lab.stats import wilson_rate
 from janus_lab.model_files import model_path
-from janus_lab.world import ATTRIBUTES, KINDS, VIEWS, Creature
+from janus_lab.world import KINDS, Creature
+from lab_fakes import ScriptedJudge
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the checkout
 CONSTRUCTED_ORBITS = os.path.join(REPO, "custom", "janus_lab", "scripts", "lab_constructed_orbits.py")
@@ -69,24 +70,6 @@ def test_wilson_rate():
 
 
 # ----------------------------------------------------------------------------- a scripted judge
-
-
-class ScriptedJudge:
-    """Answers with given views and face flags; its features are a small random JudgeNet's."""
-
-    def __init__(self, views, faces):
-        torch.manual_seed(0)
-        self.net = JudgeNet(4).eval()
-        self.views, self.faces = views, faces
-
-    def __call__(self, images):
-        n = images.shape[0]
-        view = torch.tensor([VIEWS.index(v) for v in self.views])
-        attributes = torch.zeros(n, len(ATTRIBUTES))
-        attributes[:, 0] = torch.tensor([float(f) for f in self.faces])
-        return {"view": view, "view_probs": torch.nn.functional.one_hot(view, len(VIEWS)).float(),
-                "kind": torch.zeros(n, dtype=torch.long), "kind_probs": torch.eye(3)[[0] * n],
-                "attributes": attributes > 0.5, "attribute_probs": attributes}
 
 
 def script(n=36):

@@ -15,11 +15,12 @@ from helpers import one_thread  # noqa: F401 - the fixture
 from janus_lab.experiment3d.runs import progress_line
 from janus_lab.experiment3d.tables import OUTCOME_RATES, paired_against_baseline, summarise, write_tables
 from janus_lab.janus import OUTCOMES, judge_orbit, orbit_metrics, orbit_outcome, outcome_name
-from janus_lab.judge import Judge, JudgeNet
+from janus_lab.judge import Judge
 from janus_lab.model_files import model_path
 from janus_lab.orbits import orbit_azimuths, render_creature_orbit
 from janus_lab.stats import wilson
-from janus_lab.world import ATTRIBUTES, KINDS, VIEWS, Creature
+from janus_lab.world import KINDS, Creature
+from lab_fakes import ScriptedJudge
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -121,24 +122,6 @@ def test_orbit_outcome_refuses_unclear_or_mismatched_input():
 
 
 # ----------------------------------------------------------------------------- the metrics of an orbit
-
-
-class ScriptedJudge:
-    """Answers with given views and face flags; its features are a small random JudgeNet's."""
-
-    def __init__(self, views, faces):
-        torch.manual_seed(0)
-        self.net = JudgeNet(4).eval()
-        self.views, self.faces = views, faces
-
-    def __call__(self, images):
-        n = images.shape[0]
-        view = torch.tensor([VIEWS.index(v) for v in self.views])
-        attributes = torch.zeros(n, len(ATTRIBUTES))
-        attributes[:, ATTRIBUTES.index("face")] = torch.tensor([float(f) for f in self.faces])
-        return {"view": view, "view_probs": torch.nn.functional.one_hot(view, len(VIEWS)).float(),
-                "kind": torch.zeros(n, dtype=torch.long), "kind_probs": torch.eye(3)[[0] * n],
-                "attributes": attributes > 0.5, "attribute_probs": attributes}
 
 
 def scripted(face, n=36):
