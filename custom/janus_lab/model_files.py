@@ -17,9 +17,9 @@ from .locations import lab_root
 
 CHECKSUMS = "checksums.json"
 MODELS = ("prior", "mlm", "judge")
-# earlier models kept beside the current ones, for the figures made with them (README): in the
-# checksums where present, never loaded by default
-ARCHIVED_MODELS = ("judge-v5", "judge-v6", "mlm-v1", "prior-v3", "prior-v4")
+# earlier models kept beside the current ones, for the figures made with them (README), and
+# candidates under development (judge-v9): in the checksums where present, never loaded by default
+ARCHIVED_MODELS = ("judge-v5", "judge-v6", "judge-v9", "mlm-v1", "prior-v3", "prior-v4")
 
 
 def model_path(name: str) -> str:

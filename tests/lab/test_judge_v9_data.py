@@ -5,6 +5,7 @@ creatures exactly as before."""
 
 import dataclasses
 import hashlib
+import os
 
 import pytest
 import torch
@@ -153,3 +154,16 @@ def test_colour_drift_changes_only_the_object():
     assert (out - images).abs().amax((1, 2, 3)).min() > 0
     same = colour_drift(images, data["silhouette"], JudgeSettings(colour_drift=0.3), torch.Generator().manual_seed(0))
     assert torch.equal(out, same)
+
+
+def test_the_committed_v9_candidate_was_trained_with_the_defaults():
+    """`lab_train.py judge` (JudgeSettings' defaults) reproduces models/judge-v9, the candidate
+    under development on labelled set A (preregistration.md, seventh entry)."""
+    import json
+
+    from janus_lab.locations import lab_root
+
+    with open(os.path.join(lab_root(), "judge-v9", "judge.json")) as f:
+        recorded = json.load(f)["settings"]
+    defaults = json.loads(json.dumps(JudgeSettings().to_dict()))  # tuples as lists, as recorded
+    assert recorded == defaults
