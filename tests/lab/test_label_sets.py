@@ -142,6 +142,11 @@ def test_script_sheets_and_merge(sources, tmp_path):
     assert "undecided (first two disagree, no third label): 1" in out.stdout
     saved = json.loads((tmp_path / "set" / "reference.json").read_text())
     assert saved["labels"]["i000"] == {"view": "back", "face": "no"} and saved["pending"] == [["i001", "view"]]
+    assert (tmp_path / "set" / "pending.csv").read_text() == "id,field\ni001,view\n"
+    write(tmp_path / "set" / "labels-cat-images.csv", "id,view,face\ni001,side,yes\n")
+    out = run_script("merge", "--set", str(tmp_path / "set"), "--labellers", "ann", "bob", "--third", "cat")
+    assert out.returncode == 0 and not (tmp_path / "set" / "pending.csv").exists()
+    assert json.loads((tmp_path / "set" / "reference.json").read_text())["labels"]["i001"]["view"] == "side"
     out = run_script("merge", "--set", str(tmp_path / "set"), "--labellers", "ann", "carol")
     assert out.returncode == 1 and "carol" in out.stderr
     out = run_script("merge", "--set", str(tmp_path / "set"), "--labellers", "ann", "ann")

@@ -55,10 +55,13 @@ def merge(args) -> int:
                    "pending": pending, "kappa": kappa}, f, indent=1)
     print(f"{len(ref)} items; cells still undecided (first two disagree, no third label): {len(pending)}")
     print("Cohen's kappa of the first two: " + ", ".join(f"{k} {v:.2f}" for k, v in kappa.items()))
+    pending_file = os.path.join(args.set, "pending.csv")
+    if not pending and os.path.exists(pending_file):
+        os.remove(pending_file)  # every cell decided: no stale list
     if pending:
-        with open(os.path.join(args.set, "pending.csv"), "w") as f:
+        with open(pending_file, "w") as f:
             f.write("id,field\n" + "".join(f"{i},{fld}\n" for i, fld in pending))
-        print(f"the cells to give a third labeller: {os.path.join(args.set, 'pending.csv')}")
+        print(f"the cells to give a third labeller: {pending_file}")
     return 0
 
 
