@@ -4,6 +4,7 @@ them (real threestudio when importable, else the stub's PromptProcessor base).""
 import json
 import logging
 import os
+import types
 
 import pytest
 import torch
@@ -246,30 +247,32 @@ def test_the_report_lands_inside_the_trial_folder(processor_config, stand_in_ber
 
 
 class SystemConfiguredFirst(FakeSystem):
-    """prolificdreamer-system: its processor is created in configure, before the launcher sets
-    its save folder; the processor is called from training_step."""
+    """prolificdreamer-system: its processor is created (and called) in configure, before the
+    launcher sets its save folder."""
 
     def __init__(self, name, config):
         self._save_dir = None
         self.prompt_processor = __import__("threestudio").find(name)(config)
-
-    def training_step(self):
-        return self.prompt_processor()
+        self.prompt_utils = self.prompt_processor()
 
 
-def test_the_report_waits_for_the_trial_folder_of_a_system_that_creates_it_first(processor_config, stand_in_bert,
-                                                                               tmp_path, monkeypatch):
+def launch_main(trial, name, config):
+    """threestudio's launch.py main: its local ``cfg`` (the ExperimentConfig) holds trial_dir while
+    it creates the system, then gives the system its save folder."""
+    cfg = types.SimpleNamespace(trial_dir=str(trial), system_type="prolificdreamer-system")
+    system = SystemConfiguredFirst(name, config)
+    system._save_dir = os.path.join(cfg.trial_dir, "save")
+    return system
+
+
+def test_the_report_lands_in_the_trial_folder_of_a_system_that_creates_its_processor_first(
+        processor_config, stand_in_bert, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     trial = tmp_path / "outputs" / "perp-neg-dsds-vsd-sd" / "a_smiling_corgi@20250101-000000"
     config = {**processor_config, "report_path": "{trial_dir}/prompt-debiasing.json"}
-    system = SystemConfiguredFirst("bert-pmi-prompt-processor", config)
-    assert not list(tmp_path.rglob("prompt-debiasing.json"))  # not in the working folder
-    system._save_dir = str(trial / "save")  # the launcher's set_save_dir
-    system.training_step()
+    launch_main(trial, "bert-pmi-prompt-processor", config)
     assert json.load(open(trial / "prompt-debiasing.json"))["view_prompts"]["back"] == "a corgi"
-    (trial / "prompt-debiasing.json").unlink()
-    system.training_step()  # written once
-    assert not (trial / "prompt-debiasing.json").exists()
+    assert [str(p) for p in tmp_path.rglob("prompt-debiasing.json")] == [str(trial / "prompt-debiasing.json")]
 
 
 @pytest.mark.parametrize(

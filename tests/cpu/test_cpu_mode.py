@@ -119,6 +119,18 @@ def segments(values, ray):
     return [values[ray == r] for r in range(int(ray.max()) + 1)]
 
 
+def test_an_override_that_is_not_yaml_names_its_key(tmp_path):
+    from antijanus.cpu.overrides import load_merged_config
+    from antijanus.utils.errors import ConfigError
+
+    config = tmp_path / "c.yaml"
+    config.write_text("system:\n  prompt_processor:\n    dnp_output_dir: null\n")
+    with pytest.raises(ConfigError, match=r"system.prompt_processor.dnp_output_dir.*not a YAML value.*quote it"):
+        load_merged_config(str(config), ["system.prompt_processor.dnp_output_dir={trial_dir}/dnp"])
+    quoted = load_merged_config(str(config), ['system.prompt_processor.dnp_output_dir="{trial_dir}/dnp"'])
+    assert quoted.system.prompt_processor.dnp_output_dir == "{trial_dir}/dnp"
+
+
 def test_packed_kernels_match_per_ray_references():
     torch.manual_seed(0)
     ray = torch.tensor([0, 0, 0, 1, 2, 2, 2, 2, 4, 4])  # ray 3 has no sample

@@ -60,7 +60,7 @@ def test_dnp_processor_with_perp_neg_drives_vsd(tmp_path, tiny_sd):
     blip = make_blip(str(tmp_path / "blip"))
     trial = launch(tmp_path, str(config), "dnp", 1, *models, "system.prompt_processor_type=dnp-prompt-processor",
                    "system.prompt_processor.negative_prompt=auto", f"system.prompt_processor.captioner={blip}",
-                   "system.prompt_processor.dns_steps=2", "system.prompt_processor.dnp_output_dir={trial_dir}/dnp",
+                   "system.prompt_processor.dns_steps=2", "system.prompt_processor.dnp_output_dir=\"{trial_dir}/dnp\"",
                    "system.prompt_processor.use_perp_neg=true")
     assert (trial / "dnp" / "dnp.json").exists()
     rows = list(csv.DictReader(open(trial / "csv_logs" / "version_0" / "metrics.csv")))

@@ -20,7 +20,7 @@ from ..prompting.text_encoders import resolve_load_in_8bit
 from ..prompting.view_prompts import comma_phrase
 from ..utils.cache import write_json
 from ..utils.errors import ConfigError
-from .prompt_base import (DIRECTION_ORDER, AntijanusPromptProcessorMixin, keys_changed_from_defaults,
+from .prompt_base import (DIRECTION_ORDER, AntijanusPromptProcessorMixin, expand_trial_dir, keys_changed_from_defaults,
                           load_prompt_library, merged_view_mapping, no_model_on_other_ranks, rank_zero_then_shared,
                           t5_spawn_func, view_condition)
 from .registry import register
@@ -155,7 +155,9 @@ class DebiasingPromptProcessorMixin(AntijanusPromptProcessorMixin):
                 "model": model, "threshold": cfg.debias_threshold, "normalization": cfg.pmi_normalization,
                 "p_word": cfg.debias_p_word, "word_units": cfg.debias_word_units,
                 "view_words": dict(zip(DIRECTION_ORDER, self.settings.view_words))}}
-            self.when_trial_dir_known("report_path", cfg.report_path, lambda path: write_report(path, report))
+            report_path = expand_trial_dir("report_path", cfg.report_path)
+            if report_path:
+                write_report(report_path, report)
             return result
 
         return rank_zero_then_shared("prompt debiasing", compute, lambda: run(no_model_on_other_ranks)[0])

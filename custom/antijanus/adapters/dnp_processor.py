@@ -14,8 +14,8 @@ from ..prompting import dnp
 from ..prompting.captioning import check_captioner, load_captioner
 from ..prompting.dnp import SamplingSettings, cached_dnp
 from ..utils.cache import write_json
-from .prompt_base import (AntijanusPromptProcessorMixin, keys_changed_from_defaults, load_prompt_library,
-                          no_model_on_other_ranks, rank_zero_then_shared)
+from .prompt_base import (AntijanusPromptProcessorMixin, expand_trial_dir, keys_changed_from_defaults,
+                          load_prompt_library, no_model_on_other_ranks, rank_zero_then_shared)
 from .registry import register
 
 # the view phrases threestudio's processor appends ("<prompt>, side view"; "backside view of <prompt>")
@@ -106,8 +106,9 @@ class DNPPromptProcessor(AntijanusPromptProcessorMixin, StableDiffusionPromptPro
             result = run(sampler, captioner, cfg.use_cache)
             if result.cache_hit:
                 threestudio.info(f"antijanus: auto-DNP (cached) {result.record_path}")
-            self.when_trial_dir_known("dnp_output_dir", cfg.dnp_output_dir,
-                                      lambda folder: write_dnp_outputs(folder, prompt, result))
+            output_dir = expand_trial_dir("dnp_output_dir", cfg.dnp_output_dir)
+            if output_dir:
+                write_dnp_outputs(output_dir, prompt, result)
             return result
 
         return rank_zero_then_shared("diffusion-negative sampling", compute,

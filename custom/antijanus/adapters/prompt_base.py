@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import inspect
 import json
 import logging
 import os
@@ -104,15 +105,27 @@ def find_trial_dir() -> Optional[str]:
     systems create their prompt processor from their own methods (``on_fit_start``), so the
     system is on the call stack: its save folder's parent is the trial folder."""
     system = calling_system(lambda owner: _save_dir_of(owner) is not None)
-    return None if system is None else os.path.dirname(os.path.normpath(_save_dir_of(system)))
+    if system is not None:
+        return os.path.dirname(os.path.normpath(_save_dir_of(system)))
+    return launcher_trial_dir()
 
 
-def system_before_its_trial_dir() -> bool:
-    """A threestudio system is creating this module before the launcher gave it its save folder
-    (``prolificdreamer-system`` creates its processor in ``configure``): ``{trial_dir}`` is known
-    only from the system's first call."""
-    return calling_system(lambda owner: callable(getattr(type(owner), "get_save_dir", None))
-                          and _save_dir_of(owner) is None) is not None
+def launcher_trial_dir() -> Optional[str]:
+    """The trial folder in threestudio's ``launch.py``, whose local ``cfg`` (the run's
+    ExperimentConfig, with ``trial_dir``) is on the call stack while it creates the system: a
+    system that makes its processor in ``configure`` (``prolificdreamer-system``) does so before
+    the launcher's ``set_save_dir``."""
+    frame = inspect.currentframe()
+    try:
+        while frame is not None:
+            cfg = frame.f_locals.get("cfg")
+            trial = getattr(cfg, "trial_dir", None) if cfg is not None else None
+            if isinstance(trial, str) and trial and getattr(cfg, "system_type", None):
+                return trial
+            frame = frame.f_back
+        return None
+    finally:
+        del frame
 
 
 def _save_dir_of(obj) -> Optional[str]:
@@ -279,20 +292,9 @@ class AntijanusPromptProcessorMixin:
         barrier()
         self.empty_text_embeddings = self.load_from_cache("")[None, ...]
 
-    def when_trial_dir_known(self, key: str, path: Optional[str], write: Callable[[str], None]) -> None:
-        """``write(path)`` with ``{trial_dir}`` expanded: now, or at the first call when the system
-        creating this processor has no trial folder yet (``system_before_its_trial_dir``)."""
-        if path and TRIAL_DIR in path and system_before_its_trial_dir():
-            self._pending_writes = [*getattr(self, "_pending_writes", []), (key, path, write)]
-        elif path:
-            write(expand_trial_dir(key, path))
-
     def __call__(self):
         output = super().__call__()
         output.empty_text_embeddings = self.empty_text_embeddings
-        pending, self._pending_writes = getattr(self, "_pending_writes", []), []
-        for key, path, write in pending:  # the system now calls from training_step: its folder is set
-            write(expand_trial_dir(key, path))
         return output
 
 

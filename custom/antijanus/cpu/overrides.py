@@ -21,9 +21,11 @@ import math
 import sys
 from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 
+import yaml
 from omegaconf import DictConfig, OmegaConf
 
 from ..utils.config_defaults import module_defaults
+from ..utils.errors import ConfigError
 
 PURE_TORCH_ENCODINGS = ("ProgressiveBandFrequency",)
 PURE_TORCH_NETWORKS = ("VanillaMLP", "SphereInitVanillaMLP")
@@ -44,7 +46,15 @@ class CPUUnsupported(RuntimeError):
 
 
 def load_merged_config(config_path: str, cli_overrides: Sequence[str] = ()) -> DictConfig:
-    """The YAML with the command-line overrides merged in, interpolations left unresolved."""
+    """The YAML with the command-line overrides merged in, interpolations left unresolved; an
+    override whose value is not YAML is a ConfigError naming it (e.g. an unquoted ``{...}``)."""
+    for override in cli_overrides:
+        try:
+            OmegaConf.from_cli([override])
+        except yaml.YAMLError as error:
+            key, _, value = override.partition("=")
+            raise ConfigError(key, value, f"not a YAML value ({str(error).splitlines()[0]}); quote it: "
+                                          f"{key}='\"{value}\"'") from None
     cfg = OmegaConf.merge(OmegaConf.load(config_path), OmegaConf.from_cli(list(cli_overrides)))
     assert isinstance(cfg, DictConfig)
     return cfg

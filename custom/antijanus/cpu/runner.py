@@ -162,7 +162,10 @@ def main(argv: Optional[List[str]] = None) -> None:
 
     overrides: List[str] = []
     if known.config and not os.environ.get(APPLIED_ENV):
-        overrides = prepared_overrides(known, [a for a in rest if "=" in a and not a.startswith("-")])
+        try:
+            overrides = prepared_overrides(known, [a for a in rest if "=" in a and not a.startswith("-")])
+        except ConfigError as error:  # e.g. an override that is not YAML: one line
+            sys.exit(f"antijanus: {error}")
     os.environ[LAUNCH_ENV] = launch
     os.environ[APPLIED_ENV] = "1"
     # the overrides first, so that the user's own key=value (later on the command line) win
