@@ -61,11 +61,13 @@ def fixed_draws(timesteps, noises):
     assert not timesteps and not noises
 
 
-def step(guidance, latents, prompt_utils, cams, draws):
+def step(guidance, latents, prompt_utils, cams, draws, loss="loss_vsd"):
+    """d loss / d latents of one step with the given draws (threestudio's unified guidance:
+    ``loss="loss_sd"``)."""
     x = latents.clone().requires_grad_(True)
     with fixed_draws(*draws):
         out = guidance(x, prompt_utils, **cams, rgb_as_latents=True)
-    out["loss_vsd"].backward()
+    out[loss].backward()
     return x.grad, out
 
 
@@ -218,7 +220,7 @@ def test_perp_neg_vsd_at_batch_1_equals_threestudios_unified_vsd(unified_pair, p
                                        cams["elevation"], cams["azimuth"], cams["camera_distances"])
     assert (plain - theirs_eps).abs().max() > 1e-3 * theirs_eps.abs().max()  # Perp-Neg acts
 
-    expected, reference_out = unified_step(reference, latents, perp_neg_prompt_utils, cams, draws)
+    expected, reference_out = step(reference, latents, perp_neg_prompt_utils, cams, draws, loss="loss_sd")
     got, out = step(ours, latents, perp_neg_prompt_utils, cams, draws)
     w = 1.0 - ours.engine.alphas_cumprod[t]  # ours (and stable-diffusion-vsd-guidance): 1 - abar_t
     assert_close(got / w, expected)  # unified with weighting uniform: w = 1
@@ -237,7 +239,7 @@ def test_unified_dreamfusion_weighting_is_one_minus_sqrt_abar(unified_pair, perp
     draws = ([t, torch.tensor([5])], [torch.randn(1, 4, 64, 64, generator=g), torch.randn(1, 4, 64, 64, generator=g)])
     reference.cfg.weighting_strategy = "dreamfusion"
     try:
-        dreamfusion, _ = unified_step(reference, latents, perp_neg_prompt_utils, cams, draws)
+        dreamfusion, _ = step(reference, latents, perp_neg_prompt_utils, cams, draws, loss="loss_sd")
     finally:
         reference.cfg.weighting_strategy = "uniform"
     got, _ = step(ours, latents, perp_neg_prompt_utils, cams, draws)
@@ -270,10 +272,3 @@ def prompt_utils_without_perp_neg(prompt_utils):
     return dataclasses.replace(prompt_utils, use_perp_neg=False)
 
 
-def unified_step(reference, latents, prompt_utils, cams, draws):
-    """d loss_sd / d latents of the unified guidance for one step with the given draws."""
-    x = latents.clone().requires_grad_(True)
-    with fixed_draws(*draws):
-        out = reference(x, prompt_utils, **cams, rgb_as_latents=True)
-    out["loss_sd"].backward()
-    return x.grad, out
