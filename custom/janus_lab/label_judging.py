@@ -6,7 +6,6 @@ frame labels, which tells a disagreement in the frames from one in the rule."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from typing import Dict, List, Mapping, Optional, Sequence
@@ -14,10 +13,10 @@ from typing import Dict, List, Mapping, Optional, Sequence
 import torch
 
 from .janus import judge_orbit, orbit_outcome
-from .judge import Judge
+from .judge import WEIGHTS, Judge
 from .label_agreement import (FACE_FIELDS, UNCLEAR, Labels, agreement, gate_verdict, judge_agreement)
 from .label_sets import SHOWN_AZIMUTHS, Item, item_images, read_manifest, shown_frame_indices
-from .model_files import model_path
+from .model_files import model_path, sha256
 from .orbits import orbit_azimuths
 from .volume_orbits import load_orbit_frames
 from .world import ATTRIBUTES, FRONT_ONLY, VIEWS
@@ -66,16 +65,6 @@ def rule_on_labelled_frames(ref: Labels) -> Dict[str, str]:
     return out
 
 
-def folder_digest(folder: str) -> str:
-    h = hashlib.sha256()
-    for name in sorted(os.listdir(folder)):
-        path = os.path.join(folder, name)
-        if os.path.isfile(path):
-            with open(path, "rb") as f:
-                h.update(name.encode() + f.read())
-    return h.hexdigest()[:16]
-
-
 def format_figures(name: str, figures: Mapping[str, Mapping[str, object]], gate: Optional[Mapping] = None) -> List[str]:
     lines = [f"### {name}", ""]
     for key, fig in figures.items():
@@ -91,7 +80,7 @@ def format_figures(name: str, figures: Mapping[str, Mapping[str, object]], gate:
 
 def evaluate_set(set_folder: str, judge_folder: Optional[str] = None) -> str:
     """The judge against the set's reference labels (``reference.json``, from ``merge``): writes
-    ``evaluation-<judge digest>.json`` in the set and returns a Markdown report."""
+    ``evaluation-<its weights' sha256, 16 digits>.json`` in the set and returns a Markdown report."""
     judge_folder = judge_folder or model_path("judge")
     with open(os.path.join(set_folder, "reference.json")) as f:
         ref = json.load(f)["labels"]
@@ -102,9 +91,10 @@ def evaluate_set(set_folder: str, judge_folder: Optional[str] = None) -> str:
     gate = gate_verdict(figures)
     rule = rule_on_labelled_frames(ref)
     rule_figure = agreement({i: ref[i]["outcome"] for i in rule}, rule)
-    digest = folder_digest(judge_folder)
+    identity = sha256(os.path.join(judge_folder, WEIGHTS))  # as a 3D run records its judge
+    digest = identity[:16]
     with open(os.path.join(set_folder, f"evaluation-{digest}.json"), "w") as f:
-        json.dump({"judge": judge_folder, "judge_digest": digest, "figures": figures, "gate": gate,
+        json.dump({"judge": judge_folder, "judge_identity": identity, "figures": figures, "gate": gate,
                    "rule_on_labelled_frames": rule_figure, "judged": judged}, f, indent=1)
     lines = [f"## The judge {judge_folder} (digest {digest}) on {set_folder}", ""]
     lines += format_figures("judge against the reference labels", figures, gate)

@@ -8,6 +8,7 @@ and, written by the labellers, ``labels-<name>.csv``; the sheets go to a separat
 
 from __future__ import annotations
 
+import functools
 import glob
 import json
 import os
@@ -63,7 +64,7 @@ def image_sources(view2d_outs: Sequence[str]) -> List[Dict[str, object]]:
     found = []
     for out in view2d_outs:
         path = os.path.join(out, "samples.pt")
-        records = torch.load(path)["records"]
+        records = samples_file(path)["records"]
         for index, record in enumerate(records):
             found.append({"source": f"{path}#{index}", **{k: record[k] for k in ("method", "kind", "view", "seed")}})
     return found
@@ -114,7 +115,18 @@ def item_images(item: Item) -> List[torch.Tensor]:
         frames = frames_from_uint8(torch.load(os.path.join(item.source, ORBIT_FRAMES)))
         return [frames[i] for i in shown_frame_indices(frames.shape[0])]
     path, index = item.source.rsplit("#", 1)
-    return [torch.load(path)["images"][int(index)].float() / 255.0]
+    return [samples_file(path)["images"][int(index)].float() / 255.0]
+
+
+def samples_file(path: str) -> Dict[str, object]:
+    """A 2D experiment's ``samples.pt``, read once for all its images (again when rewritten)."""
+    stat = os.stat(path)
+    return _load_samples(path, stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=4)
+def _load_samples(path: str, mtime_ns: int, size: int) -> Dict[str, object]:
+    return torch.load(path)
 
 
 def _paste(canvas: Image.Image, image: torch.Tensor, x: int, y: int, label: str) -> None:

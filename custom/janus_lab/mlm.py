@@ -40,7 +40,7 @@ from transformers import BertConfig, BertForMaskedLM, BertTokenizer
 
 from antijanus.utils.cache import save_safetensors
 from antijanus.utils.errors import ConfigError, require_probability
-from .data import ATTRIBUTE_WORDS, WorldBias, make_samples
+from .data import ATTRIBUTE_WORDS, WorldBias, caption_for, make_samples
 from .training import log_every
 from .vocab import write_wordpiece_vocab
 from .world import OPTIONAL_ATTRIBUTES
@@ -93,10 +93,10 @@ def caption_words(kind: str, named: Sequence[str], rephrase: bool, rng: random.R
     set's form ("a smiling striped bear wearing a hat", ``data.caption_for``) or, ``rephrase``,
     one of: the adjectives in a random order; "a bear that is smiling and striped"; the hat
     phrase "with a hat" instead of "wearing a hat"."""
+    if not rephrase:
+        return caption_for(kind, named).split()
     adjectives = [ATTRIBUTE_WORDS[a] for a in ("smiling", "striped") if a in named]
     hat = ["wearing", "a", ATTRIBUTE_WORDS["hat"]] if "hat" in named else []
-    if not rephrase:
-        return ["a", *adjectives, kind, *hat]
     form = rng.choice(("order", "clause", "with"))
     if form == "with" and hat:
         hat = ["with", "a", ATTRIBUTE_WORDS["hat"]]

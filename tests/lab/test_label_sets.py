@@ -180,3 +180,14 @@ def test_evaluate_set_judges_items_and_writes_the_gate(tmp_path):
     assert {i: saved["judged"][i]["outcome"] for i in truth} == truth
     assert saved["figures"]["frame_face"]["n"] == 24
     assert not saved["gate"]["passed"]  # no images labelled: the image figures are missing
+
+
+def test_a_rewritten_samples_file_is_read_again(tmp_path):
+    from janus_lab.label_sets import Item
+
+    path = tmp_path / "samples.pt"
+    item = Item("i000", "image", f"{path}#0", {})
+    for value in (10, 200):
+        torch.save({"images": torch.full((1, 3, 32, 32), value, dtype=torch.uint8), "records": []}, path)
+        os.utime(path, ns=(value, value))  # a new modification time, as a rewrite gives
+        assert round(float(item_images(item)[0].max()) * 255) == value
