@@ -21,6 +21,7 @@ the prior's samples; its captions are only as good as its predictions on such im
 
 from __future__ import annotations
 
+import json
 import os
 from typing import List, Optional
 
@@ -35,6 +36,20 @@ from .model_files import model_path
 from .world import ATTRIBUTES, KINDS, OPTIONAL_ATTRIBUTES, VIEWS
 
 ATTRIBUTE_THRESHOLD = 0.5  # the judge's own rule for "visible"
+PLUGIN_MARKER = "antijanus_captioner.json"  # prompting.captioning.PLUGIN_MARKER (that module imports transformers)
+
+
+def plugin_judge_folder(folder: str) -> Optional[str]:
+    """The judge folder a lab captioner plugin folder reads (None: not a lab captioner folder), so
+    that what depends on the captioner also depends on that judge's weights."""
+    config = os.path.join(folder, PLUGIN_MARKER)
+    if not os.path.isfile(config):
+        return None
+    with open(config) as f:
+        record = json.load(f)
+    if record.get("class") != f"{__name__}:{LabCaptioner.__name__}":
+        return None
+    return _judge_folder(folder, record.get("options", {}).get("judge"))
 
 
 def _judge_folder(folder: Optional[str], judge: Optional[str]) -> str:

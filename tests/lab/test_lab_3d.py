@@ -526,6 +526,25 @@ def _fake_models(root):
     return LabModels(**{name: str(folder) for name, folder in folders.items()})
 
 
+def test_a_retrained_captioner_judge_gives_other_keys(tmp_path):
+    """The lab captioner folder holds only its json; DNP's captions come from the judge it names.
+    Other weights there (or another judge named) give another experiment key; the lab judge (it
+    only judges) does not."""
+    import shutil
+
+    from janus_lab.locations import lab_root
+    from janus_lab.model_files import model_path
+
+    for name in ("captioner", "judge-v8", "judge"):
+        shutil.copytree(os.path.join(lab_root(), name), tmp_path / name)
+    models = LabModels(model_path("prior"), model_path("mlm"), str(tmp_path / "judge"), str(tmp_path / "captioner"))
+    key = Experiment(str(tmp_path / "out"), models=models).key()
+    (tmp_path / "judge" / "judge.safetensors").write_bytes(b"another lab judge")
+    assert Experiment(str(tmp_path / "out"), models=models).key() == key
+    (tmp_path / "judge-v8" / "judge.safetensors").write_bytes(b"retrained")
+    assert Experiment(str(tmp_path / "out"), models=models).key() != key
+
+
 def test_keys_depend_on_contents_not_on_paths(tmp_path, monkeypatch):
     """The same experiment with its models copied to another folder, and its configs too, has the
     same experiment and run keys; other weights, an edited config, another variant override or

@@ -11,6 +11,7 @@ from typing import Dict
 
 from antijanus.utils.cache import cache_key
 
+from ..captioner import plugin_judge_folder
 from ..judge import WEIGHTS
 from ..model_files import folder_fingerprint, sha256
 from .lab_models import TRAINING_MODELS, LabModels
@@ -19,9 +20,14 @@ from .variants import REPRESENTATION_CONFIG, Variant, config_path
 
 
 def model_identity(model: str) -> str:
-    """A model folder's fingerprint (its files' names and contents); a name that is no folder (a
-    hub model id) stands for itself."""
-    return folder_fingerprint(model) if os.path.isdir(model) else f"name:{model}"
+    """A model folder's fingerprint (its files' names and contents; a lab captioner folder also
+    the weights of the judge it reads); a name that is no folder (a hub model id) stands for itself."""
+    if not os.path.isdir(model):
+        return f"name:{model}"
+    judge = plugin_judge_folder(model)
+    if judge is None:
+        return folder_fingerprint(model)
+    return cache_key(folder=folder_fingerprint(model), judge=judge_identity(judge))
 
 
 def judge_identity(folder: str) -> str:
