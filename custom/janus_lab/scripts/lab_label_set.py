@@ -12,6 +12,9 @@ seventh entry). Run from the repository root:
         --labellers first second [--third third]
     # 3. the judge against the reference (only after the labels are committed)
     python custom/janus_lab/scripts/lab_label_set.py evaluate --set custom/janus_lab/validation/set-a
+    # 4. a judge's face verdict calibrated on a development set (its labels), cross-validated there
+    python custom/janus_lab/scripts/lab_label_set.py calibrate --set custom/janus_lab/validation/set-a \
+        --judge custom/janus_lab/models/judge-v9 --out custom/janus_lab/models/judge-v10
 """
 
 import argparse
@@ -21,7 +24,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))  # custom/ of this checkout
 
-from janus_lab.cli_args import existing_folder, refuse_repeats, require_output_folder  # noqa: E402
+from janus_lab.cli_args import (existing_folder, integer_at_least, number_in, refuse_repeats,  # noqa: E402
+                                require_output_folder)
 
 
 def sheets(args) -> int:
@@ -72,6 +76,17 @@ def evaluate(args) -> int:
     return 0
 
 
+def calibrate(args) -> int:
+    from janus_lab import judge_calibration  # deferred: loads the judge
+    decay = judge_calibration.WEIGHT_DECAY if args.weight_decay is None else args.weight_decay
+    record = judge_calibration.calibrate(args.judge, args.set, args.out, decay, args.folds)["calibration"]
+    print(f"{record['frames']} frames and {record['images']} images ({record['faces']} with a face); "
+          f"weight decay {decay}; written {args.out}")
+    print(f"cross-validated on {args.set} ({args.folds} folds of whole orbits): " +
+          ", ".join(f"{k} {v:.3f}" for k, v in record["cross_validated"].items() if k != "folds"))
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -87,14 +102,25 @@ def main(argv=None) -> int:
     p = sub.add_parser("evaluate", help="the judge against the reference labels: the gate")
     p.add_argument("--set", required=True, type=existing_folder)
     p.add_argument("--judge", type=existing_folder, default=None, help="a judge folder (default: the committed judge)")
+    p = sub.add_parser("calibrate", help="a judge with its face verdict fit to a development set's labels")
+    p.add_argument("--set", required=True, type=existing_folder)
+    p.add_argument("--judge", required=True, type=existing_folder, help="the judge folder to calibrate")
+    p.add_argument("--out", required=True, help="the calibrated judge's folder (new)")
+    p.add_argument("--weight-decay", type=number_in(0.0, low_open=True), default=None, help="the probe's L2 weight (default 1e-3)")
+    p.add_argument("--folds", type=integer_at_least(2), default=8,
+                   help="cross-validation folds on the set (default 8)")
     args = parser.parse_args(argv)
     if args.command == "sheets":
         refuse_repeats(parser, args, ["--runs", "--view2d"])
         for option, path in (("--set", args.set), ("--sheets", args.sheets)):
             require_output_folder(parser, option, path)
+    if args.command == "calibrate":
+        if os.path.exists(os.path.join(args.out, "judge.safetensors")):
+            parser.error(f"argument --out: {args.out} already holds a judge; name a new folder")
+        require_output_folder(parser, "--out", args.out)
     if args.command == "merge":
         refuse_repeats(parser, args, ["--labellers"])
-    return {"sheets": sheets, "merge": merge, "evaluate": evaluate}[args.command](args)
+    return {"sheets": sheets, "merge": merge, "evaluate": evaluate, "calibrate": calibrate}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,105 @@
+"""The judge's face verdict calibrated on a labelled set (janus_lab.judge_calibration,
+scripts/lab_label_set.py calibrate): the probe, the calibrated judge folder, the command."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from janus_lab.judge import Judge
+from janus_lab.judge_calibration import calibrate, fit_probe, judge_features
+from janus_lab.label_sets import SHOWN_AZIMUTHS, make_items, orbit_sources, write_manifest
+from janus_lab.model_files import model_path
+from janus_lab.world import ATTRIBUTES, FRONT_ONLY
+from tests.helpers import REPO
+from tests.lab.test_label_sets import fake_run
+
+SCRIPT = os.path.join(REPO, "custom", "janus_lab", "scripts", "lab_label_set.py")
+
+
+def test_probe_separates_and_is_expressed_on_raw_features():
+    torch.manual_seed(0)
+    x = torch.randn(200, 3) * torch.tensor([5.0, 0.1, 30.0]) + torch.tensor([0.0, 2.0, -7.0])
+    y = (x[:, 0] > 1.0).float()
+    w, b = fit_probe(x, y, 1e-4)
+    assert ((x @ w + b > 0).float() == y).float().mean() >= 0.98
+    assert w[0] > 0 and abs(float(w[0])) > 10 * abs(float(w[1] * 0.1))
+    with pytest.raises(ValueError, match="both labels"):
+        fit_probe(x, torch.ones(200), 1e-3)
+
+
+@pytest.fixture
+def labelled_set(tmp_path):
+    """Two world orbits (one face in front; faces front and back) labelled as a person would."""
+    from janus_lab.orbits import orbit_azimuths, render_creature_orbit
+    from janus_lab.volume_orbits import save_orbit
+    from janus_lab.world import Creature
+
+    torch.set_num_threads(1)
+    runs = tmp_path / "runs"
+    for name, kind, two_faced in (("one", "bear", False), ("two", "bear", True), ("three", "frog", False)):
+        folder = fake_run(runs, name, f"a {kind}", 60, 0)
+        save_orbit(str(folder), render_creature_orbit(Creature(kind), orbit_azimuths(36), two_faced=two_faced,
+                                                      elevation=15.0))
+    items = make_items(orbit_sources([str(runs)]), [])
+    folder = tmp_path / "set"
+    write_manifest(items, str(folder))
+    ref = {}
+    for item in items:
+        two = item.meta["variant"] == "two"
+        ref[item.id] = {"outcome": "janus" if two else "one_face_front",
+                        **{f"face_{a:03d}": "yes" if a in (0, 30, 330) or (two and a in (150, 180, 210)) else "no"
+                           for a in SHOWN_AZIMUTHS}}
+    ref[items[0].id]["face_090"] = "unclear"  # left out of the examples
+    (folder / "reference.json").write_text(json.dumps({"labels": ref}))
+    return str(folder), ref
+
+
+def test_calibrated_judge_gives_the_probe_verdict_and_keeps_the_rest(labelled_set, tmp_path):
+    set_folder, ref = labelled_set
+    base = model_path("judge")
+    out = str(tmp_path / "calibrated")
+    record = calibrate(base, set_folder, out, folds=3)["calibration"]
+    assert record["frames"] == 35 and record["images"] == 0 and record["faces"] == 12
+    assert set(record["cross_validated"]) == {"folds", "frame_face", "outcome", "janus"}
+    before, after = Judge.load(base), Judge.load(out)
+    rows = [ATTRIBUTES.index(a) for a in FRONT_ONLY]
+    kept = [i for i in range(len(ATTRIBUTES)) if i not in rows]
+    for name, tensor in before.net.state_dict().items():
+        if not name.startswith("attributes."):
+            assert torch.equal(tensor, after.net.state_dict()[name]), name
+    assert torch.equal(before.net.attributes.weight[kept], after.net.attributes.weight[kept])
+    assert torch.equal(after.net.attributes.weight[rows[0]], after.net.attributes.weight[rows[1]])
+    # in-sample the probe reproduces every labelled frame of these clean orbits
+    from janus_lab.label_judging import judged_labels
+    from janus_lab.label_sets import read_manifest
+    judged = judged_labels(read_manifest(set_folder), after)
+    for item, labels in ref.items():
+        assert judged[item]["outcome"] == labels["outcome"]
+        assert all(judged[item][f] == v for f, v in labels.items() if f != "outcome" and v != "unclear")
+    # the features the probe reads are the judge's own hidden layer
+    frames = torch.rand(2, 3, 32, 32)
+    logits = after.net(frames * 1.0)["attributes"]
+    assert torch.allclose(logits[:, rows[0]], judge_features(after.net, frames) @ after.net.attributes.weight[rows[0]]
+                          + after.net.attributes.bias[rows[0]], atol=1e-5)
+
+
+def run_script(*args):
+    return subprocess.run([sys.executable, SCRIPT, *args], cwd=REPO, capture_output=True, text=True, timeout=300)
+
+
+def test_calibrate_command(labelled_set, tmp_path):
+    set_folder, _ = labelled_set
+    out = run_script("calibrate", "--set", set_folder, "--judge", model_path("judge"), "--out", str(tmp_path / "j"),
+                     "--folds", "3")
+    assert out.returncode == 0, out.stderr
+    assert "35 frames and 0 images (12 with a face)" in out.stdout and "frame_face" in out.stdout
+    assert os.path.isfile(tmp_path / "j" / "judge.safetensors")
+    again = run_script("calibrate", "--set", set_folder, "--judge", model_path("judge"), "--out", str(tmp_path / "j"))
+    assert again.returncode == 2 and "--out" in again.stderr
+    zero = run_script("calibrate", "--set", set_folder, "--judge", model_path("judge"), "--out", str(tmp_path / "k"),
+                      "--weight-decay", "0")
+    assert zero.returncode == 2 and "--weight-decay" in zero.stderr
