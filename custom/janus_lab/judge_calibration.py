@@ -1,21 +1,27 @@
-"""The judge's face verdict calibrated on labelled method outputs (preregistration.md, ninth entry).
+"""The judge's face verdict calibrated on labelled method outputs (preregistration.md, ninth and
+tenth entries).
 
-A linear probe of the judge's 256-d features (``JudgeNet.hidden``) is fit to the reference
-"face visible" labels of a development set (every decided frame of its orbits and every decided
-image): L2-regularised logistic regression on standardised features. It is written into the
-judge's ``face`` and ``smiling`` rows (the front-only attributes, ``world.FRONT_ONLY``), so a
-calibrated judge is a judge folder like any other and "a front-only attribute visible" is the
-probe's verdict at the judge's own 0.5. Everything else of the judge (view, kind, other
-attributes, camera) is unchanged. ``cross_validate`` estimates the gate's 3D figures on the
-development set itself (folds of whole orbits), before any other set is judged.
+A linear probe of the judge's 256-d features (``JudgeNet.hidden``) is fit to the labellers'
+"face visible" on development sets (every shown frame of their orbits, every image):
+L2-regularised logistic regression on standardised features, its target either the reference
+label (``targets="reference"``, judge v10) or the share of labellers who said "yes"
+(``targets="votes"``, judge v11: the probability that a person sees a face). With a
+``threshold`` t the probe says "face" where that probability exceeds t. It is written into the
+judge's ``face`` and ``smiling`` rows (the front-only attributes, ``world.FRONT_ONLY``), its bias
+shifted by logit(t), so a calibrated judge is a judge folder like any other and "a front-only
+attribute visible" is the probe's verdict at the judge's own 0.5. The rest of the judge (view,
+kind, other attributes, camera) is unchanged. ``cross_validate`` estimates the gate's figures on
+the development sets (folds of whole orbits; and each set judged by a probe fit on the others,
+i.e. by other people's labels) before any other set is judged.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -23,7 +29,7 @@ from torch import Tensor
 
 from .janus import orbit_outcome
 from .judge import WEIGHTS, Judge, JudgeNet, save_judge
-from .label_agreement import FACE_FIELDS, UNCLEAR, is_janus
+from .label_agreement import FACE_FIELDS, UNCLEAR, is_janus, labeller_files
 from .label_sets import Item, item_images, read_manifest, shown_frame_indices
 from .model_files import sha256
 from .orbits import orbit_azimuths
@@ -31,6 +37,7 @@ from .volume_orbits import load_orbit_frames
 from .world import ATTRIBUTES, FRONT_ONLY, IMAGE_SIZE
 
 WEIGHT_DECAY = 1e-3  # the ninth entry's choice (grouped cross-validation on set A)
+TARGETS = ("reference", "votes")
 
 
 @torch.no_grad()
@@ -43,8 +50,9 @@ def judge_features(net: JudgeNet, images: Tensor) -> Tensor:
 
 
 def fit_probe(features: Tensor, labels: Tensor, weight_decay: float = WEIGHT_DECAY) -> Tuple[Tensor, Tensor]:
-    """Logistic regression of ``labels`` [N] (0 / 1) on ``features`` [N, D], standardised, with
-    ``weight_decay`` * |w|^2; returns (weight [D], bias []) on the raw features."""
+    """Logistic regression of ``labels`` [N] (in [0, 1]: 0 / 1 or a share of votes) on ``features``
+    [N, D], standardised, with ``weight_decay`` * |w|^2; returns (weight [D], bias []) on the raw
+    features."""
     if labels.min() == labels.max():
         raise ValueError("a probe needs both labels (face and no face) among its examples")
     mean, std = features.mean(0), features.std(0) + 1e-4
@@ -65,89 +73,152 @@ def fit_probe(features: Tensor, labels: Tensor, weight_decay: float = WEIGHT_DEC
 
 
 class Orbit:
-    """An orbit item's features (all frames), azimuths and reference frame labels."""
+    """An orbit item's features (all frames), azimuths, reference labels and face targets."""
 
-    def __init__(self, item: Item, net: JudgeNet, labels: Dict[str, str]) -> None:
+    def __init__(self, item: Item, net: JudgeNet, labels: Dict[str, str], targets: Dict[str, float]) -> None:
         frames = load_orbit_frames(item.source)
         self.id, self.features = item.id, judge_features(net, frames)
         self.azimuths = [float(a) for a in orbit_azimuths(frames.shape[0])]
-        self.shown = shown_frame_indices(frames.shape[0])
-        self.labels = labels
+        self.shown = dict(zip(FACE_FIELDS, shown_frame_indices(frames.shape[0])))
+        self.labels, self.targets = labels, targets
 
     def decided(self) -> List[Tuple[int, float]]:
         """(frame index, 1.0 face / 0.0 no face) of every shown frame the reference decides."""
-        return [(i, float(self.labels[f] == "yes"))
-                for i, f in zip(self.shown, FACE_FIELDS) if self.labels.get(f, UNCLEAR) != UNCLEAR]
+        return [(self.shown[f], float(self.labels[f] == "yes")) for f in FACE_FIELDS
+                if self.labels.get(f, UNCLEAR) != UNCLEAR]
 
     def examples(self) -> List[Tuple[Tensor, float]]:
-        return [(self.features[i], y) for i, y in self.decided()]
+        return [(self.features[self.shown[f]], y) for f, y in self.targets.items()]
 
 
-def load_set(set_folder: str, net: JudgeNet) -> Tuple[List[Orbit], List[Tuple[str, Tensor, float]]]:
-    """The set's referenced orbits and its decided images (id, features, face label)."""
-    with open(os.path.join(set_folder, "reference.json")) as f:
-        ref = json.load(f)["labels"]
-    items = [i for i in read_manifest(set_folder) if i.id in ref]
-    orbits = [Orbit(i, net, ref[i.id]) for i in items if i.kind == "orbit"]
-    images = [i for i in items if i.kind == "image" and ref[i.id].get("face", UNCLEAR) != UNCLEAR]
-    feats = judge_features(net, torch.stack([item_images(i)[0] for i in images])) if images else torch.zeros(0, 256)
-    return orbits, [(i.id, feats[k], float(ref[i.id]["face"] == "yes")) for k, i in enumerate(images)]
+class LabelledSet:
+    """A labelled set's orbits and images as features, reference labels and face targets."""
+
+    def __init__(self, folder: str, net: JudgeNet, targets: str) -> None:
+        if targets not in TARGETS:
+            raise ValueError(f"targets must be one of {TARGETS}, not {targets!r}")
+        with open(os.path.join(folder, "reference.json")) as f:
+            ref = json.load(f)["labels"]
+        votes = labeller_files(folder)
+        items = [i for i in read_manifest(folder) if i.id in ref]
+        self.folder = folder
+        self.orbits = [Orbit(i, net, ref[i.id], face_targets(i.id, FACE_FIELDS, ref, votes, targets))
+                       for i in items if i.kind == "orbit"]
+        images = [i for i in items if i.kind == "image"]
+        feats = judge_features(net, torch.stack([item_images(i)[0] for i in images])) if images else None
+        self.images = [(i.id, feats[k], ref[i.id].get("face", UNCLEAR), face_targets(i.id, ("face",), ref, votes, targets))
+                       for k, i in enumerate(images)]
+
+    def examples(self, orbit_ids=None, image_ids=None) -> List[Tuple[Tensor, float]]:
+        out = [e for o in self.orbits if orbit_ids is None or o.id in orbit_ids for e in o.examples()]
+        return out + [(f, y) for iid, f, _, t in self.images if image_ids is None or iid in image_ids for y in t.values()]
 
 
-def _stack(examples) -> Tuple[Tensor, Tensor]:
-    return torch.stack([e[0] for e in examples]), torch.tensor([e[1] for e in examples])
+def face_targets(item: str, fields: Sequence[str], ref, votes, targets: str) -> Dict[str, float]:
+    """field -> target: the reference's yes / no (1 / 0; unclear left out), or the share of the
+    labellers' yes among their yes / no votes (no vote: left out)."""
+    out = {}
+    for field in fields:
+        if targets == "reference":
+            if ref[item].get(field, UNCLEAR) != UNCLEAR:
+                out[field] = float(ref[item][field] == "yes")
+            continue
+        said = [labels[item][field] for labels in votes.values() if item in labels and field in labels[item]]
+        said = [v for v in said if v != UNCLEAR]
+        if said:
+            out[field] = sum(v == "yes" for v in said) / len(said)
+    return out
 
 
-def fit_on(orbits: List[Orbit], images, weight_decay: float) -> Tuple[Tensor, Tensor]:
-    return fit_probe(*_stack([e for o in orbits for e in o.examples()] + [(f, y) for _, f, y in images]), weight_decay)
+def fit_on(examples: List[Tuple[Tensor, float]], weight_decay: float, threshold: float) -> Tuple[Tensor, Tensor]:
+    """The probe on ``examples`` with the face threshold folded into its bias."""
+    weight, bias = fit_probe(torch.stack([e[0] for e in examples]), torch.tensor([e[1] for e in examples]),
+                             weight_decay)
+    return weight, bias - math.log(threshold / (1.0 - threshold))
 
 
-def cross_validate(orbits: List[Orbit], images, weight_decay: float = WEIGHT_DECAY, folds: int = 8,
-                   seed: int = 0) -> Dict[str, float]:
-    """The gate's figures on the development set, each item judged by a probe fit without its fold
-    (orbits in ``folds`` random folds, images likewise): frame face, orbit outcome (the metric's
-    rule on all frames), Janus / not, image face; clear reference items only."""
-    order = sorted(o.id for o in orbits)
-    random.Random(seed).shuffle(order)
-    fold = {oid: k % folds for k, oid in enumerate(order)}
-    image_fold = {iid: k % folds for k, (iid, _, _) in enumerate(sorted(images, key=lambda e: e[0]))}
+def score(sets: Sequence[LabelledSet], probe, orbit_ids=None, image_ids=None) -> Dict[str, List[bool]]:
+    """The gate's 3D figures and image face as hit lists, on the chosen items, against the reference."""
+    w, b = probe
     hits = {"frame_face": [], "outcome": [], "janus": [], "image_face": []}
-    for k in range(folds):
-        w, b = fit_on([o for o in orbits if fold[o.id] != k], [e for e in images if image_fold[e[0]] != k], weight_decay)
-        for o in (o for o in orbits if fold[o.id] == k):
+    for s in sets:
+        for o in (o for o in s.orbits if orbit_ids is None or (s.folder, o.id) in orbit_ids):
             face = (o.features @ w + b) > 0
             hits["frame_face"] += [bool(face[i]) == (y == 1.0) for i, y in o.decided()]
             if o.labels["outcome"] != UNCLEAR:
                 outcome = orbit_outcome(o.azimuths, face.tolist())
                 hits["outcome"].append(outcome == o.labels["outcome"])
                 hits["janus"].append(is_janus(outcome) == is_janus(o.labels["outcome"]))
-        hits["image_face"] += [bool(f @ w + b > 0) == (y == 1.0) for iid, f, y in images if image_fold[iid] == k]
+        hits["image_face"] += [bool(f @ w + b > 0) == (label == "yes") for iid, f, label, _ in s.images
+                               if label != UNCLEAR and (image_ids is None or (s.folder, iid) in image_ids)]
+    return hits
+
+
+def _rates(hits: Dict[str, List[bool]]) -> Dict[str, float]:
     return {key: sum(v) / len(v) for key, v in hits.items() if v}
 
 
-def calibrate(judge_folder: str, set_folder: str, out_folder: str, weight_decay: float = WEIGHT_DECAY,
-              folds: int = 8) -> Dict[str, object]:
-    """Fit the probe on the whole set, write the calibrated judge to ``out_folder``, return its record
+def _split_examples(sets, orbit_ids, image_ids):
+    return [e for s in sets for e in s.examples({o for f, o in orbit_ids if f == s.folder},
+                                                  {i for f, i in image_ids if f == s.folder})]
+
+
+def cross_validate(sets: Sequence[LabelledSet], weight_decay: float = WEIGHT_DECAY, threshold: float = 0.5,
+                   folds: int = 8, seed: int = 0) -> Dict[str, Dict[str, float]]:
+    """The gate's figures on the development sets, each item judged by a probe fit without it:
+    ``pooled`` (whole orbits, and images, in ``folds`` random folds over all sets) and, with two sets
+    or more, ``across_sets`` (each set judged by a probe fit on the others: other labellers)."""
+    orbits = sorted((s.folder, o.id) for s in sets for o in s.orbits)
+    images = sorted((s.folder, i[0]) for s in sets for i in s.images)
+    random.Random(seed).shuffle(orbits)
+    fold = {key: k % folds for k, key in enumerate(orbits)}
+    fold.update({key: k % folds for k, key in enumerate(images)})
+    pooled = {"frame_face": [], "outcome": [], "janus": [], "image_face": []}
+    for k in range(folds):
+        train = [key for key in orbits + images if fold[key] != k]
+        probe = fit_on(_split_examples(sets, set(train) & set(orbits), set(train) & set(images)), weight_decay, threshold)
+        for key, v in score(sets, probe, {x for x in orbits if fold[x] == k}, {x for x in images if fold[x] == k}).items():
+            pooled[key] += v
+    out = {"pooled": _rates(pooled)}
+    if len(sets) > 1:
+        across = {key: [] for key in pooled}
+        for held in sets:
+            others = [s for s in sets if s is not held]
+            probe = fit_on([e for s in others for e in s.examples()], weight_decay, threshold)
+            for key, v in score([held], probe).items():
+                across[key] += v
+        out["across_sets"] = _rates(across)
+    return out
+
+
+def calibrate(judge_folder: str, set_folders: Sequence[str], out_folder: str, weight_decay: float = WEIGHT_DECAY,
+              threshold: float = 0.5, targets: str = "reference", folds: int = 8) -> Dict[str, object]:
+    """Fit the probe on all the sets, write the calibrated judge to ``out_folder``, return its record
     (with the cross-validated figures)."""
+    if not 0.0 < threshold < 1.0:
+        raise ValueError(f"threshold must be in (0, 1), not {threshold}")
     torch.set_num_threads(1)
     judge = Judge.load(judge_folder)
-    orbits, images = load_set(set_folder, judge.net)
-    cv = cross_validate(orbits, images, weight_decay, folds)
-    weight, bias = fit_on(orbits, images, weight_decay)
+    sets = [LabelledSet(folder, judge.net, targets) for folder in set_folders]
+    cv = cross_validate(sets, weight_decay, threshold, folds)
+    examples = [e for s in sets for e in s.examples()]
+    weight, bias = fit_on(examples, weight_decay, threshold)
     net = judge.net
     with torch.no_grad():
         for attribute in FRONT_ONLY:
             net.attributes.weight[ATTRIBUTES.index(attribute)] = weight
             net.attributes.bias[ATTRIBUTES.index(attribute)] = bias
-    examples = [e for o in orbits for e in o.examples()] + [(f, y) for _, f, y in images]
     record = dict(judge.record)
     record["calibration"] = {
         "what": f"rows {list(FRONT_ONLY)} of the attribute head replaced by one linear probe of the hidden "
-                "features, fit to the labelled 'face visible' of the set (janus_lab.judge_calibration)",
+                "features, fit to the labelled 'face visible' of the sets (janus_lab.judge_calibration)",
         "base_judge": judge_folder, "base_weights_sha256": sha256(os.path.join(judge_folder, WEIGHTS)),
-        "set": set_folder, "reference_sha256": sha256(os.path.join(set_folder, "reference.json")),
-        "weight_decay": weight_decay, "frames": sum(len(o.examples()) for o in orbits), "images": len(images),
-        "faces": int(sum(y for _, y in examples)), "cross_validated": {"folds": folds, **cv},
+        "sets": {folder: sha256(os.path.join(folder, "reference.json")) for folder in set_folders},
+        "targets": targets, "weight_decay": weight_decay, "threshold": threshold,
+        "frames": sum(len(o.targets) for s in sets for o in s.orbits),
+        "images": sum(len(t) for s in sets for *_, t in s.images),
+        "faces": round(float(sum(y for _, y in examples)), 3),
+        "cross_validated": {"folds": folds, **cv},
     }
     save_judge(net, record, out_folder)
     return record

@@ -2,6 +2,7 @@
 scripts/lab_label_set.py calibrate): the probe, the calibrated judge folder, the command."""
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -62,9 +63,10 @@ def test_calibrated_judge_gives_the_probe_verdict_and_keeps_the_rest(labelled_se
     set_folder, ref = labelled_set
     base = model_path("judge")
     out = str(tmp_path / "calibrated")
-    record = calibrate(base, set_folder, out, folds=3)["calibration"]
+    record = calibrate(base, [set_folder], out, folds=3)["calibration"]
     assert record["frames"] == 35 and record["images"] == 0 and record["faces"] == 12
-    assert set(record["cross_validated"]) == {"folds", "frame_face", "outcome", "janus"}
+    assert set(record["cross_validated"]) == {"folds", "pooled"}
+    assert set(record["cross_validated"]["pooled"]) == {"frame_face", "outcome", "janus"}
     before, after = Judge.load(base), Judge.load(out)
     rows = [ATTRIBUTES.index(a) for a in FRONT_ONLY]
     kept = [i for i in range(len(ATTRIBUTES)) if i not in rows]
@@ -96,10 +98,44 @@ def test_calibrate_command(labelled_set, tmp_path):
     out = run_script("calibrate", "--set", set_folder, "--judge", model_path("judge"), "--out", str(tmp_path / "j"),
                      "--folds", "3")
     assert out.returncode == 0, out.stderr
-    assert "35 frames and 0 images (12 with a face)" in out.stdout and "frame_face" in out.stdout
+    assert "35 frames and 0 images (12.0 faces, targets reference)" in out.stdout and "frame_face" in out.stdout
     assert os.path.isfile(tmp_path / "j" / "judge.safetensors")
     again = run_script("calibrate", "--set", set_folder, "--judge", model_path("judge"), "--out", str(tmp_path / "j"))
     assert again.returncode == 2 and "--out" in again.stderr
     zero = run_script("calibrate", "--set", set_folder, "--judge", model_path("judge"), "--out", str(tmp_path / "k"),
                       "--weight-decay", "0")
     assert zero.returncode == 2 and "--weight-decay" in zero.stderr
+
+
+def test_vote_targets_threshold_and_other_sets(labelled_set, tmp_path):
+    """Targets from the labellers' votes (share of yes), the threshold folded into the bias, a
+    second set judged by a probe fit on the first (across_sets)."""
+    import shutil
+
+    set_folder, ref = labelled_set
+    items = sorted(ref)
+    header = "id,outcome," + ",".join(f"face_{a:03d}" for a in SHOWN_AZIMUTHS) + "\n"
+    rows = {name: header + "".join(
+        f"{i},{ref[i]['outcome']}," + ",".join(
+            ("no" if name == "bob" and a == 30 else ref[i][f"face_{a:03d}"]) for a in SHOWN_AZIMUTHS) + "\n"
+        for i in items) for name in ("ann", "bob")}
+    for name, text in rows.items():
+        with open(os.path.join(set_folder, f"labels-{name}-orbits.csv"), "w") as f:
+            f.write(text)
+    base = model_path("judge")
+    votes = calibrate(base, [set_folder], str(tmp_path / "v"), targets="votes", folds=3)["calibration"]
+    # 35 voted frames (face_090 of one orbit: both said unclear); at 30 degrees ann said yes and
+    # bob no: 0.5 on each orbit
+    assert votes["frames"] == 35 and votes["faces"] == 12 - 3 * 0.5
+    shifted = calibrate(base, [set_folder], str(tmp_path / "t"), targets="votes", threshold=0.7, folds=3)
+    a, b = Judge.load(str(tmp_path / "v")).net, Judge.load(str(tmp_path / "t")).net
+    face = ATTRIBUTES.index("face")
+    assert torch.allclose(a.attributes.weight[face], b.attributes.weight[face])
+    assert float(a.attributes.bias[face] - b.attributes.bias[face]) == pytest.approx(math.log(0.7 / 0.3), abs=1e-2)
+    assert shifted["calibration"]["threshold"] == 0.7
+    other = tmp_path / "other"
+    shutil.copytree(set_folder, other)
+    both = calibrate(base, [set_folder, str(other)], str(tmp_path / "b"), folds=2)["calibration"]
+    assert set(both["cross_validated"]) == {"folds", "pooled", "across_sets"}
+    with pytest.raises(ValueError, match="threshold"):
+        calibrate(base, [set_folder], str(tmp_path / "x"), threshold=1.0)

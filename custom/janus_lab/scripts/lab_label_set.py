@@ -12,9 +12,10 @@ seventh entry). Run from the repository root:
         --labellers first second [--third third]
     # 3. the judge against the reference (only after the labels are committed)
     python custom/janus_lab/scripts/lab_label_set.py evaluate --set custom/janus_lab/validation/set-a
-    # 4. a judge's face verdict calibrated on a development set (its labels), cross-validated there
+    # 4. a judge's face verdict calibrated on development sets (their labels), cross-validated there
     python custom/janus_lab/scripts/lab_label_set.py calibrate --set custom/janus_lab/validation/set-a \
-        --judge custom/janus_lab/models/judge-v9 --out custom/janus_lab/models/judge-v10
+        custom/janus_lab/validation/set-b --judge custom/janus_lab/models/judge-v9 --targets votes \
+        --weight-decay 0.01 --threshold 0.7 --out custom/janus_lab/models/judge-v11
 """
 
 import argparse
@@ -79,11 +80,14 @@ def evaluate(args) -> int:
 def calibrate(args) -> int:
     from janus_lab import judge_calibration  # deferred: loads the judge
     decay = judge_calibration.WEIGHT_DECAY if args.weight_decay is None else args.weight_decay
-    record = judge_calibration.calibrate(args.judge, args.set, args.out, decay, args.folds)["calibration"]
-    print(f"{record['frames']} frames and {record['images']} images ({record['faces']} with a face); "
-          f"weight decay {decay}; written {args.out}")
-    print(f"cross-validated on {args.set} ({args.folds} folds of whole orbits): " +
-          ", ".join(f"{k} {v:.3f}" for k, v in record["cross_validated"].items() if k != "folds"))
+    record = judge_calibration.calibrate(args.judge, args.set, args.out, decay, args.threshold, args.targets,
+                                         args.folds)["calibration"]
+    print(f"{record['frames']} frames and {record['images']} images ({record['faces']} faces, targets "
+          f"{record['targets']}); weight decay {decay}, threshold {args.threshold}; written {args.out}")
+    for name, figures in record["cross_validated"].items():
+        if name != "folds":
+            print(f"cross-validated, {name} ({args.folds} folds of whole orbits; across_sets: each set judged by a "
+                  "probe fit on the others): " + ", ".join(f"{k} {v:.3f}" for k, v in figures.items()))
     return 0
 
 
@@ -102,11 +106,15 @@ def main(argv=None) -> int:
     p = sub.add_parser("evaluate", help="the judge against the reference labels: the gate")
     p.add_argument("--set", required=True, type=existing_folder)
     p.add_argument("--judge", type=existing_folder, default=None, help="a judge folder (default: the committed judge)")
-    p = sub.add_parser("calibrate", help="a judge with its face verdict fit to a development set's labels")
-    p.add_argument("--set", required=True, type=existing_folder)
+    p = sub.add_parser("calibrate", help="a judge with its face verdict fit to development sets' labels")
+    p.add_argument("--set", required=True, nargs="+", type=existing_folder, help="the development sets")
     p.add_argument("--judge", required=True, type=existing_folder, help="the judge folder to calibrate")
     p.add_argument("--out", required=True, help="the calibrated judge's folder (new)")
     p.add_argument("--weight-decay", type=number_in(0.0, low_open=True), default=None, help="the probe's L2 weight (default 1e-3)")
+    p.add_argument("--targets", choices=("reference", "votes"), default="reference",
+                   help="fit the reference label, or the share of labellers who saw a face (default reference)")
+    p.add_argument("--threshold", type=number_in(0.0, 1.0, low_open=True, high_open=True), default=0.5,
+                   help="'face' where the probe's probability exceeds this (default 0.5)")
     p.add_argument("--folds", type=integer_at_least(2), default=8,
                    help="cross-validation folds on the set (default 8)")
     args = parser.parse_args(argv)
@@ -115,6 +123,7 @@ def main(argv=None) -> int:
         for option, path in (("--set", args.set), ("--sheets", args.sheets)):
             require_output_folder(parser, option, path)
     if args.command == "calibrate":
+        refuse_repeats(parser, args, ["--set"])
         if os.path.exists(os.path.join(args.out, "judge.safetensors")):
             parser.error(f"argument --out: {args.out} already holds a judge; name a new folder")
         require_output_folder(parser, "--out", args.out)
