@@ -4,7 +4,7 @@ paired yes/no outcomes (one implementation each, used by every table of the lab)
 from __future__ import annotations
 
 import math
-from typing import Sequence, Tuple
+from typing import List, Sequence, Tuple
 
 
 def wilson(successes: int, n: int, z: float = 1.96) -> Tuple[float, float]:
@@ -34,3 +34,15 @@ def mcnemar_exact(only_first: int, only_second: int) -> float:
         return 1.0
     tail = sum(math.comb(n, k) for k in range(min(only_first, only_second) + 1)) / 2 ** n  # exact ints: no overflow
     return min(1.0, 2.0 * tail)
+
+
+def holm(pvalues: Sequence[float]) -> List[float]:
+    """Holm's step-down adjustment of ``pvalues`` (family-wise error), in their order; NaN stays NaN
+    and does not count in the family."""
+    finite = sorted((p, i) for i, p in enumerate(pvalues) if not math.isnan(p))
+    adjusted = [math.nan] * len(pvalues)
+    running = 0.0
+    for rank, (p, i) in enumerate(finite):
+        running = max(running, min(1.0, (len(finite) - rank) * p))
+        adjusted[i] = running
+    return adjusted

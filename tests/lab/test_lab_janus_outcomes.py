@@ -245,3 +245,40 @@ def test_tables_report_outcomes_pooled_and_per_prompt_group(tmp_path):
     with open(paths["json"]) as f:
         data = json.load(f)
     assert data["paired_against_baseline"][0]["outcome_one_face_front"]["c"] == 4
+
+
+def test_eighth_entry_tests_pair_vsd_with_vsd_per_group_with_holm_and_clipping(tmp_path):
+    from janus_lab.experiment3d.tables import outcome_tests
+    from janus_lab.stats import holm
+
+    results = []
+    for s in range(6):
+        results += [run("baseline", s, "janus", "a smiling bear"), run("baseline", s, "no_face", "a bear"),
+                    run("perp-neg", s, "one_face_front", "a smiling bear"), run("perp-neg", s, "no_face", "a bear"),
+                    run("dsds-clip", s, "no_face", "a smiling bear"), run("dsds-clip", s, "no_face", "a bear"),
+                    run("vsd", s, "one_face_front", "a smiling bear"), run("vsd", s, "no_face", "a bear"),
+                    run("vsd-perp-neg", s, "janus", "a smiling bear"), run("vsd-perp-neg", s, "no_face", "a bear")]
+    for r in results:
+        if r["variant"] == "dsds-clip":
+            r["history"] = {"step": [0, 60, 120, 180], "dsds/clipped_fraction": [0.4, 0.2, 0.0, 0.2]}
+    tests = outcome_tests(results, ["baseline", "perp-neg", "dsds-clip", "vsd", "vsd-perp-neg"])
+    by = {(t["variant"], t["group"]): t for t in tests}
+    assert {t["reference"] for t in tests if t["variant"].startswith("vsd")} == {"vsd"}
+    assert ("baseline", "all prompts") not in by and ("vsd", "all prompts") not in by
+    smiling = by[("perp-neg", "with 'smiling'")]
+    assert smiling["pairs"] == 6 and smiling["outcome_janus"]["b"] == 6 and smiling["outcome_janus"]["c"] == 0
+    assert smiling["reading"] == "reduces Janus"
+    assert by[("dsds-clip", "with 'smiling'")]["reading"] == "fewer faces, not a cure"
+    assert by[("vsd-perp-neg", "with 'smiling'")]["reading"] == "more Janus"
+    assert by[("perp-neg", "without 'smiling'")]["reading"] == "no change in Janus"
+    family = [by[(v, "with 'smiling'")]["outcome_janus"] for v in ("perp-neg", "dsds-clip", "vsd-perp-neg")]
+    assert [c["p_holm"] for c in family] == pytest.approx(holm([c["p"] for c in family]))
+    assert family[0]["p_holm"] == pytest.approx(3 * 2 / 64)
+    paths = write_tables(results, str(tmp_path), ["baseline", "perp-neg", "dsds-clip", "vsd", "vsd-perp-neg"],
+                         ["a bear", "a smiling bear"])
+    with open(paths["markdown"]) as f:
+        table = f.read()
+    assert "Confirmatory test (eighth entry, item 5): perp-neg against baseline on outcome_janus, prompts " \
+           "with 'smiling': b / c = 6 / 0 of 6, p = 0.031: significant at 0.05; reading: reduces Janus." in table
+    assert "| dsds-clip | 12 | 0.200 | 0.200 |" in table  # run mean 0.2, steps 0-120 mean 0.2
+    assert "| vsd-perp-neg | vsd | with 'smiling' | 6 | 0 / 6 |" in table

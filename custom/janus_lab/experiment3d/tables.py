@@ -15,7 +15,8 @@ from typing import Any, Dict, Iterator, List, Mapping, Sequence, Tuple
 from antijanus.utils.cache import write_json
 
 from ..janus import OUTCOMES
-from ..stats import mcnemar_exact, wilson_rate
+from ..stats import holm, mcnemar_exact, wilson_rate
+from .variants import VSD_VARIANT_NAMES
 
 RATES = ("janus", "face_in_back", "janus_two_fronts")  # yes/no per run
 OUTCOME_RATES = tuple(f"outcome_{name}" for name in OUTCOMES)  # one of them 1 per run
@@ -32,6 +33,9 @@ METRIC_LABELS = {"face_in_front": "face in front", "face_scrambled": "face on sc
 # belongs, at least this share of the baseline's mean face_in_front
 READING_FACE_RATIO = 0.8
 READING_ALPHA = 0.05  # family-wise, split over the variants compared with the baseline (Bonferroni)
+EARLY_STEP = 120  # "steps 0-120" of the clipped fraction (eighth entry, item 2)
+TEST_KEYS = ("outcome_janus", "outcome_one_face_front")  # the eighth entry's paired keys
+CONFIRMATORY = ("perp-neg", "outcome_janus", "with 'smiling'")  # the eighth entry's one test, p < 0.05
 
 
 def summarise(results: Sequence[Mapping[str, Any]]) -> Dict[str, Any]:
@@ -50,7 +54,23 @@ def summarise(results: Sequence[Mapping[str, Any]]) -> Dict[str, Any]:
         std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
         row[key] = {"mean": mean, "std": std}
     row["train_s"] = sum(r.get("train_s", math.nan) for r in results) / max(1, len(results))
+    row.update(clipping(results))
     return row
+
+
+def clipping(results: Sequence[Mapping[str, Any]], early_step: int = EARLY_STEP) -> Dict[str, float]:
+    """D-SDS's clipped fraction of the score, from each run's logged history: the mean over the run
+    and over the steps <= ``early_step``, averaged over the runs (NaN where nothing was logged)."""
+    whole, early = [], []
+    for r in results:
+        history = r.get("history", {})
+        values, steps = history.get("dsds/clipped_fraction", []), history.get("step", [])
+        if values:
+            whole.append(sum(values) / len(values))
+            first = [v for s, v in zip(steps, values) if s <= early_step]
+            early.append(sum(first) / len(first) if first else math.nan)
+    mean = lambda v: sum(v) / len(v) if v else math.nan  # noqa: E731
+    return {"clipped_fraction": mean(whole), "clipped_fraction_early": mean(early)}
 
 
 def rate_cell(values: Sequence[float]) -> Dict[str, Any]:
@@ -195,6 +215,84 @@ def add_readings(paired: List[Dict[str, Any]], rows: Sequence[Mapping[str, Any]]
                                             face[row["variant"]], face["baseline"], len(paired))
 
 
+def reference_of(variant: str) -> str:
+    """The variant each is paired against (eighth entry, item 5): ``vsd`` for the VSD variants."""
+    return "vsd" if variant in VSD_VARIANT_NAMES else "baseline"
+
+
+def outcome_tests(results: Sequence[Mapping[str, Any]], variants: Sequence[str]) -> List[Dict[str, Any]]:
+    """The eighth entry's paired tests: each variant against its reference (``reference_of``), per
+    prompt group, on ``TEST_KEYS``, exact McNemar with Holm's adjustment over the variants per key and
+    group, and the item-6 reading of the direction."""
+    rows = []
+    for group in OUTCOME_GROUPS:
+        mine = [r for r in results if group == "all prompts" or (("smiling" in r["prompt"]) == (group == "with 'smiling'"))]
+        for variant in variants:
+            reference = reference_of(variant)
+            if variant == reference:
+                continue
+            for row in paired_against_baseline(mine, [reference, variant], TEST_KEYS, reference):
+                rows.append({"group": group, "reference": reference, **row})
+    for group in OUTCOME_GROUPS:
+        for key in TEST_KEYS:
+            family = [r for r in rows if r["group"] == group and key in r]
+            for r, p in zip(family, holm([r[key]["p"] for r in family])):
+                r[key]["p_holm"] = p
+    for r in rows:
+        r["reading"] = outcome_reading(r)
+    return rows
+
+
+def outcome_reading(row: Mapping[str, Any]) -> str:
+    """Eighth entry, item 6 as its addendum reads (direction only): fewer Janus outcomes and more
+    one-face-front ones than the reference is "reduces Janus"; fewer Janus without more front faces
+    (e.g. faceless orbits instead) is "fewer faces, not a cure"."""
+    if "outcome_janus" not in row or "outcome_one_face_front" not in row:
+        return "-"
+    janus, front = row["outcome_janus"], row["outcome_one_face_front"]
+    if janus["b"] > janus["c"]:
+        return "reduces Janus" if front["c"] > front["b"] else "fewer faces, not a cure"
+    return "more Janus" if janus["c"] > janus["b"] else "no change in Janus"
+
+
+def outcome_test_lines(tests: Sequence[Mapping[str, Any]]) -> List[str]:
+    """The eighth entry's paired outcome tests and its one confirmatory test."""
+    intro = ("Paired outcomes (docs/preregistration.md, eighth entry, items 5-6; reference: baseline, vsd for the "
+             "VSD variants; b: runs with it only in the reference, c: only in the variant; exact McNemar p, "
+             "Holm-adjusted over the variants per key and group; every row but the confirmatory one is "
+             "exploratory, read as direction only):")
+    header = ["variant", "reference", "prompts", "pairs", "Janus b / c", "p", "p (Holm)",
+              "one face, front b / c", "p", "p (Holm)", "reading"]
+    cells = []
+    for r in tests:
+        cell = []
+        for key in TEST_KEYS:
+            c = r.get(key)
+            cell += ([f"{c['b']} / {c['c']}", f"{c['p']:.3f}", f"{c['p_holm']:.3f}"] if c else ["-", "-", "-"])
+        cells.append([r["variant"], r["reference"], r["group"], r["pairs"], *cell, r["reading"]])
+    lines = ["", intro, ""] + markdown_table(header, cells)
+    variant, key, group = CONFIRMATORY
+    found = [r for r in tests if r["variant"] == variant and r["group"] == group and key in r]
+    if found:
+        c = found[0][key]
+        verdict = "significant" if c["p"] < 0.05 else "not significant"
+        lines += ["", f"Confirmatory test (eighth entry, item 5): {variant} against baseline on {key}, prompts "
+                      f"{group}: b / c = {c['b']} / {c['c']} of {found[0]['pairs']}, p = {c['p']:.3f}: {verdict} at "
+                      f"0.05; reading: {found[0]['reading']}."]
+    return lines
+
+
+def clipping_lines(rows: Sequence[Mapping[str, Any]]) -> List[str]:
+    """D-SDS's clipped fraction per variant (eighth entry, item 2), for variants that logged one."""
+    pooled = [r for r in rows if r["group"] == "all prompts" and not math.isnan(r.get("clipped_fraction", math.nan))]
+    if not pooled:
+        return []
+    intro = f"D-SDS clipped fraction of the score (mean over each run, and over its steps 0-{EARLY_STEP}; mean of runs):"
+    return ["", intro, ""] + markdown_table(["variant", "runs", "clipped fraction", f"steps 0-{EARLY_STEP}"],
+                                             [[r["variant"], r["runs"], f"{r['clipped_fraction']:.3f}",
+                                               f"{r['clipped_fraction_early']:.3f}"] for r in pooled])
+
+
 def write_csv(path: str, rows: Sequence[Mapping[str, Any]]) -> None:
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
@@ -218,10 +316,14 @@ def write_tables(results: Sequence[Mapping[str, Any]], out: str, variants: Seque
     if paired:
         add_readings(paired, rows)
         lines += paired_lines(paired)
+    tests = outcome_tests(results, variants)
+    if tests:
+        lines += outcome_test_lines(tests)
+    lines += clipping_lines(rows)
     os.makedirs(out, exist_ok=True)
     md, csv_path, js = (os.path.join(out, name) for name in ("table.md", "table.csv", "table.json"))
     with open(md, "w") as f:
         f.write("\n".join(lines) + "\n")
     write_csv(csv_path, rows)
-    write_json(js, {"rows": rows, "paired_against_baseline": paired})
+    write_json(js, {"rows": rows, "paired_against_baseline": paired, "outcome_tests": tests})
     return {"markdown": md, "csv": csv_path, "json": js}
