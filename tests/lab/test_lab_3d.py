@@ -291,43 +291,63 @@ def test_every_variant_runs_its_shipped_config_with_the_method_it_names(encode):
     assert sjc.directions[1].condition.ranges.front_half_width == 45.0
 
 
-@pytest.mark.parametrize("representation", ["rgb", "latent"])
+@pytest.mark.parametrize("representation", ["rgb", "latent", "grid"])
 def test_the_sweep_file_has_the_fast_paths_variants(representation):
-    """custom/janus_lab/configs/janus-3d-sweep.yaml (and -latent.yaml) = the same configs and method
-    overrides; they add only the lab's models, resolution and test camera, and the latent one
-    puts every NeRF variant on threestudio's Latent-NeRF system at the prior's latent size (the
-    material block replaced whole), SJC's own latent volume unchanged."""
+    """custom/janus_lab/configs/janus-3d-sweep.yaml (and -latent.yaml, -grid.yaml) = the same configs
+    and method overrides; they add only the lab's models, resolution and test camera, and the latent
+    one puts every NeRF variant on threestudio's Latent-NeRF system at the prior's latent size (the
+    material block replaced whole), SJC's own latent volume unchanged; the grid one does the same on
+    threestudio's volume-grid geometry, its block replaced whole by the fast path's latent volume
+    (FastSettings' grid, channels, radius, the representation config's blob) at its voxel learning
+    rate."""
     from antijanus.tools.sweep import Sweep
 
     os.environ.setdefault("JANUS_LAB_MODELS", os.path.dirname(PRIOR))
-    sweep = Sweep.load(SWEEP if representation == "rgb" else SWEEP.replace(".yaml", "-latent.yaml"))
+    sweep = Sweep.load(SWEEP if representation == "rgb" else SWEEP.replace(".yaml", f"-{representation}.yaml"))
     assert list(sweep.variants) == [v.name for v in VARIANTS]
     lab_keys = ("data.", "system.prompt_processor.debias_model=", "system.prompt_processor.captioner=")
     latent_keys = ["system_type=latentnerf-system", "system.geometry.n_feature_dims=4",
                    "system.material_type=no-material", "system.background.n_output_dims=4",
                    "system.background.color_activation=none"]
+    settings = FastSettings()
+    grid_keys = ["system.geometry_type=volume-grid", f"system.optimizer.params.geometry.lr={settings.lr:g}"]
+    representation_keys = latent_keys + (grid_keys if representation == "grid" else [])
+    material = {"n_output_dims": 4, "color_activation": "none", "requires_normal": True}
+    volume = settings.volume
+    geometry = block(load_config("perp-neg-nerf-sd.yaml"), "system.geometry")  # REPRESENTATION_CONFIG's blob
+    grid = {"radius": volume.radius, "grid_size": [volume.resolution] * 3, "n_feature_dims": volume.latent_channels,
+            "density_activation": geometry["density_activation"], "density_bias": "blob",  # = blob_magic3d's formula
+            "density_blob_scale": geometry["density_blob_scale"], "density_blob_std": geometry["density_blob_std"],
+            "normal_type": "finite_difference"}
+    assert volume.features == "latent" and not volume.coarse_levels and geometry["density_bias"] == "blob_magic3d"
     for variant in VARIANTS:
         spec = sweep.variants[variant.name]
         assert os.path.basename(spec["config"]) == variant.config
-        method = [o for o in spec["overrides"] if not o.startswith(lab_keys) and o not in latent_keys]
+        method = [o for o in spec["overrides"] if not o.startswith(lab_keys) and o not in representation_keys]
         assert method == list(variant.overrides), variant.name
-        size = 16 if representation == "latent" or variant.name.startswith("sjc") else 32
+        size = 16 if representation != "rgb" or variant.name.startswith("sjc") else 32
         assert f"data.width={size}" in spec["overrides"] and f"data.eval_height={size}" in spec["overrides"]
-        nerf_latent = representation == "latent" and not variant.name.startswith("sjc")
+        nerf_latent = representation != "rgb" and not variant.name.startswith("sjc")
         assert all((key in spec["overrides"]) == nerf_latent for key in latent_keys), variant.name
-        assert spec["replace"] == ({"system.material": {"n_output_dims": 4, "color_activation": "none",
-                                                        "requires_normal": True}}
-                                   if nerf_latent else {}), variant.name
+        nerf_grid = nerf_latent and representation == "grid"
+        assert all((key in spec["overrides"]) == nerf_grid for key in grid_keys), variant.name
+        expected = {"system.material": material} if nerf_latent else {}
+        if nerf_grid:
+            expected["system.geometry"] = grid
+        assert spec["replace"] == expected, variant.name
     assert fast3d.LAB_LATENT_RESOLUTION == 16
     assert sweep.prompts == lab_prompts() and sweep.seeds == [0]
     models = os.environ["JANUS_LAB_MODELS"]
     assert f"system.guidance.pretrained_model_name_or_path={models}/prior" in sweep.overrides
     assert f"system.prompt_processor.debias_model={models}/mlm" in sweep.variants["dsds-full"]["overrides"]
     assert f"system.prompt_processor.captioner={models}/captioner" in sweep.variants["dnp"]["overrides"]
-    assert sweep.metrics.elevation_deg == FastSettings().orbit_elevation
-    assert sweep.metrics.n_views == FastSettings().orbit_views + 1  # linspace(0, 360, 37): 10 degree steps
+    assert sweep.metrics.elevation_deg == settings.orbit_elevation
+    assert sweep.metrics.n_views == settings.orbit_views + 1  # linspace(0, 360, 37): 10 degree steps
     steps = [o for o in sweep.overrides if o.startswith("trainer.max_steps=")]
     assert len(steps) == 1
+    if representation == "grid":  # the fast path's run length and samples per ray
+        assert steps == [f"trainer.max_steps={settings.steps}"]
+        assert f"system.renderer.num_samples_per_ray={volume.samples}" in sweep.overrides
 
 
 def test_prompts_and_kinds():

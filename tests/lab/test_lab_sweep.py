@@ -79,12 +79,14 @@ def test_fast_path_prompt_outputs_are_the_real_processors(variant, factory, tmp_
 
 
 @pytest.mark.parametrize("representation, variants", [("latent", ["perp-neg", "sjc-dsds", "dnp"]),
+                                                     ("grid", ["baseline", "perp-neg"]),
                                                      ("rgb", ["baseline"])])
 def test_lab_sweep_smoke(tmp_path, representation, variants):
     """custom/janus_lab/scripts/lab_sweep.py: on the Latent-NeRF system (the default) three variants (stock
     processor + Perp-Neg, SJC + prompt debiasing with the lab masked LM at 16x16 latents, DNP with
-    the lab captioner), on the RGB NeRF system the baseline; 2 steps each, a 5-view orbit
-    rendered from each checkpoint with launch.py --test, judged; the lab table and grids."""
+    the lab captioner), on the Latent-NeRF system with threestudio's volume-grid (the fast path's
+    latent24) the baseline and Perp-Neg, on the RGB NeRF system the baseline; 2 steps each, a
+    5-view orbit rendered from each checkpoint with launch.py --test, judged; the lab table and grids."""
     work = tmp_path / "threestudio"
     os.makedirs(work / "custom")
     os.symlink(os.path.join(REPO, "custom", "antijanus"), work / "custom" / "antijanus")
@@ -98,11 +100,11 @@ def test_lab_sweep_smoke(tmp_path, representation, variants):
     try:
         code = lab_sweep.main(["--out", str(tmp_path / "sweeps"), "--variants", *variants, "--prompts", "a smiling bear",
                                "--set", "trainer.max_steps=2", "trainer.val_check_interval=2", "--n-views", "5"]
-                              + (["--representation", "rgb"] if representation == "rgb" else []))
+                              + ([] if representation == "latent" else ["--representation", representation]))
     finally:
         os.chdir(cwd)
     assert code == 0
-    name = "janus-lab-3d-latent" if representation == "latent" else "janus-lab-3d"
+    name = {"latent": "janus-lab-3d-latent", "grid": "janus-lab-3d-grid", "rgb": "janus-lab-3d"}[representation]
     folder = tmp_path / "sweeps" / name
     table = (folder / "table.md").read_text()
     from omegaconf import OmegaConf
@@ -118,12 +120,18 @@ def test_lab_sweep_smoke(tmp_path, representation, variants):
         assert os.path.join(LabModels.default().prior) in parsed_text
         parsed = OmegaConf.load(run / "configs" / "parsed.yaml")
         expected_system = {"sjc-dsds": "sjc-system"}.get(
-            variant, "latentnerf-system" if representation == "latent" else "dreamfusion-system")
+            variant, "dreamfusion-system" if representation == "rgb" else "latentnerf-system")
         assert parsed.system_type == expected_system
         if expected_system == "latentnerf-system":  # the shipped material block replaced whole
             assert parsed.system.material_type == "no-material" and parsed.system.geometry.n_feature_dims == 4
             assert set(parsed.system.material) == {"n_output_dims", "color_activation", "requires_normal"}
             assert parsed.data.width == 16
+        if representation == "grid":  # threestudio's voxel grid, its block replaced whole
+            assert parsed.system.geometry_type == "volume-grid"
+            assert list(parsed.system.geometry.grid_size) == [24, 24, 24]
+            assert parsed.system.geometry.density_bias == "blob" and parsed.system.renderer.radius == 1.0
+            assert "pos_encoding_config" not in parsed.system.geometry
+            assert parsed.system.optimizer.params.geometry.lr == 0.1
     if "dnp" in variants:
         dnp = json.loads((run_folder(folder / "runs" / name, "dnp") / "dnp" / "dnp.json").read_text())
         assert dnp["negative_prompt"]  # n* from the lab captioner

@@ -1,10 +1,12 @@
 #!/usr/bin/env python
 """The lab's 3D experiment, launcher path: every variant of custom/janus_lab/configs/janus-3d-sweep-latent.yaml
-(or, --representation rgb, janus-3d-sweep.yaml: shipped configs + method overrides + the lab's
-models; the latent one on threestudio's Latent-NeRF system) trained by threestudio's own launch.py
-through the CPU mode, each run's test orbit rendered from its checkpoint and judged by the lab
-judge; one table (Janus rate with 95 % Wilson intervals, view accuracy, a_jfd) and one orbit grid
-per variant, beside the sweep's own results.csv / results.md.
+(or, --representation grid, janus-3d-sweep-grid.yaml; --representation rgb, janus-3d-sweep.yaml:
+shipped configs + method overrides + the lab's models; the latent one on threestudio's Latent-NeRF
+system, the grid one on the same system with threestudio's volume-grid geometry as the fast path's
+latent24 voxel grid) trained by threestudio's own launch.py through the CPU mode, each run's test
+orbit rendered from its checkpoint and judged by the lab judge; one table (Janus rate with 95 %
+Wilson intervals, view accuracy, a_jfd) and one orbit grid per variant, beside the sweep's own
+results.csv / results.md.
 
 Run it from a threestudio checkout (the folder holding launch.py; threestudio importable) with
 threestudio's environment:
@@ -43,6 +45,7 @@ from janus_lab.model_files import folder_fingerprint, model_path  # noqa: E402
 
 SWEEPS = {  # the representation -> its sweep file (same variants, README: "The launcher path")
     "latent": os.path.join(SWEEP_CONFIG_DIR, "janus-3d-sweep-latent.yaml"),  # Latent-NeRF, the calibrated one
+    "grid": os.path.join(SWEEP_CONFIG_DIR, "janus-3d-sweep-grid.yaml"),  # Latent-NeRF on a 24^3 volume-grid (latent24)
     "rgb": os.path.join(SWEEP_CONFIG_DIR, "janus-3d-sweep.yaml"),  # threestudio's NeRF (DreamFusion) system
 }
 RUNNER = os.path.join(REPO, "scripts", "threestudio_cpu.py")
@@ -53,7 +56,9 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--representation", choices=sorted(SWEEPS), default=None,
                         help="latent (default): the NeRF variants on threestudio's Latent-NeRF system at the "
                              "prior's latent size (custom/janus_lab/configs/janus-3d-sweep-latent.yaml, the fast path's "
-                             "calibrated choice); rgb: threestudio's NeRF system at 32x32 (janus-3d-sweep.yaml)")
+                             "calibrated choice); grid: the same system on threestudio's volume-grid geometry, a dense 24^3 grid "
+                             "as the fast path's latent24 voxel volume (janus-3d-sweep-grid.yaml); rgb: threestudio's "
+                             "NeRF system at 32x32 (janus-3d-sweep.yaml)")
     parser.add_argument("--sweep", default=None, help="another sweep file (instead of --representation's)")
     parser.add_argument("--out", help="where the runs go (default: the sweep file's out, from here)")
     parser.add_argument("--variants", nargs="+", choices=VARIANT_NAMES, help="a subset of the variants")
