@@ -282,3 +282,25 @@ def test_eighth_entry_tests_pair_vsd_with_vsd_per_group_with_holm_and_clipping(t
            "with 'smiling': b / c = 6 / 0 of 6, p = 0.031: significant at 0.05; reading: reduces Janus." in table
     assert "| dsds-clip | 12 | 0.200 | 0.200 |" in table  # run mean 0.2, steps 0-120 mean 0.2
     assert "| vsd-perp-neg | vsd | with 'smiling' | 6 | 0 / 6 |" in table
+
+
+def test_transfer_pairs_each_launcher_run_with_its_fast_counterpart():
+    from janus_lab.experiment3d.transfer import transfer, transfer_lines
+
+    fast, launcher = [], []
+    for s in range(3):
+        fast += [run("baseline", s, "janus", "a smiling bear"), run("perp-neg", s, "one_face_front", "a smiling bear")]
+        launcher += [run("baseline", s, "janus", "a smiling bear"),
+                     run("perp-neg", s, "one_face_front" if s < 2 else "no_face", "a smiling bear")]
+    fast.append(run("baseline", 9, "janus", "a bear"))  # no launcher counterpart: left out
+    launcher.append(run("perp-neg", 5, "janus", "a bear", outcomes=False))  # judged before outcomes: left out
+    report = transfer(launcher, fast, ["baseline", "perp-neg"])
+    rows = {r["variant"]: r for r in report["runs"]}
+    assert report["common"] == 6
+    assert rows["baseline"]["same"] == 3 and rows["baseline"]["share"] == 1.0
+    assert rows["perp-neg"]["same"] == 2 and rows["perp-neg"]["pairs"] == {"one_face_front -> no_face": 1,
+                                                                           "one_face_front -> one_face_front": 2}
+    smiling = next(d for d in report["directions"] if d["variant"] == "perp-neg" and d["group"] == "with 'smiling'")
+    assert smiling["fast"] == "reduces Janus" and smiling["launcher"] == "reduces Janus" and smiling["same"]
+    text = "\n".join(transfer_lines(report))
+    assert "| perp-neg | 3 | 2 | 0.67 | one_face_front -> no_face 1, one_face_front -> one_face_front 2 |" in text

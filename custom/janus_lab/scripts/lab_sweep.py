@@ -33,12 +33,15 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 from antijanus.tools.evaluate import MetricModels  # noqa: E402
 from antijanus.tools.sweep import Sweep, SweepFailed, collect, dry_run_command, run_sweep  # noqa: E402
 from antijanus.utils.errors import ConfigError  # noqa: E402
-from janus_lab.cli_args import count, folder_problem, integer_at_least, refuse_repeats, seed  # noqa: E402
+from janus_lab.cli_args import (count, existing_folder, folder_problem, integer_at_least, refuse_repeats,  # noqa: E402
+                                seed)
 from janus_lab.classifier import JudgeViewClassifier  # noqa: E402
+from janus_lab.experiment3d.experiment import Experiment  # noqa: E402
 from janus_lab.experiment3d.grids import orbit_grid  # noqa: E402
 from janus_lab.experiment3d.launcher import janus_metrics_of_orbit, launcher_results  # noqa: E402
 from janus_lab.experiment3d.settings import CAMERA_PRESETS, FastSettings, prior_camera_overrides  # noqa: E402
 from janus_lab.experiment3d.tables import write_tables  # noqa: E402
+from janus_lab.experiment3d.transfer import transfer, transfer_lines  # noqa: E402
 from janus_lab.experiment3d.variants import VARIANT_NAMES  # noqa: E402
 from janus_lab.locations import CONFIGS_ENV, SWEEP_CONFIG_DIR, lab_root, plugin_config_dir  # noqa: E402
 from janus_lab.model_files import folder_fingerprint, model_path  # noqa: E402
@@ -77,6 +80,9 @@ def make_parser() -> argparse.ArgumentParser:
                              "(default: the sweep file's metrics.n_views)")
     parser.add_argument("--jobs", type=count, default=1, help="runs at a time (one torch thread each when > 1)")
     parser.add_argument("--launch", nargs="+", help="the launch command (default: this python + the CPU runner)")
+    parser.add_argument("--compare-fast", type=existing_folder, metavar="FOLDER",
+                        help="a fast-path experiment folder (lab_experiment_3d.py --out) run at the same --cameras and "
+                             "--guidance-scale: each launcher run beside its fast-path counterpart (transfer.md)")
     parser.add_argument("--collect-only", action="store_true")
     parser.add_argument("--dry-run", action="store_true")
     return parser
@@ -168,6 +174,9 @@ def main(argv=None) -> int:
     train_s = time.time() - start
     paths = collect_lab(sweep)
     print(open(paths["markdown"]).read())
+    if args.compare_fast:
+        paths["transfer"] = compare_fast(sweep, args)
+        print(open(paths["transfer"]).read())
     for key, path in paths.items():
         print(f"{key}: {path}")
     print(f"wall time: {time.time() - start:.0f} s (runs {train_s:.0f} s)")
@@ -217,6 +226,20 @@ def collect_lab(sweep):
         if grid:
             paths[f"grid_{variant}"] = grid
     return paths
+
+
+def compare_fast(sweep, args) -> str:
+    """transfer.md in the sweep's folder: the launcher runs beside the fast path's (the same variants,
+    prompts and seeds, the fast path's settings at this command's cameras and guidance scale),
+    both judged by the lab's judge."""
+    settings = FastSettings(cameras=args.cameras, **({} if args.guidance_scale is None
+                                                     else {"guidance_scale": args.guidance_scale}))
+    fast = Experiment(args.compare_fast, list(sweep.variants), list(sweep.prompts), tuple(sweep.seeds), settings)
+    report = transfer(launcher_results(sweep), fast.results(), list(sweep.variants))
+    path = os.path.join(sweep.out, sweep.name, "transfer.md")
+    with open(path, "w") as f:
+        f.write("\n".join(transfer_lines(report)) + "\n")
+    return path
 
 
 def forget_metrics_without(sweep, key):
