@@ -13,15 +13,21 @@ attribute visible" is the probe's verdict at the judge's own 0.5. The rest of th
 kind, other attributes, camera) is unchanged. ``cross_validate`` estimates the gate's figures on
 the development sets (folds of whole orbits; and each set judged by a probe fit on the others,
 i.e. by other people's labels) before any other set is judged.
+
+``method="finetune"`` (judge v12, twelfth entry) fits the whole network instead of a probe: Adam
+on the face targets with horizontal flips, the view and kind heads held to the base judge's own
+outputs on the same images (distillation), so that only the face verdict learns from the labels;
+its ``smiling`` row is set to the ``face`` row and both get the threshold's bias shift.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
 import random
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -38,6 +44,8 @@ from .world import ATTRIBUTES, FRONT_ONLY, IMAGE_SIZE
 
 WEIGHT_DECAY = 1e-3  # the ninth entry's choice (grouped cross-validation on set A)
 TARGETS = ("reference", "votes")
+METHODS = ("probe", "finetune")
+FINETUNE = {"epochs": 10, "lr": 1e-4, "weight_decay": 1e-4, "batch": 64}  # the twelfth entry's choice
 
 
 @torch.no_grad()
@@ -77,7 +85,7 @@ class Orbit:
 
     def __init__(self, item: Item, net: JudgeNet, labels: Dict[str, str], targets: Dict[str, float]) -> None:
         frames = load_orbit_frames(item.source)
-        self.id, self.features = item.id, judge_features(net, frames)
+        self.id, self.frames, self.features = item.id, frames, judge_features(net, frames)
         self.azimuths = [float(a) for a in orbit_azimuths(frames.shape[0])]
         self.shown = dict(zip(FACE_FIELDS, shown_frame_indices(frames.shape[0])))
         self.labels, self.targets = labels, targets
@@ -87,8 +95,10 @@ class Orbit:
         return [(self.shown[f], float(self.labels[f] == "yes")) for f in FACE_FIELDS
                 if self.labels.get(f, UNCLEAR) != UNCLEAR]
 
-    def examples(self) -> List[Tuple[Tensor, float]]:
-        return [(self.features[self.shown[f]], y) for f, y in self.targets.items()]
+    def examples(self, images: bool = False) -> List[Tuple[Tensor, float]]:
+        """(features, or with ``images`` the frame itself, target) of every frame with a target."""
+        source = self.frames if images else self.features
+        return [(source[self.shown[f]], y) for f, y in self.targets.items()]
 
 
 class LabelledSet:
@@ -105,13 +115,17 @@ class LabelledSet:
         self.orbits = [Orbit(i, net, ref[i.id], face_targets(i.id, FACE_FIELDS, ref, votes, targets))
                        for i in items if i.kind == "orbit"]
         images = [i for i in items if i.kind == "image"]
-        feats = judge_features(net, torch.stack([item_images(i)[0] for i in images])) if images else None
+        pixels = torch.stack([item_images(i)[0] for i in images]) if images else None
+        feats = judge_features(net, pixels) if images else None
+        self.pixels = {i.id: pixels[k] for k, i in enumerate(images)}
         self.images = [(i.id, feats[k], ref[i.id].get("face", UNCLEAR), face_targets(i.id, ("face",), ref, votes, targets))
                        for k, i in enumerate(images)]
 
-    def examples(self, orbit_ids=None, image_ids=None) -> List[Tuple[Tensor, float]]:
-        out = [e for o in self.orbits if orbit_ids is None or o.id in orbit_ids for e in o.examples()]
-        return out + [(f, y) for iid, f, _, t in self.images if image_ids is None or iid in image_ids for y in t.values()]
+    def examples(self, orbit_ids=None, image_ids=None, images: bool = False) -> List[Tuple[Tensor, float]]:
+        """(features, or with ``images`` the image, target) of the chosen items (default: all)."""
+        out = [e for o in self.orbits if orbit_ids is None or o.id in orbit_ids for e in o.examples(images)]
+        return out + [(self.pixels[iid] if images else f, y) for iid, f, _, t in self.images
+                      if image_ids is None or iid in image_ids for y in t.values()]
 
 
 def face_targets(item: str, fields: Sequence[str], ref, votes, targets: str) -> Dict[str, float]:
@@ -130,26 +144,97 @@ def face_targets(item: str, fields: Sequence[str], ref, votes, targets: str) -> 
     return out
 
 
-def fit_on(examples: List[Tuple[Tensor, float]], weight_decay: float, threshold: float) -> Tuple[Tensor, Tensor]:
-    """The probe on ``examples`` with the face threshold folded into its bias."""
+def threshold_logit(threshold: float) -> float:
+    return math.log(threshold / (1.0 - threshold))
+
+
+class Probe:
+    """A face verdict from the judge's features: features @ weight + bias > 0."""
+
+    def __init__(self, weight: Tensor, bias: Tensor) -> None:
+        self.weight, self.bias = weight, bias
+
+    def face(self, features: Tensor, images: Tensor) -> Tensor:
+        return (features @ self.weight + self.bias) > 0
+
+    def into(self, net: JudgeNet) -> JudgeNet:
+        with torch.no_grad():
+            for attribute in FRONT_ONLY:
+                net.attributes.weight[ATTRIBUTES.index(attribute)] = self.weight
+                net.attributes.bias[ATTRIBUTES.index(attribute)] = self.bias
+        return net
+
+
+class Finetuned:
+    """A face verdict from a fine-tuned network's own face logit (threshold already in its bias)."""
+
+    def __init__(self, net: JudgeNet) -> None:
+        self.net = net.eval()
+
+    @torch.no_grad()
+    def face(self, features: Tensor, images: Tensor) -> Tensor:
+        return self.net(images.float().clamp(0.0, 1.0) * 1.0)["attributes"][:, ATTRIBUTES.index("face")] > 0
+
+    def into(self, net: JudgeNet) -> JudgeNet:
+        return self.net
+
+
+def fit_probe_on(examples: List[Tuple[Tensor, float]], weight_decay: float, threshold: float) -> Probe:
+    """The probe on (features, target) ``examples`` with the face threshold folded into its bias."""
     weight, bias = fit_probe(torch.stack([e[0] for e in examples]), torch.tensor([e[1] for e in examples]),
                              weight_decay)
-    return weight, bias - math.log(threshold / (1.0 - threshold))
+    return Probe(weight, bias - threshold_logit(threshold))
 
 
-def score(sets: Sequence[LabelledSet], probe, orbit_ids=None, image_ids=None) -> Dict[str, List[bool]]:
+def finetune_on(base: JudgeNet, examples: List[Tuple[Tensor, float]], threshold: float, epochs: int = 10,
+                lr: float = 1e-4, weight_decay: float = 1e-4, batch: int = 64, seed: int = 0) -> Finetuned:
+    """The whole network fit to (image, target) ``examples``: Adam, horizontal flips, BCE on the face
+    logit plus KL of the view and kind heads to ``base``'s on the same images; then the smiling row
+    set to the face row and both shifted by the threshold."""
+    images = torch.stack([e[0] for e in examples]).float()
+    targets = torch.tensor([e[1] for e in examples])
+    net = copy.deepcopy(base).train()
+    teacher = base.eval()
+    opt = torch.optim.Adam(net.parameters(), lr=lr, weight_decay=weight_decay)
+    g = torch.Generator().manual_seed(seed)
+    face = ATTRIBUTES.index("face")
+    for _ in range(epochs):
+        order = torch.randperm(len(images), generator=g)
+        for k in range(0, len(images), batch):
+            idx = order[k:k + batch]
+            flip = torch.rand(len(idx), generator=g) < 0.5
+            x = torch.where(flip[:, None, None, None], images[idx].flip(-1), images[idx])
+            out = net(x)
+            with torch.no_grad():
+                held = teacher(x)
+            loss = F.binary_cross_entropy_with_logits(out["attributes"][:, face], targets[idx])
+            for head in ("view", "kind"):
+                loss = loss + F.kl_div(out[head].log_softmax(-1), held[head].softmax(-1), reduction="batchmean")
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    net.eval()
+    with torch.no_grad():
+        net.attributes.bias[face] -= threshold_logit(threshold)
+        smiling = ATTRIBUTES.index("smiling")
+        net.attributes.weight[smiling] = net.attributes.weight[face]
+        net.attributes.bias[smiling] = net.attributes.bias[face]
+    return Finetuned(net)
+
+
+def score(sets: Sequence[LabelledSet], verdict, orbit_ids=None, image_ids=None) -> Dict[str, List[bool]]:
     """The gate's 3D figures and image face as hit lists, on the chosen items, against the reference."""
-    w, b = probe
     hits = {"frame_face": [], "outcome": [], "janus": [], "image_face": []}
     for s in sets:
         for o in (o for o in s.orbits if orbit_ids is None or (s.folder, o.id) in orbit_ids):
-            face = (o.features @ w + b) > 0
+            face = verdict.face(o.features, o.frames)
             hits["frame_face"] += [bool(face[i]) == (y == 1.0) for i, y in o.decided()]
             if o.labels["outcome"] != UNCLEAR:
                 outcome = orbit_outcome(o.azimuths, face.tolist())
                 hits["outcome"].append(outcome == o.labels["outcome"])
                 hits["janus"].append(is_janus(outcome) == is_janus(o.labels["outcome"]))
-        hits["image_face"] += [bool(f @ w + b > 0) == (label == "yes") for iid, f, label, _ in s.images
+        hits["image_face"] += [bool(verdict.face(f[None], s.pixels[iid][None])[0]) == (label == "yes")
+                               for iid, f, label, _ in s.images
                                if label != UNCLEAR and (image_ids is None or (s.folder, iid) in image_ids)]
     return hits
 
@@ -158,63 +243,77 @@ def _rates(hits: Dict[str, List[bool]]) -> Dict[str, float]:
     return {key: sum(v) / len(v) for key, v in hits.items() if v}
 
 
-def _split_examples(sets, orbit_ids, image_ids):
-    return [e for s in sets for e in s.examples({o for f, o in orbit_ids if f == s.folder},
-                                                  {i for f, i in image_ids if f == s.folder})]
+def fitter(method: str, base: JudgeNet, weight_decay: float, threshold: float) -> Callable:
+    """(sets, orbit keys or None, image keys or None) -> a face verdict fit on those items."""
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, not {method!r}")
+
+    def fit(sets, orbit_ids=None, image_ids=None):
+        chosen = [e for s in sets for e in s.examples(
+            None if orbit_ids is None else {o for f, o in orbit_ids if f == s.folder},
+            None if image_ids is None else {i for f, i in image_ids if f == s.folder}, images=method == "finetune")]
+        if method == "probe":
+            return fit_probe_on(chosen, weight_decay, threshold)
+        return finetune_on(base, chosen, threshold, **FINETUNE)
+
+    return fit
 
 
-def cross_validate(sets: Sequence[LabelledSet], weight_decay: float = WEIGHT_DECAY, threshold: float = 0.5,
-                   folds: int = 8, seed: int = 0) -> Dict[str, Dict[str, float]]:
-    """The gate's figures on the development sets, each item judged by a probe fit without it:
-    ``pooled`` (whole orbits, and images, in ``folds`` random folds over all sets) and, with two sets
-    or more, ``across_sets`` (each set judged by a probe fit on the others: other labellers)."""
-    orbits = sorted((s.folder, o.id) for s in sets for o in s.orbits)
-    images = sorted((s.folder, i[0]) for s in sets for i in s.images)
-    random.Random(seed).shuffle(orbits)
-    fold = {key: k % folds for k, key in enumerate(orbits)}
-    fold.update({key: k % folds for k, key in enumerate(images)})
-    pooled = {"frame_face": [], "outcome": [], "janus": [], "image_face": []}
-    for k in range(folds):
-        train = [key for key in orbits + images if fold[key] != k]
-        probe = fit_on(_split_examples(sets, set(train) & set(orbits), set(train) & set(images)), weight_decay, threshold)
-        for key, v in score(sets, probe, {x for x in orbits if fold[x] == k}, {x for x in images if fold[x] == k}).items():
-            pooled[key] += v
-    out = {"pooled": _rates(pooled)}
+def cross_validate(sets: Sequence[LabelledSet], fit: Callable, folds: int = 8, seed: int = 0) -> Dict[str, Dict[str, float]]:
+    """The gate's figures on the development sets, each item judged by a verdict fit without it:
+    ``pooled`` (whole orbits, and images, in ``folds`` random folds over all sets; none with
+    ``folds`` 0) and, with two sets or more, ``across_sets`` (each set judged by a verdict fit on
+    the others: other labellers)."""
+    out = {}
+    if folds:
+        orbits = sorted((s.folder, o.id) for s in sets for o in s.orbits)
+        images = sorted((s.folder, i[0]) for s in sets for i in s.images)
+        random.Random(seed).shuffle(orbits)
+        fold = {key: k % folds for k, key in enumerate(orbits)}
+        fold.update({key: k % folds for k, key in enumerate(images)})
+        pooled = {"frame_face": [], "outcome": [], "janus": [], "image_face": []}
+        for k in range(folds):
+            train = {key for key in orbits + images if fold[key] != k}
+            verdict = fit(sets, train & set(orbits), train & set(images))
+            for key, v in score(sets, verdict, {x for x in orbits if fold[x] == k},
+                                {x for x in images if fold[x] == k}).items():
+                pooled[key] += v
+        out["pooled"] = _rates(pooled)
     if len(sets) > 1:
-        across = {key: [] for key in pooled}
+        across = {"frame_face": [], "outcome": [], "janus": [], "image_face": []}
         for held in sets:
-            others = [s for s in sets if s is not held]
-            probe = fit_on([e for s in others for e in s.examples()], weight_decay, threshold)
-            for key, v in score([held], probe).items():
+            verdict = fit([s for s in sets if s is not held])
+            for key, v in score([held], verdict).items():
                 across[key] += v
         out["across_sets"] = _rates(across)
     return out
 
 
 def calibrate(judge_folder: str, set_folders: Sequence[str], out_folder: str, weight_decay: float = WEIGHT_DECAY,
-              threshold: float = 0.5, targets: str = "reference", folds: int = 8) -> Dict[str, object]:
-    """Fit the probe on all the sets, write the calibrated judge to ``out_folder``, return its record
-    (with the cross-validated figures)."""
+              threshold: float = 0.5, targets: str = "reference", folds: int = 8, method: str = "probe"
+              ) -> Dict[str, object]:
+    """Fit the face verdict on all the sets, write the calibrated judge to ``out_folder``, return its
+    record (with the cross-validated figures)."""
     if not 0.0 < threshold < 1.0:
         raise ValueError(f"threshold must be in (0, 1), not {threshold}")
     torch.set_num_threads(1)
     judge = Judge.load(judge_folder)
     sets = [LabelledSet(folder, judge.net, targets) for folder in set_folders]
-    cv = cross_validate(sets, weight_decay, threshold, folds)
+    fit = fitter(method, judge.net, weight_decay, threshold)
+    cv = cross_validate(sets, fit, folds)
+    net = fit(sets).into(copy.deepcopy(judge.net))
     examples = [e for s in sets for e in s.examples()]
-    weight, bias = fit_on(examples, weight_decay, threshold)
-    net = judge.net
-    with torch.no_grad():
-        for attribute in FRONT_ONLY:
-            net.attributes.weight[ATTRIBUTES.index(attribute)] = weight
-            net.attributes.bias[ATTRIBUTES.index(attribute)] = bias
     record = dict(judge.record)
+    what = (f"rows {list(FRONT_ONLY)} of the attribute head replaced by one linear probe of the hidden features"
+            if method == "probe" else
+            f"the network fine-tuned on the face (view and kind held to the base judge's), rows {list(FRONT_ONLY)} equal")
     record["calibration"] = {
-        "what": f"rows {list(FRONT_ONLY)} of the attribute head replaced by one linear probe of the hidden "
-                "features, fit to the labelled 'face visible' of the sets (janus_lab.judge_calibration)",
+        "what": what + ", fit to the labelled 'face visible' of the sets (janus_lab.judge_calibration)",
+        "method": method, **({"finetune": FINETUNE} if method == "finetune" else {}),
         "base_judge": judge_folder, "base_weights_sha256": sha256(os.path.join(judge_folder, WEIGHTS)),
         "sets": {folder: sha256(os.path.join(folder, "reference.json")) for folder in set_folders},
-        "targets": targets, "weight_decay": weight_decay, "threshold": threshold,
+        "targets": targets, "weight_decay": weight_decay if method == "probe" else FINETUNE["weight_decay"],
+        "threshold": threshold,
         "frames": sum(len(o.targets) for s in sets for o in s.orbits),
         "images": sum(len(t) for s in sets for *_, t in s.images),
         "faces": round(float(sum(y for _, y in examples)), 3),

@@ -139,3 +139,24 @@ def test_vote_targets_threshold_and_other_sets(labelled_set, tmp_path):
     assert set(both["cross_validated"]) == {"folds", "pooled", "across_sets"}
     with pytest.raises(ValueError, match="threshold"):
         calibrate(base, [set_folder], str(tmp_path / "x"), threshold=1.0)
+
+
+def test_finetuned_judge_keeps_its_views_and_moves_its_face(labelled_set, tmp_path):
+    """method finetune: the whole network learns the face from the labels, its view and kind held to
+    the base judge's by distillation; smiling = face; the record says how it was made."""
+    from janus_lab.judge_calibration import FINETUNE
+    from janus_lab.label_sets import read_manifest
+    from janus_lab.volume_orbits import load_orbit_frames
+
+    set_folder, _ = labelled_set
+    base = model_path("judge")
+    record = calibrate(base, [set_folder], str(tmp_path / "f"), method="finetune", folds=0)["calibration"]
+    assert record["method"] == "finetune" and record["finetune"] == FINETUNE and record["cross_validated"] == {"folds": 0}
+    before, after = Judge.load(base), Judge.load(str(tmp_path / "f"))
+    frames = torch.cat([load_orbit_frames(i.source) for i in read_manifest(set_folder)])
+    assert (before(frames)["view"] == after(frames)["view"]).float().mean() >= 0.9
+    assert not torch.equal(before.net.features[0][0].weight, after.net.features[0][0].weight)
+    face, smiling = ATTRIBUTES.index("face"), ATTRIBUTES.index("smiling")
+    assert torch.equal(after.net.attributes.weight[face], after.net.attributes.weight[smiling])
+    with pytest.raises(ValueError, match="method"):
+        calibrate(base, [set_folder], str(tmp_path / "x"), method="retrain")

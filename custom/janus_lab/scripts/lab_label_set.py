@@ -81,9 +81,9 @@ def calibrate(args) -> int:
     from janus_lab import judge_calibration  # deferred: loads the judge
     decay = judge_calibration.WEIGHT_DECAY if args.weight_decay is None else args.weight_decay
     record = judge_calibration.calibrate(args.judge, args.set, args.out, decay, args.threshold, args.targets,
-                                         args.folds)["calibration"]
+                                         args.folds, args.method)["calibration"]
     print(f"{record['frames']} frames and {record['images']} images ({record['faces']} faces, targets "
-          f"{record['targets']}); weight decay {decay}, threshold {args.threshold}; written {args.out}")
+          f"{record['targets']}); {args.method}, weight decay {decay}, threshold {args.threshold}; written {args.out}")
     for name, figures in record["cross_validated"].items():
         if name != "folds":
             print(f"cross-validated, {name} ({args.folds} folds of whole orbits; across_sets: each set judged by a "
@@ -111,12 +111,14 @@ def main(argv=None) -> int:
     p.add_argument("--judge", required=True, type=existing_folder, help="the judge folder to calibrate")
     p.add_argument("--out", required=True, help="the calibrated judge's folder (new)")
     p.add_argument("--weight-decay", type=number_in(0.0, low_open=True), default=None, help="the probe's L2 weight (default 1e-3)")
+    p.add_argument("--method", choices=("probe", "finetune"), default="probe",
+                   help="a linear probe of the judge's features (default), or the whole network fine-tuned")
     p.add_argument("--targets", choices=("reference", "votes"), default="reference",
                    help="fit the reference label, or the share of labellers who saw a face (default reference)")
     p.add_argument("--threshold", type=number_in(0.0, 1.0, low_open=True, high_open=True), default=0.5,
                    help="'face' where the probe's probability exceeds this (default 0.5)")
-    p.add_argument("--folds", type=integer_at_least(2), default=8,
-                   help="cross-validation folds on the set (default 8)")
+    p.add_argument("--folds", type=integer_at_least(0), default=8,
+                   help="cross-validation folds pooled over the sets (default 8; 0: none, only across sets)")
     args = parser.parse_args(argv)
     if args.command == "sheets":
         refuse_repeats(parser, args, ["--runs", "--view2d"])
@@ -126,6 +128,8 @@ def main(argv=None) -> int:
         refuse_repeats(parser, args, ["--set"])
         if os.path.exists(os.path.join(args.out, "judge.safetensors")):
             parser.error(f"argument --out: {args.out} already holds a judge; name a new folder")
+        if args.folds == 1:
+            parser.error("argument --folds: 0 (none) or at least 2")
         require_output_folder(parser, "--out", args.out)
     if args.command == "merge":
         refuse_repeats(parser, args, ["--labellers"])
