@@ -21,10 +21,10 @@ from torch import Tensor
 
 from antijanus.utils.cache import save_safetensors
 from .images import object_mask
-from .world import ATTRIBUTES, IMAGE_SIZE, KINDS, VIEWS
+from .world import ATTRIBUTES, FRONT_ONLY, IMAGE_SIZE, KINDS, VIEWS
 
 # object_mask is re-exported: the 3D experiment's modules import it from here
-__all__ = ["CONFIG", "WEIGHTS", "Judge", "JudgeNet", "object_mask", "save_judge"]
+__all__ = ["CONFIG", "WEIGHTS", "Judge", "JudgeNet", "PairedJudgeNet", "object_mask", "save_judge"]
 
 WEIGHTS, CONFIG = "judge.safetensors", "judge.json"
 
@@ -56,7 +56,25 @@ class JudgeNet(nn.Module):
                 "camera": self.camera(h)}
 
 
-def save_judge(net: JudgeNet, record: dict, folder: str) -> None:
+class PairedJudgeNet(nn.Module):
+    """Two JudgeNets as one judge: every output of ``base``, except the front-only attributes
+    (face, smiling), which come from ``face`` (a network fine-tuned on the face alone,
+    ``judge_calibration``). Its folder's judge.json says ``"architecture": "paired"``."""
+
+    def __init__(self, width: int = 32, n_attributes: int = len(ATTRIBUTES)) -> None:
+        super().__init__()
+        self.base, self.face = JudgeNet(width, n_attributes), JudgeNet(width, n_attributes)
+
+    def forward(self, images: Tensor) -> Dict[str, Tensor]:
+        out = dict(self.base(images))
+        rows = [ATTRIBUTES.index(a) for a in FRONT_ONLY]
+        attributes = out["attributes"].clone()
+        attributes[:, rows] = self.face(images)["attributes"][:, rows]
+        out["attributes"] = attributes
+        return out
+
+
+def save_judge(net: nn.Module, record: dict, folder: str) -> None:
     """Write a judge folder: the weights in fp16 (other tensors as they are) and ``record`` as
     judge.json (``Judge.load`` reads both)."""
     os.makedirs(folder, exist_ok=True)
@@ -77,7 +95,8 @@ class Judge:
     def load(cls, folder: str, device: str = "cpu") -> "Judge":
         with open(os.path.join(folder, CONFIG)) as f:
             record = json.load(f)
-        net = JudgeNet(record["settings"]["width"], len(record.get("attributes", ATTRIBUTES)))
+        kind = PairedJudgeNet if record.get("architecture") == "paired" else JudgeNet
+        net = kind(record["settings"]["width"], len(record.get("attributes", ATTRIBUTES)))
         state = {k: v.float() if v.is_floating_point() else v for k, v in load_file(os.path.join(folder, WEIGHTS)).items()}
         net.load_state_dict(state)
         return cls(net.to(device), record)

@@ -14,10 +14,11 @@ kind, other attributes, camera) is unchanged. ``cross_validate`` estimates the g
 the development sets (folds of whole orbits; and each set judged by a probe fit on the others,
 i.e. by other people's labels) before any other set is judged.
 
-``method="finetune"`` (judge v12, twelfth entry) fits the whole network instead of a probe: Adam
-on the face targets with horizontal flips, the view and kind heads held to the base judge's own
-outputs on the same images (distillation), so that only the face verdict learns from the labels;
-its ``smiling`` row is set to the ``face`` row and both get the threshold's bias shift.
+``method="finetune"`` (judge v12, twelfth entry) fits a copy of the whole network to the face
+targets instead of a probe (Adam, horizontal flips), its ``smiling`` row set to its ``face`` row,
+both shifted by the threshold; the calibrated judge pairs it with the base judge
+(``judge.PairedJudgeNet``): the face verdict from the fine-tuned copy, everything else (view,
+kind, other attributes, camera) from the base judge, unchanged.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .janus import orbit_outcome
-from .judge import WEIGHTS, Judge, JudgeNet, save_judge
+from .judge import WEIGHTS, Judge, JudgeNet, PairedJudgeNet, save_judge
 from .label_agreement import FACE_FIELDS, UNCLEAR, is_janus, labeller_files
 from .label_sets import Item, item_images, read_manifest, shown_frame_indices
 from .model_files import sha256
@@ -175,8 +176,10 @@ class Finetuned:
     def face(self, features: Tensor, images: Tensor) -> Tensor:
         return self.net(images.float().clamp(0.0, 1.0) * 1.0)["attributes"][:, ATTRIBUTES.index("face")] > 0
 
-    def into(self, net: JudgeNet) -> JudgeNet:
-        return self.net
+    def into(self, net: JudgeNet) -> PairedJudgeNet:
+        paired = PairedJudgeNet()
+        paired.base, paired.face = net, self.net
+        return paired.eval()
 
 
 def fit_probe_on(examples: List[Tuple[Tensor, float]], weight_decay: float, threshold: float) -> Probe:
@@ -188,13 +191,11 @@ def fit_probe_on(examples: List[Tuple[Tensor, float]], weight_decay: float, thre
 
 def finetune_on(base: JudgeNet, examples: List[Tuple[Tensor, float]], threshold: float, epochs: int = 10,
                 lr: float = 1e-4, weight_decay: float = 1e-4, batch: int = 64, seed: int = 0) -> Finetuned:
-    """The whole network fit to (image, target) ``examples``: Adam, horizontal flips, BCE on the face
-    logit plus KL of the view and kind heads to ``base``'s on the same images; then the smiling row
-    set to the face row and both shifted by the threshold."""
+    """A copy of the whole network fit to (image, target) ``examples``: Adam, horizontal flips, BCE
+    on the face logit; then its smiling row set to its face row and both shifted by the threshold."""
     images = torch.stack([e[0] for e in examples]).float()
     targets = torch.tensor([e[1] for e in examples])
     net = copy.deepcopy(base).train()
-    teacher = base.eval()
     opt = torch.optim.Adam(net.parameters(), lr=lr, weight_decay=weight_decay)
     g = torch.Generator().manual_seed(seed)
     face = ATTRIBUTES.index("face")
@@ -204,12 +205,7 @@ def finetune_on(base: JudgeNet, examples: List[Tuple[Tensor, float]], threshold:
             idx = order[k:k + batch]
             flip = torch.rand(len(idx), generator=g) < 0.5
             x = torch.where(flip[:, None, None, None], images[idx].flip(-1), images[idx])
-            out = net(x)
-            with torch.no_grad():
-                held = teacher(x)
-            loss = F.binary_cross_entropy_with_logits(out["attributes"][:, face], targets[idx])
-            for head in ("view", "kind"):
-                loss = loss + F.kl_div(out[head].log_softmax(-1), held[head].softmax(-1), reduction="batchmean")
+            loss = F.binary_cross_entropy_with_logits(net(x)["attributes"][:, face], targets[idx])
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -303,10 +299,11 @@ def calibrate(judge_folder: str, set_folders: Sequence[str], out_folder: str, we
     cv = cross_validate(sets, fit, folds)
     net = fit(sets).into(copy.deepcopy(judge.net))
     examples = [e for s in sets for e in s.examples()]
-    record = dict(judge.record)
+    record = dict(judge.record, **({"architecture": "paired"} if method == "finetune" else {}))
     what = (f"rows {list(FRONT_ONLY)} of the attribute head replaced by one linear probe of the hidden features"
             if method == "probe" else
-            f"the network fine-tuned on the face (view and kind held to the base judge's), rows {list(FRONT_ONLY)} equal")
+            f"rows {list(FRONT_ONLY)} from a copy of the network fine-tuned on the face (PairedJudgeNet), the rest "
+            "the base judge's")
     record["calibration"] = {
         "what": what + ", fit to the labelled 'face visible' of the sets (janus_lab.judge_calibration)",
         "method": method, **({"finetune": FINETUNE} if method == "finetune" else {}),
