@@ -83,11 +83,13 @@ def calibrate(args) -> int:
     record = judge_calibration.calibrate(args.judge, args.set, args.out, decay, args.threshold, args.targets,
                                          args.folds, args.method)["calibration"]
     print(f"{record['frames']} frames and {record['images']} images ({record['faces']} faces, targets "
-          f"{record['targets']}); {args.method}, weight decay {decay}, threshold {args.threshold}; written {args.out}")
+          f"{record['targets']}); {args.method}, weight decay {record['weight_decay']}, threshold {args.threshold}; "
+          f"written {args.out}")
     for name, figures in record["cross_validated"].items():
         if name != "folds":
-            print(f"cross-validated, {name} ({args.folds} folds of whole orbits; across_sets: each set judged by a "
-                  "probe fit on the others): " + ", ".join(f"{k} {v:.3f}" for k, v in figures.items()))
+            how = "each set judged by a verdict fit on the others" if name == "across_sets" else \
+                f"{args.folds} folds of whole orbits"
+            print(f"cross-validated, {name} ({how}): " + ", ".join(f"{k} {v:.3f}" for k, v in figures.items()))
     return 0
 
 
