@@ -65,6 +65,11 @@ class PairedJudgeNet(nn.Module):
         super().__init__()
         self.base, self.face = JudgeNet(width, n_attributes), JudgeNet(width, n_attributes)
 
+    @property
+    def features(self) -> nn.Module:
+        """The base judge's conv features (what the metric's a_jfd compares)."""
+        return self.base.features
+
     def forward(self, images: Tensor) -> Dict[str, Tensor]:
         out = dict(self.base(images))
         rows = [ATTRIBUTES.index(a) for a in FRONT_ONLY]

@@ -49,13 +49,18 @@ METHODS = ("probe", "finetune")
 FINETUNE = {"epochs": 10, "lr": 1e-4, "weight_decay": 1e-4, "batch": 64}  # the twelfth entry's choice
 
 
-@torch.no_grad()
-def judge_features(net: JudgeNet, images: Tensor) -> Tensor:
-    """[B, 3, H, W] in [0, 1] -> the judge's hidden features [B, 256] (the input of its heads)."""
+def to_judge_size(images: Tensor) -> Tensor:
+    """Images as floats at the judge's 32x32 (resized as ``Judge.__call__`` resizes)."""
     x = images.float()
     if x.shape[-2:] != (IMAGE_SIZE, IMAGE_SIZE):
         x = F.interpolate(x, (IMAGE_SIZE, IMAGE_SIZE), mode="bilinear", align_corners=False, antialias=True)
-    return net.hidden(net.features(x.clamp(0.0, 1.0) * 2.0 - 1.0))
+    return x
+
+
+@torch.no_grad()
+def judge_features(net: JudgeNet, images: Tensor) -> Tensor:
+    """[B, 3, H, W] in [0, 1] -> the judge's hidden features [B, 256] (the input of its heads)."""
+    return net.hidden(net.features(to_judge_size(images).clamp(0.0, 1.0) * 2.0 - 1.0))
 
 
 def fit_probe(features: Tensor, labels: Tensor, weight_decay: float = WEIGHT_DECAY) -> Tuple[Tensor, Tensor]:
@@ -111,7 +116,10 @@ class LabelledSet:
         with open(os.path.join(folder, "reference.json")) as f:
             ref = json.load(f)["labels"]
         votes = labeller_files(folder)
+        if targets == "votes" and not votes:
+            raise ValueError(f"{folder} has no labels-<name>-*.csv: the votes targets need the labellers' files")
         items = [i for i in read_manifest(folder) if i.id in ref]
+        self.groups = {i.id: item_group(i) for i in items}
         self.folder = folder
         self.orbits = [Orbit(i, net, ref[i.id], face_targets(i.id, FACE_FIELDS, ref, votes, targets))
                        for i in items if i.kind == "orbit"]
@@ -127,6 +135,15 @@ class LabelledSet:
         out = [e for o in self.orbits if orbit_ids is None or o.id in orbit_ids for e in o.examples(images)]
         return out + [(self.pixels[iid] if images else f, y) for iid, f, _, t in self.images
                       if image_ids is None or iid in image_ids for y in t.values()]
+
+
+def item_group(item: Item) -> Tuple:
+    """Items that share an initialisation: an orbit's prompt and seed (its variants), an image's
+    kind, requested view and seed (its methods)."""
+    meta = item.meta
+    if item.kind == "orbit":
+        return ("orbit", meta.get("prompt"), meta.get("seed"))
+    return ("image", meta.get("kind"), meta.get("view"), meta.get("seed"))
 
 
 def face_targets(item: str, fields: Sequence[str], ref, votes, targets: str) -> Dict[str, float]:
@@ -174,7 +191,7 @@ class Finetuned:
 
     @torch.no_grad()
     def face(self, features: Tensor, images: Tensor) -> Tensor:
-        return self.net(images.float().clamp(0.0, 1.0) * 1.0)["attributes"][:, ATTRIBUTES.index("face")] > 0
+        return self.net(to_judge_size(images).clamp(0.0, 1.0))["attributes"][:, ATTRIBUTES.index("face")] > 0
 
     def into(self, net: JudgeNet) -> PairedJudgeNet:
         paired = PairedJudgeNet()
@@ -193,7 +210,7 @@ def finetune_on(base: JudgeNet, examples: List[Tuple[Tensor, float]], threshold:
                 lr: float = 1e-4, weight_decay: float = 1e-4, batch: int = 64, seed: int = 0) -> Finetuned:
     """A copy of the whole network fit to (image, target) ``examples``: Adam, horizontal flips, BCE
     on the face logit; then its smiling row set to its face row and both shifted by the threshold."""
-    images = torch.stack([e[0] for e in examples]).float()
+    images = to_judge_size(torch.stack([e[0] for e in examples])).clamp(0.0, 1.0)
     targets = torch.tensor([e[1] for e in examples])
     net = copy.deepcopy(base).train()
     opt = torch.optim.Adam(net.parameters(), lr=lr, weight_decay=weight_decay)
@@ -257,16 +274,21 @@ def fitter(method: str, base: JudgeNet, weight_decay: float, threshold: float) -
 
 def cross_validate(sets: Sequence[LabelledSet], fit: Callable, folds: int = 8, seed: int = 0) -> Dict[str, Dict[str, float]]:
     """The gate's figures on the development sets, each item judged by a verdict fit without it:
-    ``pooled`` (whole orbits, and images, in ``folds`` random folds over all sets; none with
-    ``folds`` 0) and, with two sets or more, ``across_sets`` (each set judged by a verdict fit on
-    the others: other labellers)."""
+    ``pooled`` (``folds`` random folds over all sets, none with ``folds`` 0; an item's fold is its
+    group's, ``LabelledSet.groups``: the orbits of one prompt and seed, the images of one kind, view
+    and seed, so that no near-twin of a held-out item is trained on) and, with two sets or more,
+    ``across_sets`` (each set judged by a verdict fit on the others: other labellers)."""
+    if folds == 1:
+        raise ValueError("folds must be 0 (none) or at least 2")
     out = {}
     if folds:
         orbits = sorted((s.folder, o.id) for s in sets for o in s.orbits)
         images = sorted((s.folder, i[0]) for s in sets for i in s.images)
-        random.Random(seed).shuffle(orbits)
-        fold = {key: k % folds for k, key in enumerate(orbits)}
-        fold.update({key: k % folds for k, key in enumerate(images)})
+        group = {(s.folder, i): (s.folder, *s.groups[i]) for s in sets for i in s.groups}
+        names = sorted(set(group.values()))
+        random.Random(seed).shuffle(names)
+        fold_of_group = {name: k % folds for k, name in enumerate(names)}
+        fold = {key: fold_of_group[group[key]] for key in orbits + images}
         pooled = {"frame_face": [], "outcome": [], "janus": [], "image_face": []}
         for k in range(folds):
             train = {key for key in orbits + images if fold[key] != k}
@@ -294,12 +316,17 @@ def calibrate(judge_folder: str, set_folders: Sequence[str], out_folder: str, we
         raise ValueError(f"threshold must be in (0, 1), not {threshold}")
     torch.set_num_threads(1)
     judge = Judge.load(judge_folder)
+    if judge.record.get("architecture") == "paired":
+        raise ValueError(f"{judge_folder} is already a calibrated (paired) judge: calibrate its base judge instead")
     sets = [LabelledSet(folder, judge.net, targets) for folder in set_folders]
     fit = fitter(method, judge.net, weight_decay, threshold)
     cv = cross_validate(sets, fit, folds)
     net = fit(sets).into(copy.deepcopy(judge.net))
     examples = [e for s in sets for e in s.examples()]
-    record = dict(judge.record, **({"architecture": "paired"} if method == "finetune" else {}))
+    # the base's own record (architecture settings kept on top, its held-out figures nested: they
+    # are the base judge's, not the calibrated face verdict's)
+    record = {"settings": judge.record["settings"], "attributes": judge.record.get("attributes", list(ATTRIBUTES)),
+              "base_record": judge.record, **({"architecture": "paired"} if method == "finetune" else {})}
     what = (f"rows {list(FRONT_ONLY)} of the attribute head replaced by one linear probe of the hidden features"
             if method == "probe" else
             f"rows {list(FRONT_ONLY)} from a copy of the network fine-tuned on the face (PairedJudgeNet), the rest "

@@ -165,3 +165,44 @@ def test_finetuned_judge_keeps_its_views_and_moves_its_face(labelled_set, tmp_pa
     assert not torch.equal(before.net.features[0][0].weight, after.net.face.features[0][0].weight)
     with pytest.raises(ValueError, match="method"):
         calibrate(base, [set_folder], str(tmp_path / "x"), method="retrain")
+
+
+def test_a_paired_judge_runs_the_orbit_metric_and_is_not_calibrated_again(labelled_set, tmp_path):
+    """The metric's a_jfd reads the judge's features: a paired judge gives its base's; calibrating a
+    paired judge again is refused (calibrate its base)."""
+    from janus_lab.janus import orbit_metrics
+    from janus_lab.orbits import orbit_azimuths
+
+    set_folder, _ = labelled_set
+    calibrate(model_path("judge"), [set_folder], str(tmp_path / "p"), method="finetune", folds=0)
+    paired = Judge.load(str(tmp_path / "p"))
+    assert paired.net.features is paired.net.base.features
+    metrics = orbit_metrics(torch.rand(12, 3, 32, 32), orbit_azimuths(12), 15.0, paired, kind="bear")
+    assert "a_jfd" in metrics and "outcome" in metrics
+    with pytest.raises(ValueError, match="paired"):
+        calibrate(str(tmp_path / "p"), [set_folder], str(tmp_path / "again"))
+
+
+def test_pooled_folds_keep_twins_of_a_held_out_item_out_of_training(labelled_set):
+    """Orbits of one prompt and seed (the variants of one initialisation) share a fold."""
+    from janus_lab.judge_calibration import LabelledSet, cross_validate
+
+    set_folder, _ = labelled_set
+    data = LabelledSet(set_folder, Judge.load(model_path("judge")).net, "reference")
+    seen = []
+
+    class Spy:
+        def face(self, features, images):
+            return torch.zeros(features.shape[0], dtype=torch.bool)
+
+    def fit(sets, orbit_ids=None, image_ids=None):
+        seen.append(set(orbit_ids))
+        return Spy()
+
+    cross_validate([data], fit, folds=2)
+    groups = {o.id: data.groups[o.id] for o in data.orbits}
+    for train in seen:
+        held = {o.id for o in data.orbits} - {i for _, i in train}
+        assert not {groups[i] for i in held} & {groups[i] for _, i in train}
+    with pytest.raises(ValueError, match="folds"):
+        cross_validate([data], fit, folds=1)

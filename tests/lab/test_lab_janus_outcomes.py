@@ -260,7 +260,7 @@ def test_eighth_entry_tests_pair_vsd_with_vsd_per_group_with_holm_and_clipping(t
                     run("vsd-perp-neg", s, "janus", "a smiling bear"), run("vsd-perp-neg", s, "no_face", "a bear")]
     for r in results:
         if r["variant"] == "dsds-clip":
-            r["history"] = {"step": [0, 60, 120, 180], "dsds/clipped_fraction": [0.4, 0.2, 0.0, 0.2]}
+            r["history"] = {"step": [0, 60, 120, 180], "dsds/clipped_fraction": [0.6, 0.3, 0.0, 0.1]}
     tests = outcome_tests(results, ["baseline", "perp-neg", "dsds-clip", "vsd", "vsd-perp-neg"])
     by = {(t["variant"], t["group"]): t for t in tests}
     assert {t["reference"] for t in tests if t["variant"].startswith("vsd")} == {"vsd"}
@@ -280,7 +280,7 @@ def test_eighth_entry_tests_pair_vsd_with_vsd_per_group_with_holm_and_clipping(t
         table = f.read()
     assert "Confirmatory test (eighth entry, item 5): perp-neg against baseline on outcome_janus, prompts " \
            "with 'smiling': b / c = 6 / 0 of 6, p = 0.031: significant at 0.05; reading: reduces Janus." in table
-    assert "| dsds-clip | 12 | 0.200 | 0.200 |" in table  # run mean 0.2, steps 0-120 mean 0.2
+    assert "| dsds-clip | 12 | 0.250 | 0.300 |" in table  # run mean 0.25, steps 0-120 mean 0.3
     assert "| vsd-perp-neg | vsd | with 'smiling' | 6 | 0 / 6 |" in table
 
 
@@ -304,3 +304,12 @@ def test_transfer_pairs_each_launcher_run_with_its_fast_counterpart():
     assert smiling["fast"] == "reduces Janus" and smiling["launcher"] == "reduces Janus" and smiling["same"]
     text = "\n".join(transfer_lines(report))
     assert "| perp-neg | 3 | 2 | 0.67 | one_face_front -> no_face 1, one_face_front -> one_face_front 2 |" in text
+
+
+def test_holm_steps_down_with_a_running_maximum_and_leaves_nan_out():
+    from janus_lab.stats import holm
+
+    assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    adjusted = holm([0.02, math.nan, 0.5])
+    assert adjusted[0] == pytest.approx(0.04) and math.isnan(adjusted[1]) and adjusted[2] == pytest.approx(0.5)
+    assert holm([0.9, 0.8]) == pytest.approx([1.0, 1.0]) and holm([]) == []  # capped at 1

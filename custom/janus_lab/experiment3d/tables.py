@@ -276,7 +276,7 @@ def outcome_test_lines(tests: Sequence[Mapping[str, Any]]) -> List[str]:
     if found:
         c = found[0][key]
         verdict = "significant" if c["p"] < 0.05 else "not significant"
-        lines += ["", f"Confirmatory test (eighth entry, item 5): {variant} against baseline on {key}, prompts "
+        lines += ["", f"Confirmatory test (eighth entry, item 5): {variant} against {found[0]['reference']} on {key}, prompts "
                       f"{group}: b / c = {c['b']} / {c['c']} of {found[0]['pairs']}, p = {c['p']:.3f}: {verdict} at "
                       f"0.05; reading: {found[0]['reading']}."]
     return lines

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any, Dict, List, Mapping, Sequence
 
-from ..janus import OUTCOMES
+from ..janus import outcome_name
 from .tables import OUTCOME_GROUPS, markdown_table, outcome_tests
 
 Run = Mapping[str, Any]
@@ -17,10 +17,6 @@ Run = Mapping[str, Any]
 
 def _by_run(results: Sequence[Run]) -> Dict[tuple, Run]:
     return {(r["variant"], r["prompt"], r["seed"]): r for r in results if "outcome" in r["metrics"]}
-
-
-def outcome_of(result: Run) -> str:
-    return OUTCOMES[int(result["metrics"]["outcome"])]
 
 
 def transfer(launcher: Sequence[Run], fast: Sequence[Run], variants: Sequence[str]) -> Dict[str, Any]:
@@ -33,7 +29,7 @@ def transfer(launcher: Sequence[Run], fast: Sequence[Run], variants: Sequence[st
         keys = [k for k in common if k[0] == variant]
         if not keys:
             continue
-        pairs = Counter((outcome_of(theirs[k]), outcome_of(ours[k])) for k in keys)
+        pairs = Counter((outcome_name(theirs[k]["metrics"]), outcome_name(ours[k]["metrics"])) for k in keys)
         same = sum(n for (a, b), n in pairs.items() if a == b)
         rows.append({"variant": variant, "runs": len(keys), "same": same, "share": same / len(keys),
                      "pairs": {f"{a} -> {b}": n for (a, b), n in sorted(pairs.items())}})

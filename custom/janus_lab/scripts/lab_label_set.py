@@ -88,7 +88,7 @@ def calibrate(args) -> int:
     for name, figures in record["cross_validated"].items():
         if name != "folds":
             how = "each set judged by a verdict fit on the others" if name == "across_sets" else \
-                f"{args.folds} folds of whole orbits"
+                f"{args.folds} folds of whole prompt-and-seed groups"
             print(f"cross-validated, {name} ({how}): " + ", ".join(f"{k} {v:.3f}" for k, v in figures.items()))
     return 0
 
@@ -130,6 +130,9 @@ def main(argv=None) -> int:
         refuse_repeats(parser, args, ["--set"])
         if os.path.exists(os.path.join(args.out, "judge.safetensors")):
             parser.error(f"argument --out: {args.out} already holds a judge; name a new folder")
+        if args.method == "finetune" and args.weight_decay is not None:
+            parser.error("argument --weight-decay: the probe's; --method finetune uses its own recipe "
+                         "(janus_lab.judge_calibration.FINETUNE)")
         if args.folds == 1:
             parser.error("argument --folds: 0 (none) or at least 2")
         require_output_folder(parser, "--out", args.out)

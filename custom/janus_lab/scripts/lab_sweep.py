@@ -32,6 +32,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(HERE)))  # the antijanus 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))  # custom/ of this checkout
 from antijanus.tools.evaluate import MetricModels  # noqa: E402
 from antijanus.tools.sweep import Sweep, SweepFailed, collect, dry_run_command, run_sweep  # noqa: E402
+from antijanus.utils.cache import read_json  # noqa: E402
 from antijanus.utils.errors import ConfigError  # noqa: E402
 from janus_lab.cli_args import (count, existing_folder, folder_problem, integer_at_least, refuse_repeats,  # noqa: E402
                                 seed)
@@ -234,8 +235,16 @@ def compare_fast(sweep, args) -> str:
     both judged by the lab's judge."""
     settings = FastSettings(cameras=args.cameras, **({} if args.guidance_scale is None
                                                      else {"guidance_scale": args.guidance_scale}))
+    recorded = (read_json(os.path.join(args.compare_fast, "experiment.json")) or {}).get("settings")
+    if recorded != settings.to_dict():
+        differ = sorted(k for k in settings.to_dict() if (recorded or {}).get(k) != settings.to_dict()[k])
+        raise SystemExit(f"--compare-fast {args.compare_fast}: its fast-path settings differ from this command's "
+                         f"(--cameras, --guidance-scale, the fast path's defaults) in {differ or 'its experiment.json'}")
     fast = Experiment(args.compare_fast, list(sweep.variants), list(sweep.prompts), tuple(sweep.seeds), settings)
     report = transfer(launcher_results(sweep), fast.results(), list(sweep.variants))
+    if not report["common"]:
+        raise SystemExit(f"--compare-fast {args.compare_fast}: no finished run there has a launcher counterpart "
+                         "(same variant, prompt, seed)")
     path = os.path.join(sweep.out, sweep.name, "transfer.md")
     with open(path, "w") as f:
         f.write("\n".join(transfer_lines(report)) + "\n")
