@@ -163,3 +163,22 @@ def test_dnp_2d_script_with_the_lab_captioner(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     record = json.load(open(out / "dnp.json"))
     assert record["captioned"] and WORLD_CAPTION.match(record["negative_prompt"])
+
+
+def test_plugin_judge_folder_reads_only_lab_captioner_folders(tmp_path):
+    """A run's key follows the judge a lab captioner folder names; another plugin class, a BLIP
+    folder or a folder without the marker names none. The marker is the plugin loader's."""
+    import json as _json
+
+    from antijanus.prompting.captioning import PLUGIN_MARKER
+    from janus_lab import captioner
+
+    assert captioner.PLUGIN_MARKER == PLUGIN_MARKER
+    (tmp_path / "lab").mkdir()
+    (tmp_path / "lab" / PLUGIN_MARKER).write_text(_json.dumps(
+        {"class": "janus_lab.captioner:LabCaptioner", "options": {"judge": "../judge-x"}}))
+    assert captioner.plugin_judge_folder(str(tmp_path / "lab")) == str(tmp_path / "judge-x")
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / PLUGIN_MARKER).write_text(_json.dumps({"class": "some.module:Other", "options": {}}))
+    assert captioner.plugin_judge_folder(str(tmp_path / "other")) is None
+    assert captioner.plugin_judge_folder(str(tmp_path)) is None
