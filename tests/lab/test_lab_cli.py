@@ -369,3 +369,25 @@ def test_a_failed_run_in_this_process_reports_the_same_message(monkeypatch):
 
     monkeypatch.setattr(runs, "run_one", work)
     check_outcomes(pool_outcomes(1), set(EXPECTED) - {"killed"})
+
+
+def test_compare_fast_refuses_other_settings_and_no_common_runs(tmp_path, monkeypatch):
+    """lab_sweep.py --compare-fast: a fast-path folder run at other settings, or with no run that
+    has a launcher counterpart, is one clear message, never an empty transfer table."""
+    import types
+
+    from antijanus.utils.cache import write_json
+    from janus_lab.experiment3d.settings import FastSettings
+
+    module = script("lab_sweep")
+    fast = tmp_path / "fast"
+    fast.mkdir()
+    write_json(str(fast / "experiment.json"), {"settings": FastSettings(cameras="prior", guidance_scale=7.5).to_dict()})
+    monkeypatch.setattr(module, "launcher_results", lambda sweep: [])
+    sweep = types.SimpleNamespace(variants={"baseline": None}, prompts=["a bear"], seeds=[0], out=str(tmp_path), name="s")
+    args = types.SimpleNamespace(cameras="prior", guidance_scale=100.0, compare_fast=str(fast))
+    with pytest.raises(SystemExit, match=r"differ .* in \['guidance_scale'\]"):
+        module.compare_fast(sweep, args)
+    args.guidance_scale = 7.5  # the same settings (experiment.json holds lists where settings hold tuples)
+    with pytest.raises(SystemExit, match="no finished run there has a launcher counterpart"):
+        module.compare_fast(sweep, args)

@@ -236,8 +236,9 @@ def compare_fast(sweep, args) -> str:
     settings = FastSettings(cameras=args.cameras, **({} if args.guidance_scale is None
                                                      else {"guidance_scale": args.guidance_scale}))
     recorded = (read_json(os.path.join(args.compare_fast, "experiment.json")) or {}).get("settings")
-    if recorded != settings.to_dict():
-        differ = sorted(k for k in settings.to_dict() if (recorded or {}).get(k) != settings.to_dict()[k])
+    wanted = json.loads(json.dumps(settings.to_dict()))  # as experiment.json holds it (lists, not tuples)
+    if recorded != wanted:
+        differ = sorted(k for k in wanted if (recorded or {}).get(k) != wanted[k])
         raise SystemExit(f"--compare-fast {args.compare_fast}: its fast-path settings differ from this command's "
                          f"(--cameras, --guidance-scale, the fast path's defaults) in {differ or 'its experiment.json'}")
     fast = Experiment(args.compare_fast, list(sweep.variants), list(sweep.prompts), tuple(sweep.seeds), settings)
