@@ -24,7 +24,7 @@ from .images import object_mask
 from .world import ATTRIBUTES, FRONT_ONLY, IMAGE_SIZE, KINDS, VIEWS
 
 # object_mask is re-exported: the 3D experiment's modules import it from here
-__all__ = ["CONFIG", "WEIGHTS", "Judge", "JudgeNet", "PairedJudgeNet", "object_mask", "save_judge"]
+__all__ = ["CONFIG", "WEIGHTS", "Judge", "JudgeNet", "PairedJudgeNet", "judge_input", "object_mask", "save_judge"]
 
 WEIGHTS, CONFIG = "judge.safetensors", "judge.json"
 
@@ -50,8 +50,12 @@ class JudgeNet(nn.Module):
         self.attributes = nn.Linear(256, n_attributes)
         self.camera = nn.Linear(256, 3)
 
+    def embed(self, images: Tensor) -> Tensor:
+        """[B, 3, 32, 32] in [0, 1] -> the hidden features [B, 256] every head reads."""
+        return self.hidden(self.features(images * 2.0 - 1.0))
+
     def forward(self, images: Tensor) -> Dict[str, Tensor]:
-        h = self.hidden(self.features(images * 2.0 - 1.0))
+        h = self.embed(images)
         return {"view": self.view(h), "kind": self.kind(h), "attributes": self.attributes(h),
                 "camera": self.camera(h)}
 
@@ -77,6 +81,15 @@ class PairedJudgeNet(nn.Module):
         attributes[:, rows] = self.face(images)["attributes"][:, rows]
         out["attributes"] = attributes
         return out
+
+
+def judge_input(images: Tensor) -> Tensor:
+    """Images [B, 3, H, W] in [0, 1] as the judge reads them: floats resized to 32x32 (bilinear,
+    antialiased), clamped to [0, 1]."""
+    x = images.float()
+    if x.shape[-2:] != (IMAGE_SIZE, IMAGE_SIZE):
+        x = F.interpolate(x, (IMAGE_SIZE, IMAGE_SIZE), mode="bilinear", align_corners=False, antialias=True)
+    return x.clamp(0.0, 1.0)
 
 
 def save_judge(net: nn.Module, record: dict, folder: str) -> None:
@@ -112,10 +125,7 @@ class Judge:
         ``kind`` [B] (index into KINDS), ``attributes`` [B, len(ATTRIBUTES)] (bool, ATTRIBUTES order), and the
         probabilities ``view_probs``, ``kind_probs``, ``attribute_probs``."""
         device = next(self.net.parameters()).device
-        x = images.float().to(device)
-        if x.shape[-2:] != (IMAGE_SIZE, IMAGE_SIZE):
-            x = F.interpolate(x, (IMAGE_SIZE, IMAGE_SIZE), mode="bilinear", align_corners=False, antialias=True)
-        out = self.net(x.clamp(0.0, 1.0))
+        out = self.net(judge_input(images.to(device)))
         probs = torch.sigmoid(out["attributes"])
         return {"view": out["view"].argmax(-1), "kind": out["kind"].argmax(-1), "attributes": probs > 0.5,
                 "view_probs": out["view"].softmax(-1), "kind_probs": out["kind"].softmax(-1),

@@ -11,8 +11,8 @@ judge's ``face`` and ``smiling`` rows (the front-only attributes, ``world.FRONT_
 shifted by logit(t), so a calibrated judge is a judge folder like any other and "a front-only
 attribute visible" is the probe's verdict at the judge's own 0.5. The rest of the judge (view,
 kind, other attributes, camera) is unchanged. ``cross_validate`` estimates the gate's figures on
-the development sets (folds of whole orbits; and each set judged by a probe fit on the others,
-i.e. by other people's labels) before any other set is judged.
+the development sets (folds of prompt-and-seed groups; and each set judged by a verdict fit on
+the others, i.e. by other people's labels) before any other set is judged.
 
 ``method="finetune"`` (judge v12, twelfth entry) fits a copy of the whole network to the face
 targets instead of a probe (Adam, horizontal flips), its ``smiling`` row set to its ``face`` row,
@@ -35,32 +35,25 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .janus import orbit_outcome
-from .judge import WEIGHTS, Judge, JudgeNet, PairedJudgeNet, save_judge
+from .judge import WEIGHTS, Judge, JudgeNet, PairedJudgeNet, judge_input, save_judge
 from .label_agreement import FACE_FIELDS, UNCLEAR, is_janus, labeller_files
 from .label_sets import Item, item_images, read_manifest, shown_frame_indices
 from .model_files import sha256
 from .orbits import orbit_azimuths
 from .volume_orbits import load_orbit_frames
-from .world import ATTRIBUTES, FRONT_ONLY, IMAGE_SIZE
+from .world import ATTRIBUTES, FRONT_ONLY
 
 WEIGHT_DECAY = 1e-3  # the ninth entry's choice (grouped cross-validation on set A)
 TARGETS = ("reference", "votes")
 METHODS = ("probe", "finetune")
+FIGURES = ("frame_face", "outcome", "janus", "image_face")  # what score() and cross_validate() report
 FINETUNE = {"epochs": 10, "lr": 1e-4, "weight_decay": 1e-4, "batch": 64}  # the twelfth entry's choice
 
 
-def to_judge_size(images: Tensor) -> Tensor:
-    """Images as floats at the judge's 32x32 (resized as ``Judge.__call__`` resizes)."""
-    x = images.float()
-    if x.shape[-2:] != (IMAGE_SIZE, IMAGE_SIZE):
-        x = F.interpolate(x, (IMAGE_SIZE, IMAGE_SIZE), mode="bilinear", align_corners=False, antialias=True)
-    return x
-
-
 @torch.no_grad()
-def judge_features(net: JudgeNet, images: Tensor) -> Tensor:
+def hidden_features(net: JudgeNet, images: Tensor) -> Tensor:
     """[B, 3, H, W] in [0, 1] -> the judge's hidden features [B, 256] (the input of its heads)."""
-    return net.hidden(net.features(to_judge_size(images).clamp(0.0, 1.0) * 2.0 - 1.0))
+    return net.embed(judge_input(images))
 
 
 def fit_probe(features: Tensor, labels: Tensor, weight_decay: float = WEIGHT_DECAY) -> Tuple[Tensor, Tensor]:
@@ -91,7 +84,7 @@ class Orbit:
 
     def __init__(self, item: Item, net: JudgeNet, labels: Dict[str, str], targets: Dict[str, float]) -> None:
         frames = load_orbit_frames(item.source)
-        self.id, self.frames, self.features = item.id, frames, judge_features(net, frames)
+        self.id, self.frames, self.features = item.id, frames, hidden_features(net, frames)
         self.azimuths = [float(a) for a in orbit_azimuths(frames.shape[0])]
         self.shown = dict(zip(FACE_FIELDS, shown_frame_indices(frames.shape[0])))
         self.labels, self.targets = labels, targets
@@ -125,7 +118,7 @@ class LabelledSet:
                        for i in items if i.kind == "orbit"]
         images = [i for i in items if i.kind == "image"]
         pixels = torch.stack([item_images(i)[0] for i in images]) if images else None
-        feats = judge_features(net, pixels) if images else None
+        feats = hidden_features(net, pixels) if images else None
         self.pixels = {i.id: pixels[k] for k, i in enumerate(images)}
         self.images = [(i.id, feats[k], ref[i.id].get("face", UNCLEAR), face_targets(i.id, ("face",), ref, votes, targets))
                        for k, i in enumerate(images)]
@@ -191,7 +184,7 @@ class Finetuned:
 
     @torch.no_grad()
     def face(self, features: Tensor, images: Tensor) -> Tensor:
-        return self.net(to_judge_size(images).clamp(0.0, 1.0))["attributes"][:, ATTRIBUTES.index("face")] > 0
+        return self.net(judge_input(images))["attributes"][:, ATTRIBUTES.index("face")] > 0
 
     def into(self, net: JudgeNet) -> PairedJudgeNet:
         paired = PairedJudgeNet()
@@ -210,7 +203,7 @@ def finetune_on(base: JudgeNet, examples: List[Tuple[Tensor, float]], threshold:
                 lr: float = 1e-4, weight_decay: float = 1e-4, batch: int = 64, seed: int = 0) -> Finetuned:
     """A copy of the whole network fit to (image, target) ``examples``: Adam, horizontal flips, BCE
     on the face logit; then its smiling row set to its face row and both shifted by the threshold."""
-    images = to_judge_size(torch.stack([e[0] for e in examples])).clamp(0.0, 1.0)
+    images = judge_input(torch.stack([e[0] for e in examples]))
     targets = torch.tensor([e[1] for e in examples])
     net = copy.deepcopy(base).train()
     opt = torch.optim.Adam(net.parameters(), lr=lr, weight_decay=weight_decay)
@@ -237,7 +230,7 @@ def finetune_on(base: JudgeNet, examples: List[Tuple[Tensor, float]], threshold:
 
 def score(sets: Sequence[LabelledSet], verdict, orbit_ids=None, image_ids=None) -> Dict[str, List[bool]]:
     """The gate's 3D figures and image face as hit lists, on the chosen items, against the reference."""
-    hits = {"frame_face": [], "outcome": [], "janus": [], "image_face": []}
+    hits = {key: [] for key in FIGURES}
     for s in sets:
         for o in (o for o in s.orbits if orbit_ids is None or (s.folder, o.id) in orbit_ids):
             face = verdict.face(o.features, o.frames)
@@ -289,7 +282,7 @@ def cross_validate(sets: Sequence[LabelledSet], fit: Callable, folds: int = 8, s
         random.Random(seed).shuffle(names)
         fold_of_group = {name: k % folds for k, name in enumerate(names)}
         fold = {key: fold_of_group[group[key]] for key in orbits + images}
-        pooled = {"frame_face": [], "outcome": [], "janus": [], "image_face": []}
+        pooled = {key: [] for key in FIGURES}
         for k in range(folds):
             train = {key for key in orbits + images if fold[key] != k}
             verdict = fit(sets, train & set(orbits), train & set(images))
@@ -298,7 +291,7 @@ def cross_validate(sets: Sequence[LabelledSet], fit: Callable, folds: int = 8, s
                 pooled[key] += v
         out["pooled"] = _rates(pooled)
     if len(sets) > 1:
-        across = {"frame_face": [], "outcome": [], "janus": [], "image_face": []}
+        across = {key: [] for key in FIGURES}
         for held in sets:
             verdict = fit([s for s in sets if s is not held])
             for key, v in score([held], verdict).items():

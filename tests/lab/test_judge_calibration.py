@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from janus_lab.judge import Judge
-from janus_lab.judge_calibration import calibrate, fit_probe, judge_features
+from janus_lab.judge_calibration import calibrate, fit_probe, hidden_features
 from janus_lab.label_sets import SHOWN_AZIMUTHS, make_items, orbit_sources, write_manifest
 from janus_lab.model_files import model_path
 from janus_lab.world import ATTRIBUTES, FRONT_ONLY
@@ -85,7 +85,7 @@ def test_calibrated_judge_gives_the_probe_verdict_and_keeps_the_rest(labelled_se
     # the features the probe reads are the judge's own hidden layer
     frames = torch.rand(2, 3, 32, 32)
     logits = after.net(frames * 1.0)["attributes"]
-    assert torch.allclose(logits[:, rows[0]], judge_features(after.net, frames) @ after.net.attributes.weight[rows[0]]
+    assert torch.allclose(logits[:, rows[0]], hidden_features(after.net, frames) @ after.net.attributes.weight[rows[0]]
                           + after.net.attributes.bias[rows[0]], atol=1e-5)
 
 

@@ -79,15 +79,21 @@ def rate_cell(values: Sequence[float]) -> Dict[str, Any]:
     return {"rate": rate, "ci": [low, high], "count": int(sum(v >= 0.5 for v in values))}
 
 
+def in_group(prompt: str, group: str) -> bool:
+    """Whether ``prompt`` belongs to one of ``OUTCOME_GROUPS`` (with / without the front-only word)."""
+    if group == "all prompts":
+        return True
+    return ("smiling" in prompt) == (group == "with 'smiling'")
+
+
 def grouped(results: Sequence[Mapping[str, Any]], variants: Sequence[str], prompts: Sequence[str]
             ) -> Iterator[Tuple[str, str, List[Mapping[str, Any]]]]:
     """(variant, group, rows) for each variant: every prompt, then the pooled groups."""
     for variant in variants:
         mine = [r for r in results if r["variant"] == variant]
         groups = [(p, [r for r in mine if r["prompt"] == p]) for p in prompts]
-        groups.append(("all prompts", mine))
-        groups.append(("without 'smiling'", [r for r in mine if "smiling" not in r["prompt"]]))
-        groups.append(("with 'smiling'", [r for r in mine if "smiling" in r["prompt"]]))
+        groups += [(g, [r for r in mine if in_group(r["prompt"], g)])
+                   for g in ("all prompts", "without 'smiling'", "with 'smiling'")]
         for name, rows in groups:
             if rows:
                 yield variant, name, rows
@@ -226,7 +232,7 @@ def outcome_tests(results: Sequence[Mapping[str, Any]], variants: Sequence[str])
     group, and the item-6 reading of the direction."""
     rows = []
     for group in OUTCOME_GROUPS:
-        mine = [r for r in results if group == "all prompts" or (("smiling" in r["prompt"]) == (group == "with 'smiling'"))]
+        mine = [r for r in results if in_group(r["prompt"], group)]
         for variant in variants:
             reference = reference_of(variant)
             if variant == reference:
