@@ -119,12 +119,33 @@ def judge_orbit(frames: Tensor, azimuths_deg: Tensor, elevation_deg: Union[float
     verdict = judge(frames)
     probs = verdict["attribute_probs"].float().cpu()
     front_only = [ATTRIBUTES.index(a) for a in FRONT_ONLY]
+    duplicate = duplicate_azimuths(azimuth)
+    seen = window_mean(probs[:, front_only], azimuth, getattr(judge, "orbit_face_window_deg", 0.0), ~duplicate)
     return OrbitFrames(
         azimuth=azimuth, elevation=elevation, camera_view=view_region(elevation, azimuth),
         judged_view=verdict["view"].cpu(), view_probs=verdict["view_probs"].float().cpu(),
         judged_kind=verdict["kind"].cpu(), attribute_probs=probs,
-        front_only_visible=(probs[:, front_only] > attribute_threshold).any(dim=1),
-        in_back=azimuth.abs() > 180.0 - BACK_THRESHOLD, duplicate=duplicate_azimuths(azimuth))
+        front_only_visible=(seen > attribute_threshold).any(dim=1),
+        in_back=azimuth.abs() > 180.0 - BACK_THRESHOLD, duplicate=duplicate)
+
+
+def window_mean(values: Tensor, azimuth: Tensor, window_deg: float, counted: Optional[Tensor] = None) -> Tensor:
+    """values [N, K] of an orbit's frames -> [N, K]: each frame's mean over the ``counted`` frames
+    (default all) whose azimuth lies within ``window_deg`` of its own on the circle (itself
+    included). ``window_deg`` 0 returns ``values``. A calibrated judge's face verdict on an orbit
+    (``Judge.orbit_face_window_deg``, preregistration.md, thirteenth entry): a face on a body
+    spans tens of degrees, so a frame's verdict is read with its neighbours'."""
+    if not math.isfinite(window_deg) or window_deg < 0:
+        raise ValueError(f"the orbit face window must be a finite number of degrees >= 0, not {window_deg}")
+    if window_deg == 0:
+        return values
+    a = azimuth.reshape(-1, 1).double()
+    d = (a - a.T).abs() % 360.0
+    near = torch.minimum(d, 360.0 - d) <= window_deg + 1e-3
+    if counted is not None:
+        near = near & counted.reshape(1, -1)
+    weights = near.to(values.dtype)
+    return (weights @ values) / weights.sum(dim=1, keepdim=True).clamp_min(1.0)
 
 
 def duplicate_azimuths(azimuth: Tensor, tolerance: float = 1e-3) -> Tensor:

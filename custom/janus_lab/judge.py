@@ -19,14 +19,16 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch import Tensor
 
-from antijanus.utils.cache import save_safetensors
+from antijanus.utils.cache import cache_key, save_safetensors
 from .images import object_mask
+from .model_files import sha256
 from .world import ATTRIBUTES, FRONT_ONLY, IMAGE_SIZE, KINDS, VIEWS
 
 # object_mask is re-exported: the 3D experiment's modules import it from here
 __all__ = ["CONFIG", "WEIGHTS", "Judge", "JudgeNet", "PairedJudgeNet", "judge_input", "object_mask", "save_judge"]
 
 WEIGHTS, CONFIG = "judge.safetensors", "judge.json"
+ORBIT_WINDOW = "orbit_face_window_deg"  # judge.json: the face verdict on an orbit read over +- this azimuth
 
 
 class JudgeNet(nn.Module):
@@ -102,6 +104,16 @@ def save_judge(net: nn.Module, record: dict, folder: str) -> None:
         json.dump(record, f, indent=2)
 
 
+def judge_identity(folder: str) -> str:
+    """What a judge folder's verdicts depend on: its weights and, when its record sets one, its
+    orbit face window (other files, e.g. timings, change no verdict). A judge without a window is
+    named by its weights' SHA-256 alone, as before windows existed."""
+    weights = sha256(os.path.join(folder, WEIGHTS))
+    with open(os.path.join(folder, CONFIG)) as f:
+        window = json.load(f).get(ORBIT_WINDOW, 0.0)
+    return weights if not window else cache_key(weights=weights, orbit_face_window_deg=float(window))
+
+
 class Judge:
     """The trained judge: ``Judge.load(folder)(images)`` -> predictions."""
 
@@ -118,6 +130,13 @@ class Judge:
         state = {k: v.float() if v.is_floating_point() else v for k, v in load_file(os.path.join(folder, WEIGHTS)).items()}
         net.load_state_dict(state)
         return cls(net.to(device), record)
+
+    @property
+    def orbit_face_window_deg(self) -> float:
+        """On an orbit, a frame's front-only probabilities are averaged over the frames within this
+        many degrees of azimuth (``janus.window_mean``) before its verdict; 0 (no window) unless
+        the judge's record sets one (preregistration.md, thirteenth entry)."""
+        return float(self.record.get(ORBIT_WINDOW, 0.0))
 
     @torch.no_grad()
     def __call__(self, images: Tensor) -> Dict[str, Tensor]:

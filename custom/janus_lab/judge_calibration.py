@@ -19,6 +19,10 @@ targets instead of a probe (Adam, horizontal flips), its ``smiling`` row set to 
 both shifted by the threshold; the calibrated judge pairs it with the base judge
 (``judge.PairedJudgeNet``): the face verdict from the fine-tuned copy, everything else (view,
 kind, other attributes, camera) from the base judge, unchanged.
+
+``orbit_window_deg`` (judge v13, thirteenth entry) is written into the calibrated judge's record
+(``judge.ORBIT_WINDOW``): on an orbit its face probabilities are averaged over the frames within
+that azimuth before the verdict (``janus.window_mean``), here as in every orbit the judge judges.
 """
 
 from __future__ import annotations
@@ -34,8 +38,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .janus import orbit_outcome
-from .judge import WEIGHTS, Judge, JudgeNet, PairedJudgeNet, judge_input, save_judge
+from .janus import duplicate_azimuths, orbit_outcome, window_mean
+from .judge import ORBIT_WINDOW, WEIGHTS, Judge, JudgeNet, PairedJudgeNet, judge_input, save_judge
 from .label_agreement import FACE_FIELDS, UNCLEAR, is_janus, labeller_files
 from .label_sets import Item, item_images, read_manifest, shown_frame_indices
 from .model_files import sha256
@@ -160,13 +164,13 @@ def threshold_logit(threshold: float) -> float:
 
 
 class Probe:
-    """A face verdict from the judge's features: features @ weight + bias > 0."""
+    """A face probability from the judge's features: sigmoid(features @ weight + bias)."""
 
     def __init__(self, weight: Tensor, bias: Tensor) -> None:
         self.weight, self.bias = weight, bias
 
-    def face(self, features: Tensor, images: Tensor) -> Tensor:
-        return (features @ self.weight + self.bias) > 0
+    def probability(self, features: Tensor, images: Tensor) -> Tensor:
+        return torch.sigmoid(features @ self.weight + self.bias)
 
     def into(self, net: JudgeNet) -> JudgeNet:
         with torch.no_grad():
@@ -177,14 +181,14 @@ class Probe:
 
 
 class Finetuned:
-    """A face verdict from a fine-tuned network's own face logit (threshold already in its bias)."""
+    """A face probability from a fine-tuned network's own face logit (threshold already in its bias)."""
 
     def __init__(self, net: JudgeNet) -> None:
         self.net = net.eval()
 
     @torch.no_grad()
-    def face(self, features: Tensor, images: Tensor) -> Tensor:
-        return self.net(judge_input(images))["attributes"][:, ATTRIBUTES.index("face")] > 0
+    def probability(self, features: Tensor, images: Tensor) -> Tensor:
+        return torch.sigmoid(self.net(judge_input(images))["attributes"][:, ATTRIBUTES.index("face")])
 
     def into(self, net: JudgeNet) -> PairedJudgeNet:
         paired = PairedJudgeNet()
@@ -228,18 +232,27 @@ def finetune_on(base: JudgeNet, examples: List[Tuple[Tensor, float]], threshold:
     return Finetuned(net)
 
 
-def score(sets: Sequence[LabelledSet], verdict, orbit_ids=None, image_ids=None) -> Dict[str, List[bool]]:
+def orbit_face(verdict, orbit: Orbit, window_deg: float) -> Tensor:
+    """[N] bool: the verdict's face on every frame of the orbit, its probabilities read over the
+    window (as ``janus.judge_orbit`` reads a judge with that window)."""
+    p = verdict.probability(orbit.features, orbit.frames)
+    azimuth = torch.tensor(orbit.azimuths)
+    return window_mean(p[:, None], azimuth, window_deg, ~duplicate_azimuths(azimuth))[:, 0] > 0.5
+
+
+def score(sets: Sequence[LabelledSet], verdict, orbit_ids=None, image_ids=None, window_deg: float = 0.0
+          ) -> Dict[str, List[bool]]:
     """The gate's 3D figures and image face as hit lists, on the chosen items, against the reference."""
     hits = {key: [] for key in FIGURES}
     for s in sets:
         for o in (o for o in s.orbits if orbit_ids is None or (s.folder, o.id) in orbit_ids):
-            face = verdict.face(o.features, o.frames)
+            face = orbit_face(verdict, o, window_deg)
             hits["frame_face"] += [bool(face[i]) == (y == 1.0) for i, y in o.decided()]
             if o.labels["outcome"] != UNCLEAR:
                 outcome = orbit_outcome(o.azimuths, face.tolist())
                 hits["outcome"].append(outcome == o.labels["outcome"])
                 hits["janus"].append(is_janus(outcome) == is_janus(o.labels["outcome"]))
-        hits["image_face"] += [bool(verdict.face(f[None], s.pixels[iid][None])[0]) == (label == "yes")
+        hits["image_face"] += [bool(verdict.probability(f[None], s.pixels[iid][None])[0] > 0.5) == (label == "yes")
                                for iid, f, label, _ in s.images
                                if label != UNCLEAR and (image_ids is None or (s.folder, iid) in image_ids)]
     return hits
@@ -265,12 +278,14 @@ def fitter(method: str, base: JudgeNet, weight_decay: float, threshold: float) -
     return fit
 
 
-def cross_validate(sets: Sequence[LabelledSet], fit: Callable, folds: int = 8, seed: int = 0) -> Dict[str, Dict[str, float]]:
+def cross_validate(sets: Sequence[LabelledSet], fit: Callable, folds: int = 8, seed: int = 0, window_deg: float = 0.0
+                   ) -> Dict[str, Dict[str, float]]:
     """The gate's figures on the development sets, each item judged by a verdict fit without it:
     ``pooled`` (``folds`` random folds over all sets, none with ``folds`` 0; an item's fold is its
     group's, ``LabelledSet.groups``: the orbits of one prompt and seed, the images of one kind, view
     and seed, so that no near-twin of a held-out item is trained on) and, with two sets or more,
-    ``across_sets`` (each set judged by a verdict fit on the others: other labellers)."""
+    ``across_sets`` (each set judged by a verdict fit on the others: other labellers); orbits read
+    over the face window ``window_deg``."""
     if folds == 1:
         raise ValueError("folds must be 0 (none) or at least 2")
     out = {}
@@ -287,39 +302,42 @@ def cross_validate(sets: Sequence[LabelledSet], fit: Callable, folds: int = 8, s
             train = {key for key in orbits + images if fold[key] != k}
             verdict = fit(sets, train & set(orbits), train & set(images))
             for key, v in score(sets, verdict, {x for x in orbits if fold[x] == k},
-                                {x for x in images if fold[x] == k}).items():
+                                {x for x in images if fold[x] == k}, window_deg).items():
                 pooled[key] += v
         out["pooled"] = _rates(pooled)
     if len(sets) > 1:
         across = {key: [] for key in FIGURES}
         for held in sets:
             verdict = fit([s for s in sets if s is not held])
-            for key, v in score([held], verdict).items():
+            for key, v in score([held], verdict, window_deg=window_deg).items():
                 across[key] += v
         out["across_sets"] = _rates(across)
     return out
 
 
 def calibrate(judge_folder: str, set_folders: Sequence[str], out_folder: str, weight_decay: float = WEIGHT_DECAY,
-              threshold: float = 0.5, targets: str = "reference", folds: int = 8, method: str = "probe"
-              ) -> Dict[str, object]:
+              threshold: float = 0.5, targets: str = "reference", folds: int = 8, method: str = "probe",
+              orbit_window_deg: float = 0.0) -> Dict[str, object]:
     """Fit the face verdict on all the sets, write the calibrated judge to ``out_folder``, return its
     record (with the cross-validated figures)."""
     if not 0.0 < threshold < 1.0:
         raise ValueError(f"threshold must be in (0, 1), not {threshold}")
+    if not 0.0 <= orbit_window_deg < 180.0:
+        raise ValueError(f"orbit_window_deg must be in [0, 180) degrees, not {orbit_window_deg}")
     torch.set_num_threads(1)
     judge = Judge.load(judge_folder)
     if judge.record.get("architecture") == "paired":
         raise ValueError(f"{judge_folder} is already a calibrated (paired) judge: calibrate its base judge instead")
     sets = [LabelledSet(folder, judge.net, targets) for folder in set_folders]
     fit = fitter(method, judge.net, weight_decay, threshold)
-    cv = cross_validate(sets, fit, folds)
+    cv = cross_validate(sets, fit, folds, window_deg=orbit_window_deg)
     net = fit(sets).into(copy.deepcopy(judge.net))
     examples = [e for s in sets for e in s.examples()]
     # the base's own record (architecture settings kept on top, its held-out figures nested: they
     # are the base judge's, not the calibrated face verdict's)
     record = {"settings": judge.record["settings"], "attributes": judge.record.get("attributes", list(ATTRIBUTES)),
-              "base_record": judge.record, **({"architecture": "paired"} if method == "finetune" else {})}
+              "base_record": judge.record, **({"architecture": "paired"} if method == "finetune" else {}),
+              **({ORBIT_WINDOW: orbit_window_deg} if orbit_window_deg else {})}
     what = (f"rows {list(FRONT_ONLY)} of the attribute head replaced by one linear probe of the hidden features"
             if method == "probe" else
             f"rows {list(FRONT_ONLY)} from a copy of the network fine-tuned on the face (PairedJudgeNet), the rest "

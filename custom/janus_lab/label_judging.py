@@ -13,10 +13,10 @@ from typing import Dict, List, Mapping, Optional, Sequence
 import torch
 
 from .janus import judge_orbit, orbit_outcome
-from .judge import WEIGHTS, Judge
+from .judge import Judge, judge_identity
 from .label_agreement import (FACE_FIELDS, UNCLEAR, Labels, agreement, gate_verdict, judge_agreement)
 from .label_sets import SHOWN_AZIMUTHS, Item, item_images, read_manifest, shown_frame_indices
-from .model_files import model_path, sha256
+from .model_files import model_path
 from .orbits import orbit_azimuths
 from .volume_orbits import load_orbit_frames
 from .world import ATTRIBUTES, FRONT_ONLY, VIEWS
@@ -78,26 +78,57 @@ def format_figures(name: str, figures: Mapping[str, Mapping[str, object]], gate:
     return lines + [""]
 
 
-def evaluate_set(set_folder: str, judge_folder: Optional[str] = None) -> str:
-    """The judge against the set's reference labels (``reference.json``, from ``merge``): writes
-    ``evaluation-<its weights' sha256, 16 digits>.json`` in the set and returns a Markdown report."""
-    judge_folder = judge_folder or model_path("judge")
+def judge_set(set_folder: str, judge) -> Dict[str, Labels]:
+    """A set's reference labels and the judge's values on its labelled items."""
     with open(os.path.join(set_folder, "reference.json")) as f:
         ref = json.load(f)["labels"]
-    items = [i for i in read_manifest(set_folder) if i.id in ref]
+    return {"ref": ref, "judged": judged_labels([i for i in read_manifest(set_folder) if i.id in ref], judge)}
+
+
+def pooled(parts: Mapping[str, Labels]) -> Labels:
+    """Labels of several sets as one set, their ids prefixed with the set's folder name."""
+    return {f"{os.path.basename(os.path.normpath(folder))}/{item}": labels
+            for folder, part in parts.items() for item, labels in part.items()}
+
+
+def evaluate_set(set_folder: str, judge_folder: Optional[str] = None) -> str:
+    """``evaluate_sets`` on one set."""
+    return evaluate_sets([set_folder], judge_folder)
+
+
+def evaluate_sets(set_folders: Sequence[str], judge_folder: Optional[str] = None) -> str:
+    """The judge against the reference labels (``reference.json``, from ``merge``) of one set or of
+    the parts of one test set, pooled: the gate is on the pooled figures (each part's are reported
+    beside them). Writes ``evaluation-<judge identity, 16 digits>.json`` in every set and returns a
+    Markdown report."""
+    if len(set(map(os.path.abspath, set_folders))) != len(set_folders):
+        raise ValueError(f"a set is listed twice: {list(set_folders)}")
+    judge_folder = judge_folder or model_path("judge")
     torch.set_num_threads(1)
-    judged = judged_labels(items, Judge.load(judge_folder))
+    judge = Judge.load(judge_folder)
+    data = {folder: judge_set(folder, judge) for folder in set_folders}
+    ref = pooled({folder: d["ref"] for folder, d in data.items()})
+    judged = pooled({folder: d["judged"] for folder, d in data.items()})
     figures = judge_agreement(ref, judged)
     gate = gate_verdict(figures)
     rule = rule_on_labelled_frames(ref)
     rule_figure = agreement({i: ref[i]["outcome"] for i in rule}, rule)
-    identity = sha256(os.path.join(judge_folder, WEIGHTS))  # as a 3D run records its judge
+    identity = judge_identity(judge_folder)  # as a 3D run records its judge
     digest = identity[:16]
-    with open(os.path.join(set_folder, f"evaluation-{digest}.json"), "w") as f:
-        json.dump({"judge": judge_folder, "judge_identity": identity, "figures": figures, "gate": gate,
-                   "rule_on_labelled_frames": rule_figure, "judged": judged}, f, indent=1)
-    lines = [f"## The judge {judge_folder} (digest {digest}) on {set_folder}", ""]
-    lines += format_figures("judge against the reference labels", figures, gate)
+    parts = {folder: judge_agreement(d["ref"], d["judged"]) for folder, d in data.items()}
+    for folder, d in data.items():
+        record = {"judge": judge_folder, "judge_identity": identity, "figures": parts[folder], "gate": gate,
+                  "rule_on_labelled_frames": rule_figure, "judged": d["judged"]}
+        if len(data) > 1:  # the gate and the rule figure are the pooled set's
+            record.update(pooled_with=list(set_folders), pooled_figures=figures)
+        with open(os.path.join(folder, f"evaluation-{digest}.json"), "w") as f:
+            json.dump(record, f, indent=1)
+    lines = [f"## The judge {judge_folder} (digest {digest}) on {', '.join(set_folders)}", ""]
+    if len(data) > 1:
+        for folder in set_folders:
+            lines += format_figures(f"{folder} alone (reported; the gate is on the pooled set)", parts[folder])
+    lines += format_figures("judge against the reference labels" + (" (pooled)" if len(data) > 1 else ""),
+                            figures, gate)
     lines += format_figures("the outcome rule on the labellers' frame labels (12 frames) against their outcome",
                             {"outcome": rule_figure})
     lines.append(f"**gate: {'PASSED' if gate['passed'] else 'FAILED'}**")

@@ -192,8 +192,8 @@ def test_pooled_folds_keep_twins_of_a_held_out_item_out_of_training(labelled_set
     seen = []
 
     class Spy:
-        def face(self, features, images):
-            return torch.zeros(features.shape[0], dtype=torch.bool)
+        def probability(self, features, images):
+            return torch.zeros(features.shape[0])
 
     def fit(sets, orbit_ids=None, image_ids=None):
         seen.append(set(orbit_ids))
@@ -206,3 +206,31 @@ def test_pooled_folds_keep_twins_of_a_held_out_item_out_of_training(labelled_set
         assert not {groups[i] for i in held} & {groups[i] for _, i in train}
     with pytest.raises(ValueError, match="folds"):
         cross_validate([data], fit, folds=1)
+
+
+def test_orbit_window_is_recorded_named_and_read_as_the_metric_reads_it(labelled_set, tmp_path):
+    """A calibrated judge with an orbit face window: its record and identity carry the window,
+    the calibration's orbit verdict is judge_orbit's on the same frames, and a judge without a
+    window keeps its weights' SHA-256 as its name."""
+    from janus_lab.judge import ORBIT_WINDOW, judge_identity
+    from janus_lab.judge_calibration import Finetuned, LabelledSet, orbit_face
+    from janus_lab.janus import judge_orbit
+    from janus_lab.model_files import sha256
+    from janus_lab.orbits import orbit_azimuths
+
+    set_folder, _ = labelled_set
+    base = model_path("judge")
+    calibrate(base, [set_folder], str(tmp_path / "w"), method="finetune", folds=0, orbit_window_deg=20.0)
+    windowed = Judge.load(str(tmp_path / "w"))
+    assert windowed.record[ORBIT_WINDOW] == 20.0 and windowed.orbit_face_window_deg == 20.0
+    assert Judge.load(base).orbit_face_window_deg == 0.0
+    assert judge_identity(base) == sha256(os.path.join(base, "judge.safetensors"))
+    weights = sha256(str(tmp_path / "w" / "judge.safetensors"))
+    assert judge_identity(str(tmp_path / "w")) != weights
+    data = LabelledSet(set_folder, windowed.net.base, "reference")
+    verdict = Finetuned(windowed.net.face)
+    for orbit in data.orbits:
+        frames = judge_orbit(orbit.frames, orbit_azimuths(orbit.frames.shape[0]), 15.0, windowed)
+        assert torch.equal(frames.front_only_visible, orbit_face(verdict, orbit, 20.0))
+    with pytest.raises(ValueError, match="orbit_window_deg"):
+        calibrate(base, [set_folder], str(tmp_path / "x"), orbit_window_deg=180.0)

@@ -180,6 +180,24 @@ def test_evaluate_set_judges_items_and_writes_the_gate(tmp_path):
     assert {i: saved["judged"][i]["outcome"] for i in truth} == truth
     assert saved["figures"]["frame_face"]["n"] == 24
     assert not saved["gate"]["passed"]  # no images labelled: the image figures are missing
+    # the parts of one test set: the gate on the pooled figures, each part's beside them
+    import shutil
+    from janus_lab.label_judging import evaluate_sets
+    other = tmp_path / "other"
+    shutil.copytree(set_folder, other)
+    (other / saved_name(set_folder)).unlink()
+    both = evaluate_sets([str(set_folder), str(other)])
+    assert "outcome: 4 / 4 = 1.000" in both and both.count("alone (reported") == 2
+    for part in (set_folder, other):
+        record = json.loads((part / saved_name(set_folder)).read_text())
+        assert record["pooled_figures"]["frame_face"]["n"] == 48 and record["figures"]["frame_face"]["n"] == 24
+        assert record["pooled_with"] == [str(set_folder), str(other)]
+    with pytest.raises(ValueError, match="twice"):
+        evaluate_sets([str(set_folder), str(set_folder)])
+
+
+def saved_name(folder):
+    return next(folder.glob("evaluation-*.json")).name
 
 
 def test_a_rewritten_samples_file_is_read_again(tmp_path):

@@ -12,7 +12,7 @@ from typing import Dict
 from antijanus.utils.cache import cache_key
 
 from ..captioner import plugin_judge_folder
-from ..judge import WEIGHTS
+from ..judge import judge_identity
 from ..model_files import folder_fingerprint, sha256
 from .lab_models import TRAINING_MODELS, LabModels
 from .settings import FastSettings
@@ -28,11 +28,6 @@ def model_identity(model: str) -> str:
     if judge is None:
         return folder_fingerprint(model)
     return cache_key(folder=folder_fingerprint(model), judge=judge_identity(judge))
-
-
-def judge_identity(folder: str) -> str:
-    """A judge's weights (its folder's other files, e.g. timings, do not change a verdict)."""
-    return sha256(os.path.join(folder, WEIGHTS))
 
 
 def experiment_key(settings: FastSettings, models: LabModels) -> str:

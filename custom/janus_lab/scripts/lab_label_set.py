@@ -71,8 +71,8 @@ def merge(args) -> int:
 
 
 def evaluate(args) -> int:
-    from janus_lab.label_judging import evaluate_set  # deferred: loads the judge
-    report = evaluate_set(args.set, args.judge)
+    from janus_lab.label_judging import evaluate_sets  # deferred: loads the judge
+    report = evaluate_sets(args.set, args.judge)
     print(report)
     return 0
 
@@ -81,9 +81,10 @@ def calibrate(args) -> int:
     from janus_lab import judge_calibration  # deferred: loads the judge
     decay = judge_calibration.WEIGHT_DECAY if args.weight_decay is None else args.weight_decay
     record = judge_calibration.calibrate(args.judge, args.set, args.out, decay, args.threshold, args.targets,
-                                         args.folds, args.method)["calibration"]
+                                         args.folds, args.method, args.orbit_window)["calibration"]
     print(f"{record['frames']} frames and {record['images']} images ({record['faces']} faces, targets "
-          f"{record['targets']}); {args.method}, weight decay {record['weight_decay']}, threshold {args.threshold}; "
+          f"{record['targets']}); {args.method}, weight decay {record['weight_decay']}, threshold {args.threshold}, "
+          f"orbit face window {args.orbit_window} degrees; "
           f"written {args.out}")
     for name, figures in record["cross_validated"].items():
         if name != "folds":
@@ -106,7 +107,8 @@ def main(argv=None) -> int:
     p.add_argument("--labellers", nargs=2, required=True, metavar="NAME")
     p.add_argument("--third", help="the labeller who decides where the first two disagree")
     p = sub.add_parser("evaluate", help="the judge against the reference labels: the gate")
-    p.add_argument("--set", required=True, type=existing_folder)
+    p.add_argument("--set", required=True, nargs="+", type=existing_folder,
+                   help="the set, or the parts of one test set (the gate on their pooled figures)")
     p.add_argument("--judge", type=existing_folder, default=None, help="a judge folder (default: the committed judge)")
     p = sub.add_parser("calibrate", help="a judge with its face verdict fit to development sets' labels")
     p.add_argument("--set", required=True, nargs="+", type=existing_folder, help="the development sets")
@@ -121,6 +123,9 @@ def main(argv=None) -> int:
                    help="'face' where the probe's probability exceeds this (default 0.5)")
     p.add_argument("--folds", type=integer_at_least(0), default=8,
                    help="cross-validation folds pooled over the sets (default 8; 0: none, only across sets)")
+    p.add_argument("--orbit-window", type=number_in(0.0, 180.0, high_open=True), default=0.0, metavar="DEG",
+                   help="on an orbit, a frame's face probability averaged over the frames within this azimuth "
+                        "before its verdict (default 0: none; janus.window_mean)")
     args = parser.parse_args(argv)
     if args.command == "sheets":
         refuse_repeats(parser, args, ["--runs", "--view2d"])
@@ -138,6 +143,8 @@ def main(argv=None) -> int:
         require_output_folder(parser, "--out", args.out)
     if args.command == "merge":
         refuse_repeats(parser, args, ["--labellers"])
+    if args.command == "evaluate":
+        refuse_repeats(parser, args, ["--set"])
     return {"sheets": sheets, "merge": merge, "evaluate": evaluate, "calibrate": calibrate}[args.command](args)
 
 
