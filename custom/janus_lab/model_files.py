@@ -19,7 +19,7 @@ CHECKSUMS = "checksums.json"
 MODELS = ("prior", "mlm", "judge")
 # earlier models kept beside the current ones, for the figures made with them (README), and
 # candidates (judge-v9 ... judge-v12); judge-v8 is also the DNP captioner's judge: in the checksums where present, never loaded by default
-ARCHIVED_MODELS = ("judge-v5", "judge-v6", "judge-v8", "judge-v9", "judge-v10", "judge-v11", "judge-v12", "mlm-v1", "prior-v3", "prior-v4")
+ARCHIVED_MODELS = ("judge-v5", "judge-v6", "judge-v8", "judge-v9", "judge-v10", "judge-v11", "judge-v12", "judge-v13", "mlm-v1", "prior-v3", "prior-v4")
 
 
 def model_path(name: str) -> str:
