@@ -144,6 +144,7 @@ def window_mean(values: Tensor, azimuth: Tensor, window_deg: float, counted: Opt
     near = torch.minimum(d, 360.0 - d) <= window_deg + 1e-3
     if counted is not None:
         near = near & counted.reshape(1, -1)
+        values = torch.where(counted.reshape(-1, 1), values, torch.zeros_like(values))  # no NaN from a left-out frame
     weights = near.to(values.dtype)
     return (weights @ values) / weights.sum(dim=1, keepdim=True).clamp_min(1.0)
 
@@ -375,7 +376,7 @@ def metrics_of(orbit: OrbitFrames, frames: Tensor, judge, min_segment_deg: float
         "front_frames": float(sum(front)),
         "face_in_front": (sum(bool(orbit.front_only_visible[i]) for i in in_front) / len(in_front)
                           if in_front else math.nan),
-        "face_scrambled": face_scrambled(frames, judge, counted=orbit.counted),
+        "face_scrambled": face_scrambled(frames, judge, counted=orbit.counted, azimuth=orbit.azimuth),
         "view_accuracy": sum(int(orbit.judged_view[i]) == int(orbit.camera_view[i]) for i in order) / n,
         "a_jfd": a_jfd(ordered, judge),
         "n_frames": float(n),
@@ -392,11 +393,15 @@ def metrics_of(orbit: OrbitFrames, frames: Tensor, judge, min_segment_deg: float
 
 
 def face_scrambled(frames: Tensor, judge, seed: int = 0, attribute_threshold: float = ATTRIBUTE_THRESHOLD,
-                   counted: Optional[Tensor] = None) -> float:
+                   counted: Optional[Tensor] = None, azimuth: Optional[Tensor] = None) -> float:
     """Share of ``frames`` (those ``counted``, default all) judged to show a front-only attribute
-    after ``scramble_object_pixels``."""
+    after ``scramble_object_pixels``; with the frames' ``azimuth``, read over the judge's orbit face
+    window as ``judge_orbit`` reads the unscrambled frames."""
     scrambled = scramble_object_pixels(frames.float(), torch.Generator().manual_seed(seed))
     probs = judge(scrambled)["attribute_probs"].float().cpu()
     front_only = [ATTRIBUTES.index(a) for a in FRONT_ONLY]
-    seen = (probs[:, front_only] > attribute_threshold).any(dim=1)
+    probs = probs[:, front_only]
+    if azimuth is not None:
+        probs = window_mean(probs, azimuth, getattr(judge, "orbit_face_window_deg", 0.0), counted)
+    seen = (probs > attribute_threshold).any(dim=1)
     return float(seen[counted if counted is not None else slice(None)].float().mean())

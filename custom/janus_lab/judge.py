@@ -9,6 +9,7 @@ training loop, ``judge_evaluation`` the held-out figures.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from typing import Dict
@@ -19,7 +20,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch import Tensor
 
-from antijanus.utils.cache import cache_key, save_safetensors
+from antijanus.utils.cache import save_safetensors
 from .images import object_mask
 from .model_files import sha256
 from .world import ATTRIBUTES, FRONT_ONLY, IMAGE_SIZE, KINDS, VIEWS
@@ -111,7 +112,9 @@ def judge_identity(folder: str) -> str:
     weights = sha256(os.path.join(folder, WEIGHTS))
     with open(os.path.join(folder, CONFIG)) as f:
         window = json.load(f).get(ORBIT_WINDOW, 0.0)
-    return weights if not window else cache_key(weights=weights, orbit_face_window_deg=float(window))
+    if not window:
+        return weights
+    return hashlib.sha256(json.dumps({"weights": weights, ORBIT_WINDOW: float(window)}, sort_keys=True).encode()).hexdigest()
 
 
 class Judge:

@@ -101,8 +101,9 @@ def evaluate_sets(set_folders: Sequence[str], judge_folder: Optional[str] = None
     the parts of one test set, pooled: the gate is on the pooled figures (each part's are reported
     beside them). Writes ``evaluation-<judge identity, 16 digits>.json`` in every set and returns a
     Markdown report."""
-    if len(set(map(os.path.abspath, set_folders))) != len(set_folders):
-        raise ValueError(f"a set is listed twice: {list(set_folders)}")
+    names = [os.path.basename(os.path.normpath(f)) for f in set_folders]
+    if len(set(map(os.path.realpath, set_folders))) != len(set_folders) or len(set(names)) != len(names):
+        raise ValueError(f"a set is listed twice, or two sets share a folder name: {list(set_folders)}")
     judge_folder = judge_folder or model_path("judge")
     torch.set_num_threads(1)
     judge = Judge.load(judge_folder)

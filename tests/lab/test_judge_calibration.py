@@ -234,3 +234,29 @@ def test_orbit_window_is_recorded_named_and_read_as_the_metric_reads_it(labelled
         assert torch.equal(frames.front_only_visible, orbit_face(verdict, orbit, 20.0))
     with pytest.raises(ValueError, match="orbit_window_deg"):
         calibrate(base, [set_folder], str(tmp_path / "x"), orbit_window_deg=180.0)
+
+
+def test_the_calibration_reads_orbits_through_the_window(labelled_set):
+    """A verdict's one-frame face on every orbit: without a window a face run of one frame (10
+    degrees) is dropped by the run rule, a window of 20 degrees spreads it under the threshold; a
+    two-frame face is a face run without the window and none with it, in score and cross_validate."""
+    from janus_lab.judge_calibration import LabelledSet, cross_validate, orbit_face, score
+
+    set_folder, _ = labelled_set
+    data = LabelledSet(set_folder, Judge.load(model_path("judge")).net, "reference")
+
+    class TwoFrames:
+        def probability(self, features, images):
+            p = torch.zeros(features.shape[0])
+            p[:2] = 1.0  # azimuths 0 and 10
+            return p
+
+    orbit = data.orbits[0]
+    assert orbit_face(TwoFrames(), orbit, 0.0)[:2].all() and not orbit_face(TwoFrames(), orbit, 20.0).any()
+    plain, windowed = score([data], TwoFrames()), score([data], TwoFrames(), window_deg=20.0)
+    truth = [o.labels["outcome"] for o in data.orbits]
+    assert plain["outcome"] == [t == "one_face_front" for t in truth]
+    assert windowed["outcome"] == [t == "no_face" for t in truth]
+    fit = lambda sets, orbit_ids=None, image_ids=None: TwoFrames()  # noqa: E731
+    assert cross_validate([data], fit, folds=2, window_deg=20.0)["pooled"]["outcome"] == 0.0
+    assert cross_validate([data], fit, folds=2)["pooled"]["outcome"] == 2 / 3

@@ -186,14 +186,21 @@ def test_evaluate_set_judges_items_and_writes_the_gate(tmp_path):
     other = tmp_path / "other"
     shutil.copytree(set_folder, other)
     (other / saved_name(set_folder)).unlink()
+    wrong = {i: {**labels, "outcome": "no_face"} for i, labels in ref.items()}  # the judge disagrees here
+    (other / "reference.json").write_text(json.dumps({"labels": wrong}))
     both = evaluate_sets([str(set_folder), str(other)])
-    assert "outcome: 4 / 4 = 1.000" in both and both.count("alone (reported") == 2
-    for part in (set_folder, other):
+    assert "outcome: 2 / 4 = 0.500" in both and both.count("alone (reported") == 2
+    for part, rate in ((set_folder, 1.0), (other, 0.0)):
         record = json.loads((part / saved_name(set_folder)).read_text())
+        assert record["figures"]["outcome"]["rate"] == rate and record["pooled_figures"]["outcome"]["rate"] == 0.5
+        assert record["gate"]["figures"]["outcome"]["rate"] == 0.5
         assert record["pooled_figures"]["frame_face"]["n"] == 48 and record["figures"]["frame_face"]["n"] == 24
         assert record["pooled_with"] == [str(set_folder), str(other)]
-    with pytest.raises(ValueError, match="twice"):
-        evaluate_sets([str(set_folder), str(set_folder)])
+    twin = tmp_path / "elsewhere" / "set"
+    shutil.copytree(set_folder, twin)
+    for folders in ([set_folder, set_folder], [set_folder, twin]):
+        with pytest.raises(ValueError, match="twice"):
+            evaluate_sets([str(f) for f in folders])
 
 
 def saved_name(folder):
