@@ -19,6 +19,7 @@ from tests.helpers import REPO
 from tests.lab.test_label_sets import fake_run
 
 SCRIPT = os.path.join(REPO, "custom", "janus_lab", "scripts", "lab_label_set.py")
+V8 = os.path.join(os.path.dirname(model_path("judge")), "judge-v8")  # an uncalibrated base judge (the lab judge is a calibrated one)
 
 
 def test_probe_separates_and_is_expressed_on_raw_features():
@@ -61,7 +62,7 @@ def labelled_set(tmp_path):
 
 def test_calibrated_judge_gives_the_probe_verdict_and_keeps_the_rest(labelled_set, tmp_path):
     set_folder, ref = labelled_set
-    base = model_path("judge")
+    base = V8
     out = str(tmp_path / "calibrated")
     record = calibrate(base, [set_folder], out, folds=3)["calibration"]
     assert record["frames"] == 35 and record["images"] == 0 and record["faces"] == 12
@@ -95,14 +96,14 @@ def run_script(*args):
 
 def test_calibrate_command(labelled_set, tmp_path):
     set_folder, _ = labelled_set
-    out = run_script("calibrate", "--set", set_folder, "--judge", model_path("judge"), "--out", str(tmp_path / "j"),
+    out = run_script("calibrate", "--set", set_folder, "--judge", V8, "--out", str(tmp_path / "j"),
                      "--folds", "3")
     assert out.returncode == 0, out.stderr
     assert "35 frames and 0 images (12.0 faces, targets reference)" in out.stdout and "frame_face" in out.stdout
     assert os.path.isfile(tmp_path / "j" / "judge.safetensors")
-    again = run_script("calibrate", "--set", set_folder, "--judge", model_path("judge"), "--out", str(tmp_path / "j"))
+    again = run_script("calibrate", "--set", set_folder, "--judge", V8, "--out", str(tmp_path / "j"))
     assert again.returncode == 2 and "--out" in again.stderr
-    zero = run_script("calibrate", "--set", set_folder, "--judge", model_path("judge"), "--out", str(tmp_path / "k"),
+    zero = run_script("calibrate", "--set", set_folder, "--judge", V8, "--out", str(tmp_path / "k"),
                       "--weight-decay", "0")
     assert zero.returncode == 2 and "--weight-decay" in zero.stderr
 
@@ -122,7 +123,7 @@ def test_vote_targets_threshold_and_other_sets(labelled_set, tmp_path):
     for name, text in rows.items():
         with open(os.path.join(set_folder, f"labels-{name}-orbits.csv"), "w") as f:
             f.write(text)
-    base = model_path("judge")
+    base = V8
     votes = calibrate(base, [set_folder], str(tmp_path / "v"), targets="votes", folds=3)["calibration"]
     # 35 voted frames (face_090 of one orbit: both said unclear); at 30 degrees ann said yes and
     # bob no: 0.5 on each orbit
@@ -149,7 +150,7 @@ def test_finetuned_judge_keeps_its_views_and_moves_its_face(labelled_set, tmp_pa
     from janus_lab.volume_orbits import load_orbit_frames
 
     set_folder, _ = labelled_set
-    base = model_path("judge")
+    base = V8
     record = calibrate(base, [set_folder], str(tmp_path / "f"), method="finetune", folds=0)["calibration"]
     assert record["method"] == "finetune" and record["finetune"] == FINETUNE and record["cross_validated"] == {"folds": 0}
     before, after = Judge.load(base), Judge.load(str(tmp_path / "f"))
@@ -174,7 +175,7 @@ def test_a_paired_judge_runs_the_orbit_metric_and_is_not_calibrated_again(labell
     from janus_lab.orbits import orbit_azimuths
 
     set_folder, _ = labelled_set
-    calibrate(model_path("judge"), [set_folder], str(tmp_path / "p"), method="finetune", folds=0)
+    calibrate(V8, [set_folder], str(tmp_path / "p"), method="finetune", folds=0)
     paired = Judge.load(str(tmp_path / "p"))
     assert paired.net.features is paired.net.base.features
     metrics = orbit_metrics(torch.rand(12, 3, 32, 32), orbit_azimuths(12), 15.0, paired, kind="bear")
@@ -188,7 +189,7 @@ def test_pooled_folds_keep_twins_of_a_held_out_item_out_of_training(labelled_set
     from janus_lab.judge_calibration import LabelledSet, cross_validate
 
     set_folder, _ = labelled_set
-    data = LabelledSet(set_folder, Judge.load(model_path("judge")).net, "reference")
+    data = LabelledSet(set_folder, Judge.load(V8).net, "reference")
     seen = []
 
     class Spy:
@@ -219,7 +220,7 @@ def test_orbit_window_is_recorded_named_and_read_as_the_metric_reads_it(labelled
     from janus_lab.orbits import orbit_azimuths
 
     set_folder, _ = labelled_set
-    base = model_path("judge")
+    base = V8
     calibrate(base, [set_folder], str(tmp_path / "w"), method="finetune", folds=0, orbit_window_deg=20.0)
     windowed = Judge.load(str(tmp_path / "w"))
     assert windowed.record[ORBIT_WINDOW] == 20.0 and windowed.orbit_face_window_deg == 20.0
@@ -243,7 +244,7 @@ def test_the_calibration_reads_orbits_through_the_window(labelled_set):
     from janus_lab.judge_calibration import LabelledSet, cross_validate, orbit_face, score
 
     set_folder, _ = labelled_set
-    data = LabelledSet(set_folder, Judge.load(model_path("judge")).net, "reference")
+    data = LabelledSet(set_folder, Judge.load(V8).net, "reference")
 
     class TwoFrames:
         def probability(self, features, images):

@@ -36,6 +36,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 LAB_SCRIPTS = os.path.join(REPO, "custom", "janus_lab", "scripts")
 
 PRIOR, MLM, JUDGE = model_path("prior"), model_path("mlm"), model_path("judge")
+# the world-render judge (v8, the DNP captioner's): its gates are on the world's own renders; the
+# lab's judge (v13) is validated on method outputs instead (test_the_lab_judge_is_the_one_that_passed)
+WORLD_JUDGE = os.path.join(lab_root(), "judge-v8")
 
 
 def lab_script(name: str):
@@ -150,7 +153,7 @@ def test_mlm_overhead_and_top_are_both_single_pieces_that_mean_overhead(scorer):
 
 @pytest.fixture(scope="module")
 def judge():
-    return Judge.load(JUDGE)
+    return Judge.load(WORLD_JUDGE)
 
 
 def test_judge_classifies_hand_rendered_views(judge):
@@ -364,10 +367,10 @@ def test_committed_judge_sees_faces_and_their_absence_at_a_3d_orbits_resolution(
 
 
 def test_judge_check_script_prints_each_judges_low_resolution_rows_and_the_vae_probe(capsys):
-    assert lab_script("lab_judge_check").main(["--n", "40", "--sides", "16", "--judges", JUDGE,
+    assert lab_script("lab_judge_check").main(["--n", "40", "--sides", "16", "--judges", WORLD_JUDGE,
                                  os.path.join(lab_root(), "judge-v6")]) == 0
     printed = capsys.readouterr().out
-    assert "| judge | 16 |" in printed and "| judge-v6 | 16 |" in printed
+    assert "| judge-v8 | 16 |" in printed and "| judge-v6 | 16 |" in printed
     assert "VAE round trip" in printed and "judge-v6: bear with its face" in printed
     assert "latent volume" not in printed  # the volume probe only when asked
 
@@ -375,12 +378,12 @@ def test_judge_check_script_prints_each_judges_low_resolution_rows_and_the_vae_p
 def test_judge_check_script_fits_the_volume_probe_as_the_control_fits(capsys):
     """--volume-probe: a bear with and without its face fitted as the reconstruction control fits
     it, with the fit's figures and each judge's verdict on its orbit."""
-    assert lab_script("lab_judge_check").main(["--n", "8", "--sides", "16", "--judges", JUDGE, "--volume-probe"]) == 0
+    assert lab_script("lab_judge_check").main(["--n", "8", "--sides", "16", "--judges", WORLD_JUDGE, "--volume-probe"]) == 0
     printed = capsys.readouterr().out
     for form in ("face", "faceless"):
         found = re.search(rf"  {form}: latent residual ([0-9.]+), its training views decoded: error ([0-9.]+)", printed)
         assert found and 0 < float(found.group(1)) < 1 and 0 < float(found.group(2)) < 1
-    assert len(re.findall(r"    judge: orbit Janus [01], face in front [0-9.]+, view accuracy [0-9.]+", printed)) == 2
+    assert len(re.findall(r"    judge-v8: orbit Janus [01], face in front [0-9.]+, view accuracy [0-9.]+", printed)) == 2
 
 
 def test_prior_settings_default_to_the_committed_priors_recipe():
@@ -446,3 +449,20 @@ def test_eq_vae_transforms_latents_and_images_alike_and_trains():
         assert math.isfinite(record["vae_final_loss"])
         states.append(g.get_state())
     assert not torch.equal(states[0], states[1])
+
+
+def test_the_lab_judge_is_the_one_that_passed_its_labelled_test():
+    """The committed judge is judge v13 (preregistration.md, thirteenth entry): v9 paired with a
+    face copy fine-tuned on sets A-D, its face read over +-20 degrees on an orbit, and the set-E
+    evaluation named by its identity passed the gate."""
+    from janus_lab.judge import judge_identity
+
+    judge = Judge.load(JUDGE)
+    assert judge.record["architecture"] == "paired" and judge.orbit_face_window_deg == 20.0
+    assert folder_fingerprint(JUDGE) == folder_fingerprint(os.path.join(lab_root(), "judge-v13"))
+    validation = os.path.join(os.path.dirname(lab_root()), "validation")
+    for part in ("set-e1", "set-e2"):
+        with open(os.path.join(validation, part, f"evaluation-{judge_identity(JUDGE)[:16]}.json")) as f:
+            record = json.load(f)
+        assert record["gate"]["passed"] and record["judge_identity"] == judge_identity(JUDGE)
+        assert record["pooled_with"] == ["custom/janus_lab/validation/set-e1", "custom/janus_lab/validation/set-e2"]
