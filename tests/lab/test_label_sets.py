@@ -216,3 +216,34 @@ def test_a_rewritten_samples_file_is_read_again(tmp_path):
         torch.save({"images": torch.full((1, 3, 32, 32), value, dtype=torch.uint8), "records": []}, path)
         os.utime(path, ns=(value, value))  # a new modification time, as a rewrite gives
         assert round(float(item_images(item)[0].max()) * 255) == value
+
+
+def test_people_table_reads_a_tables_outcomes_from_the_reference_labels(tmp_path):
+    """Labelled orbits that are a table's runs: outcome rates and paired tests with the labels in
+    the judge's place; an unclear outcome counts in no rate and no pair; a run labelled in two
+    sets is refused."""
+    from janus_lab.label_sets import Item
+    from janus_lab.label_tables import labelled_results, people_table
+
+    def labelled(name, rows):
+        items = [Item(f"o{k:03d}", "orbit", "unused", {"variant": v, "prompt": p, "seed": s})
+                 for k, (v, p, s, _) in enumerate(rows)]
+        write_manifest(items, str(tmp_path / name))
+        ref = {i.id: {"outcome": o} for i, (*_, o) in zip(items, rows)}
+        (tmp_path / name / "reference.json").write_text(json.dumps({"labels": ref}))
+        return str(tmp_path / name)
+
+    first = labelled("one", [("baseline", "a smiling bear", 1, "janus"), ("perp-neg", "a smiling bear", 1, "one_face_front"),
+                             ("baseline", "a bear", 1, "no_face"), ("perp-neg", "a bear", 1, "unclear")])
+    second = labelled("two", [("baseline", "a smiling bear", 2, "janus"), ("perp-neg", "a smiling bear", 2, "janus")])
+    results = labelled_results([first, second])
+    assert len(results) == 6 and sum(not r["metrics"] for r in results) == 1
+    table = people_table([first, second])
+    assert "6 labelled orbits, 1 with an unclear outcome" in table
+    assert "| baseline | all prompts | 3 | 0.67 [0.21, 0.94] (2) |" in table
+    assert "| perp-neg | all prompts | 2 | 0.50 [0.09, 0.91] (1) | 0.50 [0.09, 0.91] (1) |" in table
+    # pairs: (smiling, 1) janus -> front, (smiling, 2) janus -> janus; (plain, 1) has no perp-neg outcome
+    assert "| perp-neg | baseline | all prompts | 3 | 1 / 0 of 2 | 1.000 |" in table
+    duplicate = labelled("three", [("baseline", "a bear", 1, "no_face")])
+    with pytest.raises(ValueError, match="two sets"):
+        labelled_results([first, duplicate])

@@ -274,7 +274,8 @@ def outcome_test_lines(tests: Sequence[Mapping[str, Any]]) -> List[str]:
         cell = []
         for key in TEST_KEYS:
             c = r.get(key)
-            cell += ([f"{c['b']} / {c['c']}", f"{c['p']:.3f}", f"{c['p_holm']:.3f}"] if c else ["-", "-", "-"])
+            of = f" of {c['pairs']}" if c and "pairs" in c else ""  # fewer pairs have this key
+            cell += ([f"{c['b']} / {c['c']}{of}", f"{c['p']:.3f}", f"{c['p_holm']:.3f}"] if c else ["-", "-", "-"])
         cells.append([r["variant"], r["reference"], r["group"], r["pairs"], *cell, r["reading"]])
     lines = ["", intro, ""] + markdown_table(header, cells)
     variant, key, group = CONFIRMATORY

@@ -12,6 +12,9 @@ seventh entry). Run from the repository root:
         --labellers first second [--third third]
     # 3. the judge against the reference (only after the labels are committed)
     python custom/janus_lab/scripts/lab_label_set.py evaluate --set custom/janus_lab/validation/set-a
+    # a 3D table's outcomes read by the labellers (sets whose orbits are the table's runs)
+    python custom/janus_lab/scripts/lab_label_set.py people --set custom/janus_lab/validation/set-c \
+        custom/janus_lab/validation/set-d custom/janus_lab/validation/set-e1 custom/janus_lab/validation/set-e2
     # 4. a judge's face verdict calibrated on development sets (their labels), cross-validated there
     python custom/janus_lab/scripts/lab_label_set.py calibrate --set custom/janus_lab/validation/set-a \
         custom/janus_lab/validation/set-b --judge custom/janus_lab/models/judge-v9 --targets votes \
@@ -94,6 +97,12 @@ def calibrate(args) -> int:
     return 0
 
 
+def people(args) -> int:
+    from janus_lab.label_tables import people_table  # deferred: imports the 3D experiment's tables
+    print(people_table(args.set))
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -110,6 +119,9 @@ def main(argv=None) -> int:
     p.add_argument("--set", required=True, nargs="+", type=existing_folder,
                    help="the set, or the parts of one test set (the gate on their pooled figures)")
     p.add_argument("--judge", type=existing_folder, default=None, help="a judge folder (default: the committed judge)")
+    p = sub.add_parser("people", help="a 3D table's outcomes and paired tests read from the sets' reference labels")
+    p.add_argument("--set", required=True, nargs="+", type=existing_folder,
+                   help="labelled sets whose orbits are one table's runs")
     p = sub.add_parser("calibrate", help="a judge with its face verdict fit to development sets' labels")
     p.add_argument("--set", required=True, nargs="+", type=existing_folder, help="the development sets")
     p.add_argument("--judge", required=True, type=existing_folder, help="the judge folder to calibrate")
@@ -143,9 +155,10 @@ def main(argv=None) -> int:
         require_output_folder(parser, "--out", args.out)
     if args.command == "merge":
         refuse_repeats(parser, args, ["--labellers"])
-    if args.command == "evaluate":
+    if args.command in ("evaluate", "people"):
         refuse_repeats(parser, args, ["--set"])
-    return {"sheets": sheets, "merge": merge, "evaluate": evaluate, "calibrate": calibrate}[args.command](args)
+    return {"sheets": sheets, "merge": merge, "evaluate": evaluate, "calibrate": calibrate,
+            "people": people}[args.command](args)
 
 
 if __name__ == "__main__":
