@@ -247,3 +247,21 @@ def test_people_table_reads_a_tables_outcomes_from_the_reference_labels(tmp_path
     duplicate = labelled("three", [("baseline", "a bear", 1, "no_face")])
     with pytest.raises(ValueError, match="two sets"):
         labelled_results([first, duplicate])
+
+
+def test_the_committed_sets_give_the_documented_people_reading():
+    """The lab docs' labellers' column of the 3D table (seeds 70-73 = sets C, D, E1, E2), from the
+    committed manifests and reference labels alone."""
+    from janus_lab.label_tables import labelled_results
+    from janus_lab.locations import lab_root
+
+    validation = os.path.join(os.path.dirname(lab_root()), "validation")
+    results = labelled_results([os.path.join(validation, s) for s in ("set-c", "set-d", "set-e1", "set-e2")])
+    assert len(results) == 288 and sum(not r["metrics"] for r in results) == 24
+
+    def counts(variant):
+        mine = [r["metrics"] for r in results if r["variant"] == variant and r["metrics"]]
+        return tuple(int(sum(m[f"outcome_{k}"] for m in mine)) for k in ("janus", "one_face_front", "no_face"))
+
+    assert counts("baseline") == (10, 0, 12) and counts("perp-neg") == (4, 18, 1)
+    assert counts("vsd") == (5, 2, 13) and counts("vsd-perp-neg") == (2, 7, 12)
