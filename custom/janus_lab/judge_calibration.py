@@ -252,9 +252,12 @@ def score(sets: Sequence[LabelledSet], verdict, orbit_ids=None, image_ids=None, 
                 outcome = orbit_outcome(o.azimuths, face.tolist())
                 hits["outcome"].append(outcome == o.labels["outcome"])
                 hits["janus"].append(is_janus(outcome) == is_janus(o.labels["outcome"]))
-        hits["image_face"] += [bool(verdict.probability(f[None], s.pixels[iid][None])[0] > 0.5) == (label == "yes")
-                               for iid, f, label, _ in s.images
-                               if label != UNCLEAR and (image_ids is None or (s.folder, iid) in image_ids)]
+        chosen = [(iid, f, label) for iid, f, label, _ in s.images
+                  if label != UNCLEAR and (image_ids is None or (s.folder, iid) in image_ids)]
+        if chosen:  # one call for the set's images
+            p = verdict.probability(torch.stack([f for _, f, _ in chosen]),
+                                    torch.stack([s.pixels[iid] for iid, _, _ in chosen]))
+            hits["image_face"] += [bool(pi > 0.5) == (label == "yes") for pi, (_, _, label) in zip(p, chosen)]
     return hits
 
 

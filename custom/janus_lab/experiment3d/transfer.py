@@ -33,9 +33,8 @@ def transfer(launcher: Sequence[Run], fast: Sequence[Run], variants: Sequence[st
         same = sum(n for (a, b), n in pairs.items() if a == b)
         rows.append({"variant": variant, "runs": len(keys), "same": same, "share": same / len(keys),
                      "pairs": {f"{a} -> {b}": n for (a, b), n in sorted(pairs.items())}})
-    common_set = set(common)
     readings = {}
-    for name, results in (("fast", [theirs[k] for k in common_set]), ("launcher", [ours[k] for k in common_set])):
+    for name, results in (("fast", [theirs[k] for k in common]), ("launcher", [ours[k] for k in common])):
         for t in outcome_tests(results, variants):
             readings.setdefault((t["variant"], t["group"]), {})[name] = t["reading"]
     directions = [{"variant": v, "group": g, **r, "same": r.get("fast") == r.get("launcher")}
