@@ -347,3 +347,13 @@ def test_a_windowed_judge_fills_a_short_dip_and_drops_a_lone_frame():
         assert outcome_name(orbit_metrics(torch.rand(36, 3, 32, 32), az, 15.0, judge)) == plain
         judge.orbit_face_window_deg = 20.0
         assert outcome_name(orbit_metrics(torch.rand(36, 3, 32, 32), az, 15.0, judge)) == windowed
+
+
+def test_grid_rows_are_labelled_with_the_outcome_the_tables_report():
+    """A grid row shows the orbit's outcome (not the old single Janus verdict, which can disagree:
+    one front face plus a mis-judged front elsewhere); runs judged before outcomes keep the old one."""
+    from janus_lab.experiment3d.grids import row_verdict
+
+    assert row_verdict({"janus": 1.0, "outcome": float(OUTCOMES.index("one_face_front"))}) == "one_face_front"
+    assert row_verdict({"janus": 0.0, "outcome": float(OUTCOMES.index("janus"))}) == "janus"
+    assert row_verdict({"janus": 1.0}) == "JANUS" and row_verdict({"janus": 0.0}) == "ok"

@@ -10,14 +10,24 @@ from PIL import Image, ImageDraw
 
 from antijanus.utils.imaging import to_pil
 
+from ..janus import outcome_name
+
 LABEL_WIDTH = 180  # pixels left of the frames for each row's label
+
+
+def row_verdict(metrics: Mapping[str, Any]) -> str:
+    """A row's verdict: the orbit's outcome (the tables' headline, seventh entry), or for a run
+    judged before outcomes existed the old single Janus verdict."""
+    if "outcome" in metrics:
+        return outcome_name(metrics)
+    return "JANUS" if metrics.get("janus", 0) >= 0.5 else "ok"
 
 
 def orbit_grid(results: Sequence[Mapping[str, Any]], out: str, variant: str,
                frames_of: Callable[[Mapping[str, Any]], torch.Tensor], cell: int = 48,
                verdicts: bool = True) -> Optional[str]:
     """``out``/grids/<variant>.png: a row per (prompt, seed) with its orbit (azimuth 0 at the
-    left), labelled with the prompt, the seed and (``verdicts``) the Janus verdict and view
+    left), labelled with the prompt, the seed and (``verdicts``) the outcome (``row_verdict``) and view
     accuracy; None without results."""
     if not results:
         return None
@@ -33,8 +43,7 @@ def orbit_grid(results: Sequence[Mapping[str, Any]], out: str, variant: str,
         metrics = result["metrics"]
         draw.text((4, y + 4), f"{result['prompt']} s{result['seed']}", fill="black")
         if verdicts:
-            verdict = "JANUS" if metrics.get("janus", 0) >= 0.5 else "ok"
-            draw.text((4, y + 20), f"{verdict}  view acc {metrics.get('view_accuracy', float('nan')):.2f}",
+            draw.text((4, y + 20), f"{row_verdict(metrics)}  view acc {metrics.get('view_accuracy', float('nan')):.2f}",
                       fill="black")
         for j, frame in enumerate(frames):
             canvas.paste(to_pil(frame).resize((cell, cell)), (LABEL_WIDTH + j * cell, y))
